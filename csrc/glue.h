@@ -1,0 +1,89 @@
+// Tensor -> parameter-struct glue shared by the CPU and CUDA registrations. The Python layer
+// validates every argument first with clear messages; these TORCH_CHECKs are the second line.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <optional>
+
+#include "fastadv/pgd.h"
+
+namespace fastadv {
+
+inline ScalarKind scalar_kind_of(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return ScalarKind::Float32;
+    case at::kDouble: return ScalarKind::Float64;
+    case at::kHalf: return ScalarKind::Float16;
+    case at::kBFloat16: return ScalarKind::BFloat16;
+    default: TORCH_CHECK(false, "fastadv: ", name, " must be a floating tensor, got ", t.scalar_type());
+  }
+}
+
+inline at::ScalarType accumulate_type_of(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Rows of a [B, ...] tensor are consecutive blocks of memory when it is dense and the batch
+// dimension is outermost (contiguous and channels_last tensors both are).
+inline bool has_row_layout(const at::Tensor& t) {
+  if (t.dim() == 0) return false;
+  if (!t.is_non_overlapping_and_dense()) return false;
+  const int64_t rows = t.size(0);
+  return rows <= 1 || t.stride(0) * rows == t.numel();
+}
+
+inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* name) {
+  TORCH_CHECK(t.sizes() == ref.sizes(), "fastadv: ", name, " must have shape ", ref.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "fastadv: ", name, " must have dtype ", ref.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), "fastadv: ", name, " must be on ", ref.device(), ", got ", t.device());
+  TORCH_CHECK(t.numel() == 0 || t.strides() == ref.strides(), "fastadv: ", name, " must share x_adv's memory layout");
+}
+
+inline const void* per_sample_pointer(const std::optional<at::Tensor>& t, const at::Tensor& ref,
+                                      at::ScalarType dtype, const char* name) {
+  if (!t.has_value()) return nullptr;
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == ref.size(0), "fastadv: ", name, " must have shape [", ref.size(0), "], got ", t->sizes());
+  TORCH_CHECK(t->scalar_type() == dtype, "fastadv: ", name, " must have dtype ", dtype, ", got ", t->scalar_type());
+  TORCH_CHECK(t->device() == ref.device(), "fastadv: ", name, " must be on ", ref.device());
+  TORCH_CHECK(t->is_contiguous(), "fastadv: ", name, " must be contiguous");
+  return t->data_ptr();
+}
+
+inline PgdStepParams pgd_step_params(const at::Tensor& out, const at::Tensor& x_adv,
+                                     const at::Tensor& grad, const at::Tensor& x, double eps,
+                                     double alpha, const std::optional<at::Tensor>& eps_per_sample,
+                                     const std::optional<at::Tensor>& alpha_per_sample,
+                                     c10::string_view norm, double clip_min, double clip_max,
+                                     const std::optional<at::Tensor>& active) {
+  TORCH_CHECK(x_adv.dim() >= 1, "fastadv: x_adv must have a batch dimension");
+  TORCH_CHECK(has_row_layout(x_adv), "fastadv: x_adv must be dense with the batch dimension outermost");
+  check_like(grad, x_adv, "grad");
+  check_like(x, x_adv, "x");
+  check_like(out, x_adv, "out");
+  TORCH_CHECK(norm == "linf" || norm == "l2", "fastadv: norm must be 'linf' or 'l2', got '", std::string(norm), "'");
+  TORCH_CHECK(clip_min <= clip_max, "fastadv: clip_min must not exceed clip_max");
+  const at::ScalarType acc = accumulate_type_of(x_adv.scalar_type());
+
+  PgdStepParams p{};
+  p.out = out.data_ptr();
+  p.x_adv = x_adv.data_ptr();
+  p.grad = grad.data_ptr();
+  p.x = x.data_ptr();
+  p.rows = x_adv.size(0);
+  p.row_size = p.rows == 0 ? 0 : x_adv.numel() / p.rows;
+  p.eps_per_sample = per_sample_pointer(eps_per_sample, x_adv, acc, "eps");
+  p.alpha_per_sample = per_sample_pointer(alpha_per_sample, x_adv, acc, "alpha");
+  TORCH_CHECK(p.eps_per_sample != nullptr || eps >= 0, "fastadv: eps must be >= 0, got ", eps);
+  TORCH_CHECK(p.alpha_per_sample != nullptr || alpha >= 0, "fastadv: alpha must be >= 0, got ", alpha);
+  p.eps = eps;
+  p.alpha = alpha;
+  p.active = static_cast<const bool*>(per_sample_pointer(active, x_adv, at::kBool, "active"));
+  p.clip_min = clip_min;
+  p.clip_max = clip_max;
+  p.norm = norm == "linf" ? PgdNorm::Linf : PgdNorm::L2;
+  return p;
+}
+
+}  // namespace fastadv

@@ -1,0 +1,31 @@
+// Every fastadv operator schema, in one place. Backends register their implementations in
+// csrc/cpu/<family>.cpp and csrc/cuda/<family>.cpp; Triton kernels are registered from Python.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import fastadv._C` loads this library, which registers the operators below as a side effect;
+// the module itself is empty (the ops are reached through torch.ops.fastadv).
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+#ifndef FASTADV_WITH_CUDA
+#define FASTADV_WITH_CUDA 0
+#endif
+
+TORCH_LIBRARY(fastadv, m) {
+  // Whether this build compiled the CUDA kernels in (see `fastadv info`).
+  m.def("_compiled_with_cuda() -> bool", []() { return FASTADV_WITH_CUDA != 0; });
+
+  // pgd family. eps/alpha apply to every sample unless the per-sample tensor ([B]) is given;
+  // `active` ([B] bool) leaves inactive samples unchanged. norm is "linf" or "l2".
+  m.def(
+      "pgd_step(Tensor x_adv, Tensor grad, Tensor x, float eps, float alpha, "
+      "Tensor? eps_per_sample, Tensor? alpha_per_sample, str norm, float clip_min, "
+      "float clip_max, Tensor? active) -> Tensor");
+  m.def(
+      "pgd_step_(Tensor(a!) x_adv, Tensor grad, Tensor x, float eps, float alpha, "
+      "Tensor? eps_per_sample, Tensor? alpha_per_sample, str norm, float clip_min, "
+      "float clip_max, Tensor? active) -> ()");
+}
