@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
 // `import fastadv._C` loads this library, which registers the operators below as a side effect;
 // the module itself is empty (the ops are reached through torch.ops.fastadv).
 extern "C" PyObject* PyInit__C(void) {
@@ -17,6 +19,17 @@ extern "C" PyObject* PyInit__C(void) {
 TORCH_LIBRARY(fastadv, m) {
   // Whether this build compiled the CUDA kernels in (see `fastadv info`).
   m.def("_compiled_with_cuda() -> bool", []() { return FASTADV_WITH_CUDA != 0; });
+  // The instruction set whose clone of the CPU kernels the loader picked on this machine.
+  m.def("_cpu_capability() -> str", []() -> std::string {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
+    if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2)";
+    return "x86-64 (SSE2)";
+#else
+    return "compiler default";
+#endif
+  });
 
   // pgd family. eps/alpha apply to every sample unless the per-sample tensor ([B]) is given;
   // `active` ([B] bool) leaves inactive samples unchanged. norm is "linf" or "l2".

@@ -1,0 +1,1 @@
+"""Naive pure-PyTorch oracles of every fastadv op."""

@@ -41,7 +41,7 @@ FASTADV_HOST_DEVICE acc_t pgd_linf_element(acc_t x_adv, acc_t g, acc_t x, acc_t 
 // The L2 step of one row needs three sums over the row, gathered in one pass:
 // |g|^2, |delta|^2 and <delta, g> with delta = x_adv - x. From them follow, without a second
 // reduction, the step scale s = alpha / |g| and the shrink factor f that projects
-// delta + s*g back onto the eps-ball: x' = clip(x + f * (delta + s*g)).
+// delta + s*g back onto the eps-ball: x' = clip(x + f * (x_adv + s*g - x)).
 template <typename acc_t>
 struct PgdL2Coefficients {
   acc_t step_scale;
@@ -63,10 +63,14 @@ FASTADV_HOST_DEVICE PgdL2Coefficients<acc_t> pgd_l2_coefficients(acc_t grad_sq, 
   return c;
 }
 
+// Inside the ball (shrink == 1) the step is applied to x_adv directly rather than as
+// x + (x_adv - x + step), so a zero gradient leaves x_adv bit-for-bit where it was.
 template <typename acc_t>
 FASTADV_HOST_DEVICE acc_t pgd_l2_element(acc_t x_adv, acc_t g, acc_t x,
                                          PgdL2Coefficients<acc_t> c, acc_t lo, acc_t hi) {
-  return clamp_propagating_nan(x + c.shrink * ((x_adv - x) + c.step_scale * g), lo, hi);
+  const acc_t stepped = x_adv + c.step_scale * g;
+  const acc_t projected = c.shrink == acc_t(1) ? stepped : x + c.shrink * (stepped - x);
+  return clamp_propagating_nan(projected, lo, hi);
 }
 
 // Implemented in csrc/cuda/pgd_kernel.cu; `stream` is a cudaStream_t.

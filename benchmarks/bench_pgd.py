@@ -1,0 +1,143 @@
+"""Benchmark of the pgd family: `fastadv bench pgd`.
+
+pgd_step (L-inf and L2) against the eager reference and torch.compile of the same reference,
+with torch.compile's one-off costs (first compile, recompile on a new batch size) reported
+apart. The step is memory-bound: it reads x_adv, grad and x and writes one output, 16 bytes per
+float32 element, so the roofline is 16 bytes/element at the bandwidth of a `copy_` of the same
+size measured in the same run (same cache level as the op's own working set).
+
+Also a pytest-benchmark suite: `pytest benchmarks/bench_pgd.py --benchmark-only`.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+import fastadv
+from fastadv.ops import pgd_step, pgd_step_
+from fastadv.reference import pgd as reference
+
+from . import common
+
+SHAPES = [(512, 3, 32, 32), (4096, 1, 8, 8)]
+RADII = {"linf": (8 / 255, 2 / 255), "l2": (0.5, 0.1)}
+BYTES_PER_ELEMENT = 16  # x_adv, grad, x read and the result written, float32
+
+
+def make_inputs(shape, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g)
+    x_adv = (x + 0.03 * (2 * torch.rand(shape, generator=g) - 1)).clamp(0, 1)
+    grad = torch.randn(shape, generator=g)
+    return tuple(t.to(device) for t in (x_adv, grad, x))
+
+
+def compile_costs(fn, x_adv, grad, x):
+    """First-call compile time, and the time of the first call on a new batch size."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fn)
+    start = time.perf_counter()
+    compiled(x_adv, grad, x)
+    first = time.perf_counter() - start
+    half = x_adv.shape[0] // 2
+    start = time.perf_counter()
+    compiled(x_adv[:half], grad[:half], x[:half])
+    recompile = time.perf_counter() - start
+    return compiled, first, recompile
+
+
+def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
+    device = torch.device(device)
+    fused_backend = "cpu" if device.type == "cpu" else "auto"
+    rounds = 8 if quick else 40
+    records, lines = [], []
+    for shape in SHAPES:
+        numel = torch.Size(shape).numel()
+        bandwidth = common.copy_bandwidth(numel, device, rounds=rounds)
+        for norm, (eps, alpha) in RADII.items():
+            x_adv, grad, x = make_inputs(shape, device)
+            reference_step = functools.partial(reference.pgd_step, eps=eps, alpha=alpha, norm=norm)
+            compiled, compile_s, recompile_s = compile_costs(reference_step, x_adv, grad, x)
+            in_place = x_adv.clone()
+
+            def fused():
+                with fastadv.use_backend(fused_backend):
+                    return pgd_step(x_adv, grad, x, eps, alpha, norm=norm)
+
+            def fused_in_place():
+                with fastadv.use_backend(fused_backend):
+                    return pgd_step_(in_place, grad, x, eps, alpha, norm=norm)
+
+            functions = {
+                "eager reference": lambda: reference_step(x_adv, grad, x),
+                "torch.compile(reference)": lambda: compiled(x_adv, grad, x),
+                "fastadv pgd_step": fused,
+                "fastadv pgd_step_ (in place)": fused_in_place,
+            }
+            stats = common.time_interleaved(functions, device, rounds=rounds)
+            eager_s = stats["eager reference"]["median"]
+            compiled_s = stats["torch.compile(reference)"]["median"]
+            for name, s in stats.items():
+                roofline = BYTES_PER_ELEMENT * numel / s["median"] / bandwidth
+                records.append({
+                    "shape": "x".join(map(str, shape)), "norm": norm, "implementation": name,
+                    "median_ms": s["median"] * 1e3, "p20_ms": s["p20"] * 1e3, "p80_ms": s["p80"] * 1e3,
+                    "speedup_vs_eager": eager_s / s["median"], "speedup_vs_compile": compiled_s / s["median"],
+                    "roofline_percent": 100 * roofline, "copy_GBps": bandwidth / 1e9,
+                    "compile_s": compile_s if "compile" in name else None,
+                    "recompile_s": recompile_s if "compile" in name else None,
+                })
+    meta = {
+        "machine": common.machine_description(device),
+        "device": str(device),
+        "torch": torch.__version__,
+        "fastadv": fastadv.__version__,
+        "inductor_cpp_compiler": common.cxx_compiler_for_inductor() if device.type == "cpu" else None,
+        "rounds": rounds,
+    }
+    common.write_results("pgd", records, meta, out_dir)
+    rows = [[r["shape"], r["norm"], r["implementation"], f"{r['median_ms']:.3f}",
+             f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}", f"{r['speedup_vs_eager']:.2f}×",
+             f"{r['speedup_vs_compile']:.2f}×", f"{r['roofline_percent']:.0f}%"] for r in records]
+    table = common.markdown_table(
+        ["shape", "norm", "implementation", "median ms", "p20–p80 ms", "vs eager", "vs compile", "roofline"], rows)
+    costs = sorted({(r["shape"], r["norm"], r["compile_s"], r["recompile_s"]) for r in records if r["compile_s"]})
+    lines.append(f"pgd_step, float32, {meta['machine']}")
+    lines.append("")
+    lines.append(table)
+    lines.append("")
+    bandwidths = ", ".join(sorted({f"{r['copy_GBps']:.0f} GB/s for {r['shape']}" for r in records}))
+    lines.append(f"roofline: 16 bytes/element at the bandwidth of a copy_ of the same size, measured in this run "
+                 f"({bandwidths}).")
+    lines.append("torch.compile's one-off costs (the fused op has none):")
+    for shape, norm, first, again in costs:
+        lines.append(f"- {shape} {norm}: first call {first:.1f} s, first call on a new batch size {again:.1f} s")
+    if meta["inductor_cpp_compiler"]:
+        lines.append(f"- inductor's CPU backend needs a C++ compiler at run time: {meta['inductor_cpp_compiler']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- pytest-benchmark
+def _bench_args(norm):
+    x_adv, grad, x = make_inputs(SHAPES[0], torch.device("cpu"))
+    eps, alpha = RADII[norm]
+    return x_adv, grad, x, eps, alpha
+
+
+def test_bench_pgd_step_linf(benchmark):
+    x_adv, grad, x, eps, alpha = _bench_args("linf")
+    with fastadv.use_backend("cpu"):
+        benchmark(pgd_step, x_adv, grad, x, eps, alpha)
+
+
+def test_bench_pgd_step_l2(benchmark):
+    x_adv, grad, x, eps, alpha = _bench_args("l2")
+    with fastadv.use_backend("cpu"):
+        benchmark(pgd_step, x_adv, grad, x, eps, alpha, "l2")
+
+
+def test_bench_reference_linf(benchmark):
+    x_adv, grad, x, eps, alpha = _bench_args("linf")
+    benchmark(reference.pgd_step, x_adv, grad, x, eps, alpha)

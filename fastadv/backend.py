@@ -1,0 +1,110 @@
+"""Which implementation of an op runs: ``auto | cpu | cuda | triton | reference``.
+
+``auto`` picks Triton for CUDA tensors (the CUDA C++ kernels when Triton is missing), the C++
+kernels for CPU tensors, and the pure-PyTorch reference where neither applies (for example
+float16 on the CPU). ``FASTADV_BACKEND`` sets the default for a process; the context manager
+:func:`use_backend` overrides it for a block. A backend named explicitly never falls back:
+it runs, or it raises :class:`BackendUnavailable` saying why.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+CPU_DTYPES = (torch.float32, torch.float64)
+GPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+_override: str | None = None
+_capabilities: dict[str, bool] = {}
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run these inputs on this machine or build."""
+
+
+def _check_name(name: str, source: str) -> str:
+    if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
+        raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}; got {name!r}")
+    return name.strip().lower()
+
+
+def requested() -> str:
+    """The backend asked for now: the innermost :func:`use_backend`, else ``FASTADV_BACKEND``."""
+    if _override is not None:
+        return _override
+    return _check_name(os.environ.get("FASTADV_BACKEND", "auto"), "FASTADV_BACKEND")
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the fastadv ops inside the block on backend ``name`` (one of :data:`BACKENDS`)."""
+    global _override
+    name = _check_name(name, "backend name")
+    previous, _override = _override, name
+    try:
+        yield name
+    finally:
+        _override = previous
+
+
+def triton_available() -> bool:
+    if "triton" not in _capabilities:
+        _capabilities["triton"] = importlib.util.find_spec("triton") is not None
+    return _capabilities["triton"]
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run in the interpreter (on CPU tensors), TRITON_INTERPRET=1."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def cuda_compiled() -> bool:
+    """Whether this build of fastadv._C contains the CUDA kernels."""
+    if "cuda" not in _capabilities:
+        _capabilities["cuda"] = bool(torch.ops.fastadv._compiled_with_cuda())
+    return _capabilities["cuda"]
+
+
+def _dtype_names(dtypes) -> str:
+    return "/".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def select(op: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that runs ``op`` on tensors of ``device``/``dtype``, or an explained error."""
+    name = requested()
+    if name == "auto":
+        if device.type == "cuda":
+            if triton_available():
+                return "triton"
+            return "cuda" if cuda_compiled() and dtype in GPU_DTYPES else "reference"
+        if device.type == "cpu" and dtype in CPU_DTYPES:
+            return "cpu"
+        return "reference"
+    if name == "cpu":
+        if device.type != "cpu":
+            raise BackendUnavailable(f"{op}: backend 'cpu' runs the C++ CPU kernels, but the tensors are on {device}")
+        if dtype not in CPU_DTYPES:
+            raise BackendUnavailable(
+                f"{op}: the C++ CPU kernels support {_dtype_names(CPU_DTYPES)}, got {_dtype_names([dtype])}; "
+                "use backend 'reference' or convert the inputs")
+    elif name == "cuda":
+        if not cuda_compiled():
+            raise BackendUnavailable(f"{op}: this fastadv build has no CUDA kernels (it was built without nvcc; see `fastadv info`)")
+        if device.type != "cuda":
+            raise BackendUnavailable(f"{op}: backend 'cuda' needs CUDA tensors, got tensors on {device}")
+    elif name == "triton":
+        if not triton_available():
+            raise BackendUnavailable(f"{op}: backend 'triton' needs the triton package (pip install 'fastadv[triton]')")
+        if device.type == "cpu" and not triton_interpreted():
+            raise BackendUnavailable(
+                f"{op}: Triton kernels run on CPU tensors only in Triton's interpreter; "
+                "set TRITON_INTERPRET=1 before triton is imported, or use CUDA tensors")
+        if device.type not in ("cpu", "cuda"):
+            raise BackendUnavailable(f"{op}: backend 'triton' needs CUDA tensors, got tensors on {device}")
+    if name in ("cuda", "triton") and dtype not in GPU_DTYPES:
+        raise BackendUnavailable(f"{op}: backend {name!r} supports {_dtype_names(GPU_DTYPES)}, got {_dtype_names([dtype])}")
+    return name

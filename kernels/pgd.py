@@ -1,0 +1,208 @@
+"""Triton kernels of the pgd family: the PGD step, L-infinity and L2.
+
+The math mirrors csrc/include/fastadv/pgd.h and common.h line by line, so that the Triton,
+CUDA C++ and CPU backends agree to rounding. Tensors are addressed as `rows` samples of
+`row_size` consecutive elements (contiguous and channels_last both qualify; the Python layer
+checks that every operand shares one layout), so flat offsets `row * row_size + i` are valid
+without making anything contiguous.
+
+`pgd_step_into` launches through `torch.library.wrap_triton`, so that a caller may register it
+with `torch.library.triton_op` and `torch.compile` sees the kernels themselves.
+"""
+import torch
+import triton
+import triton.language as tl
+
+# L-infinity is elementwise: 1024 elements (4 warps) per program is the usual memory-bound
+# choice. L2 runs one program per row and keeps three partial sums of BLOCK elements in
+# registers across its loop; 2048 caps that register footprint while still covering a
+# 3x32x32 image in two chunks.
+_LINF_BLOCK_MAX = 1024
+_L2_BLOCK_MAX = 2048
+
+
+@triton.jit
+def _clamp_propagating_nan(v, lo, hi):
+    # The operand order of common.h: a NaN `v` fails both comparisons and falls through.
+    at_least_lo = tl.where(lo > v, lo, v)
+    return tl.where(hi < at_least_lo, hi, at_least_lo)
+
+
+@triton.jit
+def _sign_propagating_nan(g):
+    return tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, g))
+
+
+@triton.jit
+def _sqrt(v, ACC: tl.constexpr):
+    # Triton's float32 sqrt and `/` are approximate on the GPU; the C++ kernels use IEEE ones.
+    # float64 has no approximate variants, so the plain operations are already exact there.
+    if ACC == tl.float32:
+        return tl.sqrt_rn(v)
+    else:
+        return tl.sqrt(v)
+
+
+@triton.jit
+def _divide(a, b, ACC: tl.constexpr):
+    if ACC == tl.float32:
+        return tl.div_rn(a, b)
+    else:
+        return a / b
+
+
+@triton.jit
+def _per_sample(value, per_sample_ptr, row, mask, HAS_PER_SAMPLE: tl.constexpr, ACC: tl.constexpr):
+    if HAS_PER_SAMPLE:
+        return tl.load(per_sample_ptr + row, mask=mask, other=0.0)
+    else:
+        # tl.full takes the float64 argument (or, in the interpreter, the Python float) straight
+        # to ACC; any other first use would round it to float32, losing float64 precision.
+        return tl.full((), value, ACC)
+
+
+@triton.jit
+def _pgd_linf_step_kernel(
+    out_ptr, x_adv_ptr, grad_ptr, x_ptr,
+    eps_per_sample_ptr, alpha_per_sample_ptr, active_ptr,
+    eps: tl.float64, alpha: tl.float64, clip_min: tl.float64, clip_max: tl.float64,
+    row_size, numel,
+    ACC: tl.constexpr,
+    HAS_EPS_PER_SAMPLE: tl.constexpr, HAS_ALPHA_PER_SAMPLE: tl.constexpr,
+    HAS_ACTIVE: tl.constexpr, IN_PLACE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_bounds = offsets < numel
+    row = offsets // row_size
+    if HAS_ACTIVE:
+        row_active = tl.load(active_ptr + row, mask=in_bounds, other=0) != 0
+        step_mask = in_bounds & row_active
+    else:
+        step_mask = in_bounds
+    # In place, an inactive row already holds its result: it is neither read nor written.
+    if IN_PLACE:
+        x_adv_stored = tl.load(x_adv_ptr + offsets, mask=step_mask)
+    else:
+        x_adv_stored = tl.load(x_adv_ptr + offsets, mask=in_bounds)
+    grad = tl.load(grad_ptr + offsets, mask=step_mask).to(ACC)
+    x = tl.load(x_ptr + offsets, mask=step_mask).to(ACC)
+    eps_row = _per_sample(eps, eps_per_sample_ptr, row, step_mask, HAS_EPS_PER_SAMPLE, ACC)
+    alpha_row = _per_sample(alpha, alpha_per_sample_ptr, row, step_mask, HAS_ALPHA_PER_SAMPLE, ACC)
+    lo = tl.full((), clip_min, ACC)
+    hi = tl.full((), clip_max, ACC)
+
+    stepped = x_adv_stored.to(ACC) + alpha_row * _sign_propagating_nan(grad)
+    projected = _clamp_propagating_nan(stepped, x - eps_row, x + eps_row)
+    result = _clamp_propagating_nan(projected, lo, hi).to(out_ptr.dtype.element_ty)
+    if HAS_ACTIVE and not IN_PLACE:
+        tl.store(out_ptr + offsets, tl.where(row_active, result, x_adv_stored), mask=in_bounds)
+    else:
+        tl.store(out_ptr + offsets, result, mask=step_mask)
+
+
+@triton.jit
+def _pgd_l2_step_kernel(
+    out_ptr, x_adv_ptr, grad_ptr, x_ptr,
+    eps_per_sample_ptr, alpha_per_sample_ptr, active_ptr,
+    eps: tl.float64, alpha: tl.float64, clip_min: tl.float64, clip_max: tl.float64,
+    row_size,
+    ACC: tl.constexpr,
+    HAS_EPS_PER_SAMPLE: tl.constexpr, HAS_ALPHA_PER_SAMPLE: tl.constexpr,
+    HAS_ACTIVE: tl.constexpr, IN_PLACE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    row_start = row * row_size
+    if HAS_ACTIVE:
+        if tl.load(active_ptr + row) == 0:
+            if not IN_PLACE:
+                for start in range(0, row_size, BLOCK):
+                    offsets = row_start + start + tl.arange(0, BLOCK)
+                    mask = start + tl.arange(0, BLOCK) < row_size
+                    tl.store(out_ptr + offsets, tl.load(x_adv_ptr + offsets, mask=mask), mask=mask)
+            return
+
+    # One pass for the three sums of pgd_l2_coefficients; lanes add up separately and are
+    # reduced once at the end.
+    grad_sq = tl.zeros((BLOCK,), ACC)
+    delta_sq = tl.zeros((BLOCK,), ACC)
+    delta_dot_grad = tl.zeros((BLOCK,), ACC)
+    for start in range(0, row_size, BLOCK):
+        offsets = row_start + start + tl.arange(0, BLOCK)
+        mask = start + tl.arange(0, BLOCK) < row_size
+        grad = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        delta = (tl.load(x_adv_ptr + offsets, mask=mask, other=0.0).to(ACC)
+                 - tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC))
+        grad_sq += grad * grad
+        delta_sq += delta * delta
+        delta_dot_grad += delta * grad
+    grad_sq_row = tl.sum(grad_sq, axis=0)
+    delta_sq_row = tl.sum(delta_sq, axis=0)
+    delta_dot_grad_row = tl.sum(delta_dot_grad, axis=0)
+
+    eps_row = _per_sample(eps, eps_per_sample_ptr, row, True, HAS_EPS_PER_SAMPLE, ACC)
+    alpha_row = _per_sample(alpha, alpha_per_sample_ptr, row, True, HAS_ALPHA_PER_SAMPLE, ACC)
+    # pgd_l2_coefficients: a zero gradient makes no step; a NaN sum is not zero, so it propagates.
+    # tl.where evaluates both sides, so the discarded quotient gets a harmless denominator
+    # (a division by zero would make the interpreter warn).
+    no_step = grad_sq_row == 0
+    step_scale = tl.where(
+        no_step, 0.0, _divide(alpha_row, _sqrt(tl.where(no_step, 1.0, grad_sq_row), ACC), ACC))
+    new_sq = delta_sq_row + 2.0 * step_scale * delta_dot_grad_row + step_scale * step_scale * grad_sq_row
+    new_sq = tl.where(new_sq < 0, 0.0, new_sq)  # rounding can make an exact 0 negative
+    new_norm = _sqrt(new_sq, ACC)
+    outside = new_norm > eps_row
+    shrink = tl.where(outside, _divide(eps_row, tl.where(outside, new_norm, 1.0), ACC), 1.0)
+    lo = tl.full((), clip_min, ACC)
+    hi = tl.full((), clip_max, ACC)
+
+    for start in range(0, row_size, BLOCK):
+        offsets = row_start + start + tl.arange(0, BLOCK)
+        mask = start + tl.arange(0, BLOCK) < row_size
+        grad = tl.load(grad_ptr + offsets, mask=mask).to(ACC)
+        x_adv = tl.load(x_adv_ptr + offsets, mask=mask).to(ACC)
+        x = tl.load(x_ptr + offsets, mask=mask).to(ACC)
+        result = _clamp_propagating_nan(x + shrink * ((x_adv - x) + step_scale * grad), lo, hi)
+        tl.store(out_ptr + offsets, result.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def pgd_step_into(out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor,
+                  eps: float, alpha: float, eps_per_sample: torch.Tensor | None,
+                  alpha_per_sample: torch.Tensor | None, norm: str, clip_min: float,
+                  clip_max: float, active: torch.Tensor | None) -> None:
+    """Writes one PGD step of `x_adv` into `out` (which may be `x_adv` itself).
+
+    The caller has validated every argument (fastadv/ops/pgd.py); see fastadv::pgd_step.
+    """
+    rows = x_adv.shape[0]
+    numel = x_adv.numel()
+    if numel == 0:
+        return
+    row_size = numel // rows
+    # Absent optional tensors still need a pointer argument; the constexpr flags keep the
+    # kernels from ever touching it.
+    arguments = dict(
+        out_ptr=out, x_adv_ptr=x_adv, grad_ptr=grad, x_ptr=x,
+        eps_per_sample_ptr=x if eps_per_sample is None else eps_per_sample,
+        alpha_per_sample_ptr=x if alpha_per_sample is None else alpha_per_sample,
+        active_ptr=x if active is None else active,
+        eps=float(eps), alpha=float(alpha), clip_min=float(clip_min), clip_max=float(clip_max),
+        row_size=row_size,
+        ACC=tl.float64 if x_adv.dtype == torch.float64 else tl.float32,
+        HAS_EPS_PER_SAMPLE=eps_per_sample is not None,
+        HAS_ALPHA_PER_SAMPLE=alpha_per_sample is not None,
+        HAS_ACTIVE=active is not None,
+        # Identity, not data_ptr: it works on the fake tensors of torch.compile's tracing, and
+        # a distinct alias only costs the in-place shortcut, never correctness.
+        IN_PLACE=out is x_adv,
+    )
+    if norm == "linf":
+        block = min(triton.next_power_of_2(numel), _LINF_BLOCK_MAX)
+        grid = (triton.cdiv(numel, block),)
+        torch.library.wrap_triton(_pgd_linf_step_kernel)[grid](
+            numel=numel, BLOCK=block, num_warps=4, **arguments)
+    else:
+        block = min(triton.next_power_of_2(row_size), _L2_BLOCK_MAX)
+        torch.library.wrap_triton(_pgd_l2_step_kernel)[(rows,)](
+            BLOCK=block, num_warps=4 if block <= 1024 else 8, **arguments)
