@@ -3,8 +3,10 @@
 pgd_step (L-inf and L2) against the eager reference and torch.compile of the same reference,
 with torch.compile's one-off costs (first compile, recompile on a new batch size) reported
 apart. The step is memory-bound: it reads x_adv, grad and x and writes one output, 16 bytes per
-float32 element, so the roofline is 16 bytes/element at the bandwidth of a `copy_` of the same
-size measured in the same run (same cache level as the op's own working set).
+float32 element, so its roofline is 16 bytes/element at a copy_ bandwidth measured in the same
+run. Two regimes: "cold", inputs rotating through more memory than the caches hold, as in an
+attack loop where a model pass runs between two steps (roofline: a large copy_); and "hot",
+the same tensors every call (roofline: a copy_ of the same size, at the same cache level).
 
 Also a pytest-benchmark suite: `pytest benchmarks/bench_pgd.py --benchmark-only`.
 """
@@ -24,6 +26,7 @@ from . import common
 SHAPES = [(512, 3, 32, 32), (4096, 1, 8, 8)]
 RADII = {"linf": (8 / 255, 2 / 255), "l2": (0.5, 0.1)}
 BYTES_PER_ELEMENT = 16  # x_adv, grad, x read and the result written, float32
+COLD_BYTES = 256 * 2**20  # input sets beyond any last-level cache of a 2-core share
 
 
 def make_inputs(shape, device, seed=0):
@@ -35,60 +38,93 @@ def make_inputs(shape, device, seed=0):
 
 
 def compile_costs(fn, x_adv, grad, x):
-    """First-call compile time, and the time of the first call on a new batch size."""
+    """torch.compile's one-off costs: the first call (compilation) at this batch size, and the
+    first call on half the batch size (a recompilation, now with a dynamic batch dimension).
+    The compiled function that is timed afterwards is the static one, compile's best case."""
     torch._dynamo.reset()
-    compiled = torch.compile(fn)
     start = time.perf_counter()
+    compiled = torch.compile(fn)
     compiled(x_adv, grad, x)
     first = time.perf_counter() - start
+    resized = torch.compile(fn)
+    resized(x_adv, grad, x)
     half = x_adv.shape[0] // 2
     start = time.perf_counter()
-    compiled(x_adv[:half], grad[:half], x[:half])
+    resized(x_adv[:half], grad[:half], x[:half])
     recompile = time.perf_counter() - start
     return compiled, first, recompile
+
+
+class Rotation:
+    """Input sets used in turn. With one set the working set stays in the CPU caches between
+    calls ("hot"); with enough sets to exceed the caches every call reads from memory ("cold"),
+    as in an attack loop where a model forward/backward runs between two steps."""
+
+    def __init__(self, shape, device, sets):
+        self.sets = [make_inputs(shape, device, seed=i) for i in range(sets)]
+        self.in_place = [x_adv.clone() for x_adv, _, _ in self.sets]
+        self.index = 0
+
+    def next(self):
+        self.index = (self.index + 1) % len(self.sets)
+        return self.sets[self.index], self.in_place[self.index]
+
+
+def measure(shape, norm, device, fused_backend, rotation, compiled, rounds):
+    eps, alpha = RADII[norm]
+    reference_step = functools.partial(reference.pgd_step, eps=eps, alpha=alpha, norm=norm)
+
+    def eager():
+        return reference_step(*rotation.next()[0])
+
+    def compiled_reference():
+        return compiled(*rotation.next()[0])
+
+    def fused():
+        (x_adv, grad, x), _ = rotation.next()
+        with fastadv.use_backend(fused_backend):
+            return pgd_step(x_adv, grad, x, eps, alpha, norm=norm)
+
+    def fused_in_place():
+        (_, grad, x), in_place = rotation.next()
+        with fastadv.use_backend(fused_backend):
+            return pgd_step_(in_place, grad, x, eps, alpha, norm=norm)
+
+    functions = {"eager reference": eager, "torch.compile(reference)": compiled_reference,
+                 "fastadv pgd_step": fused, "fastadv pgd_step_ (in place)": fused_in_place}
+    return common.time_interleaved(functions, device, rounds=rounds)
 
 
 def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
     device = torch.device(device)
     fused_backend = "cpu" if device.type == "cpu" else "auto"
     rounds = 8 if quick else 40
-    records, lines = [], []
+    large_copy = common.copy_bandwidth(64 * 2**20, device, rounds=max(5, rounds // 4))
+    records = []
     for shape in SHAPES:
         numel = torch.Size(shape).numel()
-        bandwidth = common.copy_bandwidth(numel, device, rounds=rounds)
-        for norm, (eps, alpha) in RADII.items():
-            x_adv, grad, x = make_inputs(shape, device)
+        set_bytes = 4 * numel * 4
+        cold_sets = max(2, -(-COLD_BYTES // set_bytes))
+        same_size_copy = common.copy_bandwidth(numel, device, rounds=rounds)
+        for norm in RADII:
+            eps, alpha = RADII[norm]
             reference_step = functools.partial(reference.pgd_step, eps=eps, alpha=alpha, norm=norm)
-            compiled, compile_s, recompile_s = compile_costs(reference_step, x_adv, grad, x)
-            in_place = x_adv.clone()
-
-            def fused():
-                with fastadv.use_backend(fused_backend):
-                    return pgd_step(x_adv, grad, x, eps, alpha, norm=norm)
-
-            def fused_in_place():
-                with fastadv.use_backend(fused_backend):
-                    return pgd_step_(in_place, grad, x, eps, alpha, norm=norm)
-
-            functions = {
-                "eager reference": lambda: reference_step(x_adv, grad, x),
-                "torch.compile(reference)": lambda: compiled(x_adv, grad, x),
-                "fastadv pgd_step": fused,
-                "fastadv pgd_step_ (in place)": fused_in_place,
-            }
-            stats = common.time_interleaved(functions, device, rounds=rounds)
-            eager_s = stats["eager reference"]["median"]
-            compiled_s = stats["torch.compile(reference)"]["median"]
-            for name, s in stats.items():
-                roofline = BYTES_PER_ELEMENT * numel / s["median"] / bandwidth
-                records.append({
-                    "shape": "x".join(map(str, shape)), "norm": norm, "implementation": name,
-                    "median_ms": s["median"] * 1e3, "p20_ms": s["p20"] * 1e3, "p80_ms": s["p80"] * 1e3,
-                    "speedup_vs_eager": eager_s / s["median"], "speedup_vs_compile": compiled_s / s["median"],
-                    "roofline_percent": 100 * roofline, "copy_GBps": bandwidth / 1e9,
-                    "compile_s": compile_s if "compile" in name else None,
-                    "recompile_s": recompile_s if "compile" in name else None,
-                })
+            compiled, compile_s, recompile_s = compile_costs(reference_step, *make_inputs(shape, device))
+            for memory, sets, bandwidth in (("cold", cold_sets, large_copy), ("hot", 1, same_size_copy)):
+                rotation = Rotation(shape, device, sets)
+                stats = measure(shape, norm, device, fused_backend, rotation, compiled, rounds)
+                eager_s = stats["eager reference"]["median"]
+                compiled_s = stats["torch.compile(reference)"]["median"]
+                for name, s in stats.items():
+                    records.append({
+                        "shape": "x".join(map(str, shape)), "norm": norm, "memory": memory, "implementation": name,
+                        "median_ms": s["median"] * 1e3, "p20_ms": s["p20"] * 1e3, "p80_ms": s["p80"] * 1e3,
+                        "speedup_vs_eager": eager_s / s["median"], "speedup_vs_compile": compiled_s / s["median"],
+                        "roofline_percent": 100 * BYTES_PER_ELEMENT * numel / s["median"] / bandwidth,
+                        "copy_GBps": bandwidth / 1e9,
+                        "compile_s": compile_s if "compile" in name else None,
+                        "recompile_s": recompile_s if "compile" in name else None,
+                    })
     meta = {
         "machine": common.machine_description(device),
         "device": str(device),
@@ -96,24 +132,30 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
         "fastadv": fastadv.__version__,
         "inductor_cpp_compiler": common.cxx_compiler_for_inductor() if device.type == "cpu" else None,
         "rounds": rounds,
+        "large_copy_GBps": large_copy / 1e9,
     }
     common.write_results("pgd", records, meta, out_dir)
-    rows = [[r["shape"], r["norm"], r["implementation"], f"{r['median_ms']:.3f}",
+    return report(records, meta)
+
+
+def report(records, meta) -> str:
+    rows = [[r["shape"], r["norm"], r["memory"], r["implementation"], f"{r['median_ms']:.3f}",
              f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}", f"{r['speedup_vs_eager']:.2f}×",
              f"{r['speedup_vs_compile']:.2f}×", f"{r['roofline_percent']:.0f}%"] for r in records]
     table = common.markdown_table(
-        ["shape", "norm", "implementation", "median ms", "p20–p80 ms", "vs eager", "vs compile", "roofline"], rows)
+        ["shape", "norm", "memory", "implementation", "median ms", "p20–p80 ms", "vs eager", "vs compile",
+         "roofline"], rows)
+    hot = sorted({f"{r['copy_GBps']:.0f} GB/s for {r['shape']}" for r in records if r["memory"] == "hot"})
+    lines = [f"pgd_step, float32, {meta['machine']}", "", table, "",
+             "cold: inputs rotate through sets larger than the caches, as in an attack loop (a model pass runs "
+             "between two steps); roofline = 16 bytes/element at the bandwidth of a large copy_ measured in this "
+             f"run ({meta['large_copy_GBps']:.1f} GB/s).",
+             "hot: the same tensors every call, so they stay in cache; roofline against a copy_ of the same size "
+             f"({', '.join(hot)}).",
+             "torch.compile's one-off costs (the fused op has none):"]
     costs = sorted({(r["shape"], r["norm"], r["compile_s"], r["recompile_s"]) for r in records if r["compile_s"]})
-    lines.append(f"pgd_step, float32, {meta['machine']}")
-    lines.append("")
-    lines.append(table)
-    lines.append("")
-    bandwidths = ", ".join(sorted({f"{r['copy_GBps']:.0f} GB/s for {r['shape']}" for r in records}))
-    lines.append(f"roofline: 16 bytes/element at the bandwidth of a copy_ of the same size, measured in this run "
-                 f"({bandwidths}).")
-    lines.append("torch.compile's one-off costs (the fused op has none):")
     for shape, norm, first, again in costs:
-        lines.append(f"- {shape} {norm}: first call {first:.1f} s, first call on a new batch size {again:.1f} s")
+        lines.append(f"- {shape} {norm}: first call {first:.1f} s; first call on a new batch size {again:.1f} s")
     if meta["inductor_cpp_compiler"]:
         lines.append(f"- inductor's CPU backend needs a C++ compiler at run time: {meta['inductor_cpp_compiler']}")
     return "\n".join(lines)
