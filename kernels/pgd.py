@@ -6,8 +6,9 @@ CUDA C++ and CPU backends agree to rounding. Tensors are addressed as `rows` sam
 checks that every operand shares one layout), so flat offsets `row * row_size + i` are valid
 without making anything contiguous.
 
-`pgd_step_into` launches through `torch.library.wrap_triton`, so that a caller may register it
-with `torch.library.triton_op` and `torch.compile` sees the kernels themselves.
+`pgd_step_into` launches the kernels; fastadv/ops/pgd.py registers it as the operators
+`fastadv::pgd_step_triton(_)` with `torch.library.custom_op` and a fake implementation, so that
+torch.compile and opcheck treat it like the C++ kernels, in Triton's interpreter as on a GPU.
 """
 import torch
 import triton
@@ -163,7 +164,11 @@ def _pgd_l2_step_kernel(
         grad = tl.load(grad_ptr + offsets, mask=mask).to(ACC)
         x_adv = tl.load(x_adv_ptr + offsets, mask=mask).to(ACC)
         x = tl.load(x_ptr + offsets, mask=mask).to(ACC)
-        result = _clamp_propagating_nan(x + shrink * ((x_adv - x) + step_scale * grad), lo, hi)
+        # pgd_l2_element: inside the ball the step lands on x_adv directly, so a zero gradient
+        # leaves x_adv bit for bit where it was.
+        stepped = x_adv + step_scale * grad
+        projected = tl.where(shrink == 1, stepped, x + shrink * (stepped - x))
+        result = _clamp_propagating_nan(projected, lo, hi)
         tl.store(out_ptr + offsets, result.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -200,9 +205,9 @@ def pgd_step_into(out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, x:
     if norm == "linf":
         block = min(triton.next_power_of_2(numel), _LINF_BLOCK_MAX)
         grid = (triton.cdiv(numel, block),)
-        torch.library.wrap_triton(_pgd_linf_step_kernel)[grid](
+        _pgd_linf_step_kernel[grid](
             numel=numel, BLOCK=block, num_warps=4, **arguments)
     else:
         block = min(triton.next_power_of_2(row_size), _L2_BLOCK_MAX)
-        torch.library.wrap_triton(_pgd_l2_step_kernel)[(rows,)](
+        _pgd_l2_step_kernel[(rows,)](
             BLOCK=block, num_warps=4 if block <= 1024 else 8, **arguments)

@@ -245,12 +245,17 @@ _TRITON_OPS = None
 
 
 def _triton_ops():
-    """Registers the Triton implementations on first use (importing triton takes a while)."""
+    """Registers the Triton implementations on first use (importing triton takes a while).
+
+    They are custom ops with fake implementations rather than triton_ops: opaque to
+    torch.compile exactly like the C++ kernels, which also keeps opcheck and torch.compile
+    working in Triton's interpreter (a triton_op's fake run would launch the interpreter on
+    fake tensors)."""
     global _TRITON_OPS
     if _TRITON_OPS is None:
         from ..kernels import pgd as kernels
 
-        @torch.library.triton_op("fastadv::pgd_step_triton", mutates_args=())
+        @torch.library.custom_op("fastadv::pgd_step_triton", mutates_args=())
         def pgd_step_triton(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: float, alpha: float,
                             eps_per_sample: Optional[torch.Tensor], alpha_per_sample: Optional[torch.Tensor],
                             norm: str, clip_min: float, clip_max: float,
@@ -260,12 +265,14 @@ def _triton_ops():
                                   clip_min, clip_max, active)
             return out
 
-        @torch.library.triton_op("fastadv::pgd_step_triton_", mutates_args={"x_adv"})
+        @torch.library.custom_op("fastadv::pgd_step_triton_", mutates_args={"x_adv"})
         def pgd_step_triton_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: float, alpha: float,
                              eps_per_sample: Optional[torch.Tensor], alpha_per_sample: Optional[torch.Tensor],
                              norm: str, clip_min: float, clip_max: float, active: Optional[torch.Tensor]) -> None:
             kernels.pgd_step_into(x_adv, x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm,
                                   clip_min, clip_max, active)
 
+        pgd_step_triton.register_fake(_pgd_step_fake)
+        pgd_step_triton_.register_fake(_pgd_step_inplace_fake)
         _TRITON_OPS = types.SimpleNamespace(pgd_step_triton=pgd_step_triton, pgd_step_triton_=pgd_step_triton_)
     return _TRITON_OPS

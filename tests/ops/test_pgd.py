@@ -348,8 +348,9 @@ def test_opcheck_triton(op_name):
     torch.library.opcheck(op, _raw_args(True, True, device_of("triton")))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("in_place", [False, True], ids=["pgd_step", "pgd_step_"])
-def test_torch_compile_fullgraph(in_place):
+def test_torch_compile_fullgraph(backend, in_place):
     def attack_steps(x_adv, grad, x):
         for _ in range(3):
             if in_place:
@@ -359,8 +360,10 @@ def test_torch_compile_fullgraph(in_place):
             grad = grad.flip(-1)
         return x_adv
 
-    x_adv, grad, x = make_batch((4, 3, 8, 8), seed=13)
-    with fastadv.use_backend("cpu"):
-        expected = attack_steps(x_adv.clone(), grad, x)
+    x_adv, grad, x = make_batch((4, 3, 8, 8), device=device_of(backend), seed=13)
+    torch._dynamo.reset()
+    with fastadv.use_backend(backend):
         compiled = torch.compile(attack_steps, fullgraph=True, backend="inductor")
-        torch.testing.assert_close(compiled(x_adv.clone(), grad, x), expected, atol=0, rtol=0)
+        result = compiled(x_adv.clone(), grad, x)
+        expected = attack_steps(x_adv.clone(), grad, x)
+    torch.testing.assert_close(result, expected, atol=0, rtol=0)
