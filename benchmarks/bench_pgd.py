@@ -5,9 +5,9 @@ and against the update as attack code usually writes it (torchattacks' style), e
 compiled, with torch.compile's one-off costs (first compile, recompile on a new batch size)
 reported apart. The step is memory-bound: it reads x_adv, grad and x and writes one output, 16 bytes per
 float32 element, so its roofline is 16 bytes/element at a copy_ bandwidth measured in the same
-run. Two regimes: "cold", inputs rotating through more memory than the caches hold, as in an
-attack loop where a model pass runs between two steps (roofline: a large copy_); and "hot",
-the same tensors every call (roofline: a copy_ of the same size, at the same cache level).
+run, interleaved with the other timings and through the same memory. Two regimes: "cold",
+inputs rotating through more memory than the caches hold, as in an attack loop where a model
+pass runs between two steps; and "hot", the same tensors every call.
 
 Also a pytest-benchmark suite: `pytest benchmarks/bench_pgd.py --benchmark-only`.
 """
@@ -30,6 +30,7 @@ SHAPES = [(512, 3, 32, 32), (4096, 1, 8, 8)]
 RADII = {"linf": (8 / 255, 2 / 255), "l2": (0.5, 0.1)}
 BYTES_PER_ELEMENT = 16  # x_adv, grad, x read and the result written, float32
 COLD_BYTES = 256 * 2**20  # input sets beyond any last-level cache of a 2-core share
+ROOFLINE = "copy_ of the same bytes"
 
 
 def make_inputs(shape, device, seed=0):
@@ -94,11 +95,21 @@ class Rotation:
     def __init__(self, shape, device, sets):
         self.sets = [make_inputs(shape, device, seed=i) for i in range(sets)]
         self.in_place = [x_adv.clone() for x_adv, _, _ in self.sets]
+        # The roofline's copy_: source and destination of 2 * numel float32 elements each move
+        # the 16 bytes/element of one step, through the same kind of memory as the step.
+        numel = torch.Size(shape).numel()
+        self.copies = [(torch.rand(2 * numel, device=device), torch.empty(2 * numel, device=device))
+                       for _ in range(sets)]
         self.index = 0
 
     def next(self):
         self.index = (self.index + 1) % len(self.sets)
         return self.sets[self.index], self.in_place[self.index]
+
+    def copy(self):
+        self.index = (self.index + 1) % len(self.sets)
+        source, destination = self.copies[self.index]
+        return destination.copy_(source)
 
 
 def measure(norm, device, fused_backend, rotation, compiled, rounds):
@@ -123,6 +134,7 @@ def measure(norm, device, fused_backend, rotation, compiled, rounds):
         "torch.compile(idiomatic update)": lambda: compiled["idiom"](*rotation.next()[0]),
         "fastadv pgd_step": fused,
         "fastadv pgd_step_ (in place)": fused_in_place,
+        ROOFLINE: rotation.copy,
     }
     return common.time_interleaved(functions, device, rounds=rounds)
 
@@ -131,22 +143,19 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
     device = torch.device(device)
     fused_backend = "cpu" if device.type == "cpu" else "auto"
     rounds = 8 if quick else 40
-    large_copy = common.copy_bandwidth(64 * 2**20, device, rounds=max(5, rounds // 4))
     records = []
     for shape in SHAPES:
         numel = torch.Size(shape).numel()
-        set_bytes = 4 * numel * 4
-        cold_sets = max(2, -(-COLD_BYTES // set_bytes))
-        same_size_copy = common.copy_bandwidth(numel, device, rounds=rounds)
+        cold_sets = max(2, -(-COLD_BYTES // (8 * numel * 4)))  # 4 step tensors + 2 copy_ tensors of 2 * numel
         for norm in RADII:
             eps, alpha = RADII[norm]
             compiled, costs = {}, {}
             for name, fn in (("reference", reference.pgd_step), ("idiom", idiomatic_step)):
                 step = functools.partial(fn, eps=eps, alpha=alpha, norm=norm)
                 compiled[name], *costs[name] = compile_costs(step, *make_inputs(shape, device))
-            for memory, sets, bandwidth in (("cold", cold_sets, large_copy), ("hot", 1, same_size_copy)):
-                rotation = Rotation(shape, device, sets)
-                stats = measure(norm, device, fused_backend, rotation, compiled, rounds)
+            for memory, sets in (("cold", cold_sets), ("hot", 1)):
+                stats = measure(norm, device, fused_backend, Rotation(shape, device, sets), compiled, rounds)
+                roofline_s = stats.pop(ROOFLINE)["median"]
                 eager_s = stats["eager reference"]["median"]
                 compiled_s = stats["torch.compile(reference)"]["median"]
                 idiom_s = stats["torch.compile(idiomatic update)"]["median"]
@@ -157,8 +166,9 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
                         "median_ms": s["median"] * 1e3, "p20_ms": s["p20"] * 1e3, "p80_ms": s["p80"] * 1e3,
                         "speedup_vs_eager": eager_s / s["median"], "speedup_vs_compile": compiled_s / s["median"],
                         "speedup_vs_compiled_idiom": idiom_s / s["median"],
-                        "roofline_percent": 100 * BYTES_PER_ELEMENT * numel / s["median"] / bandwidth,
-                        "copy_GBps": bandwidth / 1e9, "compile_s": cost[0], "recompile_s": cost[1],
+                        "roofline_percent": 100 * roofline_s / s["median"],
+                        "copy_GBps": BYTES_PER_ELEMENT * numel / roofline_s / 1e9,
+                        "compile_s": cost[0], "recompile_s": cost[1],
                     })
     meta = {
         "machine": common.machine_description(device),
@@ -167,10 +177,31 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
         "fastadv": fastadv.__version__,
         "inductor_cpp_compiler": common.cxx_compiler_for_inductor() if device.type == "cpu" else None,
         "rounds": rounds,
-        "large_copy_GBps": large_copy / 1e9,
     }
     common.write_results("pgd", records, meta, out_dir)
     return report(records, meta)
+
+
+def summary(records) -> str:
+    """One row per case: the baselines' times, then the fused op's with its ratios."""
+    cases = {}
+    for r in records:
+        cases.setdefault((r["shape"], r["norm"], r["memory"]), {})[r["implementation"]] = r
+    rows = []
+    for (shape, norm, memory), by_name in cases.items():
+        fused, in_place = by_name["fastadv pgd_step"], by_name["fastadv pgd_step_ (in place)"]
+        rows.append([
+            shape, norm, memory, f"{by_name['eager reference']['median_ms']:.3f}",
+            f"{by_name['torch.compile(reference)']['median_ms']:.3f}",
+            f"{by_name['torch.compile(idiomatic update)']['median_ms']:.3f}",
+            f"{fused['median_ms']:.3f}", f"{fused['speedup_vs_eager']:.1f}×", f"{fused['speedup_vs_compile']:.2f}×",
+            f"{fused['speedup_vs_compiled_idiom']:.2f}×", f"{fused['roofline_percent']:.0f}%",
+            f"{in_place['median_ms']:.3f}", f"{in_place['speedup_vs_compile']:.2f}×",
+            f"{in_place['roofline_percent']:.0f}%"])
+    return common.markdown_table(
+        ["shape", "norm", "memory", "eager ref. ms", "compiled ref. ms", "compiled idiom ms", "pgd_step ms",
+         "vs eager", "vs compiled ref.", "vs compiled idiom", "roofline", "pgd_step_ ms", "vs compiled ref.",
+         "roofline"], rows)
 
 
 def report(records, meta) -> str:
@@ -181,14 +212,13 @@ def report(records, meta) -> str:
     table = common.markdown_table(
         ["shape", "norm", "memory", "implementation", "median ms", "p20–p80 ms", "vs eager reference",
          "vs compiled reference", "vs compiled idiom", "roofline"], rows)
-    hot = sorted({f"{r['copy_GBps']:.0f} GB/s for {r['shape']}" for r in records if r["memory"] == "hot"})
-    lines = [f"pgd_step, float32, {meta['machine']}", "", table, "",
+    bandwidth = sorted({f"{r['shape']} {r['norm']} {r['memory']}: {r['copy_GBps']:.0f} GB/s" for r in records})
+    lines = [f"pgd_step, float32, {meta['machine']}", "", summary(records), "", "All timings:", "", table, "",
              "cold: inputs rotate through sets larger than the caches, as in an attack loop (a model pass runs "
-             "between two steps); roofline = 16 bytes/element at the bandwidth of a large copy_ measured in this "
-             f"run ({meta['large_copy_GBps']:.1f} GB/s).",
-             "copy_ pays a write-allocate that an in-place update does not, so the in-place op can pass 100%.",
-             "hot: the same tensors every call, so they stay in cache; roofline against a copy_ of the same size "
-             f"({', '.join(hot)}).",
+             "between two steps); hot: the same tensors every call.",
+             "roofline: 16 bytes/element moved at the bandwidth of a copy_ timed in the same rounds, through the "
+             f"same memory ({'; '.join(bandwidth)}, read+write). copy_ pays a write-allocate that an in-place "
+             "update does not, so the in-place op can pass 100%.",
              "torch.compile's one-off costs, each with an empty inductor cache (the first compile in a process also "
              "pays inductor's start-up; the fused op has none of them):"]
     costs = sorted({(r["shape"], r["norm"], r["implementation"], r["compile_s"], r["recompile_s"])
