@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/string_view.h>
 
 #include <optional>
@@ -85,5 +86,30 @@ inline PgdStepParams pgd_step_params(const at::Tensor& out, const at::Tensor& x_
   p.norm = norm == "linf" ? PgdNorm::Linf : PgdNorm::L2;
   return p;
 }
+
+// The two registered entry points of a backend (out of place, in place), built from its
+// `run(params, x_adv)`, so that the CPU and CUDA registrations differ only in how they run.
+template <void (*Run)(const PgdStepParams&, const at::Tensor&)>
+struct PgdStepEntryPoints {
+  static at::Tensor step(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x, double eps,
+                         double alpha, const std::optional<at::Tensor>& eps_per_sample,
+                         const std::optional<at::Tensor>& alpha_per_sample, c10::string_view norm,
+                         double clip_min, double clip_max, const std::optional<at::Tensor>& active) {
+    at::Tensor out = at::empty_like(x_adv);
+    Run(pgd_step_params(out, x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm, clip_min,
+                        clip_max, active),
+        x_adv);
+    return out;
+  }
+
+  static void step_(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x, double eps,
+                    double alpha, const std::optional<at::Tensor>& eps_per_sample,
+                    const std::optional<at::Tensor>& alpha_per_sample, c10::string_view norm, double clip_min,
+                    double clip_max, const std::optional<at::Tensor>& active) {
+    Run(pgd_step_params(x_adv, x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm, clip_min,
+                        clip_max, active),
+        x_adv);
+  }
+};
 
 }  // namespace fastadv

@@ -5,7 +5,6 @@
 // picks the best one for the running CPU, so one wheel runs everywhere and fast where it can.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -90,31 +89,11 @@ void run_pgd_step_cpu(const PgdStepParams& p, const at::Tensor& x_adv) {
   }
 }
 
-at::Tensor pgd_step_cpu(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x,
-                        double eps, double alpha, const std::optional<at::Tensor>& eps_per_sample,
-                        const std::optional<at::Tensor>& alpha_per_sample, c10::string_view norm,
-                        double clip_min, double clip_max, const std::optional<at::Tensor>& active) {
-  at::Tensor out = at::empty_like(x_adv);
-  const PgdStepParams p = pgd_step_params(out, x_adv, grad, x, eps, alpha, eps_per_sample,
-                                          alpha_per_sample, norm, clip_min, clip_max, active);
-  run_pgd_step_cpu(p, x_adv);
-  return out;
-}
-
-void pgd_step_inplace_cpu(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x,
-                          double eps, double alpha, const std::optional<at::Tensor>& eps_per_sample,
-                          const std::optional<at::Tensor>& alpha_per_sample, c10::string_view norm,
-                          double clip_min, double clip_max, const std::optional<at::Tensor>& active) {
-  const PgdStepParams p = pgd_step_params(x_adv, x_adv, grad, x, eps, alpha, eps_per_sample,
-                                          alpha_per_sample, norm, clip_min, clip_max, active);
-  run_pgd_step_cpu(p, x_adv);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastadv, CPU, m) {
-  m.impl("pgd_step", &pgd_step_cpu);
-  m.impl("pgd_step_", &pgd_step_inplace_cpu);
+  m.impl("pgd_step", &PgdStepEntryPoints<run_pgd_step_cpu>::step);
+  m.impl("pgd_step_", &PgdStepEntryPoints<run_pgd_step_cpu>::step_);
 }
 
 }  // namespace fastadv
