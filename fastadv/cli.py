@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import platform
@@ -59,9 +60,121 @@ def _bench(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from fastadv.train import Interrupted, TrainConfig, train
+
+    options = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    try:
+        run_dir = train(TrainConfig(**options))
+    except Interrupted:
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"fastadv train: {error}", file=sys.stderr)
+        return 2
+    print(f"run written to {run_dir} (evaluate it with: fastadv eval {run_dir})")
+    return 0
+
+
+def _eval(args) -> int:
+    from fastadv.evaluate import evaluate_run, format_table
+
+    try:
+        results = evaluate_run(args.path, attacks=args.attacks, eps=args.eps, size=args.size,
+                               batch_size=args.batch_size, device=args.device, data_root=args.data_root,
+                               seed=args.seed, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"fastadv eval: {error}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    print(f"written to {results['written_to']}")
+    return 0
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from fastadv.data import DATASETS
+    from fastadv.methods import METHODS
+    from fastadv.models import MODELS
+    from fastadv.train import SCHEDULES, DATASET_DEFAULTS
+
+    def dataset_defaults(key):
+        return ", ".join(f"{name} {values[key]}" for name, values in DATASET_DEFAULTS.items())
+
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--method", default="trades", choices=list(METHODS), help="training method (METHODS.md)")
+    what.add_argument("--dataset", default="digits", choices=list(DATASETS),
+                      help="digits is scikit-learn's 8x8 digits, embedded; CIFAR needs --data-root")
+    what.add_argument("--model", default=None,
+                      help=f"one of {', '.join(MODELS)} or torchvision:NAME (default: digits_cnn for digits, "
+                           "preact_resnet18 otherwise)")
+    what.add_argument("--data-root", dest="data_root", default=None, help="folder holding torchvision's CIFAR files")
+    what.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR (needs a network)")
+    what.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    optimisation = parser.add_argument_group("optimisation (SGD with momentum)")
+    optimisation.add_argument("--epochs", type=int, default=None, help=f"default: {dataset_defaults('epochs')}")
+    optimisation.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+                              help=f"global batch size; default: {dataset_defaults('batch_size')}")
+    optimisation.add_argument("--lr", type=float, default=None, help=f"default: {dataset_defaults('lr')}")
+    optimisation.add_argument("--momentum", type=float, default=0.9)
+    optimisation.add_argument("--weight-decay", dest="weight_decay", type=float, default=None,
+                              help=f"default: {dataset_defaults('weight_decay')} (TRADES' CIFAR setting 2e-4)")
+    optimisation.add_argument("--schedule", default="multistep", choices=SCHEDULES,
+                              help="multistep: ×gamma at the milestones; onecycle: the cyclic schedule of fast AT")
+    optimisation.add_argument("--milestones", type=float, nargs="+", default=[0.75, 0.9],
+                              help="multistep milestones as fractions of the run (TRADES: epochs 75, 90 of 100)")
+    optimisation.add_argument("--gamma", type=float, default=0.1)
+    optimisation.add_argument("--grad-clip", dest="grad_clip", type=float, default=None, help="max gradient norm")
+    optimisation.add_argument("--amp", dest="amp", action="store_true", default=None,
+                              help="bf16 autocast (default: on for CUDA devices that support bf16, off on the CPU)")
+    optimisation.add_argument("--no-amp", dest="amp", action="store_false")
+    attack = parser.add_argument_group("attack and method")
+    attack.add_argument("--eps", type=float, default=None, help="radius on the [0,1] scale; default: digits 0.2, "
+                                                                 "CIFAR 8/255")
+    attack.add_argument("--alpha", type=float, default=None, help="step size; default: digits 0.05, CIFAR 2/255")
+    attack.add_argument("--steps", type=int, default=10, help="attack steps during training")
+    attack.add_argument("--norm", default="linf", choices=("linf", "l2"))
+    attack.add_argument("--beta", type=float, default=None,
+                        help="the method's trade-off weight; default: the paper's (TRADES β=6, MART λ=5)")
+    evaluation = parser.add_argument_group("evaluation and the run")
+    evaluation.add_argument("--eval-steps", dest="eval_steps", type=int, default=20,
+                            help="PGD steps of the per-epoch robust evaluation (selects best.pt)")
+    evaluation.add_argument("--eval-size", dest="eval_size", type=int, default=None,
+                            help="evaluate each epoch on the first N held-out samples (default: all)")
+    evaluation.add_argument("--seed", type=int, default=0)
+    evaluation.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    evaluation.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    evaluation.add_argument("--run-dir", dest="run_dir", default=None, help="default: runs/DATASET-METHOD")
+    evaluation.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
+    evaluation.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
+    evaluation.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastadv", description="Fast and faithful adversarial training.")
     commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train", help="train a model (with no arguments: TRADES on the embedded digits, on the CPU, in minutes)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a robust model. Writes runs/DATASET-METHOD/ with config.json, metrics.jsonl, "
+                    "checkpoint.pt (resumable), best.pt (best PGD accuracy) and curves.png. Under torchrun "
+                    "it trains with DistributedDataParallel.")
+    _add_train_arguments(train)
+    train.set_defaults(run=_train)
+    evaluate = commands.add_parser("eval", help="robust accuracy of a run or checkpoint",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                   description="Clean, FGSM, PGD-20, PGD-100, CW and AutoAttack accuracy on the "
+                                               "held-out split; prints a table and writes eval.json.")
+    evaluate.add_argument("path", help="a run folder (its best.pt) or a checkpoint file")
+    from fastadv.evaluate import ATTACKS
+
+    evaluate.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    evaluate.add_argument("--eps", type=float, default=None, help="default: the run's training ε")
+    evaluate.add_argument("--size", type=int, default=None, help="first N held-out samples (default: all)")
+    evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--data-root", dest="data_root", default=None)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.set_defaults(run=_eval)
     info = commands.add_parser("info", help="versions, available backends and the machine's memory bandwidth")
     info.set_defaults(run=_info)
     bench = commands.add_parser("bench", help="benchmark the fused ops against eager and torch.compile",

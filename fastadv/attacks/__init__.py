@@ -1,0 +1,11 @@
+"""Attacks with torchattacks' calling convention: ``x_adv = PGD(model, eps=8/255)(x, y)``.
+
+METHODS.md section 1: FGSM, PGD (L∞ and L2) on the losses ce, kl (TRADES), cw and margin_ce
+(LMA-AT), with per-sample ε/α, early stop, restarts and an optional autocast dtype.
+"""
+from .base import Attack
+from .losses import LOSSES, carlini_wagner, cross_entropy, kl_from_clean, margin_cross_entropy
+from .pgd import CW, FGSM, PGD, PGDL2
+
+__all__ = ["Attack", "FGSM", "PGD", "PGDL2", "CW", "LOSSES", "cross_entropy", "kl_from_clean", "carlini_wagner",
+           "margin_cross_entropy"]

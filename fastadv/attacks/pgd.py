@@ -1,0 +1,172 @@
+"""FGSM and PGD with the losses of METHODS.md section 1, on the fused pgd ops.
+
+PGD:  x_0 = start(x);  K times  x_{k+1} = Π_{B_ε(x) ∩ clip}(x_k + α·step(∇x L(z(x_k))))
+with step = sign (L∞) or g/‖g‖₂ (L2), L one of :data:`~fastadv.attacks.losses.LOSSES`.
+FGSM is one L∞ step of size ε from x itself with the CE loss.
+
+The loop keeps one adversarial buffer per restart and updates it in place with
+:func:`fastadv.ops.pgd_step_`; per step the only work besides the model's forward/backward is
+the per-sample loss and the fused step.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..ops.pgd import INITS, _norm, pgd_init, pgd_step_
+from .base import Attack, check_positive_int, check_radius, check_real, radius_for_batch
+from .losses import LOSSES, carlini_wagner, margin_cross_entropy
+
+__all__ = ["PGD", "FGSM", "CW", "PGDL2"]
+
+
+class PGD(Attack):
+    """Projected gradient ascent on a per-sample loss (METHODS.md section 1).
+
+    Args:
+        model: the classifier (inputs in ``clip``, normalisation inside the model).
+        eps: radius of the L∞ or L2 ball, a float or a per-sample tensor [B].
+        alpha: step size, a float, a per-sample tensor [B], or None for a step of ``eps``.
+        steps: number of steps K.
+        norm: "linf" or "l2".
+        loss: "ce", "kl" (TRADES: KL(p(x)‖p(x')), p(x) computed once before the loop),
+            "cw" (CW margin capped at ``kappa``) or "margin_ce" (LMA-AT, margin ``margin``).
+        init: "uniform" (uniform in the ball), "normal" (x + 0.001·N(0, I), the TRADES and
+            LMA-AT start, projected into the ball) or None (start at x).
+        restarts: number of runs from fresh random starts. Per sample the result is the point
+            of the first restart that fools the model (argmax ≠ y at the final point), and if
+            none does, the final point with the highest loss (the first on ties).
+        early_stop: samples that are misclassified at the current point (argmax ≠ y, for the
+            kl loss too) make no further steps and keep that point; the loop ends when every
+            sample is fooled. Costs one host sync per step, hence off by default.
+        kappa: κ of the "cw" loss (50, seed 002's evaluation).
+        margin: δ of the "margin_ce" loss (0.9, seed 002).
+        amp_dtype, clip: see :class:`~fastadv.attacks.base.Attack`.
+        generator: a ``torch.Generator`` on x's device for reproducible random starts.
+
+    ``eps`` and ``alpha`` can be overridden per call: ``attack(x, y, eps=..., alpha=...)``.
+    Forward passes: one per step, plus one clean forward for the kl loss, plus one at the
+    final point of each restart when ``restarts > 1`` (to pick the point to keep).
+    """
+
+    def __init__(self, model: nn.Module, eps=8 / 255, alpha=2 / 255, steps: int = 10, norm: str = "linf",
+                 loss: str = "ce", init: Optional[str] = "uniform", restarts: int = 1, early_stop: bool = False,
+                 kappa: float = 50.0, margin: float = 0.9, amp_dtype: Optional[torch.dtype] = None,
+                 clip=(0.0, 1.0), generator: Optional[torch.Generator] = None):
+        super().__init__(model, eps, amp_dtype=amp_dtype, clip=clip)
+        owner = type(self).__name__
+        self.alpha = check_radius(owner, "alpha", alpha, allow_none=True)
+        self.steps = check_positive_int(owner, "steps", steps)
+        self.norm = _norm(owner, norm)
+        if not isinstance(loss, str) or loss not in LOSSES:
+            raise ValueError(f"{owner}: loss must be one of {tuple(LOSSES)}, got {loss!r}")
+        self.loss = loss
+        if init is not None and init not in INITS:
+            raise ValueError(f"{owner}: init must be one of {INITS} or None, got {init!r}")
+        self.init = init
+        self.restarts = check_positive_int(owner, "restarts", restarts)
+        if self.restarts > 1 and init is None:
+            raise ValueError(f"{owner}: restarts > 1 needs a random init ('uniform' or 'normal'); "
+                             f"from init=None every restart is the same run")
+        if not isinstance(early_stop, bool):
+            raise TypeError(f"{owner}: early_stop must be a bool, got {type(early_stop).__name__}")
+        self.early_stop = early_stop
+        self.kappa = check_real(owner, "kappa", kappa, minimum=0.0)
+        self.margin = check_real(owner, "margin", margin, minimum=0.0)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"{owner}: generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.generator = generator
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, eps, alpha=None) -> torch.Tensor:
+        owner = type(self).__name__
+        alpha = self.alpha if alpha is None else check_radius(owner, "alpha", alpha)
+        alpha = eps if alpha is None else radius_for_batch(owner, "alpha", alpha, x)
+        loss = self._loss_function()
+        target = self._clean_probabilities(x) if self.loss == "kl" else y
+        best = best_loss = best_fooled = None
+        for restart in range(self.restarts):
+            x_adv = self._ascend(x, y, target, eps, alpha, loss, check_labels=restart == 0)
+            if self.restarts == 1:
+                return x_adv
+            with torch.no_grad():
+                logits = self.logits(x_adv)
+                final_loss = loss(logits, target)
+                fooled = logits.argmax(dim=1) != y
+            if best is None:
+                best, best_loss, best_fooled = x_adv, final_loss, fooled
+                continue
+            # A sample that is fooled keeps its point; otherwise a fooling or worse point wins.
+            replace = ~best_fooled & (fooled | (final_loss > best_loss))
+            best = torch.where(replace.view((-1,) + (1,) * (x.dim() - 1)), x_adv, best)
+            best_loss = torch.where(replace, final_loss, best_loss)
+            best_fooled = best_fooled | fooled
+        return best
+
+    def _loss_function(self):
+        if self.loss == "cw":
+            return functools.partial(carlini_wagner, kappa=self.kappa)
+        if self.loss == "margin_ce":
+            return functools.partial(margin_cross_entropy, delta=self.margin)
+        return LOSSES[self.loss]
+
+    def _clean_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """p(x) for the kl loss: constant during the attack, so computed once, without a graph."""
+        with torch.no_grad():
+            return torch.softmax(self.logits(x), dim=1)
+
+    def _start(self, x: torch.Tensor, eps) -> torch.Tensor:
+        if self.init is None:
+            return x.clone()
+        start = pgd_init(x, eps, self.norm, self.init, self.generator, self.clip)
+        if self.init == "normal":
+            # 0.001·N(0, I) ignores eps: a zero-step projection puts the start inside the ball,
+            # so a sample that never steps (early stop, a tiny per-sample eps) is returned in it.
+            pgd_step_(start, torch.zeros_like(start), x, eps, 0.0, self.norm, self.clip)
+        return start
+
+    def _ascend(self, x, y, target, eps, alpha, loss, check_labels: bool) -> torch.Tensor:
+        """One run of the attack from a fresh start; returns the final point (no grad)."""
+        # One leaf buffer for the whole run: the in-place step (under no_grad) updates it, and the
+        # previous step's graph is already freed, so no per-step detach/copy is needed.
+        x_adv = self._start(x, eps).requires_grad_(True)
+        active = None
+        for step in range(self.steps):
+            logits = self.logits(x_adv)
+            if check_labels and step == 0:
+                self.check_labels(logits, y)
+            if self.early_stop:
+                active = logits.argmax(dim=1) == y
+                if not bool(active.any()):
+                    break
+            # autograd returns the gradient in x_adv's dtype, also when the forward ran in bf16.
+            (grad,) = torch.autograd.grad(loss(logits, target).sum(), x_adv)
+            with torch.no_grad():
+                pgd_step_(x_adv, grad, x, eps, alpha, self.norm, self.clip, active)
+        return x_adv.requires_grad_(False)
+
+
+class FGSM(PGD):
+    """``x' = clip(x + ε·sign ∇x CE(z(x), y))``: one step of size ε from x (no random start)."""
+
+    def __init__(self, model: nn.Module, eps=8 / 255, amp_dtype: Optional[torch.dtype] = None, clip=(0.0, 1.0)):
+        super().__init__(model, eps=eps, alpha=None, steps=1, norm="linf", loss="ce", init=None,
+                         amp_dtype=amp_dtype, clip=clip)
+
+
+class CW(PGD):
+    """PGD on the CW margin loss capped at κ (CW-PGD / CW∞ of the evaluations, κ=50).
+
+    Not torchattacks' ``CW`` (the optimisation-based Carlini-Wagner L2 attack)."""
+
+    def __init__(self, model: nn.Module, eps=8 / 255, alpha=2 / 255, steps: int = 10, kappa: float = 50.0, **kwargs):
+        super().__init__(model, eps, alpha, steps, loss="cw", kappa=kappa, **kwargs)
+
+
+class PGDL2(PGD):
+    """PGD in the L2 ball (eps=0.5, the usual CIFAR L2 radius, and alpha=eps/4)."""
+
+    def __init__(self, model: nn.Module, eps=0.5, alpha=0.125, steps: int = 10, **kwargs):
+        super().__init__(model, eps, alpha, steps, norm="l2", **kwargs)

@@ -1,0 +1,51 @@
+"""The method protocol: a training method turns a batch into a loss.
+
+A method is called as ``loss, metrics = method(model, x, y)`` with the model in training mode.
+It crafts its own adversarial examples (its attack is part of its definition), returns the
+scalar loss to minimise and a dict of detached scalar tensors to log (kept as tensors so that
+logging never forces a device synchronisation inside the step).
+
+``attack_model`` is the model the attack differentiates through; the trainer passes the
+module inside DistributedDataParallel there, so that input-gradient passes do not touch
+DDP's gradient synchronisation.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+class Method:
+    """Base class of the training methods (see :mod:`fastadv.methods`)."""
+
+    name: ClassVar[str] = ""
+    #: whether the method crafts adversarial examples (the trainer reports their accuracy)
+    adversarial: ClassVar[bool] = True
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 attack_model: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise TypeError(f"{type(self).__name__} must define __call__")
+
+    def hyperparameters(self) -> dict:
+        """The method's settings, as written to config.json."""
+        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
+
+    def state_dict(self) -> dict:
+        """State carried across batches (e.g. moving averages), saved in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{self.name}: unexpected method state {sorted(state)}")
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(dim=1) == y).float().mean().detach()
+
+
+def check_positive(method: str, **values) -> None:
+    for name, value in values.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+            raise ValueError(f"{method}: {name} must be a number >= 0, got {value!r}")

@@ -1,0 +1,420 @@
+"""The attacks: invariants, model state, forward counts, early stop, restarts, per-sample
+radii, agreement with torchattacks on a small trained model, bad arguments, autocast."""
+import pytest
+import torch
+import torch.nn.functional as F
+import torchattacks
+from sklearn.datasets import load_digits
+from torch import nn
+
+from fastadv.attacks import CW, FGSM, LOSSES, PGD, PGDL2, Attack, losses
+
+EPS = {"linf": 0.1, "l2": 0.5}
+
+
+class Normalize(nn.Module):
+    """The normalisation step that lives inside the model (inputs stay in [0, 1])."""
+
+    def __init__(self, mean: float, std: float):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class CountForwards(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+class RecordMode(nn.Module):
+    """Records the training flag it sees in every forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(self.training)
+        return x
+
+
+def mlp(hidden: int = 64) -> nn.Sequential:
+    return nn.Sequential(Normalize(0.3, 0.4), nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """A 2-layer MLP trained on scikit-learn's 8x8 digits (about 98% clean test accuracy) and
+    its held-out test set, images scaled to [0, 1]."""
+    data = load_digits()
+    images = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    labels = torch.tensor(data.target)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    train, test = order[:1300], order[1300:]
+    torch.manual_seed(0)
+    model = mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(10):
+        for start in range(0, len(train), 64):
+            batch = train[start:start + 64]
+            loss = F.cross_entropy(model(images[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    for parameter in model.parameters():
+        parameter.grad = None
+    return model, images[test], labels[test]
+
+
+def accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(dim=1) == y).float().mean().item() * 100
+
+
+def distance(x_adv, x, norm):
+    d = (x_adv.double() - x.double()).flatten(1)
+    return d.abs().amax(dim=1) if norm == "linf" else d.norm(dim=1)
+
+
+def assert_in_ball(x_adv, x, eps, norm, tol=1e-6):
+    eps = torch.as_tensor(eps, dtype=torch.float64).expand(x.shape[0])
+    assert bool((distance(x_adv, x, norm) <= eps + tol).all()), "left the eps-ball"
+    assert bool((x_adv >= 0).all()) and bool((x_adv <= 1).all()), "left [0, 1]"
+
+
+# ----------------------------------------------------------------------------- losses
+def test_losses_match_their_equations():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(7, 5, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, 5, (7,), generator=g)
+    p = torch.softmax(torch.randn(7, 5, generator=g, dtype=torch.float64), dim=1)
+    log_q = torch.log_softmax(z, dim=1)
+    for i in range(7):
+        others = [j for j in range(5) if j != y[i]]
+        ce = -log_q[i, y[i]]
+        assert torch.allclose(losses.cross_entropy(z, y)[i], ce)
+        assert torch.allclose(losses.kl_from_clean(z, p)[i], (p[i] * (p[i].log() - log_q[i])).sum())
+        margin = max(z[i, j] for j in others) - z[i, y[i]]
+        assert torch.allclose(losses.carlini_wagner(z, y, kappa=50.0)[i], margin)
+        assert torch.allclose(losses.carlini_wagner(z, y, kappa=0.5)[i], torch.clamp(margin, max=0.5))
+        hinge = sum(torch.clamp(z[i, j] - z[i, y[i]] + 0.9, min=0) ** 2 for j in others)
+        assert torch.allclose(losses.margin_cross_entropy(z, y, delta=0.9)[i], ce + hinge)
+    assert set(LOSSES) == {"ce", "kl", "cw", "margin_ce"}
+
+
+# ----------------------------------------------------------------------------- invariants
+@pytest.mark.parametrize("init", ["uniform", "normal", None])
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_stays_in_ball_and_box(digits, norm, loss, init):
+    model, x, y = digits
+    x, y = x[:128], y[:128]
+    eps = EPS[norm]
+    x_adv = PGD(model, eps=eps, alpha=eps / 4, steps=5, norm=norm, loss=loss, init=init,
+                generator=torch.Generator().manual_seed(0))(x, y)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+    assert_in_ball(x_adv, x, eps, norm)
+    assert accuracy(model, x_adv, y) < accuracy(model, x, y), "the attack did not attack"
+
+
+def test_aliases_and_float64_and_channels_last():
+    torch.manual_seed(0)
+    model = mlp().double()
+    x = torch.rand(9, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 10, (9,))
+    before = x.clone()
+    for attack, norm in [(CW(model, eps=0.1), "linf"), (PGDL2(model), "l2")]:
+        x_adv = attack(x, y)
+        assert x_adv.dtype == torch.float64 and x_adv.shape == x.shape
+        assert_in_ball(x_adv, x, attack.eps, norm, tol=1e-12)
+    assert torch.equal(x, before), "the attack modified its input"
+    conv = nn.Sequential(Normalize(0.5, 0.25), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    x = torch.rand(5, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    x_adv = PGD(conv, steps=2)(x, torch.randint(0, 10, (5,)))
+    assert x_adv.is_contiguous(memory_format=torch.channels_last)
+    assert_in_ball(x_adv, x, 8 / 255, "linf")
+
+
+def test_fgsm_moves_exactly_eps_sign(digits):
+    model, x, y = digits
+    eps = 0.1
+    x_adv = FGSM(model, eps=eps)(x, y)
+    x_grad = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x_grad), y, reduction="sum"), x_grad)
+    stepped = x + eps * grad.sign()
+    inside = (stepped >= 0) & (stepped <= 1)
+    assert bool(inside.any()) and bool((~inside).any())
+    assert torch.equal(x_adv[inside], stepped[inside])
+    assert torch.equal(x_adv[~inside], stepped[~inside].clamp(0, 1))
+    assert torch.allclose(x_adv, torchattacks.FGSM(model, eps=eps)(x, y), atol=1e-7, rtol=0)
+
+
+# ----------------------------------------------------------------------------- model state
+def mode_model():
+    torch.manual_seed(0)
+    return nn.Sequential(Normalize(0.3, 0.4), nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), RecordMode(),
+                         nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
+
+
+def set_modes(model, modes):
+    if modes == "train":
+        model.train()
+    elif modes == "eval":
+        model.eval()
+    else:  # mixed: the container trains, some children do not
+        model.train()
+        model[3].eval()
+        model[6].eval()
+        model[0].training = False
+
+
+@pytest.mark.parametrize("modes", ["train", "eval", "mixed"])
+def test_model_modes_restored_and_eval_during_attack(modes):
+    model = mode_model()
+    set_modes(model, modes)
+    before = [module.training for module in model.modules()]
+    running_mean = model[3].running_mean.clone()
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    PGD(model, steps=3, loss="kl", restarts=2, init="normal")(x, y)
+    assert [module.training for module in model.modules()] == before
+    assert model[4].seen and not any(model[4].seen), "the attack ran the model in train mode"
+    assert torch.equal(model[3].running_mean, running_mean), "BatchNorm statistics changed"
+    # An error inside the attack still restores the modes.
+    with pytest.raises(ValueError, match="y"):
+        PGD(model, steps=1)(x, torch.full((16,), 10))
+    assert [module.training for module in model.modules()] == before
+
+
+@pytest.mark.parametrize("loss", ["ce", "kl"])
+def test_parameter_gradients_untouched(loss):
+    model = mode_model()
+    existing = torch.randn_like(model[2].weight)
+    model[2].weight.grad = existing.clone()
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    PGD(model, steps=3, loss=loss, restarts=2, early_stop=True)(x, y)
+    assert torch.equal(model[2].weight.grad, existing), "an existing .grad changed"
+    for name, parameter in model.named_parameters():
+        assert parameter.requires_grad
+        if name != "2.weight":
+            assert parameter.grad is None, f"{name}.grad was written"
+
+
+def test_grad_mode_of_the_caller_does_not_matter(digits):
+    model, x, y = digits
+    x, y = x[:64], y[:64]
+    expected = PGD(model, eps=0.1, alpha=0.025, steps=3, generator=torch.Generator().manual_seed(3))(x, y)
+    with torch.no_grad():
+        in_no_grad = PGD(model, eps=0.1, alpha=0.025, steps=3, generator=torch.Generator().manual_seed(3))(x, y)
+    with torch.inference_mode():
+        x_inference, y_inference = x.clone(), y.clone()
+        in_inference = PGD(model, eps=0.1, alpha=0.025, steps=3,
+                           generator=torch.Generator().manual_seed(3))(x_inference, y_inference)
+    assert torch.equal(in_no_grad, expected) and torch.equal(in_inference, expected)
+
+
+# ----------------------------------------------------------------------------- cost
+@pytest.mark.parametrize("loss, restarts, expected", [("kl", 1, 6), ("ce", 1, 5), ("ce", 3, 18), ("kl", 2, 13)])
+def test_forward_count(digits, loss, restarts, expected):
+    """kl: one clean forward, hoisted out of the loop; restarts: one forward at each final point."""
+    counted = CountForwards(digits[0])
+    x, y = digits[1][:32], digits[2][:32]
+    PGD(counted, eps=0.1, steps=5, loss=loss, restarts=restarts, init="normal")(x, y)
+    assert counted.calls == expected
+
+
+def test_kl_clean_probabilities_are_computed_once(digits):
+    """The clean forward happens on x itself, before the first step."""
+    model, x, y = digits
+    seen = []
+    handle = model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    try:
+        PGD(model, eps=0.1, steps=4, loss="kl", init="normal")(x[:32], y[:32])
+    finally:
+        handle.remove()
+    assert len(seen) == 5
+    assert torch.equal(seen[0], x[:32])
+    assert not any(torch.equal(s, x[:32]) for s in seen[1:])
+
+
+# ----------------------------------------------------------------------------- early stop, restarts
+@pytest.mark.parametrize("loss", ["ce", "cw", "margin_ce"])
+def test_early_stop_does_not_move_samples_fooled_at_the_start(digits, loss):
+    model, x, y = digits
+    with torch.no_grad():
+        wrong = model(x).argmax(dim=1) != y
+    assert 0 < int(wrong.sum()) < len(y)
+    x_adv = PGD(model, eps=0.1, alpha=0.025, steps=5, loss=loss, init=None, early_stop=True)(x, y)
+    assert torch.equal(x_adv[wrong], x[wrong]), "a sample fooled at the start moved"
+    assert bool((x_adv[~wrong] != x[~wrong]).flatten(1).any(dim=1).all())
+
+
+@pytest.mark.parametrize("loss", ["ce", "kl"])
+def test_early_stop_freezes_samples_once_fooled(digits, loss):
+    """From the same start, K + 1 steps are K steps plus one: samples fooled after K steps
+    (argmax != y, for the kl loss too) make no further step."""
+    model, x, y = digits
+    run = lambda steps: PGD(model, eps=0.1, alpha=0.025, steps=steps, loss=loss, init="normal", early_stop=True,
+                            generator=torch.Generator().manual_seed(5))(x, y)
+    three, four = run(3), run(4)
+    with torch.no_grad():
+        fooled = model(three).argmax(dim=1) != y
+    assert 0 < int(fooled.sum()) < len(y)
+    assert torch.equal(four[fooled], three[fooled])
+    assert not torch.equal(four[~fooled], three[~fooled])
+
+
+def test_restarts_keep_first_fooling_else_worst_point(digits):
+    model, x, y = digits
+    settings = dict(eps=0.1, alpha=0.025, steps=2)
+    single = PGD(model, generator=torch.Generator().manual_seed(7), **settings)
+    first, second = single(x, y), single(x, y)  # the same random draws as restarts 1 and 2
+    combined = PGD(model, restarts=2, generator=torch.Generator().manual_seed(7), **settings)(x, y)
+    with torch.no_grad():
+        z1, z2 = model(first), model(second)
+    fooled1, fooled2 = z1.argmax(dim=1) != y, z2.argmax(dim=1) != y
+    worse2 = F.cross_entropy(z2, y, reduction="none") > F.cross_entropy(z1, y, reduction="none")
+    take_second = ~fooled1 & (fooled2 | worse2)
+    for case in (fooled1 & fooled2, ~fooled1 & fooled2, ~fooled1 & ~fooled2 & worse2, ~fooled1 & ~fooled2 & ~worse2):
+        assert bool(case.any()), "the batch does not exercise every case of the rule"
+    expected = torch.where(take_second.view(-1, 1, 1, 1), second, first)
+    assert torch.equal(combined, expected)
+
+
+def test_generator_makes_runs_reproducible(digits):
+    model, x, y = digits
+    x, y = x[:64], y[:64]
+    run = lambda seed: PGD(model, eps=0.1, steps=2, restarts=2, generator=torch.Generator().manual_seed(seed))(x, y)
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+# ----------------------------------------------------------------------------- per-sample radii
+@pytest.mark.parametrize("init", ["uniform", "normal"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_per_sample_eps(digits, norm, init):
+    model, x, y = digits
+    x, y = x[:6], y[:6]
+    eps = torch.tensor([0.0, 0.5, 1.0, 0.0, 2.0, 3.0]) * EPS[norm] / 2
+    for attack, call in [(PGD(model, eps=eps, alpha=eps / 4, steps=5, norm=norm, init=init), {}),
+                         (PGD(model, steps=5, norm=norm, init=init), dict(eps=eps, alpha=eps / 4))]:
+        x_adv = attack(x, y, **call)
+        assert torch.equal(x_adv[eps == 0], x[eps == 0]), "a sample with eps 0 moved"
+        assert_in_ball(x_adv, x, eps, norm)
+        assert bool((distance(x_adv, x, norm)[eps > 0] > 0).all())
+
+
+def test_early_stop_with_normal_start_stays_in_a_tiny_ball(digits):
+    """The 0.001·N(0, I) start is projected, so a sample that never steps is still in its ball."""
+    model, x, y = digits
+    with torch.no_grad():
+        wrong = model(x).argmax(dim=1) != y
+    eps = torch.where(wrong, 0.0, 0.1)
+    x_adv = PGD(model, eps=eps, alpha=0.025, steps=3, loss="kl", init="normal", early_stop=True)(x, y)
+    assert_in_ball(x_adv, x, eps, "linf")
+    assert torch.equal(x_adv[wrong], x[wrong])
+
+
+# ----------------------------------------------------------------------------- torchattacks
+def test_robust_accuracy_matches_torchattacks(digits):
+    model, x, y = digits
+    eps, alpha, steps = 0.1, 0.025, 20
+    clean = accuracy(model, x, y)
+    ours = accuracy(model, PGD(model, eps=eps, alpha=alpha, steps=steps,
+                               generator=torch.Generator().manual_seed(0))(x, y), y)
+    torch.manual_seed(0)
+    theirs = accuracy(model, torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y), y)
+    assert clean > 90
+    assert 10 < theirs < 90, f"pick another eps: torchattacks' robust accuracy is {theirs:.1f}%"
+    assert abs(ours - theirs) <= 2, f"fastadv {ours:.1f}% vs torchattacks {theirs:.1f}%"
+
+
+# ----------------------------------------------------------------------------- autocast
+def test_bfloat16_autocast(digits):
+    model, x, y = digits
+    dtypes = []
+    handle = model[2].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    try:
+        x_adv = PGD(model, eps=0.1, alpha=0.025, steps=5, loss="kl", amp_dtype=torch.bfloat16,
+                    init="normal")(x, y)
+    finally:
+        handle.remove()
+    assert dtypes and all(dtype == torch.bfloat16 for dtype in dtypes)
+    assert x_adv.dtype == x.dtype
+    assert_in_ball(x_adv, x, 0.1, "linf")
+    assert accuracy(model, x_adv, y) < accuracy(model, x, y) - 20
+
+
+# ----------------------------------------------------------------------------- bad arguments
+BAD_CONSTRUCTIONS = [
+    (dict(eps=-0.1), ValueError, "eps"),
+    (dict(eps="big"), TypeError, "eps"),
+    (dict(eps=torch.ones(2, 2)), ValueError, "eps"),
+    (dict(eps=torch.tensor([0.1, -0.1])), ValueError, "eps"),
+    (dict(alpha=-1.0), ValueError, "alpha"),
+    (dict(steps=0), ValueError, "steps"),
+    (dict(steps=2.5), TypeError, "steps"),
+    (dict(norm="l3"), ValueError, "norm"),
+    (dict(loss="mse"), ValueError, "loss"),
+    (dict(init="gaussian"), ValueError, "init"),
+    (dict(restarts=0), ValueError, "restarts"),
+    (dict(restarts=2, init=None), ValueError, "restarts"),
+    (dict(early_stop="yes"), TypeError, "early_stop"),
+    (dict(kappa=-1.0), ValueError, "kappa"),
+    (dict(margin=float("nan")), ValueError, "margin"),
+    (dict(amp_dtype=torch.float32), ValueError, "amp_dtype"),
+    (dict(clip=(1.0, 0.0)), ValueError, "clip"),
+    (dict(clip="unit"), TypeError, "clip"),
+    (dict(generator=0), TypeError, "generator"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, name", BAD_CONSTRUCTIONS)
+def test_bad_construction(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        PGD(mlp(), **kwargs)
+
+
+def test_bad_model():
+    with pytest.raises(TypeError, match="model"):
+        FGSM(lambda x: x)
+
+
+@pytest.mark.parametrize("x, y, call, error, name", [
+    (torch.rand(4, 1, 8, 8), torch.zeros(5, dtype=torch.long), {}, ValueError, "y"),
+    (torch.rand(4, 1, 8, 8), torch.zeros(4), {}, TypeError, "y"),
+    (torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 10]), {}, ValueError, "y"),
+    (torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, -1]), {}, ValueError, "y"),
+    (torch.rand(4, 1, 8, 8), [0, 1, 2, 3], {}, TypeError, "y"),
+    (torch.zeros(4, 1, 8, 8, dtype=torch.long), torch.zeros(4, dtype=torch.long), {}, TypeError, "x"),
+    (torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), dict(eps=torch.ones(3) * 0.1), ValueError, "eps"),
+    (torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), dict(alpha=-0.1), ValueError, "alpha"),
+])
+def test_bad_call(x, y, call, error, name):
+    with pytest.raises(error, match=name):
+        PGD(mlp(), steps=2)(x, y, **call)
+
+
+def test_attack_is_the_base():
+    assert issubclass(PGD, Attack) and issubclass(FGSM, Attack)
+    with pytest.raises(TypeError):
+        Attack(mlp(), 0.1)  # abstract: perturb is what a subclass provides
+    assert "eps=0.1" in repr(PGD(mlp(), eps=0.1))
+
+
+def test_cw_is_pgd_on_the_cw_loss(digits):
+    model, x, y = digits
+    x, y = x[:64], y[:64]
+    cw = CW(model, eps=0.1, steps=3, generator=torch.Generator().manual_seed(0))(x, y)
+    pgd = PGD(model, eps=0.1, steps=3, loss="cw", generator=torch.Generator().manual_seed(0))(x, y)
+    assert torch.equal(cw, pgd)
+    assert CW(model).loss == "cw" and CW(model).kappa == 50.0

@@ -1,0 +1,119 @@
+"""The trainer: exact resume after Ctrl-C, determinism, DDP on two gloo processes, run files,
+and bad configurations failing at once."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastadv.data import write_cifar_folder
+from fastadv.evaluate import load_model
+from fastadv.train import Interrupted, TrainConfig, epoch_batches, train
+
+QUICK = dict(dataset="digits", epochs=2, steps=2, eval_steps=3, eval_size=90, progress=False)
+
+
+def metrics(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
+def test_resume_after_ctrl_c_reproduces_the_uninterrupted_run(tmp_path):
+    straight = train(TrainConfig(method="trades", run_dir=str(tmp_path / "straight"), **QUICK))
+
+    def press_ctrl_c(epoch, batch):
+        if (epoch, batch) == (0, 5):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(Interrupted):
+        train(TrainConfig(method="trades", run_dir=str(interrupted), **QUICK), on_batch_end=press_ctrl_c)
+    state = torch.load(interrupted / "checkpoint.pt", weights_only=False)
+    assert (state["epoch"], state["batch"]) == (0, 5), "the checkpoint is written at the batch boundary"
+    assert not (interrupted / "metrics.jsonl").exists()
+    train(TrainConfig(method="trades", run_dir=str(interrupted), resume=True, **QUICK))
+    assert metrics(interrupted) == metrics(straight)
+    final_a = torch.load(straight / "checkpoint.pt", weights_only=False)["model"]
+    final_b = torch.load(interrupted / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_run_folder_and_checkpoints(tmp_path):
+    run_dir = train(TrainConfig(method="pgd_at", run_dir=str(tmp_path / "run"), **QUICK))
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "curves.png"):
+        assert (run_dir / name).exists(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["method"] == "pgd_at" and config["eps"] == 0.2 and config["model"] == "digits_cnn"
+    records = metrics(run_dir)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(0 <= r["test_robust_acc"] <= r["test_clean_acc"] + 1e-9 <= 1 + 1e-9 for r in records)
+    best = torch.load(run_dir / "best.pt", weights_only=False)
+    assert best["test_robust_acc"] == max(r["test_robust_acc"] for r in records)
+    model, saved_config, info, path = load_model(run_dir)
+    assert path.name == "best.pt" and info.num_classes == 10 and not model.training
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(TrainConfig(method="pgd_at", run_dir=str(run_dir), **QUICK))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(method="madry"), "method: unknown 'madry'"),
+    (dict(dataset="mnist"), "dataset: unknown 'mnist'"),
+    (dict(eps=-0.1), "eps: must be >= 0"),
+    (dict(epochs=0), "epochs: must be an integer >= 1"),
+    (dict(schedule="step"), "schedule: unknown 'step'"),
+    (dict(method="standard", beta=1.0), "beta: the method 'standard' has no beta"),
+])
+def test_bad_configuration_fails_at_once(tmp_path, change, message):
+    options = dict(QUICK, run_dir=str(tmp_path / "run"))
+    options.update(change)
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(**options))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_folder_fails_at_once(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Data root not found.*nowhere"):
+        train(TrainConfig(dataset="cifar10", data_root=str(tmp_path / "nowhere"), run_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_reports_bad_configuration(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fastadv.cli", "train", "--method", "trades", "--eps", "-1",
+                             "--run-dir", str(tmp_path / "run")], capture_output=True, text=True)
+    assert result.returncode == 2 and "eps: must be >= 0" in result.stderr
+
+
+def test_tiny_cifar_folder_trains_through_the_real_path(tmp_path):
+    write_cifar_folder(tmp_path / "data", "cifar10", train_size=32, test_size=16)
+    run_dir = train(TrainConfig(method="trades", dataset="cifar10", data_root=str(tmp_path / "data"),
+                                model="cnn_4c3f", epochs=1, batch_size=16, steps=1, eval_steps=1,
+                                run_dir=str(tmp_path / "run"), progress=False))
+    assert len(metrics(run_dir)) == 1
+
+
+def test_epoch_batches_shard_the_permutation():
+    single = epoch_batches(10, 4, seed=3, epoch=1)
+    assert sorted(i for b in single for i in b) == list(range(10))
+    assert single == epoch_batches(10, 4, seed=3, epoch=1) != epoch_batches(10, 4, seed=3, epoch=2)
+    ranks = [epoch_batches(10, 4, seed=3, epoch=1, rank=r, world_size=2) for r in (0, 1)]
+    assert all(len(b) <= 2 for shard in ranks for b in shard)
+    assert sorted(i for shard in ranks for b in shard for i in b) == list(range(10))
+
+
+def test_two_gloo_processes_train_and_stay_in_sync(tmp_path):
+    run_dir = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "fastadv.cli", "train", "--method", "trades", "--epochs", "2", "--steps", "2",
+               "--eval-steps", "3", "--eval-size", "90", "--device", "cpu", "--no-progress",
+               "--run-dir", str(run_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["world_size"] == 2
+    records = metrics(run_dir)
+    assert len(records) == 2 and all(r["ranks_in_sync"] for r in records)
+    load_model(run_dir)
