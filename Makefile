@@ -33,9 +33,11 @@ test: build
 test-triton: build
 	TRITON_INTERPRET=1 $(PY) -m pytest -m triton
 
+# TRADES on the embedded digits (a minute or two on 2 CPU cores), then its robustness table.
 run: build
 	$(VENV)/bin/fastadv info
-	$(VENV)/bin/fastadv bench pgd
+	$(VENV)/bin/fastadv train --overwrite --run-dir runs/make-run
+	$(VENV)/bin/fastadv eval runs/make-run
 
 bench: build
 	$(VENV)/bin/fastadv bench

@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 
-BENCH_FAMILIES = ("pgd",)
+BENCH_FAMILIES = ("pgd", "train")
 
 
 def _info(args) -> int:
@@ -132,6 +132,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     attack.add_argument("--alpha", type=float, default=None, help="step size; default: digits 0.05, CIFAR 2/255")
     attack.add_argument("--steps", type=int, default=10, help="attack steps during training")
     attack.add_argument("--norm", default="linf", choices=("linf", "l2"))
+    attack.add_argument("--attack-dtype", dest="attack_dtype", default=None, choices=("bfloat16", "float16"),
+                        help="run the training attack under autocast in this dtype (the update stays float32)")
     attack.add_argument("--beta", type=float, default=None,
                         help="the method's trade-off weight; default: the paper's (TRADES β=6, MART λ=5)")
     evaluation = parser.add_argument_group("evaluation and the run")
@@ -155,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a model (with no arguments: TRADES on the embedded digits, on the CPU, in minutes)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a robust model. Writes runs/DATASET-METHOD/ with config.json, metrics.jsonl, "
-                    "checkpoint.pt (resumable), best.pt (best PGD accuracy) and curves.png. Under torchrun "
+                    "checkpoint.pt (resumable), best.pt (best PGD accuracy; best clean accuracy for standard training) and curves.png. Under torchrun "
                     "it trains with DistributedDataParallel.")
     _add_train_arguments(train)
     train.set_defaults(run=_train)

@@ -2,7 +2,8 @@
 
 SGD with momentum and weight decay, the schedules of the adversarial-training literature,
 optional bf16 autocast, gradient clipping, per-epoch evaluation (clean and PGD-20 accuracy on
-the held-out split) with the best-robust checkpoint kept, atomic checkpoints that resume
+the held-out split) with the best checkpoint kept (best robust accuracy; best clean accuracy
+for standard training), atomic checkpoints that resume
 exactly (an interrupt mid-epoch included), metrics.jsonl, curves.png and config.json in the
 run folder, and DistributedDataParallel when launched by torchrun.
 
@@ -70,6 +71,7 @@ class TrainConfig:
     steps: int = 10
     beta: Optional[float] = None
     norm: str = "linf"
+    attack_dtype: Optional[str] = None  # "bfloat16": the training attack runs under bf16 autocast
     eval_steps: int = 20
     eval_size: Optional[int] = None
     amp: Optional[bool] = None
@@ -254,10 +256,12 @@ def method_options(config: TrainConfig, info) -> dict:
         options.setdefault("alpha", config.alpha)
         options.setdefault("steps", config.steps)
         options.setdefault("norm", config.norm)
+        options.setdefault("attack_dtype", config.attack_dtype)
         if config.beta is not None:
             options.setdefault("beta", config.beta)
-    elif config.beta is not None:
-        raise ValueError(f"beta: the method {config.method!r} has no beta")
+    elif config.beta is not None or config.attack_dtype is not None:
+        raise ValueError(f"{'beta' if config.beta is not None else 'attack_dtype'}: the method {config.method!r} "
+                         "has no attack and no beta")
     return options
 
 
@@ -341,6 +345,10 @@ class Trainer:
         if config.alpha is None:
             config.alpha = self.info.default_alpha
         self.method = build_method(config.method, **method_options(config, self.info))
+        # best.pt: the best robust accuracy for adversarial methods, as the literature selects
+        # against robust overfitting; the best clean accuracy for standard training, whose
+        # robust accuracy is noise around zero and would pick an undertrained early epoch.
+        self.selection = "test_robust_acc" if self.method.adversarial else "test_clean_acc"
         seed_everything(config.seed)  # identical initial weights on every rank
         self.model = build_model(config.model, self.info).to(self.device)
         self.trained_model = self.model
@@ -358,7 +366,7 @@ class Trainer:
         self.amp = bool(amp)
         # Attacks and augmentation differ per rank; the weights above were drawn before this.
         seed_everything(config.seed + 1_000_003 * distributed.rank)
-        self.epoch, self.batch, self.best_robust, self.history = 0, 0, -1.0, []
+        self.epoch, self.batch, self.best_score, self.history = 0, 0, -1.0, []
         self.partial_sums: dict[str, float] = {}
         self.partial_count = 0
         self._interrupt_requested = False
@@ -368,7 +376,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
-            "epoch": self.epoch, "batch": self.batch, "best_robust": self.best_robust, "history": self.history,
+            "epoch": self.epoch, "batch": self.batch, "best_score": self.best_score, "history": self.history,
             "partial_sums": self.partial_sums, "partial_count": self.partial_count, "rng": rng_state(),
             "config": dataclasses.asdict(self.config), "info": dataclasses.asdict(self.info),
         }
@@ -390,7 +398,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
         self.epoch, self.batch = state["epoch"], state["batch"]
-        self.best_robust, self.history = state["best_robust"], state["history"]
+        self.best_score, self.history = state["best_score"], state["history"]
         self.partial_sums, self.partial_count = state["partial_sums"], state["partial_count"]
         if not self.distributed.enabled:
             set_rng_state(state["rng"])
@@ -404,7 +412,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             record = dict(dataclasses.asdict(config), method_hyperparameters=self.method.hyperparameters(),
                           dataset_info=dataclasses.asdict(self.info), world_size=self.distributed.world_size,
-                          amp_enabled=self.amp, torch=torch.__version__)
+                          amp_enabled=self.amp, best_selected_by=self.selection, torch=torch.__version__)
             atomic_write_text(json.dumps(record, indent=2, default=str) + "\n", self.run_dir / "config.json")
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
@@ -488,16 +496,17 @@ class Trainer:
         self.history.append(record)
         self.epoch, self.batch = self.epoch + 1, 0
         self.partial_sums, self.partial_count = {}, 0
-        improved = record["test_robust_acc"] > self.best_robust
+        improved = record[self.selection] > self.best_score
         if improved:
-            self.best_robust = record["test_robust_acc"]
+            self.best_score = record[self.selection]
         if distributed.is_main:
             # Rewritten whole from the history (which the checkpoint also holds), so a crash
             # between here and the checkpoint cannot leave an epoch logged twice after a resume.
             atomic_write_text("".join(json.dumps(h) + "\n" for h in self.history), self.run_dir / "metrics.jsonl")
             if improved:
                 atomic_save({"model": self.model.state_dict(), "epoch": record["epoch"],
-                             "test_robust_acc": record["test_robust_acc"], "config": dataclasses.asdict(config),
+                             "test_robust_acc": record["test_robust_acc"], "test_clean_acc": record["test_clean_acc"],
+                             "selected_by": self.selection, "config": dataclasses.asdict(config),
                              "info": dataclasses.asdict(self.info)}, self.run_dir / "best.pt")
             plot_curves(self.history, self.run_dir / "curves.png")
             print(f"epoch {record['epoch']}/{config.epochs}  loss {record.get('train_loss', float('nan')):.4f}  "

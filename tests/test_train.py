@@ -64,7 +64,7 @@ def test_run_folder_and_checkpoints(tmp_path):
     (dict(eps=-0.1), "eps: must be >= 0"),
     (dict(epochs=0), "epochs: must be an integer >= 1"),
     (dict(schedule="step"), "schedule: unknown 'step'"),
-    (dict(method="standard", beta=1.0), "beta: the method 'standard' has no beta"),
+    (dict(method="standard", beta=1.0), "beta: the method .standard. has no attack and no beta"),
 ])
 def test_bad_configuration_fails_at_once(tmp_path, change, message):
     options = dict(QUICK, run_dir=str(tmp_path / "run"))
@@ -106,7 +106,7 @@ def test_epoch_batches_shard_the_permutation():
 def test_two_gloo_processes_train_and_stay_in_sync(tmp_path):
     run_dir = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "fastadv.cli", "train", "--method", "trades", "--epochs", "2", "--steps", "2",
                "--eval-steps", "3", "--eval-size", "90", "--device", "cpu", "--no-progress",
                "--run-dir", str(run_dir)]

@@ -30,7 +30,8 @@ class Method:
 
     def hyperparameters(self) -> dict:
         """The method's settings, as written to config.json."""
-        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
+        return {key: str(value) if isinstance(value, torch.dtype) else value
+                for key, value in vars(self).items() if not key.startswith("_")}
 
     def state_dict(self) -> dict:
         """State carried across batches (e.g. moving averages), saved in checkpoints."""
@@ -49,3 +50,16 @@ def check_positive(method: str, **values) -> None:
     for name, value in values.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
             raise ValueError(f"{method}: {name} must be a number >= 0, got {value!r}")
+
+
+ATTACK_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def attack_dtype_of(method: str, name: str | None):
+    """The autocast dtype of a method's attack ("bfloat16" makes the attack's forward and
+    backward passes run in bf16; the update and the training loss stay in float32)."""
+    if name is None:
+        return None
+    if name not in ATTACK_DTYPES:
+        raise ValueError(f"{method}: attack_dtype must be one of {sorted(ATTACK_DTYPES)} or None, got {name!r}")
+    return ATTACK_DTYPES[name]

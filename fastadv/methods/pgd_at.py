@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ..attacks import PGD
-from .base import Method, accuracy, check_positive
+from .base import Method, accuracy, attack_dtype_of, check_positive
 
 
 class PGDAT(Method):
@@ -15,13 +15,15 @@ class PGDAT(Method):
 
     name = "pgd_at"
 
-    def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, norm: str = "linf"):
+    def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, norm: str = "linf",
+                 attack_dtype: str | None = None):
         check_positive(self.name, eps=eps, alpha=alpha, steps=steps)
         self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
+        self.attack_dtype = attack_dtype_of(self.name, attack_dtype)
 
     def __call__(self, model, x, y, *, attack_model=None):
         attack = PGD(attack_model or model, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm,
-                     loss="ce", init="uniform")
+                     loss="ce", init="uniform", amp_dtype=self.attack_dtype)
         x_adv = attack(x, y)
         logits_adv = model(x_adv)
         loss = F.cross_entropy(logits_adv, y)

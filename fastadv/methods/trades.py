@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ..attacks import PGD
-from .base import Method, accuracy, check_positive
+from .base import Method, accuracy, attack_dtype_of, check_positive
 
 
 def trades_kl(logits_natural, logits_adv):
@@ -31,13 +31,15 @@ class TRADES(Method):
     name = "trades"
 
     def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, beta: float = 6.0,
-                 norm: str = "linf"):
+                 norm: str = "linf",
+                 attack_dtype: str | None = None):
         check_positive(self.name, eps=eps, alpha=alpha, steps=steps, beta=beta)
         self.eps, self.alpha, self.steps, self.beta, self.norm = eps, alpha, steps, beta, norm
+        self.attack_dtype = attack_dtype_of(self.name, attack_dtype)
 
     def __call__(self, model, x, y, *, attack_model=None):
         attack = PGD(attack_model or model, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm,
-                     loss="kl", init="normal")
+                     loss="kl", init="normal", amp_dtype=self.attack_dtype)
         x_adv = attack(x, y)
         logits_natural = model(x)
         logits_adv = model(x_adv)
