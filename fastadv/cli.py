@@ -150,19 +150,30 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     evaluation.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" only where it informs: not for flags, not for None (whose help
+    says what the default is), and not where the help already names it."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if action.default is None or isinstance(action.default, bool) or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastadv", description="Fast and faithful adversarial training.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train", help="train a model (with no arguments: TRADES on the embedded digits, on the CPU, in minutes)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
         description="Train a robust model. Writes runs/DATASET-METHOD/ with config.json, metrics.jsonl, "
                     "checkpoint.pt (resumable), best.pt (best PGD accuracy; best clean accuracy for standard training) and curves.png. Under torchrun "
                     "it trains with DistributedDataParallel.")
     _add_train_arguments(train)
     train.set_defaults(run=_train)
     evaluate = commands.add_parser("eval", help="robust accuracy of a run or checkpoint",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                   formatter_class=_HelpFormatter,
                                    description="Clean, FGSM, PGD-20, PGD-100, CW and AutoAttack accuracy on the "
                                                "held-out split; prints a table and writes eval.json.")
     evaluate.add_argument("path", help="a run folder (its best.pt) or a checkpoint file")
@@ -180,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="versions, available backends and the machine's memory bandwidth")
     info.set_defaults(run=_info)
     bench = commands.add_parser("bench", help="benchmark the fused ops against eager and torch.compile",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter)
     bench.add_argument("family", nargs="?", default="all", choices=("all",) + BENCH_FAMILIES,
                        help="op family to benchmark")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
