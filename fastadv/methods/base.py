@@ -16,6 +16,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..attacks import PGD
+
 
 class Method:
     """Base class of the training methods (see :mod:`fastadv.methods`)."""
@@ -63,3 +65,22 @@ def attack_dtype_of(method: str, name: str | None):
     if name not in ATTACK_DTYPES:
         raise ValueError(f"{method}: attack_dtype must be one of {sorted(ATTACK_DTYPES)} or None, got {name!r}")
     return ATTACK_DTYPES[name]
+
+
+class AdversarialMethod(Method):
+    """A method trained on PGD examples of its own attack loss and start (``attack_loss``,
+    ``attack_init``); the attack's ε, α, steps and norm are the method's first arguments."""
+
+    attack_loss: ClassVar[str] = "ce"
+    attack_init: ClassVar[str] = "uniform"
+
+    def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, norm: str = "linf",
+                 attack_dtype: str | None = None):
+        check_positive(self.name, eps=eps, alpha=alpha, steps=steps)
+        self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
+        self.attack_dtype = attack_dtype_of(self.name, attack_dtype)
+
+    def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        attack = PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm, loss=self.attack_loss,
+                     init=self.attack_init, amp_dtype=self.attack_dtype)
+        return attack(x, y)

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..attacks import PGD
-from .base import Method, accuracy, attack_dtype_of, check_positive
+from .base import AdversarialMethod, accuracy, check_positive
 
 
 def boosted_cross_entropy(logits_adv, y):
@@ -27,7 +26,7 @@ def mart_loss(logits_natural, logits_adv, y, beta):
     return bce + beta * robust, bce, robust
 
 
-class MART(Method):
+class MART(AdversarialMethod):
     """``BCE(p(x'), y) + λ·KL(p(x) ‖ p(x'))·(1 − p_y(x))`` with x' = PGD-ce.
 
     λ = 5 (seed 002). The attack is PGD on the cross-entropy from x + 0.001·N(0, I), as in
@@ -35,18 +34,17 @@ class MART(Method):
     """
 
     name = "mart"
+    attack_loss = "ce"
+    attack_init = "normal"
 
     def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, beta: float = 5.0,
-                 norm: str = "linf",
-                 attack_dtype: str | None = None):
-        check_positive(self.name, eps=eps, alpha=alpha, steps=steps, beta=beta)
-        self.eps, self.alpha, self.steps, self.beta, self.norm = eps, alpha, steps, beta, norm
-        self.attack_dtype = attack_dtype_of(self.name, attack_dtype)
+                 norm: str = "linf", attack_dtype: str | None = None):
+        super().__init__(eps, alpha, steps, norm, attack_dtype)
+        check_positive(self.name, beta=beta)
+        self.beta = beta
 
     def __call__(self, model, x, y, *, attack_model=None):
-        attack = PGD(attack_model or model, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm,
-                     loss="ce", init="normal", amp_dtype=self.attack_dtype)
-        x_adv = attack(x, y)
+        x_adv = self.adversarial_examples(attack_model or model, x, y)
         logits_natural = model(x)
         logits_adv = model(x_adv)
         loss, bce, robust = mart_loss(logits_natural, logits_adv, y, self.beta)

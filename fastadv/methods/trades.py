@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from ..attacks import PGD
-from .base import Method, accuracy, attack_dtype_of, check_positive
+from .base import AdversarialMethod, accuracy, check_positive
 
 
 def trades_kl(logits_natural, logits_adv):
@@ -20,7 +19,7 @@ def trades_loss(logits_natural, logits_adv, y, beta):
     return natural + beta * robust, natural, robust
 
 
-class TRADES(Method):
+class TRADES(AdversarialMethod):
     """``CE(z(x), y) + β·KL(p(x) ‖ p(x'))`` with x' = PGD-kl from x + 0.001·N(0, I).
 
     β = 6 (seed 002, and the TRADES paper's CIFAR-10 setting). The attack maximises
@@ -29,18 +28,17 @@ class TRADES(Method):
     """
 
     name = "trades"
+    attack_loss = "kl"
+    attack_init = "normal"
 
     def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, beta: float = 6.0,
-                 norm: str = "linf",
-                 attack_dtype: str | None = None):
-        check_positive(self.name, eps=eps, alpha=alpha, steps=steps, beta=beta)
-        self.eps, self.alpha, self.steps, self.beta, self.norm = eps, alpha, steps, beta, norm
-        self.attack_dtype = attack_dtype_of(self.name, attack_dtype)
+                 norm: str = "linf", attack_dtype: str | None = None):
+        super().__init__(eps, alpha, steps, norm, attack_dtype)
+        check_positive(self.name, beta=beta)
+        self.beta = beta
 
     def __call__(self, model, x, y, *, attack_model=None):
-        attack = PGD(attack_model or model, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm,
-                     loss="kl", init="normal", amp_dtype=self.attack_dtype)
-        x_adv = attack(x, y)
+        x_adv = self.adversarial_examples(attack_model or model, x, y)
         logits_natural = model(x)
         logits_adv = model(x_adv)
         loss, natural, robust = trades_loss(logits_natural, logits_adv, y, self.beta)
