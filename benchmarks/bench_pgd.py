@@ -136,7 +136,11 @@ def measure(norm, device, fused_backend, rotation, compiled, rounds):
         "fastadv pgd_step_ (in place)": fused_in_place,
         ROOFLINE: rotation.copy,
     }
-    return common.time_interleaved(functions, device, rounds=rounds)
+    stats = common.time_interleaved(functions, device, rounds=rounds)
+    for name, fn in functions.items():
+        if name != ROOFLINE:
+            stats[name]["allocated_MiB"] = common.allocated_mib(fn, device)
+    return stats
 
 
 def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
@@ -168,7 +172,7 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
                         "speedup_vs_compiled_idiom": idiom_s / s["median"],
                         "roofline_percent": 100 * roofline_s / s["median"],
                         "copy_GBps": BYTES_PER_ELEMENT * numel / roofline_s / 1e9,
-                        "compile_s": cost[0], "recompile_s": cost[1],
+                        "compile_s": cost[0], "recompile_s": cost[1], "allocated_MiB": s["allocated_MiB"],
                     })
     meta = {
         "machine": common.machine_description(device),
@@ -208,10 +212,10 @@ def report(records, meta) -> str:
     rows = [[r["shape"], r["norm"], r["memory"], r["implementation"], f"{r['median_ms']:.3f}",
              f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}", f"{r['speedup_vs_eager']:.2f}×",
              f"{r['speedup_vs_compile']:.2f}×", f"{r['speedup_vs_compiled_idiom']:.2f}×",
-             f"{r['roofline_percent']:.0f}%"] for r in records]
+             f"{r['roofline_percent']:.0f}%", f"{r['allocated_MiB']:.1f}"] for r in records]
     table = common.markdown_table(
         ["shape", "norm", "memory", "implementation", "median ms", "p20–p80 ms", "vs eager reference",
-         "vs compiled reference", "vs compiled idiom", "roofline"], rows)
+         "vs compiled reference", "vs compiled idiom", "roofline", "allocated MiB"], rows)
     bandwidth = sorted({f"{r['shape']} {r['norm']} {r['memory']}: {r['copy_GBps']:.0f} GB/s" for r in records})
     lines = [f"pgd_step, float32, {meta['machine']}", "", summary(records), "", "All timings:", "", table, "",
              "cold: inputs rotate through sets larger than the caches, as in an attack loop (a model pass runs "
@@ -219,6 +223,8 @@ def report(records, meta) -> str:
              "roofline: 16 bytes/element moved at the bandwidth of a copy_ timed in the same rounds, through the "
              f"same memory ({'; '.join(bandwidth)}, read+write). copy_ pays a write-allocate that an in-place "
              "update does not, so the in-place op can pass 100%.",
+             "allocated MiB: memory one call allocates (CPU: the sum of its allocations from torch.profiler; "
+             "CUDA: the peak above the memory held before the call).",
              "torch.compile's one-off costs, each with an empty inductor cache (the first compile in a process also "
              "pays inductor's start-up; the fused op has none of them):"]
     costs = sorted({(r["shape"], r["norm"], r["implementation"], r["compile_s"], r["recompile_s"])

@@ -259,24 +259,6 @@ def classify(events, device) -> dict[str, float]:
     return totals, counts
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence file descriptor 2: kineto logs every profiler start and stop there."""
-    import os
-    import sys
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def profile_step(step, model, x, device) -> dict:
     """One profiled step: milliseconds per category, the wall time and whether the loss was finite."""
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -284,7 +266,7 @@ def profile_step(step, model, x, device) -> dict:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     regions = ForwardRegions(model, x)
     try:
-        with quiet_stderr():
+        with common.quiet_stderr():
             with torch.profiler.profile(activities=activities) as prof:
                 common.synchronize(device)
                 start = time.perf_counter()

@@ -2,10 +2,12 @@
 fastadv.benchmarks.common; `fastadv bench` runs the families)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import platform
+import sys
 import statistics
 import subprocess
 import time
@@ -115,3 +117,36 @@ def write_results(family: str, records: list[dict], meta: dict, out_dir: Path | 
             writer.writeheader()
             writer.writerows(records)
     return out_dir
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence file descriptor 2: kineto logs every profiler start and stop there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def allocated_mib(fn: Callable[[], object], device: torch.device) -> float:
+    """Memory one call allocates, in MiB: on CUDA the peak above what was allocated before the
+    call; on the CPU (which keeps no peak statistics) the sum of the call's allocations, from
+    torch.profiler's memory events."""
+    fn()  # warm: compile, caches
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    with quiet_stderr():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    return sum(max(0, event.self_cpu_memory_usage) for event in prof.key_averages()) / 2**20

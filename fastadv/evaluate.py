@@ -74,7 +74,8 @@ def robust_accuracy(model, dataset, attacks: dict[str, Callable], device, batch_
     seconds = {name: 0.0 for name in attacks}
     was_training = model.training
     model.eval()
-    for start in tqdm(range(0, size, batch_size), desc="evaluating", disable=not progress, leave=False):
+    for start in tqdm(range(0, size, batch_size), desc="evaluating", disable=None if progress else True,
+                      leave=False):
         batch = [dataset[i] for i in range(start, min(start + batch_size, size))]
         x = torch.stack([b[0] for b in batch]).to(device)
         y = torch.as_tensor([int(b[1]) for b in batch], device=device)

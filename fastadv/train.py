@@ -455,7 +455,9 @@ class Trainer:
         self.model.train()
         started = time.perf_counter()
         bar = tqdm(total=len(batches), initial=self.batch, desc=f"epoch {self.epoch + 1}/{config.epochs}",
-                   disable=not (config.progress and distributed.is_main), leave=False, dynamic_ncols=True)
+                   # None: tqdm shows the bar only on a terminal, not in a redirected log
+                   disable=None if config.progress and distributed.is_main else True, leave=False,
+                   dynamic_ncols=True)
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
