@@ -36,6 +36,8 @@ from .methods import METHODS, build_method
 from .models import build_model, default_model
 
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
+# Settings a resumed run may change: they do not affect what is computed.
+FREE_ON_RESUME = ("resume", "overwrite", "progress", "device", "workers")
 
 # Per-dataset training defaults (anything left None in TrainConfig). digits: chosen so that
 # TRADES trains in about a minute on 2 CPU cores; CIFAR: the TRADES paper's (100 epochs,
@@ -387,7 +389,7 @@ class Trainer:
 
     def _resume(self):
         state = torch.load(self.run_dir / "checkpoint.pt", map_location=self.device, weights_only=False)
-        saved = {k: v for k, v in state["config"].items() if k not in ("resume", "overwrite", "progress")}
+        saved = {k: v for k, v in state["config"].items() if k not in FREE_ON_RESUME}
         current = {k: v for k, v in dataclasses.asdict(self.config).items() if k in saved}
         changed = sorted(k for k in saved if json.dumps(saved[k], default=str) != json.dumps(current[k], default=str))
         if changed:

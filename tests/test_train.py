@@ -117,3 +117,11 @@ def test_two_gloo_processes_train_and_stay_in_sync(tmp_path):
     records = metrics(run_dir)
     assert len(records) == 2 and all(r["ranks_in_sync"] for r in records)
     load_model(run_dir)
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    run_dir = train(TrainConfig(method="standard", run_dir=str(tmp_path / "run"), **dict(QUICK, epochs=1)))
+    with pytest.raises(ValueError, match=r"started with other settings \(lr\)"):
+        train(TrainConfig(method="standard", run_dir=str(run_dir), resume=True, lr=0.5, **dict(QUICK, epochs=1)))
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        train(TrainConfig(method="standard", run_dir=str(tmp_path / "empty"), resume=True, **QUICK))
