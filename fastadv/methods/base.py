@@ -84,3 +84,31 @@ class AdversarialMethod(Method):
         attack = PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm, loss=self.attack_loss,
                      init=self.attack_init, amp_dtype=self.attack_dtype)
         return attack(x, y)
+
+
+class NaturalAndAdversarialMethod(AdversarialMethod):
+    """A method whose loss needs the logits of both the natural and the adversarial batch,
+    weighted by ``beta`` (TRADES, MART, ...). Both batches go through the model in training
+    mode, natural first, as TRADES' and MART's code do; subclasses define :meth:`loss_terms`."""
+
+    default_beta: ClassVar[float] = 1.0
+
+    def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, beta: float | None = None,
+                 norm: str = "linf", attack_dtype: str | None = None):
+        super().__init__(eps, alpha, steps, norm, attack_dtype)
+        beta = self.default_beta if beta is None else beta
+        check_positive(self.name, beta=beta)
+        self.beta = beta
+
+    def loss_terms(self, logits_natural, logits_adv, y) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the loss, its named parts for logging)."""
+        raise TypeError(f"{type(self).__name__} must define loss_terms")
+
+    def __call__(self, model, x, y, *, attack_model=None):
+        x_adv = self.adversarial_examples(attack_model or model, x, y)
+        logits_natural = model(x)
+        logits_adv = model(x_adv)
+        loss, parts = self.loss_terms(logits_natural, logits_adv, y)
+        metrics = {"loss": loss.detach(), **{name: value.detach() for name, value in parts.items()},
+                   "clean_acc": accuracy(logits_natural, y), "adv_acc": accuracy(logits_adv, y)}
+        return loss, metrics

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import AdversarialMethod, accuracy, check_positive
+from .base import NaturalAndAdversarialMethod
 
 
 def boosted_cross_entropy(logits_adv, y):
@@ -26,27 +26,19 @@ def mart_loss(logits_natural, logits_adv, y, beta):
     return bce + beta * robust, bce, robust
 
 
-class MART(AdversarialMethod):
+class MART(NaturalAndAdversarialMethod):
     """``BCE(p(x'), y) + λ·KL(p(x) ‖ p(x'))·(1 − p_y(x))`` with x' = PGD-ce.
 
-    λ = 5 (seed 002). The attack is PGD on the cross-entropy from x + 0.001·N(0, I), as in
-    MART's code; the weight (1 − p_y(x)) is not detached, as in MART's code.
+    λ = 5 (seed 002), passed as ``beta``. The attack is PGD on the cross-entropy from
+    x + 0.001·N(0, I), as in MART's code; the weight (1 − p_y(x)) is not detached, as in MART's
+    code.
     """
 
     name = "mart"
     attack_loss = "ce"
     attack_init = "normal"
+    default_beta = 5.0
 
-    def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, beta: float = 5.0,
-                 norm: str = "linf", attack_dtype: str | None = None):
-        super().__init__(eps, alpha, steps, norm, attack_dtype)
-        check_positive(self.name, beta=beta)
-        self.beta = beta
-
-    def __call__(self, model, x, y, *, attack_model=None):
-        x_adv = self.adversarial_examples(attack_model or model, x, y)
-        logits_natural = model(x)
-        logits_adv = model(x_adv)
+    def loss_terms(self, logits_natural, logits_adv, y):
         loss, bce, robust = mart_loss(logits_natural, logits_adv, y, self.beta)
-        return loss, {"loss": loss.detach(), "bce": bce.detach(), "robust_loss": robust.detach(),
-                      "clean_acc": accuracy(logits_natural, y), "adv_acc": accuracy(logits_adv, y)}
+        return loss, {"bce": bce, "robust_loss": robust}

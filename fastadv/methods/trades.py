@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import AdversarialMethod, accuracy, check_positive
+from .base import NaturalAndAdversarialMethod
 
 
 def trades_kl(logits_natural, logits_adv):
@@ -19,7 +19,7 @@ def trades_loss(logits_natural, logits_adv, y, beta):
     return natural + beta * robust, natural, robust
 
 
-class TRADES(AdversarialMethod):
+class TRADES(NaturalAndAdversarialMethod):
     """``CE(z(x), y) + β·KL(p(x) ‖ p(x'))`` with x' = PGD-kl from x + 0.001·N(0, I).
 
     β = 6 (seed 002, and the TRADES paper's CIFAR-10 setting). The attack maximises
@@ -30,17 +30,8 @@ class TRADES(AdversarialMethod):
     name = "trades"
     attack_loss = "kl"
     attack_init = "normal"
+    default_beta = 6.0
 
-    def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, beta: float = 6.0,
-                 norm: str = "linf", attack_dtype: str | None = None):
-        super().__init__(eps, alpha, steps, norm, attack_dtype)
-        check_positive(self.name, beta=beta)
-        self.beta = beta
-
-    def __call__(self, model, x, y, *, attack_model=None):
-        x_adv = self.adversarial_examples(attack_model or model, x, y)
-        logits_natural = model(x)
-        logits_adv = model(x_adv)
+    def loss_terms(self, logits_natural, logits_adv, y):
         loss, natural, robust = trades_loss(logits_natural, logits_adv, y, self.beta)
-        return loss, {"loss": loss.detach(), "natural_loss": natural.detach(), "robust_loss": robust.detach(),
-                      "clean_acc": accuracy(logits_natural, y), "adv_acc": accuracy(logits_adv, y)}
+        return loss, {"natural_loss": natural, "robust_loss": robust}
