@@ -33,7 +33,7 @@ test: build
 test-triton: build
 	TRITON_INTERPRET=1 $(PY) -m pytest -m triton
 
-# TRADES on the embedded digits (a minute or two on 2 CPU cores), then its robustness table.
+# TRADES on the embedded digits, then its robustness table (about 3 minutes on 2 CPU cores).
 run: build
 	$(VENV)/bin/fastadv info
 	$(VENV)/bin/fastadv train --overwrite --run-dir runs/make-run
