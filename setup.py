@@ -76,7 +76,10 @@ def extension():
     with_cuda = CUDA_HOME is not None
     # -fopenmp: at::parallel_for is inlined into our code and parallel only under OpenMP; the
     # libgomp.so.1 torch ships (and has loaded) serves it.
-    cxx_flags = ["-O3", "-fopenmp", f"-DFASTADV_WITH_CUDA={int(with_cuda)}"]
+    # -fno-trapping-math: we never enable floating-point exceptions, and without it GCC keeps
+    # the selects of the logits kernels (fastadv/logits.h) as branches, which blocks vectorising
+    # them below AVX-512.
+    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", f"-DFASTADV_WITH_CUDA={int(with_cuda)}"]
     common = dict(
         name="fastadv._C",
         sources=sources("ops.cpp") + sources("cpu/*.cpp"),

@@ -3,11 +3,14 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/string_view.h>
 
 #include <optional>
+#include <tuple>
 
+#include "fastadv/logits.h"
 #include "fastadv/pgd.h"
 
 namespace fastadv {
@@ -109,6 +112,122 @@ struct PgdStepEntryPoints {
     Run(pgd_step_params(x_adv, x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm, clip_min,
                         clip_max, active),
         x_adv);
+  }
+};
+
+// ----------------------------------------------------------------------------- logits family
+// One call of a fused logit-head loss: checks the inputs, allocates the outputs (per-row
+// losses in the input dtype; each asked-for gradient as a [rows, cols] tensor, an empty [0]
+// tensor otherwise) and fills the parameter struct.
+struct LogitsCall {
+  LogitsParams params{};
+  at::Tensor loss, loss2, grad0, grad1, grad2;
+
+  LogitsCall(const at::Tensor& a, const at::Tensor* b, const at::Tensor* labels, double scalar, bool need0,
+             bool need1 = false, bool need2 = false, bool per_row_loss = true, bool second_loss = false) {
+    TORCH_CHECK(a.dim() == 2, "fastadv: logits must have shape [B, C], got ", a.sizes());
+    TORCH_CHECK(a.is_contiguous(), "fastadv: logits must be contiguous");
+    scalar_kind_of(a, "logits");
+    if (b != nullptr) {
+      check_like(*b, a, "the second logits input");
+      TORCH_CHECK(b->is_contiguous(), "fastadv: the second logits input must be contiguous");
+    }
+    if (labels != nullptr) {
+      TORCH_CHECK(labels->dim() == 1 && labels->size(0) == a.size(0), "fastadv: y must have shape [", a.size(0),
+                  "], got ", labels->sizes());
+      TORCH_CHECK(labels->scalar_type() == at::kLong, "fastadv: y must be int64, got ", labels->scalar_type());
+      TORCH_CHECK(labels->device() == a.device(), "fastadv: y must be on ", a.device());
+      TORCH_CHECK(labels->is_contiguous(), "fastadv: y must be contiguous");
+    }
+    const auto row_dtype = per_row_loss ? a.scalar_type() : accumulate_type_of(a.scalar_type());
+    loss = at::empty({a.size(0)}, a.options().dtype(row_dtype));
+    loss2 = second_loss ? at::empty({a.size(0)}, a.options()) : at::empty({0}, a.options());
+    grad0 = need0 ? at::empty_like(a) : at::empty({0}, a.options());
+    grad1 = need1 ? at::empty_like(a) : at::empty({0}, a.options());
+    grad2 = need2 ? at::empty_like(a) : at::empty({0}, a.options());
+    params.a = a.data_ptr();
+    params.b = b != nullptr ? b->data_ptr() : nullptr;
+    params.labels = labels != nullptr ? labels->data_ptr<int64_t>() : nullptr;
+    params.loss = loss.data_ptr();
+    params.loss2 = second_loss ? loss2.data_ptr() : nullptr;
+    params.grad0 = need0 ? grad0.data_ptr() : nullptr;
+    params.grad1 = need1 ? grad1.data_ptr() : nullptr;
+    params.grad2 = need2 ? grad2.data_ptr() : nullptr;
+    params.rows = a.size(0);
+    params.cols = a.size(1);
+    params.scalar = scalar;
+  }
+};
+
+// The registered entry points of the logits family, built from a backend's
+// `run(op, params, a, mhuber_total)`, so that the CPU and CUDA registrations differ only in how
+// they run. `mhuber_total` is a one-element tensor of the accumulation type (mhuber only).
+template <void (*Run)(LogitsOp, const LogitsParams&, const at::Tensor&, const at::Tensor&)>
+struct LogitsEntryPoints {
+  using Pair = std::tuple<at::Tensor, at::Tensor>;
+  using Triple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+  static void run(LogitsOp op, const LogitsCall& call, const at::Tensor& a) { Run(op, call.params, a, at::Tensor()); }
+
+  static Triple soft_cross_entropy(const at::Tensor& z, const at::Tensor& target, bool grad_z, bool grad_target) {
+    LogitsCall call(z, &target, nullptr, 0.0, grad_z, grad_target);
+    run(LogitsOp::SoftCrossEntropy, call, z);
+    return {call.loss, call.grad0, call.grad1};
+  }
+
+  static Pair smoothed_cross_entropy(const at::Tensor& z, const at::Tensor& y, double smoothing, bool grad_z) {
+    TORCH_CHECK(smoothing >= 0 && smoothing <= 1, "fastadv: smoothing must lie in [0, 1], got ", smoothing);
+    TORCH_CHECK(z.dim() != 2 || z.size(1) >= 2, "fastadv: smoothed_cross_entropy needs at least 2 classes");
+    LogitsCall call(z, nullptr, &y, smoothing, grad_z);
+    run(LogitsOp::SmoothedCrossEntropy, call, z);
+    return {call.loss, call.grad0};
+  }
+
+  static Pair boosted_cross_entropy(const at::Tensor& z, const at::Tensor& y, bool grad_z) {
+    TORCH_CHECK(z.dim() != 2 || z.size(1) >= 2, "fastadv: boosted_cross_entropy needs at least 2 classes");
+    LogitsCall call(z, nullptr, &y, 0.0, grad_z);
+    run(LogitsOp::BoostedCrossEntropy, call, z);
+    return {call.loss, call.grad0};
+  }
+
+  static Triple trades_kl(const at::Tensor& z_nat, const at::Tensor& z_adv, bool grad_nat, bool grad_adv) {
+    LogitsCall call(z_nat, &z_adv, nullptr, 0.0, grad_nat, grad_adv);
+    run(LogitsOp::TradesKl, call, z_nat);
+    return {call.loss, call.grad0, call.grad1};
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mart_loss(
+      const at::Tensor& z_nat, const at::Tensor& z_adv, const at::Tensor& y, bool grad_nat, bool grad_adv) {
+    TORCH_CHECK(z_nat.dim() != 2 || z_nat.size(1) >= 2, "fastadv: mart_loss needs at least 2 classes");
+    LogitsCall call(z_nat, &z_adv, &y, 0.0, grad_adv, grad_nat, grad_adv, true, true);
+    run(LogitsOp::MartLoss, call, z_nat);
+    return {call.loss, call.loss2, call.grad0, call.grad1, call.grad2};
+  }
+
+  static Pair margin_sq_hinge(const at::Tensor& z, const at::Tensor& y, double delta, bool grad_z) {
+    LogitsCall call(z, nullptr, &y, delta, grad_z);
+    run(LogitsOp::MarginSqHinge, call, z);
+    return {call.loss, call.grad0};
+  }
+
+  static Triple mhuber(const at::Tensor& u, const at::Tensor& v, double alpha, bool grad_u, bool grad_v) {
+    TORCH_CHECK(alpha > 0, "fastadv: alpha must be > 0, got ", alpha);
+    LogitsCall call(u, &v, nullptr, alpha, grad_u, grad_v, false, false);
+    at::Tensor total = at::empty({}, call.loss.options());
+    Run(LogitsOp::Mhuber, call.params, u, total);
+    return {total.to(u.scalar_type()), call.grad0, call.grad1};
+  }
+
+  static Triple logit_pairing(const at::Tensor& z_nat, const at::Tensor& z_adv, bool grad_nat, bool grad_adv) {
+    LogitsCall call(z_nat, &z_adv, nullptr, 0.0, grad_nat, grad_adv);
+    run(LogitsOp::LogitPairing, call, z_nat);
+    return {call.loss, call.grad0, call.grad1};
+  }
+
+  static Pair logit_squeeze(const at::Tensor& z, bool grad_z) {
+    LogitsCall call(z, nullptr, nullptr, 0.0, grad_z);
+    run(LogitsOp::LogitSqueeze, call, z);
+    return {call.loss, call.grad0};
   }
 };
 

@@ -41,4 +41,21 @@ TORCH_LIBRARY(fastadv, m) {
       "pgd_step_(Tensor(a!) x_adv, Tensor grad, Tensor x, float eps, float alpha, "
       "Tensor? eps_per_sample, Tensor? alpha_per_sample, str norm, float clip_min, "
       "float clip_max, Tensor? active) -> ()");
+
+  // logits family: fused logit-head losses (fastadv/ops/logits.py). Each returns its per-sample
+  // losses ([B]; mhuber: the scalar mean) and then, for every (loss, input) pair it can
+  // differentiate, the gradient of each sample's loss with respect to that input ([B, C]),
+  // computed in the same pass when the input's flag asks for it and an empty [0] tensor otherwise.
+  m.def("soft_cross_entropy(Tensor z, Tensor target, bool grad_z, bool grad_target) -> (Tensor, Tensor, Tensor)");
+  m.def("smoothed_cross_entropy(Tensor z, Tensor y, float smoothing, bool grad_z) -> (Tensor, Tensor)");
+  m.def("boosted_cross_entropy(Tensor z, Tensor y, bool grad_z) -> (Tensor, Tensor)");
+  m.def("trades_kl(Tensor z_nat, Tensor z_adv, bool grad_nat, bool grad_adv) -> (Tensor, Tensor, Tensor)");
+  // (bce, weighted_kl, d bce/d z_adv, d weighted_kl/d z_nat, d weighted_kl/d z_adv)
+  m.def(
+      "mart_loss(Tensor z_nat, Tensor z_adv, Tensor y, bool grad_nat, bool grad_adv) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("margin_sq_hinge(Tensor z, Tensor y, float delta, bool grad_z) -> (Tensor, Tensor)");
+  m.def("mhuber(Tensor u, Tensor v, float alpha, bool grad_u, bool grad_v) -> (Tensor, Tensor, Tensor)");
+  m.def("logit_pairing(Tensor z_nat, Tensor z_adv, bool grad_nat, bool grad_adv) -> (Tensor, Tensor, Tensor)");
+  m.def("logit_squeeze(Tensor z, bool grad_z) -> (Tensor, Tensor)");
 }

@@ -7,6 +7,10 @@
 
 #if defined(__CUDACC__)
 #define FASTADV_HOST_DEVICE __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Always inlined: the CPU kernels are compiled once per instruction set (target_clones), and
+// only code inlined into a clone is compiled for that clone's instruction set.
+#define FASTADV_HOST_DEVICE inline __attribute__((always_inline))
 #else
 #define FASTADV_HOST_DEVICE inline
 #endif

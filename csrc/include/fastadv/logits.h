@@ -1,0 +1,591 @@
+// The logits family: parameters and the per-row algorithms of the fused logit-head losses,
+// shared by the CPU and CUDA kernels (METHODS.md sections 1 and 2; the oracles are in
+// fastadv/reference/logits.py).
+//
+// Every op reads a [rows, cols] block of logits (row-major, contiguous) and writes per-row
+// losses and, when asked, the gradient of each row's loss with respect to each input row
+// (Liger-Kernel's habit: the gradient is computed in the same pass as the loss, so the
+// backward only scales it by the incoming gradient).
+//
+// A row is processed by `Lanes` cooperating threads: lane `lane.index` handles columns
+// index, index + Lanes, ...; `lane.sum` / `lane.max` combine a value over the lanes of the
+// row. The CPU runs a row on one thread (Lanes = 1, the loops vectorised by the compiler);
+// the CUDA kernels run a row on a warp (Lanes = 32, shuffle reductions). Either way the math
+// below is the math that runs.
+#pragma once
+
+#include <cstring>
+#include <type_traits>
+
+#include "fastadv/common.h"
+
+#if defined(__CUDACC__)
+#define FASTADV_SIMD
+#define FASTADV_SIMD_REDUCE(op, ...)
+#else
+#define FASTADV_PRAGMA(text) _Pragma(#text)
+#define FASTADV_SIMD FASTADV_PRAGMA(omp simd)
+#define FASTADV_SIMD_REDUCE(op, ...) FASTADV_PRAGMA(omp simd reduction(op : __VA_ARGS__))
+#endif
+
+namespace fastadv {
+
+using std::exp;  // float and double overloads, on the host and in CUDA device code
+using std::log;
+using std::sin;
+
+// Which of the fused losses a LogitsParams describes (the CUDA launcher switches on it).
+enum class LogitsOp : int {
+  SoftCrossEntropy = 0,
+  SmoothedCrossEntropy = 1,
+  BoostedCrossEntropy = 2,
+  TradesKl = 3,
+  MartLoss = 4,
+  MarginSqHinge = 5,
+  Mhuber = 6,
+  LogitPairing = 7,
+  LogitSqueeze = 8,
+};
+
+struct LogitsParams {
+  const void* a;          // the logits z (z_nat for two-input ops, u for mhuber)
+  const void* b;          // z_adv (two-input ops), v (mhuber), target probabilities (soft CE)
+  const int64_t* labels;  // [rows], checked to lie in [0, cols) by the Python layer
+  void* loss;             // [rows] in the input dtype; mhuber: [rows] partial sums, accumulation type
+  void* loss2;            // mart_loss: the weighted KL [rows]
+  // Gradients of a row's loss with respect to each input row, [rows, cols] in the input dtype,
+  // or null when not asked for. Which (loss, input) pair each slot holds is op-specific and
+  // documented at each row function.
+  void* grad0;
+  void* grad1;
+  void* grad2;
+  int64_t rows;
+  int64_t cols;
+  double scalar;          // smoothing s, margin delta, or Huber alpha
+};
+
+// ----------------------------------------------------------------------------- scalar math
+template <typename T>
+FASTADV_HOST_DEVICE T larger(T a, T b) {
+  return a > b ? a : b;
+}
+
+template <typename T>
+FASTADV_HOST_DEVICE T smaller(T a, T b) {
+  return a < b ? a : b;
+}
+
+// The float whose bits are `bits`. __builtin_bit_cast keeps the CPU loops vectorisable (a
+// memcpy there blocks GCC's vectoriser); nvcc's host pass, which never runs hot, uses memcpy.
+FASTADV_HOST_DEVICE float float_from_bits(int32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(bits);
+#elif defined(__CUDACC__)
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+#else
+  return __builtin_bit_cast(float, bits);
+#endif
+}
+
+// exp for float: Cody–Waite range reduction to r in [-ln2/2, ln2/2], a degree-7 Taylor
+// polynomial (relative error below 1e-7 there), and the power of two built from its bits.
+// Branch-free, so a loop calling it vectorises; the CUDA kernels call the same function.
+// Results below FLT_MIN are flushed to 0, NaN propagates, +inf above ln(FLT_MAX).
+FASTADV_HOST_DEVICE float exp_of(float x) {
+  const float lo = -87.33654475f, hi = 88.72283906f;
+  const float xc = smaller(larger(x, lo), hi);
+  // k = round(xc / ln 2) by adding and removing 1.5·2^23 (an arithmetic rounding: floor() is
+  // a library call that blocks vectorisation unless -fno-trapping-math is given).
+  const float round_shift = 12582912.0f;
+  const float k = (xc * 1.44269504088896341f + round_shift) - round_shift;
+  const float r = (xc - k * 0.693145751953125f) - k * 1.42860682030941723e-6f;
+  float poly = 1.0f / 5040.0f;
+  poly = poly * r + 1.0f / 720.0f;
+  poly = poly * r + 1.0f / 120.0f;
+  poly = poly * r + 1.0f / 24.0f;
+  poly = poly * r + 1.0f / 6.0f;
+  poly = poly * r + 0.5f;
+  poly = poly * r + 1.0f;
+  poly = poly * r + 1.0f;
+  // 2^k as two factors, so that k = 128 (x near ln FLT_MAX) does not overflow the exponent.
+  const int32_t ki = static_cast<int32_t>(k);
+  const int32_t k_half = ki >> 1;
+  const int32_t bits_a = (k_half + 127) << 23, bits_b = (ki - k_half + 127) << 23;
+  const float value = poly * float_from_bits(bits_a) * float_from_bits(bits_b);
+  // One select per condition, each a vector blend (nested conditionals become branches).
+  float result = x < lo ? 0.0f : value;
+  result = x > hi ? INFINITY : result;
+  return x != x ? x : result;
+}
+
+FASTADV_HOST_DEVICE double exp_of(double x) { return exp(x); }
+
+// sin(t) and 1 − cos(t) for |t| <= π/2 (mhuber's inner branch only): Taylor polynomials with
+// errors below 6e-8 (sin) and 7e-9 (1 − cos) there; 1 − cos is evaluated without cancellation.
+FASTADV_HOST_DEVICE float sin_half_period(float t) {
+  const float t2 = t * t;
+  float poly = -1.0f / 39916800.0f;
+  poly = poly * t2 + 1.0f / 362880.0f;
+  poly = poly * t2 - 1.0f / 5040.0f;
+  poly = poly * t2 + 1.0f / 120.0f;
+  poly = poly * t2 - 1.0f / 6.0f;
+  poly = poly * t2 + 1.0f;
+  return poly * t;
+}
+
+FASTADV_HOST_DEVICE float one_minus_cos_half_period(float t) {
+  const float t2 = t * t;
+  float poly = 1.0f / 479001600.0f;
+  poly = poly * t2 - 1.0f / 3628800.0f;
+  poly = poly * t2 + 1.0f / 40320.0f;
+  poly = poly * t2 - 1.0f / 720.0f;
+  poly = poly * t2 + 1.0f / 24.0f;
+  poly = poly * t2 - 0.5f;
+  return -poly * t2;
+}
+
+FASTADV_HOST_DEVICE double sin_half_period(double t) { return sin(t); }
+FASTADV_HOST_DEVICE double one_minus_cos_half_period(double t) {
+  const double half = sin(0.5 * t);
+  return 2.0 * half * half;
+}
+
+
+template <typename T>
+FASTADV_HOST_DEVICE T infinity_of() {
+  return static_cast<T>(INFINITY);
+}
+
+// MART's code clamps 1 − max_{k≠y} p_k(x') at 1e-4 before the log.
+constexpr double kBoostedFloor = 1e-4;
+
+// ----------------------------------------------------------------------------- row helpers
+// Storage <-> accumulation conversion is the caller's `Io` policy: Io::load(ptr, j) returns
+// the accumulation type, Io::store(ptr, j, value) writes the storage type.
+
+// log Σ_j exp(z_j) of one row, by max then sum.
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE T row_logsumexp(const S* z, int64_t cols, const Lane& lane) {
+  T m = -infinity_of<T>();
+  FASTADV_SIMD_REDUCE(max, m)
+  for (int64_t j = lane.index; j < cols; j += Lanes) m = larger(m, Io::load(z, j));
+  m = lane.max(m);
+  T sum = 0;
+  FASTADV_SIMD_REDUCE(+, sum)
+  for (int64_t j = lane.index; j < cols; j += Lanes) sum += exp_of(Io::load(z, j) - m);
+  sum = lane.sum(sum);
+  return m + log(sum);
+}
+
+// ----------------------------------------------------------------------------- the ops
+// soft_cross_entropy: loss = −Σ t_j log p_j. grad0 = ∂/∂z = p·Σt − t; grad1 = ∂/∂t = −log p.
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE void soft_cross_entropy_row(const LogitsParams& p, int64_t r, const Lane& lane) {
+  const int64_t cols = p.cols;
+  const S* z = static_cast<const S*>(p.a) + r * cols;
+  const S* t = static_cast<const S*>(p.b) + r * cols;
+  const T lse = row_logsumexp<T, Lanes, S, Io>(z, cols, lane);
+  T loss = 0, total = 0;
+  FASTADV_SIMD_REDUCE(+, loss, total)
+  for (int64_t j = lane.index; j < cols; j += Lanes) {
+    const T tj = Io::load(t, j);
+    loss -= tj * (Io::load(z, j) - lse);
+    total += tj;
+  }
+  loss = lane.sum(loss);
+  total = lane.sum(total);
+  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, loss);
+  S* gz = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
+  S* gt = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
+  if (gz) {
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes)
+      Io::store(gz, j, exp_of(Io::load(z, j) - lse) * total - Io::load(t, j));
+  }
+  if (gt) {
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes) Io::store(gt, j, lse - Io::load(z, j));
+  }
+}
+
+// smoothed_cross_entropy: the target is 1 − s on the label, s / (C − 1) elsewhere (seed 001).
+// grad0 = p − target.
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE void smoothed_cross_entropy_row(const LogitsParams& p, int64_t r, const Lane& lane) {
+  const int64_t cols = p.cols;
+  const S* z = static_cast<const S*>(p.a) + r * cols;
+  const int64_t y = p.labels[r];
+  const T on = static_cast<T>(1.0 - p.scalar), off = static_cast<T>(p.scalar / static_cast<double>(cols - 1));
+  const T lse = row_logsumexp<T, Lanes, S, Io>(z, cols, lane);
+  T weighted = 0;
+  FASTADV_SIMD_REDUCE(+, weighted)
+  for (int64_t j = lane.index; j < cols; j += Lanes) weighted += (j == y ? on : off) * (Io::load(z, j) - lse);
+  weighted = lane.sum(weighted);
+  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, -weighted);
+  if (p.grad0) {
+    S* g = static_cast<S*>(p.grad0) + r * cols;
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes)
+      Io::store(g, j, exp_of(Io::load(z, j) - lse) - (j == y ? on : off));
+  }
+}
+
+// Statistics of one row in two passes: the maximum (and, with a label, the maximum off the
+// label), then Σ exp(z − max) and the number of classes off the label attaining that maximum.
+template <typename T>
+struct RowStats {
+  T max;
+  T lse;          // log Σ_j exp(z_j)
+  T other_max;    // max_{k≠y} z_k (with a label)
+  T ties;         // #{k ≠ y : z_k = other_max}
+  T sum;          // Σ_j exp(z_j − max)
+  T rest;         // the same sum without one class attaining other_max: S·(1 − max_{k≠y} p_k)
+};
+
+// MART's second term from the row statistics: with o = max_{k≠y} p_k, its loss
+// −log(max(1 − o, 1e-4)) and the coefficient o / (1 − o) of its gradient (0 where the clamp
+// is active). The gradient of the max is shared among ties, as torch's amax does.
+template <typename T>
+struct BoostedTerm {
+  T loss;
+  T coefficient;
+  T rest;  // 1 − o
+};
+
+// 1 − o is summed from the other classes' exponentials rather than subtracted from 1, which
+// would cancel when o is close to 1 (a confidently wrong prediction).
+template <typename T>
+FASTADV_HOST_DEVICE BoostedTerm<T> boosted_term(const RowStats<T>& stats) {
+  const T rest = stats.rest / stats.sum;
+  const bool clamped = !(rest > static_cast<T>(kBoostedFloor));
+  const T coefficient = exp_of(stats.other_max - stats.max) / stats.rest;
+  return {-log(clamped ? static_cast<T>(kBoostedFloor) : rest), clamped ? T(0) : coefficient, rest};
+}
+
+// The gradient of boosted CE at column j: p_j − [j = y] + c·([j ∈ argmax_{k≠y}] / ties − p_j).
+// c = o / (1 − o) is large when o is close to 1, so at the single maximum 1 − p_j = 1 − o is
+// taken from the row statistics instead of being subtracted.
+template <typename T>
+FASTADV_HOST_DEVICE T boosted_gradient(T zj, T pj, bool is_label, const RowStats<T>& stats,
+                                       const BoostedTerm<T>& term) {
+  const bool in_max = !is_label && zj == stats.other_max;
+  const T share = stats.ties == T(1) ? term.rest : T(1) / stats.ties - pj;
+  return pj - (is_label ? T(1) : T(0)) + term.coefficient * (in_max ? share : -pj);
+}
+
+// The classes tied at other_max beyond the first stay in `rest`.
+template <typename T>
+FASTADV_HOST_DEVICE RowStats<T> finish_row_stats(T max, T other_max, T sum, T ties, T rest_without_ties) {
+  const T rest = rest_without_ties + (ties - T(1)) * exp_of(other_max - max);
+  return {max, max + log(sum), other_max, ties, sum, rest};
+}
+
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE RowStats<T> labelled_row_stats(const S* z, int64_t cols, int64_t y, const Lane& lane) {
+  T m = -infinity_of<T>(), other = -infinity_of<T>();
+  FASTADV_SIMD_REDUCE(max, m, other)
+  for (int64_t j = lane.index; j < cols; j += Lanes) {
+    const T zj = Io::load(z, j);
+    m = larger(m, zj);
+    other = larger(other, j == y ? -infinity_of<T>() : zj);
+  }
+  m = lane.max(m);
+  other = lane.max(other);
+  T sum = 0, ties = 0, rest = 0;
+  FASTADV_SIMD_REDUCE(+, sum, ties, rest)
+  for (int64_t j = lane.index; j < cols; j += Lanes) {
+    const T zj = Io::load(z, j);
+    const T e = exp_of(zj - m);
+    const bool in_max = j != y && zj == other;
+    sum += e;
+    ties += in_max ? T(1) : T(0);
+    rest += in_max ? T(0) : e;
+  }
+  return finish_row_stats(m, other, lane.sum(sum), lane.sum(ties), lane.sum(rest));
+}
+
+// boosted_cross_entropy (MART's BCE): loss = −log p_y − log(1 − max_{k≠y} p_k). grad0 = ∂/∂z.
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE void boosted_cross_entropy_row(const LogitsParams& p, int64_t r, const Lane& lane) {
+  const int64_t cols = p.cols;
+  const S* z = static_cast<const S*>(p.a) + r * cols;
+  const int64_t y = p.labels[r];
+  const RowStats<T> stats = labelled_row_stats<T, Lanes, S, Io>(z, cols, y, lane);
+  const BoostedTerm<T> term = boosted_term(stats);
+  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, stats.lse - Io::load(z, y) + term.loss);
+  if (p.grad0) {
+    S* g = static_cast<S*>(p.grad0) + r * cols;
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes) {
+      const T zj = Io::load(z, j);
+      Io::store(g, j, boosted_gradient(zj, exp_of(zj - stats.lse), j == y, stats, term));
+    }
+  }
+}
+
+// The two log-sum-exps of a pair of rows and KL(p(a) ‖ p(b)), in two passes. With Σ p = 1,
+// KL = Σ p_j (a_j − b_j) − (lse_a − lse_b), and Σ p_j (a_j − b_j) comes out of the pass that
+// sums exp(a − max_a), so no pass recomputes the exponentials. `b_stats` also gets the
+// label statistics of b when y >= 0 (MART).
+template <typename T>
+struct PairStats {
+  T lse_a;
+  T kl;
+  RowStats<T> b;
+  T sum_a;  // Σ exp(a − max_a); b's sum is b.sum
+};
+
+// With `cache_a`/`cache_b` non-null, exp(a − max_a) and exp(b − max_b) are also stored there
+// (the gradient buffers, when they hold the accumulation type), so that the gradient pass
+// reads them back instead of computing the exponentials again.
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE PairStats<T> pair_stats(const S* a, const S* b, int64_t cols, int64_t y, const Lane& lane,
+                                            T* cache_a = nullptr, T* cache_b = nullptr) {
+  T ma = -infinity_of<T>(), mb = -infinity_of<T>(), other = -infinity_of<T>();
+  FASTADV_SIMD_REDUCE(max, ma, mb, other)
+  for (int64_t j = lane.index; j < cols; j += Lanes) {
+    const T bj = Io::load(b, j);
+    ma = larger(ma, Io::load(a, j));
+    mb = larger(mb, bj);
+    other = larger(other, j == y ? -infinity_of<T>() : bj);
+  }
+  ma = lane.max(ma);
+  mb = lane.max(mb);
+  other = lane.max(other);
+  T sa = 0, sb = 0, weighted = 0, ties = 0, rest = 0;
+  FASTADV_SIMD_REDUCE(+, sa, sb, weighted, ties, rest)
+  for (int64_t j = lane.index; j < cols; j += Lanes) {
+    const T aj = Io::load(a, j), bj = Io::load(b, j);
+    const T ea = exp_of(aj - ma), eb = exp_of(bj - mb);
+    sa += ea;
+    sb += eb;
+    const bool in_max = j != y && bj == other;
+    weighted += ea * (aj - bj);
+    ties += in_max ? T(1) : T(0);
+    rest += in_max ? T(0) : eb;
+    if (cache_a != nullptr) {
+      cache_a[j] = ea;
+      cache_b[j] = eb;
+    }
+  }
+  PairStats<T> stats;
+  stats.sum_a = lane.sum(sa);
+  stats.lse_a = ma + log(stats.sum_a);
+  stats.b = finish_row_stats(mb, other, lane.sum(sb), lane.sum(ties), lane.sum(rest));
+  stats.kl = lane.sum(weighted) / stats.sum_a - (stats.lse_a - stats.b.lse);
+  return stats;
+}
+
+// trades_kl: loss = KL(p(z_nat) ‖ p(z_adv)). grad0 = ∂/∂z_nat = p·(log p − log q − KL);
+// grad1 = ∂/∂z_adv = q − p.
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const Lane& lane) {
+  const int64_t cols = p.cols;
+  const S* a = static_cast<const S*>(p.a) + r * cols;
+  const S* b = static_cast<const S*>(p.b) + r * cols;
+  S* ga = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
+  S* gb = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
+  // Both gradients in the accumulation type (float32/float64 inputs): cache the exponentials.
+  T* cache_a = nullptr;
+  T* cache_b = nullptr;
+  if constexpr (std::is_same<S, T>::value) {
+    if (ga && gb) {
+      cache_a = ga;
+      cache_b = gb;
+    }
+  }
+  const PairStats<T> stats = pair_stats<T, Lanes, S, Io>(a, b, cols, -1, lane, cache_a, cache_b);
+  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, stats.kl);
+  if (cache_a) {
+    const T shift = stats.lse_a - stats.b.lse;
+    const T inv_sa = T(1) / stats.sum_a, inv_sb = T(1) / stats.b.sum;
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes) {
+      const T pj = cache_a[j] * inv_sa, qj = cache_b[j] * inv_sb;
+      cache_a[j] = pj * ((Io::load(a, j) - Io::load(b, j)) - shift - stats.kl);
+      cache_b[j] = qj - pj;
+    }
+  } else if (ga || gb) {
+    const T shift = stats.lse_a - stats.b.lse;
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes) {
+      const T aj = Io::load(a, j), bj = Io::load(b, j);
+      const T pj = exp_of(aj - stats.lse_a);
+      if (ga) Io::store(ga, j, pj * ((aj - bj) - shift - stats.kl));
+      if (gb) Io::store(gb, j, exp_of(bj - stats.b.lse) - pj);
+    }
+  }
+}
+
+// mart_loss: loss = BCE(p(z_adv), y), loss2 = KL(p(z_nat) ‖ p(z_adv))·(1 − p_y(z_nat)).
+// grad0 = ∂loss/∂z_adv; grad1 = ∂loss2/∂z_nat; grad2 = ∂loss2/∂z_adv (BCE does not depend on z_nat).
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE void mart_loss_row(const LogitsParams& p, int64_t r, const Lane& lane) {
+  const int64_t cols = p.cols;
+  const S* a = static_cast<const S*>(p.a) + r * cols;
+  const S* b = static_cast<const S*>(p.b) + r * cols;
+  const int64_t y = p.labels[r];
+  const PairStats<T> stats = pair_stats<T, Lanes, S, Io>(a, b, cols, y, lane);
+  const BoostedTerm<T> term = boosted_term(stats.b);
+  const T kl = stats.kl;
+  const T p_y = exp_of(Io::load(a, y) - stats.lse_a);
+  const T weight = T(1) - p_y;
+  if (lane.index == 0) {
+    Io::store(static_cast<S*>(p.loss), r, stats.b.lse - Io::load(b, y) + term.loss);
+    Io::store(static_cast<S*>(p.loss2), r, kl * weight);
+  }
+  S* g_bce_adv = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
+  S* g_kl_nat = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
+  S* g_kl_adv = p.grad2 ? static_cast<S*>(p.grad2) + r * cols : nullptr;
+  if (g_bce_adv || g_kl_nat || g_kl_adv) {
+    const T shift = stats.lse_a - stats.b.lse;
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes) {
+      const T aj = Io::load(a, j), bj = Io::load(b, j);
+      const T pj = exp_of(aj - stats.lse_a), qj = exp_of(bj - stats.b.lse);
+      if (g_bce_adv) Io::store(g_bce_adv, j, boosted_gradient(bj, qj, j == y, stats.b, term));
+      // ∂/∂a_j [w·KL] = w·p_j(log p_j − log q_j − KL) − KL·p_y([j = y] − p_j)
+      if (g_kl_nat)
+        Io::store(g_kl_nat, j, weight * pj * ((aj - bj) - shift - kl) - kl * p_y * ((j == y ? T(1) : T(0)) - pj));
+      if (g_kl_adv) Io::store(g_kl_adv, j, weight * (qj - pj));
+    }
+  }
+}
+
+// margin_sq_hinge: loss = Σ_{j≠y} h_j², h_j = max(0, z_j − z_y + δ). grad0: 2h_j off the label,
+// −2Σ h_j on it.
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE void margin_sq_hinge_row(const LogitsParams& p, int64_t r, const Lane& lane) {
+  const int64_t cols = p.cols;
+  const S* z = static_cast<const S*>(p.a) + r * cols;
+  const int64_t y = p.labels[r];
+  const T shift = static_cast<T>(p.scalar) - Io::load(z, y);
+  T loss = 0, total = 0;
+  FASTADV_SIMD_REDUCE(+, loss, total)
+  for (int64_t j = lane.index; j < cols; j += Lanes) {
+    const T h = j == y ? T(0) : larger(Io::load(z, j) + shift, T(0));
+    loss += h * h;
+    total += h;
+  }
+  loss = lane.sum(loss);
+  total = lane.sum(total);
+  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, loss);
+  if (p.grad0) {
+    S* g = static_cast<S*>(p.grad0) + r * cols;
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes)
+      Io::store(g, j, j == y ? T(-2) * total : T(2) * larger(Io::load(z, j) + shift, T(0)));
+  }
+}
+
+// mhuber: f(d) = α²(1 − cos(d/α)) where |d|/α ≤ π/2, else α|d| + (1 − π/2)α²; d = u − v.
+// loss (accumulation type) receives the row's Σ f; the caller divides the total by N = rows·cols.
+// grad0 = ∂/∂u = f'(d)/N, grad1 = ∂/∂v = −f'(d)/N, f'(d) = α sin(d/α) inside, α·sign(d) outside.
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE void mhuber_row(const LogitsParams& p, int64_t r, const Lane& lane) {
+  const int64_t cols = p.cols;
+  const S* u = static_cast<const S*>(p.a) + r * cols;
+  const S* v = static_cast<const S*>(p.b) + r * cols;
+  const T alpha = static_cast<T>(p.scalar);
+  const T half_pi = static_cast<T>(1.57079632679489661923);
+  const T outer_offset = (T(1) - half_pi) * alpha * alpha;
+  T sum = 0;
+  FASTADV_SIMD_REDUCE(+, sum)
+  for (int64_t j = lane.index; j < cols; j += Lanes) {
+    const T d = Io::load(u, j) - Io::load(v, j);
+    const T t = d / alpha;
+    const T magnitude = d < T(0) ? -d : d;
+    const T t_inner = t > half_pi ? half_pi : (t < -half_pi ? -half_pi : t);
+    sum += magnitude / alpha <= half_pi ? alpha * alpha * one_minus_cos_half_period(t_inner)
+                                         : alpha * magnitude + outer_offset;
+  }
+  sum = lane.sum(sum);
+  if (lane.index == 0) static_cast<T*>(p.loss)[r] = sum;
+  if (p.grad0 || p.grad1) {
+    const T scale = static_cast<T>(1.0 / (static_cast<double>(p.rows) * static_cast<double>(cols)));
+    S* gu = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
+    S* gv = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes) {
+      const T d = Io::load(u, j) - Io::load(v, j);
+      const T t = d / alpha;
+      const T magnitude = d < T(0) ? -d : d;
+      const T t_inner = t > half_pi ? half_pi : (t < -half_pi ? -half_pi : t);
+      const T outer = d > T(0) ? alpha : (d < T(0) ? -alpha : d);
+      const T slope = scale * (magnitude / alpha <= half_pi ? alpha * sin_half_period(t_inner) : outer);
+      if (gu) Io::store(gu, j, slope);
+      if (gv) Io::store(gv, j, -slope);
+    }
+  }
+}
+
+// logit_pairing: loss = ‖a − b‖². grad0 = 2(a − b), grad1 = −2(a − b).
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE void logit_pairing_row(const LogitsParams& p, int64_t r, const Lane& lane) {
+  const int64_t cols = p.cols;
+  const S* a = static_cast<const S*>(p.a) + r * cols;
+  const S* b = static_cast<const S*>(p.b) + r * cols;
+  T loss = 0;
+  FASTADV_SIMD_REDUCE(+, loss)
+  for (int64_t j = lane.index; j < cols; j += Lanes) {
+    const T d = Io::load(a, j) - Io::load(b, j);
+    loss += d * d;
+  }
+  loss = lane.sum(loss);
+  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, loss);
+  if (p.grad0 || p.grad1) {
+    S* ga = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
+    S* gb = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes) {
+      const T d2 = T(2) * (Io::load(a, j) - Io::load(b, j));
+      if (ga) Io::store(ga, j, d2);
+      if (gb) Io::store(gb, j, -d2);
+    }
+  }
+}
+
+// logit_squeeze: loss = ‖z‖². grad0 = 2z.
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE void logit_squeeze_row(const LogitsParams& p, int64_t r, const Lane& lane) {
+  const int64_t cols = p.cols;
+  const S* z = static_cast<const S*>(p.a) + r * cols;
+  T loss = 0;
+  FASTADV_SIMD_REDUCE(+, loss)
+  for (int64_t j = lane.index; j < cols; j += Lanes) {
+    const T zj = Io::load(z, j);
+    loss += zj * zj;
+  }
+  loss = lane.sum(loss);
+  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, loss);
+  if (p.grad0) {
+    S* g = static_cast<S*>(p.grad0) + r * cols;
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes) Io::store(g, j, T(2) * Io::load(z, j));
+  }
+}
+
+// One row of `op`, whichever it is: the single switch both backends go through.
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE void logits_row(LogitsOp op, const LogitsParams& p, int64_t r, const Lane& lane) {
+  switch (op) {
+    case LogitsOp::SoftCrossEntropy: soft_cross_entropy_row<T, Lanes, S, Io>(p, r, lane); break;
+    case LogitsOp::SmoothedCrossEntropy: smoothed_cross_entropy_row<T, Lanes, S, Io>(p, r, lane); break;
+    case LogitsOp::BoostedCrossEntropy: boosted_cross_entropy_row<T, Lanes, S, Io>(p, r, lane); break;
+    case LogitsOp::TradesKl: trades_kl_row<T, Lanes, S, Io>(p, r, lane); break;
+    case LogitsOp::MartLoss: mart_loss_row<T, Lanes, S, Io>(p, r, lane); break;
+    case LogitsOp::MarginSqHinge: margin_sq_hinge_row<T, Lanes, S, Io>(p, r, lane); break;
+    case LogitsOp::Mhuber: mhuber_row<T, Lanes, S, Io>(p, r, lane); break;
+    case LogitsOp::LogitPairing: logit_pairing_row<T, Lanes, S, Io>(p, r, lane); break;
+    case LogitsOp::LogitSqueeze: logit_squeeze_row<T, Lanes, S, Io>(p, r, lane); break;
+  }
+}
+
+// Launches the kernel of `op` on `stream` (a cudaStream_t); defined in cuda/logits_kernel.cu.
+// mhuber's launcher also reduces the [rows] partial sums into `mhuber_total` (one element of
+// the accumulation type), divided by rows·cols.
+void launch_logits_cuda(LogitsOp op, const LogitsParams& p, ScalarKind kind, void* mhuber_total, void* stream);
+
+}  // namespace fastadv
