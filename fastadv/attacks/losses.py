@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..ops.logits import margin_sq_hinge, trades_kl
+
 __all__ = ["cross_entropy", "kl_from_clean", "carlini_wagner", "margin_cross_entropy", "LOSSES"]
 
 
@@ -23,13 +25,14 @@ def cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(z, y, reduction="none")
 
 
-def kl_from_clean(z_adv: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
-    """``KL(p_clean ‖ softmax(z_adv))`` per sample: the inner maximisation of TRADES.
+def kl_from_clean(z_adv: torch.Tensor, z_clean: torch.Tensor) -> torch.Tensor:
+    """``KL(p(z_clean) ‖ p(z_adv))`` per sample: the inner maximisation of TRADES, by the fused
+    :func:`fastadv.ops.trades_kl`.
 
-    ``p_clean`` is the softmax of the clean logits, computed once before the attack loop
-    (it does not change from step to step). Terms with ``p_clean = 0`` contribute 0.
+    ``z_clean`` are the clean logits, computed once before the attack loop without a graph (they
+    do not change from step to step), so only ``z_adv`` gets a gradient.
     """
-    return F.kl_div(F.log_softmax(z_adv, dim=1), p_clean, reduction="none").sum(dim=1)
+    return trades_kl(z_clean, z_adv)
 
 
 def carlini_wagner(z: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
@@ -46,11 +49,8 @@ def carlini_wagner(z: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> tor
 
 def margin_cross_entropy(z: torch.Tensor, y: torch.Tensor, delta: float = 0.9) -> torch.Tensor:
     """``CE(z, y) + Σ_{j≠y} max(0, z_j − z_y + δ)²`` per sample: the attack loss of LMA-AT
-    (seed 002, Alg. 1, δ=0.9)."""
-    z_true = z.gather(1, y.unsqueeze(1))
-    # The j = y term would be max(0, δ)² = δ², a constant: it is excluded as the sum says.
-    hinge = (z - z_true + delta).clamp(min=0).masked_fill(_true_class_mask(z, y), 0.0)
-    return F.cross_entropy(z, y, reduction="none") + hinge.square().sum(dim=1)
+    (seed 002, Alg. 1, δ=0.9), the margin term by the fused :func:`fastadv.ops.margin_sq_hinge`."""
+    return F.cross_entropy(z, y, reduction="none") + margin_sq_hinge(z, y, delta)
 
 
 LOSSES = {

@@ -32,7 +32,7 @@ class PGD(Attack):
         alpha: step size, a float, a per-sample tensor [B], or None for a step of ``eps``.
         steps: number of steps K.
         norm: "linf" or "l2".
-        loss: "ce", "kl" (TRADES: KL(p(x)‖p(x')), p(x) computed once before the loop),
+        loss: "ce", "kl" (TRADES: KL(p(x)‖p(x')), z(x) computed once before the loop),
             "cw" (CW margin capped at ``kappa``) or "margin_ce" (LMA-AT, margin ``margin``).
         init: "uniform" (uniform in the ball), "normal" (x + 0.001·N(0, I), the TRADES and
             LMA-AT start, projected into the ball) or None (start at x).
@@ -85,7 +85,7 @@ class PGD(Attack):
         alpha = self.alpha if alpha is None else check_radius(owner, "alpha", alpha)
         alpha = eps if alpha is None else radius_for_batch(owner, "alpha", alpha, x)
         loss = self._loss_function()
-        target = self._clean_probabilities(x) if self.loss == "kl" else y
+        target = self._clean_logits(x) if self.loss == "kl" else y
         best = best_loss = best_fooled = None
         for restart in range(self.restarts):
             x_adv = self._ascend(x, y, target, eps, alpha, loss, check_labels=restart == 0)
@@ -112,10 +112,10 @@ class PGD(Attack):
             return functools.partial(margin_cross_entropy, delta=self.margin)
         return LOSSES[self.loss]
 
-    def _clean_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """p(x) for the kl loss: constant during the attack, so computed once, without a graph."""
+    def _clean_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """z(x) for the kl loss: constant during the attack, so computed once, without a graph."""
         with torch.no_grad():
-            return torch.softmax(self.logits(x), dim=1)
+            return self.logits(x)
 
     def _start(self, x: torch.Tensor, eps) -> torch.Tensor:
         if self.init is None:
