@@ -14,8 +14,6 @@ Also a pytest-benchmark suite: `pytest benchmarks/bench_pgd.py --benchmark-only`
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 import time
 
 import torch
@@ -62,28 +60,17 @@ def compile_costs(fn, x_adv, grad, x):
     """torch.compile's one-off costs: the first call (compilation) at this batch size, and the
     first call on half the batch size (a recompilation, now with a dynamic batch dimension).
     The compiled function that is timed afterwards is the static one, compile's best case."""
-    torch._dynamo.reset()
-    # A fresh cache folder: inductor would otherwise reuse the code compiled by an earlier run
-    # and report a warm-cache time rather than the cost of compiling.
-    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-        try:
-            start = time.perf_counter()
-            compiled = torch.compile(fn)
-            compiled(x_adv, grad, x)
-            first = time.perf_counter() - start
-            half = x_adv.shape[0] // 2
-            resized = torch.compile(fn)
-            resized(x_adv, grad, x)
-            start = time.perf_counter()
-            resized(x_adv[:half], grad[:half], x[:half])
-            recompile = time.perf_counter() - start
-        finally:
-            if previous is None:
-                del os.environ["TORCHINDUCTOR_CACHE_DIR"]
-            else:
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+    with common.fresh_inductor_cache():
+        start = time.perf_counter()
+        compiled = torch.compile(fn)
+        compiled(x_adv, grad, x)
+        first = time.perf_counter() - start
+        half = x_adv.shape[0] // 2
+        resized = torch.compile(fn)
+        resized(x_adv, grad, x)
+        start = time.perf_counter()
+        resized(x_adv[:half], grad[:half], x[:half])
+        recompile = time.perf_counter() - start
     return compiled, first, recompile
 
 

@@ -7,9 +7,10 @@ import csv
 import json
 import os
 import platform
-import sys
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -150,3 +151,20 @@ def allocated_mib(fn: Callable[[], object], device: torch.device) -> float:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
     return sum(max(0, event.self_cpu_memory_usage) for event in prof.key_averages()) / 2**20
+
+
+@contextlib.contextmanager
+def fresh_inductor_cache():
+    """An empty inductor cache for the block, so that a compile time measured inside is the
+    cost of compiling rather than of loading code an earlier run compiled."""
+    torch._dynamo.reset()
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            yield
+        finally:
+            if previous is None:
+                del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous

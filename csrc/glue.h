@@ -218,6 +218,26 @@ struct LogitsEntryPoints {
     return {total.to(u.scalar_type()), call.grad0, call.grad1};
   }
 
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mhuber_moving_average(
+      const at::Tensor& u, const at::Tensor& v, const at::Tensor& u_previous, const at::Tensor& v_previous, double tau,
+      double alpha, bool grad_u, bool grad_v) {
+    TORCH_CHECK(alpha > 0, "fastadv: alpha must be > 0, got ", alpha);
+    TORCH_CHECK(tau >= 0 && tau <= 1, "fastadv: tau must lie in [0, 1], got ", tau);
+    LogitsCall call(u, &v, nullptr, alpha, grad_u, grad_v, false, false);
+    check_like(u_previous, u, "u_previous");
+    check_like(v_previous, u, "v_previous");
+    TORCH_CHECK(u_previous.is_contiguous() && v_previous.is_contiguous(), "fastadv: the previous averages must be contiguous");
+    at::Tensor u_average = at::empty_like(u), v_average = at::empty_like(u);
+    call.params.a_previous = u_previous.data_ptr();
+    call.params.b_previous = v_previous.data_ptr();
+    call.params.a_average = u_average.data_ptr();
+    call.params.b_average = v_average.data_ptr();
+    call.params.tau = tau;
+    at::Tensor total = at::empty({}, call.loss.options());
+    Run(LogitsOp::MhuberMovingAverage, call.params, u, total);
+    return {total.to(u.scalar_type()), u_average, v_average, call.grad0, call.grad1};
+  }
+
   static Triple logit_pairing(const at::Tensor& z_nat, const at::Tensor& z_adv, bool grad_nat, bool grad_adv) {
     LogitsCall call(z_nat, &z_adv, nullptr, 0.0, grad_nat, grad_adv);
     run(LogitsOp::LogitPairing, call, z_nat);

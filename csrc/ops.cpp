@@ -56,6 +56,11 @@ TORCH_LIBRARY(fastadv, m) {
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("margin_sq_hinge(Tensor z, Tensor y, float delta, bool grad_z) -> (Tensor, Tensor)");
   m.def("mhuber(Tensor u, Tensor v, float alpha, bool grad_u, bool grad_v) -> (Tensor, Tensor, Tensor)");
+  // mhuber between the moving averages ū = τ·u_previous + (1 − τ)·u and v̄ (LMA, seed 002):
+  // (loss, ū, v̄, d loss/d u, d loss/d v); the averages are state, not differentiated.
+  m.def(
+      "mhuber_moving_average(Tensor u, Tensor v, Tensor u_previous, Tensor v_previous, float tau, float alpha, "
+      "bool grad_u, bool grad_v) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("logit_pairing(Tensor z_nat, Tensor z_adv, bool grad_nat, bool grad_adv) -> (Tensor, Tensor, Tensor)");
   m.def("logit_squeeze(Tensor z, bool grad_z) -> (Tensor, Tensor)");
 }

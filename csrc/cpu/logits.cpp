@@ -59,6 +59,7 @@ void run_typed(LogitsOp op, const LogitsParams& p) {
     case LogitsOp::Mhuber: run_rows<T, LogitsOp::Mhuber>(p); break;
     case LogitsOp::LogitPairing: run_rows<T, LogitsOp::LogitPairing>(p); break;
     case LogitsOp::LogitSqueeze: run_rows<T, LogitsOp::LogitSqueeze>(p); break;
+    case LogitsOp::MhuberMovingAverage: run_rows<T, LogitsOp::MhuberMovingAverage>(p); break;
   }
 }
 
@@ -77,11 +78,11 @@ void run_logits_cpu(LogitsOp op, const LogitsParams& p, const at::Tensor& a, con
   switch (a.scalar_type()) {
     case at::kFloat:
       run_typed<float>(op, p);
-      if (op == LogitsOp::Mhuber) mhuber_total<float>(p, total);
+      if (op == LogitsOp::Mhuber || op == LogitsOp::MhuberMovingAverage) mhuber_total<float>(p, total);
       break;
     case at::kDouble:
       run_typed<double>(op, p);
-      if (op == LogitsOp::Mhuber) mhuber_total<double>(p, total);
+      if (op == LogitsOp::Mhuber || op == LogitsOp::MhuberMovingAverage) mhuber_total<double>(p, total);
       break;
     default:
       TORCH_CHECK(false, "fastadv: the CPU logits kernels support float32 and float64, got ", a.scalar_type());
@@ -100,6 +101,7 @@ TORCH_LIBRARY_IMPL(fastadv, CPU, m) {
   m.impl("mart_loss", &Cpu::mart_loss);
   m.impl("margin_sq_hinge", &Cpu::margin_sq_hinge);
   m.impl("mhuber", &Cpu::mhuber);
+  m.impl("mhuber_moving_average", &Cpu::mhuber_moving_average);
   m.impl("logit_pairing", &Cpu::logit_pairing);
   m.impl("logit_squeeze", &Cpu::logit_squeeze);
 }

@@ -36,6 +36,7 @@ TORCH_LIBRARY_IMPL(fastadv, CUDA, m) {
   m.impl("mart_loss", &Cuda::mart_loss);
   m.impl("margin_sq_hinge", &Cuda::margin_sq_hinge);
   m.impl("mhuber", &Cuda::mhuber);
+  m.impl("mhuber_moving_average", &Cuda::mhuber_moving_average);
   m.impl("logit_pairing", &Cuda::logit_pairing);
   m.impl("logit_squeeze", &Cuda::logit_squeeze);
 }

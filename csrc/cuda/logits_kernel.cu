@@ -125,6 +125,7 @@ void launch_typed(LogitsOp op, const LogitsParams& p, cudaStream_t stream, int64
     case LogitsOp::Mhuber: launch_rows<S, LogitsOp::Mhuber>(p, stream, max_blocks); break;
     case LogitsOp::LogitPairing: launch_rows<S, LogitsOp::LogitPairing>(p, stream, max_blocks); break;
     case LogitsOp::LogitSqueeze: launch_rows<S, LogitsOp::LogitSqueeze>(p, stream, max_blocks); break;
+    case LogitsOp::MhuberMovingAverage: launch_rows<S, LogitsOp::MhuberMovingAverage>(p, stream, max_blocks); break;
   }
 }
 
@@ -154,7 +155,7 @@ void launch_logits_cuda(LogitsOp op, const LogitsParams& p, ScalarKind kind, voi
     }
   }
   // Also on an empty input, which has no partial sums: the mean is then NaN.
-  if (op == LogitsOp::Mhuber) {
+  if (op == LogitsOp::Mhuber || op == LogitsOp::MhuberMovingAverage) {
     if (kind == ScalarKind::Float64) {
       launch_mhuber_mean<double>(p, mhuber_total, s);
     } else {

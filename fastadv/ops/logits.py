@@ -13,6 +13,7 @@ habit), so the backward is a single multiplication by the incoming gradient.
 ``mart_loss``              ``(BCE(p(z_adv), y), KL(p(z_nat) ‖ p(z_adv))·(1 − p_y(z_nat)))``
 ``margin_sq_hinge``        ``Σ_{j≠y} max(0, z_j − z_y + δ)²`` (seed 002's L')
 ``mhuber``                 seed 002's modified Huber loss of ``u − v``, mean over elements
+``mhuber_moving_average``  ``mhuber`` between moving averages of u and v, which it updates (LMA)
 ``logit_pairing``          ``‖z_nat − z_adv‖²`` (ALP)
 ``logit_squeeze``          ``‖z‖²``
 =========================  ============================================================
@@ -36,20 +37,22 @@ from .. import backend
 from ..reference import logits as reference
 
 __all__ = ["soft_cross_entropy", "smoothed_cross_entropy", "boosted_cross_entropy", "trades_kl", "mart_loss",
-           "margin_sq_hinge", "mhuber", "logit_pairing", "logit_squeeze"]
+           "margin_sq_hinge", "mhuber", "mhuber_moving_average", "logit_pairing", "logit_squeeze"]
 
 
 @dataclass(frozen=True)
 class _Fused:
     """How a fused op's schema is laid out: ``inputs`` differentiable tensors come first and a
-    bool flag per input comes last; it returns ``losses`` outputs and then one saved gradient
-    per (loss, input) pair of ``grads``."""
+    bool flag per input comes last; it returns ``losses`` outputs, then ``extras``
+    non-differentiable outputs (state), then one saved gradient per (loss, input) pair of
+    ``grads``."""
 
     name: str
     inputs: int
     losses: int
     grads: tuple
     arguments: int  # every argument of the schema, flags included
+    extras: int = 0
 
 
 _SPECS = {spec.name: spec for spec in (
@@ -60,6 +63,7 @@ _SPECS = {spec.name: spec for spec in (
     _Fused("mart_loss", 2, 2, ((0, 1), (1, 0), (1, 1)), 5),
     _Fused("margin_sq_hinge", 1, 1, ((0, 0),), 4),
     _Fused("mhuber", 2, 1, ((0, 0), (0, 1)), 5),
+    _Fused("mhuber_moving_average", 2, 1, ((0, 0), (0, 1)), 8, extras=2),
     _Fused("logit_pairing", 2, 1, ((0, 0), (0, 1)), 4),
     _Fused("logit_squeeze", 1, 1, ((0, 0),), 2),
 )}
@@ -145,7 +149,7 @@ def _run(name: str, tensors: tuple, extra: tuple):
         return None
     inputs = tuple(t.contiguous() for t in tensors[:spec.inputs])
     outputs = op(*inputs, *tensors[spec.inputs:], *extra, *_needs_grad(*tensors[:spec.inputs]))
-    return outputs[:spec.losses]
+    return outputs[:spec.losses + spec.extras]
 
 
 # ----------------------------------------------------------------------------- public ops
@@ -232,6 +236,25 @@ def mhuber(u: torch.Tensor, v: torch.Tensor, alpha: float) -> torch.Tensor:
     return reference.mhuber(u, v, alpha) if result is None else result[0]
 
 
+def mhuber_moving_average(u: torch.Tensor, v: torch.Tensor, u_average: torch.Tensor, v_average: torch.Tensor,
+                          tau: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LMA's regulariser (seed 002): the moving averages ``ū = τ·sg(u_average) + (1 − τ)·u`` and
+    ``v̄ = τ·sg(v_average) + (1 − τ)·v`` and ``mhuber(ū, v̄, α)``, in one pass.
+
+    Returns ``(loss, ū, v̄)``; ū and v̄ are detached, the state to pass as the averages of the
+    next batch. The gradient reaches u and v only (through the factor 1 − τ).
+    """
+    op = "mhuber_moving_average"
+    _check_logits(op, "u", u)
+    for name, t in (("v", v), ("u_average", u_average), ("v_average", v_average)):
+        _check_logits(op, name, t, u)
+    tau = _check_number(op, "tau", tau, low=0.0, high=1.0)
+    alpha = _check_number(op, "alpha", alpha, low=0.0, low_open=True)
+    result = _run(op, (u, v, u_average.detach().contiguous(), v_average.detach().contiguous()), (tau, alpha)) \
+        if u.numel() else None
+    return reference.mhuber_moving_average(u, v, u_average, v_average, tau, alpha) if result is None else tuple(result)
+
+
 def logit_pairing(z_nat: torch.Tensor, z_adv: torch.Tensor) -> torch.Tensor:
     """``‖z_nat − z_adv‖²`` per sample (adversarial logit pairing, seed 001 Eq. 2)."""
     op = "logit_pairing"
@@ -256,10 +279,11 @@ def _fake(spec: _Fused):
     def fake(*args):
         inputs, flags = args[:spec.inputs], args[-spec.inputs:]
         first = inputs[0]
-        loss_shape = () if spec.name == "mhuber" else (first.shape[0],)
+        loss_shape = () if spec.name.startswith("mhuber") else (first.shape[0],)
         losses = [first.new_empty(loss_shape) for _ in range(spec.losses)]
+        extras = [torch.empty_like(first) for _ in range(spec.extras)]
         grads = [torch.empty_like(inputs[j]) if flags[j] else first.new_empty(0) for _, j in spec.grads]
-        return tuple(losses + grads)
+        return tuple(losses + extras + grads)
     return fake
 
 
@@ -267,7 +291,7 @@ def _autograd(spec: _Fused):
     """Backward of a fused op: each input's gradient is Σ over its saved pairs of the incoming
     gradient of that loss (per sample, or the scalar of mhuber) times the saved gradient."""
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*output[spec.losses:])
+        ctx.save_for_backward(*output[spec.losses + spec.extras:])
         ctx.mark_non_differentiable(*output[spec.losses:])
         ctx.set_materialize_grads(False)
 

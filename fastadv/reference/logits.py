@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["soft_cross_entropy", "smoothed_cross_entropy", "boosted_cross_entropy", "trades_kl", "mart_loss",
-           "margin_sq_hinge", "mhuber", "logit_pairing", "logit_squeeze"]
+           "margin_sq_hinge", "mhuber", "mhuber_moving_average", "logit_pairing", "logit_squeeze"]
 
 # MART's code clamps 1 − max_{k≠y} p_k(x') at 1e-4 before the log (its `+ 1e-4`, resolved here
 # as a clamp so that the loss is exact away from the clamp).
@@ -94,6 +94,14 @@ def mhuber(u, v, alpha):
     inner = alpha ** 2 * (1 - torch.cos(d / alpha))
     outer = alpha * d.abs() + (1 - math.pi / 2) * alpha ** 2
     return torch.where(d.abs() / alpha <= math.pi / 2, inner, outer).mean().to(u.dtype)
+
+
+def mhuber_moving_average(u, v, u_previous, v_previous, tau, alpha):
+    """``(mhuber(ū, v̄, α), ū, v̄)`` with the moving averages ``ū = τ·sg(u_previous) + (1 − τ)·u``
+    and ``v̄`` likewise (LMA, seed 002); the averages are returned detached, as the next state."""
+    u_average = tau * u_previous.detach() + (1 - tau) * u
+    v_average = tau * v_previous.detach() + (1 - tau) * v
+    return mhuber(u_average, v_average, alpha), u_average.detach(), v_average.detach()
 
 
 def logit_pairing(z_nat, z_adv):

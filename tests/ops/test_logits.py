@@ -43,15 +43,20 @@ def make_inputs(name, batch, classes, dtype=torch.float32, device="cpu", seed=0)
         u = logits()
         # differences on both sides of the |d|/α = π/2 switch (α = 5.345: the switch is at 8.4)
         tensors, others = (u, u + torch.randn(batch, classes, generator=g, dtype=torch.float64) * 8), (5.345,)
+    elif name == "mhuber_moving_average":
+        u = logits()
+        tensors = (u, u + torch.randn(batch, classes, generator=g, dtype=torch.float64) * 8)
+        others = (logits(), logits(), 0.2, 5.345)
     else:  # logit_squeeze
         tensors, others = (logits(),), ()
     tensors = tuple(t.to(dtype=dtype, device=device) for t in tensors)
-    others = tuple(o.to(device) if isinstance(o, torch.Tensor) else o for o in others)
+    others = tuple((o.to(device, dtype) if o.is_floating_point() else o.to(device)) if isinstance(o, torch.Tensor)
+                   else o for o in others)
     return tensors, others
 
 
 OPS = ["soft_cross_entropy", "smoothed_cross_entropy", "boosted_cross_entropy", "trades_kl", "mart_loss",
-       "margin_sq_hinge", "mhuber", "logit_pairing", "logit_squeeze"]
+       "margin_sq_hinge", "mhuber", "mhuber_moving_average", "logit_pairing", "logit_squeeze"]
 
 
 def as_tuple(out):
@@ -85,7 +90,8 @@ def test_matches_reference(backend, name, batch, classes):
     device = device_of(backend)
     tensors, others = make_inputs(name, batch, classes, device=device)
     exact_tensors = tuple(t.double().cpu() for t in tensors)
-    exact_others = tuple(o.cpu() if isinstance(o, torch.Tensor) else o for o in others)
+    exact_others = tuple((o.double() if o.is_floating_point() else o).cpu() if isinstance(o, torch.Tensor) else o
+                         for o in others)
     exact, exact_grads, weights = losses_and_grads(getattr(reference, name), exact_tensors, exact_others)
     with fastadv.use_backend(backend):
         got, got_grads, _ = losses_and_grads(getattr(ops, name), tensors, others, weights)
@@ -116,7 +122,8 @@ def test_gradcheck_float64(backend, name):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["soft_cross_entropy", "trades_kl", "mart_loss", "mhuber", "logit_pairing"])
+@pytest.mark.parametrize("name", ["soft_cross_entropy", "trades_kl", "mart_loss", "mhuber", "mhuber_moving_average",
+                                  "logit_pairing"])
 def test_gradient_only_where_asked(backend, name):
     """With the second input detached, the first input's gradient is unchanged."""
     device = device_of(backend)
@@ -255,10 +262,6 @@ def test_cpp_kernel_checks_are_a_second_line():
 def _raw_args(name, device="cpu"):
     tensors, others = make_inputs(name, 5, 7, device=device)
     tensors = tuple(t.clone().requires_grad_() for t in tensors)
-    if name == "mhuber":
-        return tensors + others + (True, True)
-    if name == "mart_loss":
-        return tensors + others + (True, True)
     return tensors + others + (True,) * len(tensors)
 
 
@@ -280,6 +283,7 @@ def _training_losses(z_nat, z_adv, y):
     return (ops.smoothed_cross_entropy(z_nat, y, 0.1).mean() + ops.trades_kl(z_nat, z_adv).mean()
             + bce.mean() + weighted_kl.mean() + ops.margin_sq_hinge(z_adv, y, 0.9).mean()
             + ops.mhuber(z_adv, z_nat, 5.345) + 0.5 * ops.logit_pairing(z_nat, z_adv).mean()
+            + ops.mhuber_moving_average(z_adv, z_nat, z_nat.detach(), z_adv.detach(), 0.2, 5.345)[0]
             + 0.01 * ops.logit_squeeze(z_adv).mean() + ops.boosted_cross_entropy(z_adv, y).mean()
             + ops.soft_cross_entropy(z_adv, torch.softmax(z_nat, dim=1)).mean())
 

@@ -45,6 +45,7 @@ enum class LogitsOp : int {
   Mhuber = 6,
   LogitPairing = 7,
   LogitSqueeze = 8,
+  MhuberMovingAverage = 9,
 };
 
 struct LogitsParams {
@@ -62,6 +63,13 @@ struct LogitsParams {
   int64_t rows;
   int64_t cols;
   double scalar;          // smoothing s, margin delta, or Huber alpha
+  // mhuber_moving_average: the loss is taken between ū = τ·a_previous + (1 − τ)·a and v̄ likewise,
+  // which are written to a_average / b_average.
+  const void* a_previous;
+  const void* b_previous;
+  void* a_average;
+  void* b_average;
+  double tau;
 };
 
 // ----------------------------------------------------------------------------- scalar math
@@ -483,42 +491,50 @@ FASTADV_HOST_DEVICE void margin_sq_hinge_row(const LogitsParams& p, int64_t r, c
 // mhuber: f(d) = α²(1 − cos(d/α)) where |d|/α ≤ π/2, else α|d| + (1 − π/2)α²; d = u − v.
 // loss (accumulation type) receives the row's Σ f; the caller divides the total by N = rows·cols.
 // grad0 = ∂/∂u = f'(d)/N, grad1 = ∂/∂v = −f'(d)/N, f'(d) = α sin(d/α) inside, α·sign(d) outside.
+// With the moving averages (mhuber_moving_average), d = ū − v̄ and both gradients carry the
+// factor 1 − τ. One pass: f' does not depend on the row's sum.
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE void mhuber_row(const LogitsParams& p, int64_t r, const Lane& lane) {
   const int64_t cols = p.cols;
   const S* u = static_cast<const S*>(p.a) + r * cols;
   const S* v = static_cast<const S*>(p.b) + r * cols;
+  const bool averaged = p.a_previous != nullptr;
+  const S* u_previous = averaged ? static_cast<const S*>(p.a_previous) + r * cols : nullptr;
+  const S* v_previous = averaged ? static_cast<const S*>(p.b_previous) + r * cols : nullptr;
+  S* u_average = averaged ? static_cast<S*>(p.a_average) + r * cols : nullptr;
+  S* v_average = averaged ? static_cast<S*>(p.b_average) + r * cols : nullptr;
+  const T keep = static_cast<T>(averaged ? p.tau : 0.0), take = static_cast<T>(averaged ? 1.0 - p.tau : 1.0);
   const T alpha = static_cast<T>(p.scalar);
   const T half_pi = static_cast<T>(1.57079632679489661923);
   const T outer_offset = (T(1) - half_pi) * alpha * alpha;
+  const T scale = take * static_cast<T>(1.0 / (static_cast<double>(p.rows) * static_cast<double>(cols)));
+  S* gu = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
+  S* gv = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
   T sum = 0;
   FASTADV_SIMD_REDUCE(+, sum)
   for (int64_t j = lane.index; j < cols; j += Lanes) {
-    const T d = Io::load(u, j) - Io::load(v, j);
+    T uj = Io::load(u, j), vj = Io::load(v, j);
+    if (averaged) {
+      uj = keep * Io::load(u_previous, j) + take * uj;
+      vj = keep * Io::load(v_previous, j) + take * vj;
+      Io::store(u_average, j, uj);
+      Io::store(v_average, j, vj);
+    }
+    const T d = uj - vj;
     const T t = d / alpha;
     const T magnitude = d < T(0) ? -d : d;
+    const bool inner = magnitude / alpha <= half_pi;
     const T t_inner = t > half_pi ? half_pi : (t < -half_pi ? -half_pi : t);
-    sum += magnitude / alpha <= half_pi ? alpha * alpha * one_minus_cos_half_period(t_inner)
-                                         : alpha * magnitude + outer_offset;
-  }
-  sum = lane.sum(sum);
-  if (lane.index == 0) static_cast<T*>(p.loss)[r] = sum;
-  if (p.grad0 || p.grad1) {
-    const T scale = static_cast<T>(1.0 / (static_cast<double>(p.rows) * static_cast<double>(cols)));
-    S* gu = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
-    S* gv = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
-    FASTADV_SIMD
-    for (int64_t j = lane.index; j < cols; j += Lanes) {
-      const T d = Io::load(u, j) - Io::load(v, j);
-      const T t = d / alpha;
-      const T magnitude = d < T(0) ? -d : d;
-      const T t_inner = t > half_pi ? half_pi : (t < -half_pi ? -half_pi : t);
+    sum += inner ? alpha * alpha * one_minus_cos_half_period(t_inner) : alpha * magnitude + outer_offset;
+    if (gu || gv) {
       const T outer = d > T(0) ? alpha : (d < T(0) ? -alpha : d);
-      const T slope = scale * (magnitude / alpha <= half_pi ? alpha * sin_half_period(t_inner) : outer);
+      const T slope = scale * (inner ? alpha * sin_half_period(t_inner) : outer);
       if (gu) Io::store(gu, j, slope);
       if (gv) Io::store(gv, j, -slope);
     }
   }
+  sum = lane.sum(sum);
+  if (lane.index == 0) static_cast<T*>(p.loss)[r] = sum;
 }
 
 // logit_pairing: loss = ‖a − b‖². grad0 = 2(a − b), grad1 = −2(a − b).
@@ -577,15 +593,16 @@ FASTADV_HOST_DEVICE void logits_row(LogitsOp op, const LogitsParams& p, int64_t 
     case LogitsOp::TradesKl: trades_kl_row<T, Lanes, S, Io>(p, r, lane); break;
     case LogitsOp::MartLoss: mart_loss_row<T, Lanes, S, Io>(p, r, lane); break;
     case LogitsOp::MarginSqHinge: margin_sq_hinge_row<T, Lanes, S, Io>(p, r, lane); break;
-    case LogitsOp::Mhuber: mhuber_row<T, Lanes, S, Io>(p, r, lane); break;
+    case LogitsOp::Mhuber:
+    case LogitsOp::MhuberMovingAverage: mhuber_row<T, Lanes, S, Io>(p, r, lane); break;
     case LogitsOp::LogitPairing: logit_pairing_row<T, Lanes, S, Io>(p, r, lane); break;
     case LogitsOp::LogitSqueeze: logit_squeeze_row<T, Lanes, S, Io>(p, r, lane); break;
   }
 }
 
 // Launches the kernel of `op` on `stream` (a cudaStream_t); defined in cuda/logits_kernel.cu.
-// mhuber's launcher also reduces the [rows] partial sums into `mhuber_total` (one element of
-// the accumulation type), divided by rows·cols.
+// The launcher of mhuber (and mhuber_moving_average) also reduces the [rows] partial sums into
+// `mhuber_total` (one element of the accumulation type), divided by rows·cols.
 void launch_logits_cuda(LogitsOp op, const LogitsParams& p, ScalarKind kind, void* mhuber_total, void* stream);
 
 }  // namespace fastadv

@@ -1,0 +1,211 @@
+"""Benchmark of the logits family: `fastadv bench logits`.
+
+Forward and backward of the fused logit-head losses at B = 4096, C = 100, float32 (a CIFAR-100
+batch, or 40 CIFAR-10 batches of an attack's worth of logits), against the eager reference and
+torch.compile of the same reference (compile time reported apart), and, where a user would
+otherwise write it differently, against that code:
+
+- ``trades_kl``: the official TRADES code's ``KLDivLoss(sum)(log_softmax(z_adv), softmax(z_nat)) / B``;
+- the full LMA-AT loss of one batch (seed 002, Alg. 1): ``mean L'(z(x')) + mean BCE(p(x'), y) +
+  β·mHuber(Ē'_t, Ē_t, α)`` with the moving averages ``Ē_t = τ·Ē_{t−1} + (1 − τ)·z`` of both
+  logits (``margin_sq_hinge``, ``boosted_cross_entropy``, ``mhuber_moving_average``), written
+  once and run on the reference ops, the fused ops, and compiled;
+- every other op of the family, fused against eager and compiled reference.
+
+"forward" runs with inputs that require gradients (the fused ops then also compute their
+gradients); "forward+backward" adds ``torch.autograd.grad`` with respect to every logits input.
+The rows are small (400 bytes), so these ops are bound by arithmetic (exp) and per-call overhead
+rather than by memory bandwidth: no roofline is reported.
+
+Also a pytest-benchmark suite: `pytest benchmarks/bench_logits.py --benchmark-only`.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+import fastadv
+from fastadv import ops
+from fastadv.reference import logits as reference
+
+from . import common
+
+BATCH, CLASSES = 4096, 100
+# LMA-AT, seed 002 (ResNet-18, CIFAR-10): τ = 0.2, δ = 0.9, β = 86, α = 5.345
+TAU, DELTA, BETA, ALPHA = 0.2, 0.9, 86.0, 5.345
+
+
+def make_inputs(device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z_nat = torch.randn(BATCH, CLASSES, generator=g) * 3
+    z_adv = z_nat + torch.randn(BATCH, CLASSES, generator=g)
+    ema_nat, ema_adv = (torch.randn(BATCH, CLASSES, generator=g) * 3 for _ in range(2))
+    y = torch.randint(0, CLASSES, (BATCH,), generator=g)
+    return {name: t.to(device) for name, t in
+            dict(z_nat=z_nat, z_adv=z_adv, ema_nat=ema_nat, ema_adv=ema_adv, y=y).items()}
+
+
+def lma_at_loss(losses, z_nat, z_adv, ema_nat, ema_adv, y):
+    """The LMA-AT objective of one batch on the ops of `losses` (the fused ops or the reference)."""
+    regulariser, _, _ = losses.mhuber_moving_average(z_adv, z_nat, ema_adv, ema_nat, TAU, ALPHA)
+    return (losses.margin_sq_hinge(z_adv, y, DELTA).mean() + losses.boosted_cross_entropy(z_adv, y).mean()
+            + BETA * regulariser)
+
+
+def official_trades_kl(z_nat, z_adv):
+    """TRADES' official code (Zhang et al. 2019): KLDivLoss(size_average=False) / batch size."""
+    return F.kl_div(F.log_softmax(z_adv, dim=1), F.softmax(z_nat, dim=1), reduction="sum") / z_nat.shape[0]
+
+
+# Each case: the scalar loss of one batch on the ops of `losses`, from (z_nat, z_adv, ema_nat,
+# ema_adv, y); gradients are taken with respect to z_nat and z_adv (the moving averages are
+# carried state, detached).
+CASES = {
+    "trades_kl": lambda L, a, b, ea, eb, y: L.trades_kl(a, b).mean(),
+    "LMA-AT loss": lma_at_loss,
+    "mart_loss": lambda L, a, b, ea, eb, y: sum(t.mean() for t in L.mart_loss(a, b, y)),
+    "soft_cross_entropy": lambda L, a, b, ea, eb, y: L.soft_cross_entropy(b, torch.softmax(a, dim=1)).mean(),
+    "smoothed_cross_entropy": lambda L, a, b, ea, eb, y: L.smoothed_cross_entropy(b, y, 0.1).mean(),
+    "boosted_cross_entropy": lambda L, a, b, ea, eb, y: L.boosted_cross_entropy(b, y).mean(),
+    "margin_sq_hinge": lambda L, a, b, ea, eb, y: L.margin_sq_hinge(b, y, DELTA).mean(),
+    "mhuber": lambda L, a, b, ea, eb, y: L.mhuber(b, a, ALPHA),
+    "mhuber_moving_average": lambda L, a, b, ea, eb, y: L.mhuber_moving_average(b, a, eb, ea, TAU, ALPHA)[0],
+    "logit_pairing": lambda L, a, b, ea, eb, y: L.logit_pairing(a, b).mean(),
+    "logit_squeeze": lambda L, a, b, ea, eb, y: L.logit_squeeze(b).mean(),
+}
+HEADLINE = ("trades_kl", "LMA-AT loss")
+
+
+def _with_gradients(loss_fn, inputs):
+    """forward+backward: the loss and its gradients with respect to both logits."""
+    z_nat, z_adv = (inputs[k].detach().requires_grad_() for k in ("z_nat", "z_adv"))
+
+    def call():
+        loss = loss_fn(z_nat, z_adv, inputs["ema_nat"], inputs["ema_adv"], inputs["y"])
+        return torch.autograd.grad(loss, [z_nat, z_adv])
+    return call
+
+
+def _forward(loss_fn, inputs):
+    z_nat, z_adv = (inputs[k].detach().requires_grad_() for k in ("z_nat", "z_adv"))
+    return lambda: loss_fn(z_nat, z_adv, inputs["ema_nat"], inputs["ema_adv"], inputs["y"])
+
+
+def _compiled(case, inputs):
+    """torch.compile of the reference version of `case`, and the seconds its first forward and
+    backward took (an empty inductor cache)."""
+    with common.fresh_inductor_cache():
+        compiled = torch.compile(lambda *args: CASES[case](reference, *args))
+        start = time.perf_counter()
+        _with_gradients(compiled, inputs)()
+        return compiled, time.perf_counter() - start
+
+
+def measure(case, device, fused_backend, rounds):
+    inputs = make_inputs(device)
+    compiled, compile_s = _compiled(case, inputs)
+
+    def fused(*args):
+        with fastadv.use_backend(fused_backend):
+            return CASES[case](ops, *args)
+
+    implementations = {"eager reference": lambda *args: CASES[case](reference, *args),
+                       "torch.compile(reference)": compiled, "fastadv": fused}
+    if case == "trades_kl":
+        official_compiled = torch.compile(lambda a, b, *_: official_trades_kl(a, b))
+        implementations["official TRADES code, eager"] = lambda a, b, *_: official_trades_kl(a, b)
+        implementations["torch.compile(official TRADES code)"] = official_compiled
+    results = {}
+    for mode, wrap in (("forward", _forward), ("forward+backward", _with_gradients)):
+        functions = {name: wrap(fn, inputs) for name, fn in implementations.items()}
+        stats = common.time_interleaved(functions, device, rounds=rounds)
+        for name, fn in functions.items():
+            stats[name]["allocated_MiB"] = common.allocated_mib(fn, device)
+        results[mode] = stats
+    return results, compile_s
+
+
+def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
+    device = torch.device(device)
+    fused_backend = "cpu" if device.type == "cpu" else "auto"
+    rounds = 8 if quick else 40
+    records = []
+    for case in (HEADLINE if quick else CASES):
+        results, compile_s = measure(case, device, fused_backend, rounds)
+        for mode, stats in results.items():
+            eager_s = stats["eager reference"]["median"]
+            compiled_s = stats["torch.compile(reference)"]["median"]
+            for name, s in stats.items():
+                records.append({
+                    "case": case, "mode": mode, "implementation": name, "median_ms": s["median"] * 1e3,
+                    "p20_ms": s["p20"] * 1e3, "p80_ms": s["p80"] * 1e3, "speedup_vs_eager": eager_s / s["median"],
+                    "speedup_vs_compile": compiled_s / s["median"], "allocated_MiB": s["allocated_MiB"],
+                    "compile_s": compile_s if name == "torch.compile(reference)" else None})
+    meta = {"machine": common.machine_description(device), "device": str(device), "torch": torch.__version__,
+            "fastadv": fastadv.__version__, "shape": [BATCH, CLASSES], "dtype": "float32", "rounds": rounds,
+            "inductor_cpp_compiler": common.cxx_compiler_for_inductor() if device.type == "cpu" else None}
+    common.write_results("logits", records, meta, out_dir)
+    return report(records, meta)
+
+
+def summary(records) -> str:
+    """One row per case and mode: the baselines' times, then the fused op's with its ratios."""
+    cases = {}
+    for r in records:
+        cases.setdefault((r["case"], r["mode"]), {})[r["implementation"]] = r
+    rows = []
+    for (case, mode), by_name in cases.items():
+        fused = by_name["fastadv"]
+        rows.append([case, mode, f"{by_name['eager reference']['median_ms']:.3f}",
+                     f"{by_name['torch.compile(reference)']['median_ms']:.3f}", f"{fused['median_ms']:.3f}",
+                     f"{fused['speedup_vs_eager']:.2f}×", f"{fused['speedup_vs_compile']:.2f}×"])
+    return common.markdown_table(["loss", "mode", "eager ref. ms", "compiled ref. ms", "fastadv ms", "vs eager",
+                                  "vs compiled"], rows)
+
+
+def report(records, meta) -> str:
+    rows = [[r["case"], r["mode"], r["implementation"], f"{r['median_ms']:.3f}",
+             f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}", f"{r['speedup_vs_eager']:.2f}×",
+             f"{r['speedup_vs_compile']:.2f}×", f"{r['allocated_MiB']:.1f}"] for r in records]
+    table = common.markdown_table(["loss", "mode", "implementation", "median ms", "p20–p80 ms", "vs eager reference",
+                                   "vs compiled reference", "allocated MiB"], rows)
+    lines = [f"logits family, B={BATCH}, C={CLASSES}, float32, {meta['machine']}", "", summary(records), "",
+             "All timings:", "", table, "",
+             "forward: inputs that require gradients (the fused ops compute their gradients in this pass); "
+             "forward+backward: plus torch.autograd.grad with respect to both logits.",
+             "allocated MiB: memory one call allocates (CPU: the sum of its allocations from torch.profiler; "
+             "CUDA: the peak above the memory held before the call).",
+             "torch.compile's first forward+backward, each with an empty inductor cache:"]
+    for r in records:
+        if r["compile_s"] is not None and r["mode"] == "forward":
+            lines.append(f"- {r['case']}: {r['compile_s']:.1f} s")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- pytest-benchmark
+def _bench_call(losses, case):
+    inputs = make_inputs(torch.device("cpu"))
+    with fastadv.use_backend("cpu" if losses is ops else "reference"):
+        return _with_gradients(lambda *args: CASES[case](losses, *args), inputs)
+
+
+def test_bench_trades_kl_fused(benchmark):
+    call = _bench_call(ops, "trades_kl")
+    with fastadv.use_backend("cpu"):
+        benchmark(call)
+
+
+def test_bench_trades_kl_reference(benchmark):
+    benchmark(_bench_call(reference, "trades_kl"))
+
+
+def test_bench_lma_at_fused(benchmark):
+    call = _bench_call(ops, "LMA-AT loss")
+    with fastadv.use_backend("cpu"):
+        benchmark(call)
+
+
+def test_bench_lma_at_reference(benchmark):
+    benchmark(_bench_call(reference, "LMA-AT loss"))
