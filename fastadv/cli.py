@@ -8,7 +8,10 @@ import os
 import platform
 import sys
 
-BENCH_FAMILIES = ("pgd", "train")
+BENCH_FAMILIES = ("pgd", "logits", "train")
+# Flags that go to TrainConfig.method_options (each refused by the methods that do not take it).
+METHOD_OPTION_FLAGS = ("logit_squeeze", "smoothing", "natural_weight", "pairing_ratio", "mixup_alpha", "margin",
+                       "ema_decay", "mhuber_alpha", "kl_weight", "temperature")
 
 
 def _info(args) -> int:
@@ -64,6 +67,8 @@ def _train(args) -> int:
     from fastadv.train import Interrupted, TrainConfig, train
 
     options = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    options["method_options"] = {name: getattr(args, name) for name in METHOD_OPTION_FLAGS
+                                 if getattr(args, name) is not None}
     try:
         run_dir = train(TrainConfig(**options))
     except Interrupted:
@@ -135,7 +140,31 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     attack.add_argument("--attack-dtype", dest="attack_dtype", default=None, choices=("bfloat16", "float16"),
                         help="run the training attack under autocast in this dtype (the update stays float32)")
     attack.add_argument("--beta", type=float, default=None,
-                        help="the method's trade-off weight; default: the paper's (TRADES β=6, MART λ=5)")
+                        help="the method's trade-off weight; default: the paper's (TRADES β=6, MART λ=5, ALP λ=0.5, "
+                             "LTD λ=6; the LMA methods' mHuber weight β=86)")
+    options = parser.add_argument_group("method options (a method that does not take one refuses it)")
+    options.add_argument("--logit-squeeze", dest="logit_squeeze", type=float, default=None,
+                         help="any method: adds this weight times mean ||z||^2 of every batch of logits its loss "
+                              "uses (seed 001); default 0, lrm 1e-3 (its β)")
+    options.add_argument("--smoothing", type=float, default=None,
+                         help="label_smoothing, lrm: label smoothing s (1-s on y, s/(C-1) elsewhere); default 0.1")
+    options.add_argument("--natural-weight", dest="natural_weight", type=float, default=None,
+                         help="alp: weight a of the clean cross-entropy; default 0.5")
+    options.add_argument("--pairing-ratio", dest="pairing_ratio", type=float, default=None,
+                         help="lrm: ratio r of the pairing loss to the adversarial loss; default 0.125")
+    options.add_argument("--mixup-alpha", dest="mixup_alpha", type=float, default=None,
+                         help="lrm: mixup's Beta(a, a) parameter, 0 for no mixup; default 1")
+    options.add_argument("--margin", type=float, default=None, help="LMA methods: margin δ of L'; default 0.9")
+    options.add_argument("--ema-decay", dest="ema_decay", type=float, default=None,
+                         help="LMA methods: τ of the logits' moving averages; default 0.2")
+    options.add_argument("--mhuber-alpha", dest="mhuber_alpha", type=float, default=None,
+                         help="LMA methods: α of mHuber; default 5.345 (ResNet-18; 2.345 for WRN-34-10)")
+    options.add_argument("--kl-weight", dest="kl_weight", type=float, default=None,
+                         help="trades_lma, mart_lma: weight of the KL term; default 6 (TRADES 1/λ), 5 (MART λ)")
+    options.add_argument("--teacher", default=None,
+                         help="ltd: run folder of a standard-trained teacher; default runs/DATASET-standard")
+    options.add_argument("--temperature", type=float, default=None,
+                         help="ltd: temperature T of the teacher's soft labels; default 5")
     evaluation = parser.add_argument_group("evaluation and the run")
     evaluation.add_argument("--eval-steps", dest="eval_steps", type=int, default=20,
                             help="PGD steps of the per-epoch robust evaluation (selects best.pt)")
@@ -177,9 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Clean, FGSM, PGD-20, PGD-100, CW and AutoAttack accuracy on the "
                                                "held-out split; prints a table and writes eval.json.")
     evaluate.add_argument("path", help="a run folder (its best.pt) or a checkpoint file")
-    from fastadv.evaluate import ATTACKS
+    from fastadv.evaluate import ATTACKS, EXTRA_ATTACKS
 
-    evaluate.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    evaluate.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS + EXTRA_ATTACKS,
+                          help=f"default: {' '.join(ATTACKS)}; also {' '.join(EXTRA_ATTACKS)}")
     evaluate.add_argument("--eps", type=float, default=None, help="default: the run's training ε")
     evaluate.add_argument("--size", type=int, default=None, help="first N held-out samples (default: all)")
     evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=256)

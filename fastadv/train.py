@@ -32,7 +32,8 @@ from torch import nn
 
 from .attacks import PGD
 from .data import DATASETS, load_dataset
-from .methods import METHODS, build_method
+from .methods import METHODS, build_method, method_parameters
+from .methods.ltd import load_teacher
 from .models import build_model, default_model
 
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
@@ -72,6 +73,8 @@ class TrainConfig:
     alpha: Optional[float] = None
     steps: int = 10
     beta: Optional[float] = None
+    # ltd: the run folder of its teacher (default runs/<dataset>-standard)
+    teacher: Optional[str] = None
     norm: str = "linf"
     attack_dtype: Optional[str] = None  # "bfloat16": the training attack runs under bf16 autocast
     eval_steps: int = 20
@@ -86,6 +89,7 @@ class TrainConfig:
     overwrite: bool = False
     progress: bool = True
     augment: bool = True
+    # the method's own options beyond the ones above (e.g. temperature, logit_squeeze)
     method_options: dict = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
@@ -122,7 +126,38 @@ class TrainConfig:
             raise ValueError(f"eval_size: must be >= 1 or None, got {config.eval_size!r}")
         if not all(0 < m <= 1 for m in config.milestones):
             raise ValueError(f"milestones: fractions of the run in (0, 1], got {config.milestones!r}")
+        config._check_method_options()
         return config
+
+    def _check_method_options(self) -> None:
+        """Options the method does not take are refused, naming them; ltd's teacher defaults to
+        runs/<dataset>-standard and must exist."""
+        method, accepted = self.method, method_parameters(self.method)
+        adversarial = METHODS[method].adversarial
+        if not adversarial and (self.beta is not None or self.attack_dtype is not None):
+            raise ValueError(f"{'beta' if self.beta is not None else 'attack_dtype'}: the method {method!r} "
+                             "has no attack and no beta")
+        if self.beta is not None and "beta" not in accepted:
+            raise ValueError(f"beta: the method {method!r} has no beta")
+        for name in self.method_options:
+            if name == "teacher":
+                raise ValueError("teacher: give ltd's teacher as TrainConfig.teacher (a run folder), not in "
+                                 "method_options")
+            if name not in accepted:
+                raise ValueError(f"{name}: the method {method!r} does not take this option "
+                                 f"(it takes: {', '.join(accepted)})")
+        if "teacher" not in accepted:
+            if self.teacher is not None:
+                raise ValueError(f"teacher: the method {method!r} takes no teacher (ltd does)")
+            return
+        default = self.teacher is None
+        self.teacher = str(Path("runs") / f"{self.dataset}-standard" if default else Path(self.teacher))
+        if not Path(self.teacher).exists():
+            command = f"fastadv train --method standard --dataset {self.dataset}"
+            if not default:
+                command += f" --run-dir {self.teacher}"
+            raise FileNotFoundError(f"teacher: no run at {self.teacher}; the {method} method distils a "
+                                    f"standard-trained teacher: train one first with `{command}`")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -251,7 +286,10 @@ def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
-def method_options(config: TrainConfig, info) -> dict:
+def method_options(config: TrainConfig, info, device=None) -> dict:
+    """The options to build the method of a resolved ``config`` with: its method_options, the
+    attack settings and beta of an adversarial method, and ltd's teacher loaded on ``device``
+    (refused unless it classifies ``info``'s classes and takes its input shape)."""
     options = dict(config.method_options)
     if METHODS[config.method].adversarial:
         options.setdefault("eps", config.eps)
@@ -261,9 +299,8 @@ def method_options(config: TrainConfig, info) -> dict:
         options.setdefault("attack_dtype", config.attack_dtype)
         if config.beta is not None:
             options.setdefault("beta", config.beta)
-    elif config.beta is not None or config.attack_dtype is not None:
-        raise ValueError(f"{'beta' if config.beta is not None else 'attack_dtype'}: the method {config.method!r} "
-                         "has no attack and no beta")
+    if config.teacher is not None:
+        options["teacher"] = load_teacher(config.teacher, info, device)
     return options
 
 
@@ -346,7 +383,7 @@ class Trainer:
             config.eps = self.info.default_eps
         if config.alpha is None:
             config.alpha = self.info.default_alpha
-        self.method = build_method(config.method, **method_options(config, self.info))
+        self.method = build_method(config.method, **method_options(config, self.info, self.device))
         # best.pt: the best robust accuracy for adversarial methods, as the literature selects
         # against robust overfitting; the best clean accuracy for standard training, whose
         # robust accuracy is noise around zero and would pick an undertrained early epoch.

@@ -5,18 +5,37 @@ It crafts its own adversarial examples (its attack is part of its definition), r
 scalar loss to minimise and a dict of detached scalar tensors to log (kept as tensors so that
 logging never forces a device synchronisation inside the step).
 
+A method defines :meth:`Method.objective`: its loss, its metrics and the logits the loss is
+computed from. ``__call__`` adds logit squeezing (seed 001 §3.1), an option of every method:
+``loss + logit_squeeze · Σ_z mean_i ‖z_i‖²`` summed over every batch of logits the loss uses
+(the adversarial logits, and the natural ones where the method computes them), which is seed
+001 Eq. 11's regulariser ``β(‖f(x)‖² + ‖f(x')‖²)`` for a method trained on x and x', and
+Kannan et al.'s clean logit squeezing for a method trained on x alone.
+
 ``attack_model`` is the model the attack differentiates through; the trainer passes the
 module inside DistributedDataParallel there, so that input-gradient passes do not touch
 DDP's gradient synchronisation.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+import math
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from ..attacks import PGD
+from ..ops import logits as L
+
+
+class Objective(NamedTuple):
+    """What a method computes from one batch (see :meth:`Method.objective`)."""
+
+    loss: torch.Tensor
+    #: detached scalars to log, besides "loss"
+    metrics: dict
+    #: every batch of logits the loss is computed from: logit squeezing acts on these
+    logits: tuple
 
 
 class Method:
@@ -26,9 +45,23 @@ class Method:
     #: whether the method crafts adversarial examples (the trainer reports their accuracy)
     adversarial: ClassVar[bool] = True
 
+    def __init__(self, *, logit_squeeze: float = 0.0):
+        check_positive(self.name, logit_squeeze=logit_squeeze)
+        self.logit_squeeze = logit_squeeze
+
+    def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack_model: nn.Module) -> Objective:
+        """The method's own loss on the batch, before logit squeezing."""
+        raise TypeError(f"{type(self).__name__} must define objective")
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                  attack_model: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise TypeError(f"{type(self).__name__} must define __call__")
+        loss, metrics, logits = self.objective(model, x, y, attack_model or model)
+        metrics = dict(metrics)
+        if self.logit_squeeze:
+            squeeze = sum(L.logit_squeeze(z).mean() for z in logits)
+            loss = loss + self.logit_squeeze * squeeze
+            metrics["logit_squeeze"] = squeeze.detach()
+        return loss, {"loss": loss.detach(), **metrics}
 
     def hyperparameters(self) -> dict:
         """The method's settings, as written to config.json."""
@@ -44,14 +77,35 @@ class Method:
             raise ValueError(f"{self.name}: unexpected method state {sorted(state)}")
 
 
+def forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits, in float32 when autocast made them half precision: the losses are
+    computed in float32, as autocast itself does for its losses."""
+    logits = model(x)
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == y).float().mean().detach()
 
 
-def check_positive(method: str, **values) -> None:
+def check_range(method: str, low: float = 0.0, high: float = math.inf, *, low_open: bool = False,
+                high_open: bool = False, **values) -> None:
+    """Each of ``values`` must be a real number from ``low`` to ``high`` (bounds included unless
+    open); the error names the method, the argument and the interval."""
     for name, value in values.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-            raise ValueError(f"{method}: {name} must be a number >= 0, got {value!r}")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        above = number and (value > low if low_open else value >= low)
+        below = number and (value < high if high_open else value <= high)
+        if not (above and below):
+            if high == math.inf:
+                interval = f"{'>' if low_open else '>='} {low:g}"
+            else:
+                interval = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise ValueError(f"{method}: {name} must be a number {interval}, got {value!r}")
+
+
+def check_positive(method: str, **values) -> None:
+    check_range(method, **values)
 
 
 ATTACK_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,14 +129,19 @@ class AdversarialMethod(Method):
     attack_init: ClassVar[str] = "uniform"
 
     def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, norm: str = "linf",
-                 attack_dtype: str | None = None):
+                 attack_dtype: str | None = None, *, logit_squeeze: float = 0.0):
+        super().__init__(logit_squeeze=logit_squeeze)
         check_positive(self.name, eps=eps, alpha=alpha, steps=steps)
         self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
         self.attack_dtype = attack_dtype_of(self.name, attack_dtype)
 
+    def attack_options(self) -> dict:
+        """Settings of the attack beyond the shared ones (e.g. the margin of margin_ce)."""
+        return {}
+
     def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         attack = PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm, loss=self.attack_loss,
-                     init=self.attack_init, amp_dtype=self.attack_dtype)
+                     init=self.attack_init, amp_dtype=self.attack_dtype, **self.attack_options())
         return attack(x, y)
 
 
@@ -94,21 +153,25 @@ class NaturalAndAdversarialMethod(AdversarialMethod):
     default_beta: ClassVar[float] = 1.0
 
     def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, beta: float | None = None,
-                 norm: str = "linf", attack_dtype: str | None = None):
-        super().__init__(eps, alpha, steps, norm, attack_dtype)
+                 norm: str = "linf", attack_dtype: str | None = None, *, logit_squeeze: float = 0.0):
+        super().__init__(eps, alpha, steps, norm, attack_dtype, logit_squeeze=logit_squeeze)
         beta = self.default_beta if beta is None else beta
         check_positive(self.name, beta=beta)
         self.beta = beta
 
-    def loss_terms(self, logits_natural, logits_adv, y) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def targets(self, x: torch.Tensor, y: torch.Tensor):
+        """What :meth:`loss_terms` fits the natural logits to: the labels (LTD: soft labels)."""
+        return y
+
+    def loss_terms(self, logits_natural, logits_adv, targets) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(the loss, its named parts for logging)."""
         raise TypeError(f"{type(self).__name__} must define loss_terms")
 
-    def __call__(self, model, x, y, *, attack_model=None):
-        x_adv = self.adversarial_examples(attack_model or model, x, y)
-        logits_natural = model(x)
-        logits_adv = model(x_adv)
-        loss, parts = self.loss_terms(logits_natural, logits_adv, y)
-        metrics = {"loss": loss.detach(), **{name: value.detach() for name, value in parts.items()},
+    def objective(self, model, x, y, attack_model):
+        x_adv = self.adversarial_examples(attack_model, x, y)
+        logits_natural = forward_logits(model, x)
+        logits_adv = forward_logits(model, x_adv)
+        loss, parts = self.loss_terms(logits_natural, logits_adv, self.targets(x, y))
+        metrics = {**{name: value.detach() for name, value in parts.items()},
                    "clean_acc": accuracy(logits_natural, y), "adv_acc": accuracy(logits_adv, y)}
-        return loss, metrics
+        return Objective(loss, metrics, (logits_natural, logits_adv))

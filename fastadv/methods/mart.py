@@ -1,28 +1,14 @@
 """MART (Wang et al. 2020), METHODS.md section 2, seed 002."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
+from ..ops import logits as L
+from ..ops.logits import boosted_cross_entropy  # noqa: F401  (MART's BCE, per sample; public here too)
 from .base import NaturalAndAdversarialMethod
-
-
-def boosted_cross_entropy(logits_adv, y):
-    """MART's BCE per sample: ``−log p_y(x') − log(1 − max_{k≠y} p_k(x'))``."""
-    log_probs = F.log_softmax(logits_adv, dim=1)
-    probs = log_probs.exp()
-    other = probs.masked_fill(F.one_hot(y, probs.shape[1]).bool(), float("-inf")).amax(dim=1)
-    # 1 − max p_k can round to 0 for a confidently wrong prediction; MART's code adds 1e-4 here.
-    return -log_probs.gather(1, y[:, None]).squeeze(1) - torch.log1p(-other.clamp(max=1 - 1e-4))
 
 
 def mart_loss(logits_natural, logits_adv, y, beta):
     """(loss, mean BCE(p(x'), y), mean KL(p(x) ‖ p(x'))·(1 − p_y(x))) with loss = BCE + λ·robust."""
-    probs_natural = F.softmax(logits_natural, dim=1)
-    kl = (probs_natural * (F.log_softmax(logits_natural, dim=1) - F.log_softmax(logits_adv, dim=1))).sum(dim=1)
-    weight = 1 - probs_natural.gather(1, y[:, None]).squeeze(1)
-    bce = boosted_cross_entropy(logits_adv, y).mean()
-    robust = (kl * weight).mean()
+    bce, robust = (term.mean() for term in L.mart_loss(logits_natural, logits_adv, y))
     return bce + beta * robust, bce, robust
 
 

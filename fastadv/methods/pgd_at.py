@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import AdversarialMethod, accuracy
+from .base import AdversarialMethod, Objective, accuracy, forward_logits
 
 
 class PGDAT(AdversarialMethod):
@@ -16,8 +16,7 @@ class PGDAT(AdversarialMethod):
     attack_loss = "ce"
     attack_init = "uniform"
 
-    def __call__(self, model, x, y, *, attack_model=None):
-        x_adv = self.adversarial_examples(attack_model or model, x, y)
-        logits_adv = model(x_adv)
-        loss = F.cross_entropy(logits_adv, y)
-        return loss, {"loss": loss.detach(), "adv_acc": accuracy(logits_adv, y)}
+    def objective(self, model, x, y, attack_model):
+        x_adv = self.adversarial_examples(attack_model, x, y)
+        logits_adv = forward_logits(model, x_adv)
+        return Objective(F.cross_entropy(logits_adv, y), {"adv_acc": accuracy(logits_adv, y)}, (logits_adv,))

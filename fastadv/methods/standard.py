@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import Method, accuracy
+from .base import Method, Objective, accuracy, forward_logits
 
 
 class Standard(Method):
@@ -12,7 +12,6 @@ class Standard(Method):
     name = "standard"
     adversarial = False
 
-    def __call__(self, model, x, y, *, attack_model=None):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        return loss, {"loss": loss.detach(), "clean_acc": accuracy(logits, y)}
+    def objective(self, model, x, y, attack_model):
+        logits = forward_logits(model, x)
+        return Objective(F.cross_entropy(logits, y), {"clean_acc": accuracy(logits, y)}, (logits,))

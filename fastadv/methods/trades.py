@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from ..ops import logits as L
 from .base import NaturalAndAdversarialMethod
 
 
 def trades_kl(logits_natural, logits_adv):
     """KL(p(x) ‖ p(x')) per batch, averaged over samples (TRADES' ``KLDivLoss(sum) / B``)."""
-    return F.kl_div(F.log_softmax(logits_adv, dim=1), F.log_softmax(logits_natural, dim=1),
-                    reduction="batchmean", log_target=True)
+    return L.trades_kl(logits_natural, logits_adv).mean()
 
 
 def trades_loss(logits_natural, logits_adv, y, beta):

@@ -299,7 +299,7 @@ def _autograd(spec: _Fused):
         result = [None] * spec.arguments
         for (i, j), saved in zip(spec.grads, ctx.saved_tensors):
             incoming = grads[i]
-            if incoming is None or saved.numel() == 0:
+            if incoming is None or saved.dim() == 1:  # an empty [0]: this gradient was not asked for
                 continue
             scale = incoming.reshape(incoming.shape + (1,) * (saved.dim() - incoming.dim()))
             result[j] = saved * scale if result[j] is None else torch.addcmul(result[j], saved, scale)
@@ -326,7 +326,7 @@ def _triton_ops():
 
         namespace = {}
         for spec in _SPECS.values():
-            schema = torch.ops.fastadv[spec.name].default._schema
+            schema = getattr(torch.ops.fastadv, spec.name).default._schema
             op = torch.library.custom_op(f"fastadv::{spec.name}_triton", getattr(kernels, spec.name),
                                          mutates_args=(), schema="(" + str(schema).split("(", 1)[1])
             op.register_fake(_fake(spec))

@@ -177,9 +177,11 @@ def test_nan_stays_in_its_sample(backend):
     tensors, others = make_inputs("trades_kl", 4, 10, device=device)
     z_nat = tensors[0].clone()
     z_nat[2, 3] = math.nan
+    y = torch.arange(4, device=device)
     with fastadv.use_backend(backend):
-        loss = ops.trades_kl(z_nat, tensors[1])
-    assert torch.isnan(loss[2]) and bool(torch.isfinite(loss[[0, 1, 3]]).all())
+        for loss in (ops.trades_kl(z_nat, tensors[1]), ops.margin_sq_hinge(z_nat, y), ops.mart_loss(z_nat, z_nat, y)[1],
+                     ops.smoothed_cross_entropy(z_nat, y), ops.logit_squeeze(z_nat)):
+            assert torch.isnan(loss[2]) and bool(torch.isfinite(loss[[0, 1, 3]]).all())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -189,7 +191,10 @@ def test_empty_batch(backend):
     y = torch.empty(0, dtype=torch.int64, device=device)
     with fastadv.use_backend(backend):
         assert ops.trades_kl(z, z.detach()).shape == (0,)
-        assert ops.margin_sq_hinge(z, y).shape == (0,)
+        hinge = ops.margin_sq_hinge(z, y)
+        assert hinge.shape == (0,)
+        (grad,) = torch.autograd.grad(hinge.sum() + ops.trades_kl(z, z.detach()).sum(), [z])
+        assert grad.shape == (0, 10)
         assert torch.isnan(ops.mhuber(z, z.detach(), 1.0))
 
 

@@ -473,7 +473,8 @@ FASTADV_HOST_DEVICE void margin_sq_hinge_row(const LogitsParams& p, int64_t r, c
   T loss = 0, total = 0;
   FASTADV_SIMD_REDUCE(+, loss, total)
   for (int64_t j = lane.index; j < cols; j += Lanes) {
-    const T h = j == y ? T(0) : larger(Io::load(z, j) + shift, T(0));
+    // larger(0, ·) keeps a NaN logit's NaN (larger(a, b) returns b when either is NaN).
+    const T h = j == y ? T(0) : larger(T(0), Io::load(z, j) + shift);
     loss += h * h;
     total += h;
   }
@@ -484,7 +485,7 @@ FASTADV_HOST_DEVICE void margin_sq_hinge_row(const LogitsParams& p, int64_t r, c
     S* g = static_cast<S*>(p.grad0) + r * cols;
     FASTADV_SIMD
     for (int64_t j = lane.index; j < cols; j += Lanes)
-      Io::store(g, j, j == y ? T(-2) * total : T(2) * larger(Io::load(z, j) + shift, T(0)));
+      Io::store(g, j, j == y ? T(-2) * total : T(2) * larger(T(0), Io::load(z, j) + shift));
   }
 }
 
