@@ -13,6 +13,14 @@
 #include "fastadv/logits.h"
 #include "fastadv/pgd.h"
 
+// CPU kernels are compiled once per instruction set (AVX-512, AVX2, baseline); the loader picks
+// the best clone for the running CPU.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FASTADV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTADV_CPU_CLONES
+#endif
+
 namespace fastadv {
 
 inline ScalarKind scalar_kind_of(const at::Tensor& t, const char* name) {

@@ -11,12 +11,6 @@
 #include "../glue.h"
 #include "fastadv/logits.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTADV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTADV_CPU_CLONES
-#endif
-
 namespace fastadv {
 namespace {
 
