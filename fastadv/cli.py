@@ -118,7 +118,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     optimisation.add_argument("--epochs", type=int, default=None, help=f"default: {dataset_defaults('epochs')}")
     optimisation.add_argument("--batch-size", dest="batch_size", type=int, default=None,
                               help=f"global batch size; default: {dataset_defaults('batch_size')}")
-    optimisation.add_argument("--lr", type=float, default=None, help=f"default: {dataset_defaults('lr')}")
+    optimisation.add_argument("--lr", type=float, default=None,
+                              help=f"default: {dataset_defaults('lr')}; a tenth of that for the LMA methods "
+                                   "(seed 002 trains at 0.01)")
     optimisation.add_argument("--momentum", type=float, default=0.9)
     optimisation.add_argument("--weight-decay", dest="weight_decay", type=float, default=None,
                               help=f"default: {dataset_defaults('weight_decay')} (TRADES' CIFAR setting 2e-4)")

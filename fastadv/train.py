@@ -106,7 +106,7 @@ class TrainConfig:
         config = dataclasses.replace(self, milestones=tuple(self.milestones), method_options=dict(self.method_options))
         for key, value in DATASET_DEFAULTS[self.dataset].items():
             if getattr(config, key) is None:
-                setattr(config, key, value)
+                setattr(config, key, value * METHODS[self.method].lr_factor if key == "lr" else value)
         if config.model is None:
             config.model = default_model(config.dataset)
         if config.run_dir is None:

@@ -74,6 +74,16 @@ def test_bad_configuration_fails_at_once(tmp_path, change, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("dataset", ["digits", "cifar10"])
+def test_default_learning_rate_follows_the_dataset_and_the_method(dataset):
+    dataset_lr = TrainConfig(method="trades", dataset=dataset).resolved().lr
+    assert TrainConfig(method="pgd_at", dataset=dataset).resolved().lr == dataset_lr
+    # seed 002 trains LMA at a tenth of TRADES' rate
+    for method in ("lma_at", "pgd_at_lma", "trades_lma", "mart_lma"):
+        assert TrainConfig(method=method, dataset=dataset).resolved().lr == pytest.approx(dataset_lr / 10)
+    assert TrainConfig(method="lma_at", dataset=dataset, lr=0.3).resolved().lr == 0.3
+
+
 def test_missing_data_folder_fails_at_once(tmp_path):
     with pytest.raises(FileNotFoundError, match="Data root not found.*nowhere"):
         train(TrainConfig(dataset="cifar10", data_root=str(tmp_path / "nowhere"), run_dir=str(tmp_path / "run")))

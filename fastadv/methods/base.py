@@ -44,6 +44,9 @@ class Method:
     name: ClassVar[str] = ""
     #: whether the method crafts adversarial examples (the trainer reports their accuracy)
     adversarial: ClassVar[bool] = True
+    #: the trainer's default learning rate is the dataset's times this (a method whose paper
+    #: trains at a different rate than TRADES' setting, which the dataset defaults follow)
+    lr_factor: ClassVar[float] = 1.0
 
     def __init__(self, *, logit_squeeze: float = 0.0):
         check_positive(self.name, logit_squeeze=logit_squeeze)
