@@ -5,7 +5,9 @@ batch, or 40 CIFAR-10 batches of an attack's worth of logits), against the eager
 torch.compile of the same reference (compile time reported apart), and, where a user would
 otherwise write it differently, against that code:
 
-- ``trades_kl``: the official TRADES code's ``KLDivLoss(sum)(log_softmax(z_adv), softmax(z_nat)) / B``;
+- ``trades_kl``: the batch mean of KL(p(z_nat) ‖ p(z_adv)) (``reduction="mean"``, as TRADES
+  uses it), also against the official TRADES code's
+  ``KLDivLoss(sum)(log_softmax(z_adv), softmax(z_nat)) / B``;
 - the full LMA-AT loss of one batch (seed 002, Alg. 1): ``mean L'(z(x')) + mean BCE(p(x'), y) +
   β·mHuber(Ē'_t, Ē_t, α)`` with the moving averages ``Ē_t = τ·Ē_{t−1} + (1 − τ)·z`` of both
   logits (``margin_sq_hinge``, ``boosted_cross_entropy``, ``mhuber_moving_average``), written
@@ -63,7 +65,7 @@ def official_trades_kl(z_nat, z_adv):
 # ema_adv, y); gradients are taken with respect to z_nat and z_adv (the moving averages are
 # carried state, detached).
 CASES = {
-    "trades_kl": lambda L, a, b, ea, eb, y: L.trades_kl(a, b).mean(),
+    "trades_kl": lambda L, a, b, ea, eb, y: L.trades_kl(a, b, reduction="mean"),
     "LMA-AT loss": lma_at_loss,
     "mart_loss": lambda L, a, b, ea, eb, y: sum(t.mean() for t in L.mart_loss(a, b, y)),
     "soft_cross_entropy": lambda L, a, b, ea, eb, y: L.soft_cross_entropy(b, torch.softmax(a, dim=1)).mean(),

@@ -164,6 +164,7 @@ struct LogitsCall {
     params.rows = a.size(0);
     params.cols = a.size(1);
     params.scalar = scalar;
+    params.grad_scale = 1.0;
   }
 };
 
@@ -198,10 +199,16 @@ struct LogitsEntryPoints {
     return {call.loss, call.grad0};
   }
 
-  static Triple trades_kl(const at::Tensor& z_nat, const at::Tensor& z_adv, bool grad_nat, bool grad_adv) {
+  // reduction: 0 none, 1 mean, 2 sum (at::Reduction's numbering).
+  static Triple trades_kl(const at::Tensor& z_nat, const at::Tensor& z_adv, int64_t reduction, bool grad_nat,
+                          bool grad_adv) {
+    TORCH_CHECK(reduction >= 0 && reduction <= 2, "fastadv: reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
+                reduction);
     LogitsCall call(z_nat, &z_adv, nullptr, 0.0, grad_nat, grad_adv);
+    if (reduction == 1 && call.params.rows > 0) call.params.grad_scale = 1.0 / static_cast<double>(call.params.rows);
     run(LogitsOp::TradesKl, call, z_nat);
-    return {call.loss, call.grad0, call.grad1};
+    at::Tensor loss = reduction == 0 ? call.loss : (reduction == 1 ? call.loss.mean() : call.loss.sum());
+    return {loss, call.grad0, call.grad1};
   }
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mart_loss(

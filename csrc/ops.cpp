@@ -49,7 +49,12 @@ TORCH_LIBRARY(fastadv, m) {
   m.def("soft_cross_entropy(Tensor z, Tensor target, bool grad_z, bool grad_target) -> (Tensor, Tensor, Tensor)");
   m.def("smoothed_cross_entropy(Tensor z, Tensor y, float smoothing, bool grad_z) -> (Tensor, Tensor)");
   m.def("boosted_cross_entropy(Tensor z, Tensor y, bool grad_z) -> (Tensor, Tensor)");
-  m.def("trades_kl(Tensor z_nat, Tensor z_adv, bool grad_nat, bool grad_adv) -> (Tensor, Tensor, Tensor)");
+  // reduction as ATen's losses number it (0 none, 1 mean, 2 sum): with 1 or 2 the loss is the
+  // scalar mean or sum of the per-sample losses and the gradients are those of that scalar, so a
+  // backward whose incoming gradient is 1 has nothing left to compute (Liger-Kernel's habit).
+  m.def(
+      "trades_kl(Tensor z_nat, Tensor z_adv, int reduction, bool grad_nat, bool grad_adv) "
+      "-> (Tensor, Tensor, Tensor)");
   // (bce, weighted_kl, d bce/d z_adv, d weighted_kl/d z_nat, d weighted_kl/d z_adv)
   m.def(
       "mart_loss(Tensor z_nat, Tensor z_adv, Tensor y, bool grad_nat, bool grad_adv) "

@@ -340,9 +340,18 @@ def boosted_cross_entropy(z: torch.Tensor, y: torch.Tensor, grad_z: bool):
     return bce, grad_bce
 
 
-def trades_kl(z_nat: torch.Tensor, z_adv: torch.Tensor, grad_nat: bool, grad_adv: bool):
+def trades_kl(z_nat: torch.Tensor, z_adv: torch.Tensor, reduction: int, grad_nat: bool, grad_adv: bool):
+    """reduction 0 (none), 1 (mean) or 2 (sum), as the C++ op. The mean's 1/B is applied to the
+    gradients after the kernel (one more pass over them, which the C++ kernels fold in)."""
+    if reduction not in (0, 1, 2):
+        raise ValueError(f"trades_kl: reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}")
     _, kl, _, grad_kl_nat, grad_kl_adv = _boosted_kl("trades_kl", z_nat, z_adv, None, grad_nat, grad_adv)
-    return kl, grad_kl_nat, grad_kl_adv
+    if reduction == 1:
+        for grad in (grad_kl_nat, grad_kl_adv):
+            if grad.numel():
+                grad.div_(z_nat.shape[0])
+        return kl.mean(), grad_kl_nat, grad_kl_adv
+    return (kl.sum() if reduction == 2 else kl), grad_kl_nat, grad_kl_adv
 
 
 def mart_loss(z_nat: torch.Tensor, z_adv: torch.Tensor, y: torch.Tensor, grad_nat: bool, grad_adv: bool):

@@ -12,7 +12,7 @@ from .base import NaturalAndAdversarialMethod, check_range, forward_logits
 def ltd_loss(logits_natural, logits_adv, soft_labels, beta):
     """(loss, mean CE(z(x), p^t_T), mean KL(p(x) ‖ p(x'))) with loss = CE + λ·KL (seed 004 Eq. 28)."""
     natural = L.soft_cross_entropy(logits_natural, soft_labels).mean()
-    robust = L.trades_kl(logits_natural, logits_adv).mean()
+    robust = L.trades_kl(logits_natural, logits_adv, reduction="mean")
     return natural + beta * robust, natural, robust
 
 

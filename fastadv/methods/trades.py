@@ -9,7 +9,7 @@ from .base import NaturalAndAdversarialMethod
 
 def trades_kl(logits_natural, logits_adv):
     """KL(p(x) ‖ p(x')) per batch, averaged over samples (TRADES' ``KLDivLoss(sum) / B``)."""
-    return L.trades_kl(logits_natural, logits_adv).mean()
+    return L.trades_kl(logits_natural, logits_adv, reduction="mean")
 
 
 def trades_loss(logits_natural, logits_adv, y, beta):

@@ -53,13 +53,14 @@ class _Fused:
     grads: tuple
     arguments: int  # every argument of the schema, flags included
     extras: int = 0
+    reduction_at: Optional[int] = None  # where the schema's int reduction is (0 none, 1 mean, 2 sum)
 
 
 _SPECS = {spec.name: spec for spec in (
     _Fused("soft_cross_entropy", 2, 1, ((0, 0), (0, 1)), 4),
     _Fused("smoothed_cross_entropy", 1, 1, ((0, 0),), 4),
     _Fused("boosted_cross_entropy", 1, 1, ((0, 0),), 3),
-    _Fused("trades_kl", 2, 1, ((0, 0), (0, 1)), 4),
+    _Fused("trades_kl", 2, 1, ((0, 0), (0, 1)), 5, reduction_at=2),
     _Fused("mart_loss", 2, 2, ((0, 1), (1, 0), (1, 1)), 5),
     _Fused("margin_sq_hinge", 1, 1, ((0, 0),), 4),
     _Fused("mhuber", 2, 1, ((0, 0), (0, 1)), 5),
@@ -186,13 +187,24 @@ def boosted_cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return reference.boosted_cross_entropy(z, y) if result is None else result[0]
 
 
-def trades_kl(z_nat: torch.Tensor, z_adv: torch.Tensor) -> torch.Tensor:
-    """``KL(p(z_nat) ‖ p(z_adv))`` per sample, differentiable in both (TRADES)."""
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # at::Reduction's numbering
+
+
+def trades_kl(z_nat: torch.Tensor, z_adv: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    """``KL(p(z_nat) ‖ p(z_adv))`` per sample ([B]), or its ``"mean"`` or ``"sum"`` over the
+    batch (a scalar); differentiable in both (TRADES).
+
+    Prefer ``reduction="mean"`` to ``.mean()`` of the per-sample losses: the op then computes
+    the gradients of the mean itself, and a backward that reaches it with gradient 1 (the loss
+    is the mean KL, as in ``trades_kl(a, b, "mean").backward()``) returns them without another
+    pass over [B, C] (Liger-Kernel's habit)."""
     op = "trades_kl"
     _check_logits(op, "z_nat", z_nat)
     _check_logits(op, "z_adv", z_adv, z_nat)
-    result = _run(op, (z_nat, z_adv), ())
-    return reference.trades_kl(z_nat, z_adv) if result is None else result[0]
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {', '.join(map(repr, _REDUCTIONS))}, got {reduction!r}")
+    result = _run(op, (z_nat, z_adv), (_REDUCTIONS[reduction],))
+    return reference.trades_kl(z_nat, z_adv, reduction) if result is None else result[0]
 
 
 def mart_loss(z_nat: torch.Tensor, z_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,12 +291,21 @@ def _fake(spec: _Fused):
     def fake(*args):
         inputs, flags = args[:spec.inputs], args[-spec.inputs:]
         first = inputs[0]
-        loss_shape = () if spec.name.startswith("mhuber") else (first.shape[0],)
+        reduced = spec.name.startswith("mhuber") or (spec.reduction_at is not None and args[spec.reduction_at] != 0)
+        loss_shape = () if reduced else (first.shape[0],)
         losses = [first.new_empty(loss_shape) for _ in range(spec.losses)]
         extras = [torch.empty_like(first) for _ in range(spec.extras)]
         grads = [torch.empty_like(inputs[j]) if flags[j] else first.new_empty(0) for _, j in spec.grads]
         return tuple(losses + extras + grads)
     return fake
+
+
+def _is_one(incoming: torch.Tensor) -> bool:
+    """Whether ``incoming`` is a scalar gradient of exactly 1, checked only where that is free:
+    a plain CPU tensor outside compilation (reading a CUDA scalar would synchronise, and a traced
+    gradient has no value)."""
+    return (incoming.dim() == 0 and type(incoming) is torch.Tensor and incoming.device.type == "cpu"
+            and not torch.compiler.is_compiling() and incoming.item() == 1.0)
 
 
 def _autograd(spec: _Fused):
@@ -300,6 +321,12 @@ def _autograd(spec: _Fused):
         for (i, j), saved in zip(spec.grads, ctx.saved_tensors):
             incoming = grads[i]
             if incoming is None or saved.dim() == 1:  # an empty [0]: this gradient was not asked for
+                continue
+            if result[j] is None and _is_one(incoming):
+                # A scalar loss reached with gradient 1: the saved gradient is the answer. Autograd
+                # adds into it in place only once nothing else holds it (not while retain_graph
+                # keeps it saved here), as it does with any gradient a backward returns.
+                result[j] = saved
                 continue
             scale = incoming.reshape(incoming.shape + (1,) * (saved.dim() - incoming.dim()))
             result[j] = saved * scale if result[j] is None else torch.addcmul(result[j], saved, scale)

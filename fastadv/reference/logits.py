@@ -58,12 +58,20 @@ def boosted_cross_entropy(z, y):
     return (nll - torch.log((1 - other).clamp(min=BOOSTED_CE_FLOOR))).to(z.dtype)
 
 
-def trades_kl(z_nat, z_adv):
-    """``KL(p(z_nat) ‖ p(z_adv)) = Σ_j p_j (log p_j − log q_j)`` per sample."""
+def trades_kl(z_nat, z_adv, reduction="none"):
+    """``KL(p(z_nat) ‖ p(z_adv)) = Σ_j p_j (log p_j − log q_j)`` per sample, or its mean or sum
+    over the batch (``reduction``)."""
     a, b = _accumulate(z_nat, z_adv)
     log_p = F.log_softmax(a, dim=1)
     log_q = F.log_softmax(b, dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=1).to(z_nat.dtype)
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    if reduction == "mean":
+        kl = kl.mean()
+    elif reduction == "sum":
+        kl = kl.sum()
+    elif reduction != "none":
+        raise ValueError(f"trades_kl: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    return kl.to(z_nat.dtype)
 
 
 def mart_loss(z_nat, z_adv, y):

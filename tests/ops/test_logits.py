@@ -215,6 +215,55 @@ def test_backward_twice_with_retain_graph():
         torch.testing.assert_close(a, b)
 
 
+# ----------------------------------------------------------------------------- trades_kl reductions
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch,classes", [(1, 2), (7, 10), (4097, 100)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_trades_kl_reduction_matches_reference(backend, reduction, batch, classes):
+    """The scalar loss and its gradients, reached with a gradient of 1 (the saved gradients are
+    returned as they are) and with another one (they are scaled)."""
+    device = device_of(backend)
+    tensors, _ = make_inputs("trades_kl", batch, classes, device=device)
+    exact_tensors = tuple(t.double().cpu() for t in tensors)
+    for weight in (1.0, -2.5):
+        exact, exact_grads, weights = losses_and_grads(
+            lambda a, b: reference.trades_kl(a, b, reduction), exact_tensors, (), [torch.tensor(weight)])
+        with fastadv.use_backend(backend):
+            got, got_grads, _ = losses_and_grads(lambda a, b: ops.trades_kl(a, b, reduction), tensors, (), weights)
+        assert got[0].shape == () and got[0].dtype == tensors[0].dtype
+        assert_close_to_exact(got[0], exact[0])
+        for g, e in zip(got_grads, exact_grads):
+            assert_close_to_exact(g, e)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_trades_kl_reduction_gradcheck(backend, reduction):
+    tensors, _ = make_inputs("trades_kl", 4, 5, dtype=torch.float64, seed=3)
+    tensors = tuple(t.clone().requires_grad_() for t in tensors)
+    with fastadv.use_backend(backend):
+        assert torch.autograd.gradcheck(lambda a, b: ops.trades_kl(a, b, reduction), tensors)
+
+
+def test_returned_gradient_survives_retain_graph_and_accumulation():
+    """The mean's saved gradients go out as they are when the incoming gradient is 1; a second
+    backward through the retained graph, accumulation into .grad, and a second use of the same
+    input must all still see the right values."""
+    tensors, _ = make_inputs("trades_kl", 6, 10, dtype=torch.float64)
+    exact, exact_grads, _ = losses_and_grads(lambda a, b: reference.trades_kl(a, b, "mean"), tensors, (),
+                                             [torch.tensor(1.0)])
+    z_nat, z_adv = (t.clone().requires_grad_() for t in tensors)
+    with fastadv.use_backend("cpu"):
+        loss = ops.trades_kl(z_nat, z_adv, "mean")
+        loss.backward(retain_graph=True)
+        loss.backward()
+        for leaf, e in zip((z_nat, z_adv), exact_grads):
+            torch.testing.assert_close(leaf.grad, 2 * e)
+        twice = ops.trades_kl(z_nat, z_adv, "mean") + ops.trades_kl(z_nat, z_adv, "mean")
+        for g, e in zip(torch.autograd.grad(twice, [z_nat, z_adv]), exact_grads):
+            torch.testing.assert_close(g, 2 * e)
+
+
 def test_auto_picks_the_cpu_kernel_and_half_falls_back_to_reference():
     z = torch.randn(3, 4)
     assert fastadv.backend.select("trades_kl", z.device, z.dtype) == "cpu"
@@ -232,6 +281,7 @@ def _bad_cases():
         ("y", lambda: ops.mart_loss(z, z, y[:3]), ValueError, r"y must have shape \[B\]"),
         ("y", lambda: ops.boosted_cross_entropy(z, y.float()), TypeError, "y must be an integer"),
         ("z_adv", lambda: ops.trades_kl(z, torch.randn(4, 6)), ValueError, "z_adv must have the shape"),
+        ("reduction", lambda: ops.trades_kl(z, z, "batchmean"), ValueError, "reduction must be one of"),
         ("z_adv", lambda: ops.logit_pairing(z, z.double()), TypeError, "z_adv must have the first logits' dtype"),
         ("target", lambda: ops.soft_cross_entropy(z, torch.randn(5, 5)), ValueError, "target must have the shape"),
         ("z", lambda: ops.logit_squeeze(torch.randn(4)), ValueError, r"z must have shape \[B, C\]"),
@@ -256,7 +306,9 @@ def test_bad_input_is_named(argument, call, error, message):
 def test_cpp_kernel_checks_are_a_second_line():
     z = torch.randn(4, 5)
     with pytest.raises(RuntimeError, match="must have shape"):
-        torch.ops.fastadv.trades_kl(z, torch.randn(4, 6), False, False)
+        torch.ops.fastadv.trades_kl(z, torch.randn(4, 6), 0, False, False)
+    with pytest.raises(RuntimeError, match="reduction must be 0"):
+        torch.ops.fastadv.trades_kl(z, z, 3, False, False)
     with pytest.raises(RuntimeError, match="alpha must be > 0"):
         torch.ops.fastadv.mhuber(z, z, 0.0, False, False)
     with pytest.raises(RuntimeError, match="y must be int64"):
@@ -264,28 +316,34 @@ def test_cpp_kernel_checks_are_a_second_line():
 
 
 # ----------------------------------------------------------------------------- torch.library
-def _raw_args(name, device="cpu"):
+def _raw_args(name, device="cpu", reduction=0):
     tensors, others = make_inputs(name, 5, 7, device=device)
     tensors = tuple(t.clone().requires_grad_() for t in tensors)
+    if name == "trades_kl":
+        others = (reduction,)
     return tensors + others + (True,) * len(tensors)
 
 
-@pytest.mark.parametrize("name", OPS)
-def test_opcheck(name):
-    torch.library.opcheck(getattr(torch.ops.fastadv, name).default, _raw_args(name))
+# every op, and trades_kl with each of its reductions
+OPCHECK_CASES = [(name, 0) for name in OPS] + [("trades_kl", 1), ("trades_kl", 2)]
+
+
+@pytest.mark.parametrize("name,reduction", OPCHECK_CASES)
+def test_opcheck(name, reduction):
+    torch.library.opcheck(getattr(torch.ops.fastadv, name).default, _raw_args(name, reduction=reduction))
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("name", OPS)
-def test_opcheck_triton(name):
+@pytest.mark.parametrize("name,reduction", OPCHECK_CASES)
+def test_opcheck_triton(name, reduction):
     triton_ops = ops._triton_ops()
-    torch.library.opcheck(getattr(triton_ops, name), _raw_args(name, device_of("triton")))
+    torch.library.opcheck(getattr(triton_ops, name), _raw_args(name, device_of("triton"), reduction))
 
 
 def _training_losses(z_nat, z_adv, y):
     """A TRADES + LMA + ALP style combination of every op, as a method would write it."""
     bce, weighted_kl = ops.mart_loss(z_nat, z_adv, y)
-    return (ops.smoothed_cross_entropy(z_nat, y, 0.1).mean() + ops.trades_kl(z_nat, z_adv).mean()
+    return (ops.smoothed_cross_entropy(z_nat, y, 0.1).mean() + ops.trades_kl(z_nat, z_adv, "mean")
             + bce.mean() + weighted_kl.mean() + ops.margin_sq_hinge(z_adv, y, 0.9).mean()
             + ops.mhuber(z_adv, z_nat, 5.345) + 0.5 * ops.logit_pairing(z_nat, z_adv).mean()
             + ops.mhuber_moving_average(z_adv, z_nat, z_nat.detach(), z_adv.detach(), 0.2, 5.345)[0]

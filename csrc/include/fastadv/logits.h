@@ -70,6 +70,8 @@ struct LogitsParams {
   void* a_average;
   void* b_average;
   double tau;
+  // trades_kl: every gradient is multiplied by this (1 / rows for the mean reduction, else 1).
+  double grad_scale;
 };
 
 // ----------------------------------------------------------------------------- scalar math
@@ -387,7 +389,7 @@ FASTADV_HOST_DEVICE PairStats<T> pair_stats(const S* a, const S* b, int64_t cols
 }
 
 // trades_kl: loss = KL(p(z_nat) ‖ p(z_adv)). grad0 = ∂/∂z_nat = p·(log p − log q − KL);
-// grad1 = ∂/∂z_adv = q − p.
+// grad1 = ∂/∂z_adv = q − p; both times p.grad_scale.
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const Lane& lane) {
   const int64_t cols = p.cols;
@@ -406,9 +408,11 @@ FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const L
   }
   const PairStats<T> stats = pair_stats<T, Lanes, S, Io>(a, b, cols, -1, lane, cache_a, cache_b);
   if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, stats.kl);
+  // The gradients of the reduced loss: the scale is folded into the probabilities.
+  const T scale = static_cast<T>(p.grad_scale);
   if (cache_a) {
     const T shift = stats.lse_a - stats.b.lse;
-    const T inv_sa = T(1) / stats.sum_a, inv_sb = T(1) / stats.b.sum;
+    const T inv_sa = scale / stats.sum_a, inv_sb = scale / stats.b.sum;
     FASTADV_SIMD
     for (int64_t j = lane.index; j < cols; j += Lanes) {
       const T pj = cache_a[j] * inv_sa, qj = cache_b[j] * inv_sb;
@@ -420,9 +424,9 @@ FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const L
     FASTADV_SIMD
     for (int64_t j = lane.index; j < cols; j += Lanes) {
       const T aj = Io::load(a, j), bj = Io::load(b, j);
-      const T pj = exp_of(aj - stats.lse_a);
+      const T pj = scale * exp_of(aj - stats.lse_a);
       if (ga) Io::store(ga, j, pj * ((aj - bj) - shift - stats.kl));
-      if (gb) Io::store(gb, j, exp_of(bj - stats.b.lse) - pj);
+      if (gb) Io::store(gb, j, scale * exp_of(bj - stats.b.lse) - pj);
     }
   }
 }
