@@ -236,6 +236,36 @@ def test_trades_kl_reduction_matches_reference(backend, reduction, batch, classe
             assert_close_to_exact(g, e)
 
 
+@pytest.mark.parametrize("classes", [16, 17, 31, 100, 1000])
+@pytest.mark.parametrize("asked", ["both", "z_nat", "z_adv"])
+def test_trades_kl_cpu_blocks(classes, asked):
+    """The CPU's trades_kl runs rows of 16 or more columns in blocks of 16, the last one
+    overlapping the one before; with one gradient asked for it recomputes the exponentials
+    instead of caching them. Against the reference, with a NaN confined to its sample."""
+    tensors, _ = make_inputs("trades_kl", 9, classes)
+    z_nat, z_adv = tensors
+    z_adv = z_adv.clone()
+    z_adv[4, classes - 1] = math.nan
+    exact_nat, exact_adv = (t.double().clone().requires_grad_(asked in ("both", name))
+                            for t, name in ((z_nat, "z_nat"), (z_adv, "z_adv")))
+    got_nat, got_adv = (t.clone().requires_grad_(asked in ("both", name))
+                        for t, name in ((z_nat, "z_nat"), (z_adv, "z_adv")))
+    weights = torch.randn(9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    weights[4] = 0.0  # the NaN sample's loss is checked, its gradient is not
+    exact = reference.trades_kl(exact_nat, exact_adv)
+    with fastadv.use_backend("cpu"):
+        got = ops.trades_kl(got_nat, got_adv)
+    assert torch.isnan(got[4]) and bool(torch.isfinite(got[torch.arange(9) != 4]).all())
+    keep = torch.arange(9) != 4
+    assert_close_to_exact(got[keep], exact[keep].detach())
+    leaves_exact = [t for t in (exact_nat, exact_adv) if t.requires_grad]
+    leaves_got = [t for t in (got_nat, got_adv) if t.requires_grad]
+    grads_exact = torch.autograd.grad((exact[keep] * weights[keep]).sum(), leaves_exact)
+    grads_got = torch.autograd.grad((got[keep] * weights[keep].float()).sum(), leaves_got)
+    for g, e in zip(grads_got, grads_exact):
+        assert_close_to_exact(g[keep], e[keep])
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_trades_kl_reduction_gradcheck(backend, reduction):
