@@ -1,7 +1,7 @@
 """The logits family: fused logit-head losses (METHODS.md sections 1 and 2).
 
 Each op reads its [B, C] blocks of logits once per row and returns per-sample losses ([B];
-``mhuber`` returns its mean, as seed 002 defines it). When an input requires a gradient, the
+``mhuber`` returns its mean, as seed 002 defines it; ``trades_kl`` also its batch mean or sum). When an input requires a gradient, the
 same pass also computes the gradient of every sample's loss with respect to it (Liger-Kernel's
 habit), so the backward is a single multiplication by the incoming gradient.
 
