@@ -29,8 +29,11 @@ struct HostIo {
   static void store(T* p, int64_t j, T v) { p[j] = v; }
 };
 
+// flatten: everything a row calls, the loop bodies passed as lambdas included, is inlined into
+// each instruction-set clone, so that it is vectorised for that instruction set (a call left out
+// of line would run the baseline code, one scalar exp at a time).
 template <typename T, LogitsOp Op>
-FASTADV_CPU_CLONES void rows_kernel(const LogitsParams& p, int64_t begin, int64_t end) {
+FASTADV_CPU_CLONES __attribute__((flatten)) void rows_kernel(const LogitsParams& p, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     if constexpr (Op == LogitsOp::TradesKl) {
       trades_kl_row_blocked<T, HostIo<T>>(p, r, SingleLane{});

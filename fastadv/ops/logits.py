@@ -121,6 +121,19 @@ def _check_number(op: str, name: str, value, *, low: float, high: float = math.i
     return value
 
 
+def _elementwise_rows(shape) -> tuple[int, int]:
+    """The [rows, cols] view the mhuber kernels get of a tensor of ``shape``. mhuber is elementwise
+    with one mean over every element, so any split into rows gives the same loss; rows of whole
+    16-element vectors (up to 1024 elements) spare the kernels the scalar tail each short row
+    (a [B, 100] one) would end in. The split depends on the shape alone, so the summation order,
+    and the result, do not change from call to call."""
+    count, rows = math.prod(shape), shape[0]
+    for width in (1024, 512, 256, 128, 64, 32, 16):
+        if count % width == 0:
+            return count // width, width
+    return rows, count // rows
+
+
 def _classes_at_least(op: str, z: torch.Tensor, classes: int) -> None:
     if z.shape[1] < classes:
         raise ValueError(f"{op}: needs at least {classes} classes, got logits of shape {list(z.shape)}")
@@ -242,9 +255,8 @@ def mhuber(u: torch.Tensor, v: torch.Tensor, alpha: float) -> torch.Tensor:
         raise ValueError(f"{op}: u must have a batch dimension, got a 0-dim tensor")
     _check_logits(op, "v", v, u)
     alpha = _check_number(op, "alpha", alpha, low=0.0, low_open=True)
-    rows, cols = u.shape[0], math.prod(u.shape[1:])
-    flat_u, flat_v = u.reshape(rows, cols), v.reshape(rows, cols)
-    result = _run(op, (flat_u, flat_v), (alpha,)) if flat_u.numel() else None
+    shape = _elementwise_rows(u.shape)
+    result = _run(op, (u.reshape(shape), v.reshape(shape)), (alpha,)) if u.numel() else None
     return reference.mhuber(u, v, alpha) if result is None else result[0]
 
 
@@ -262,9 +274,15 @@ def mhuber_moving_average(u: torch.Tensor, v: torch.Tensor, u_average: torch.Ten
         _check_logits(op, name, t, u)
     tau = _check_number(op, "tau", tau, low=0.0, high=1.0)
     alpha = _check_number(op, "alpha", alpha, low=0.0, low_open=True)
-    result = _run(op, (u, v, u_average.detach().contiguous(), v_average.detach().contiguous()), (tau, alpha)) \
-        if u.numel() else None
-    return reference.mhuber_moving_average(u, v, u_average, v_average, tau, alpha) if result is None else tuple(result)
+    if not u.numel():
+        return reference.mhuber_moving_average(u, v, u_average, v_average, tau, alpha)
+    shape = _elementwise_rows(u.shape)
+    result = _run(op, (u.reshape(shape), v.reshape(shape), u_average.detach().reshape(shape).contiguous(),
+                       v_average.detach().reshape(shape).contiguous()), (tau, alpha))
+    if result is None:
+        return reference.mhuber_moving_average(u, v, u_average, v_average, tau, alpha)
+    loss, u_next, v_next = result
+    return loss, u_next.reshape(u.shape), v_next.reshape(u.shape)
 
 
 def logit_pairing(z_nat: torch.Tensor, z_adv: torch.Tensor) -> torch.Tensor:

@@ -205,6 +205,27 @@ def test_mhuber_takes_any_batched_shape():
     torch.testing.assert_close(got, reference.mhuber(u, v, 2.0))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(4096, 100), (64, 3, 5), (6, 10)])
+def test_mhuber_any_row_split(backend, shape):
+    """mhuber's kernels see the elements in rows of whole vectors where the count allows
+    ([4096, 100] as 400 rows of 1024, [64, 3, 5] as 15 rows of 64; [6, 10] as it is): the loss,
+    the gradients and the moving averages (in u's shape) are those of the reference."""
+    device = device_of(backend)
+    g = torch.Generator().manual_seed(4)
+    u, v, u_prev, v_prev = (torch.randn(shape, generator=g, dtype=torch.float64) * 4 for _ in range(4))
+    cases = [("mhuber", (5.345,)), ("mhuber_moving_average", (u_prev, v_prev, 0.2, 5.345))]
+    for name, others in cases[:2 if len(shape) == 2 else 1]:  # the moving averages take [B, C] only
+        exact, exact_grads, weights = losses_and_grads(getattr(reference, name), (u, v), others)
+        got_others = tuple(o.float().to(device) if isinstance(o, torch.Tensor) else o for o in others)
+        with fastadv.use_backend(backend):
+            got, got_grads, _ = losses_and_grads(getattr(ops, name), (u.float().to(device), v.float().to(device)),
+                                                 got_others, weights)
+        for a, e in zip(got + got_grads, exact + exact_grads):
+            assert a.shape == e.shape
+            assert_close_to_exact(a, e)
+
+
 def test_backward_twice_with_retain_graph():
     z_nat, z_adv = (torch.randn(3, 4, requires_grad=True) for _ in range(2))
     with fastadv.use_backend("cpu"):

@@ -175,6 +175,56 @@ constexpr double kBoostedFloor = 1e-4;
 // Storage <-> accumulation conversion is the caller's `Io` policy: Io::load(ptr, j) returns
 // the accumulation type, Io::store(ptr, j, value) writes the storage type.
 
+// Rows on one lane (the CPU) in blocks of kBlock columns. A plain loop over a row of 100 floats
+// vectorises into six 16-wide vectors and then four scalar iterations, each with its own exp, which
+// cost about as much as the six vectors. In blocks, the last block instead overlaps the one before
+// it: it starts at cols − kBlock, so a row ends in one more vector. blocked_sum adds only the
+// columns past the last whole block; blocked_for runs its body again on the overlapped columns,
+// so the body must store a function of the column alone. Rows shorter than a block take the
+// strided loops. The CUDA kernels (a warp per row) never take this path.
+constexpr int64_t kBlock = 16;
+
+// Σ_j term(j) over a row of cols >= kBlock columns.
+template <typename T, typename Term>
+FASTADV_HOST_DEVICE T blocked_sum(int64_t cols, const Term& term) {
+  T partial[kBlock] = {};
+  const int64_t whole = cols / kBlock * kBlock;
+  for (int64_t start = 0; start < whole; start += kBlock) {
+    FASTADV_SIMD
+    for (int64_t k = 0; k < kBlock; ++k) partial[k] += term(start + k);
+  }
+  if (whole < cols) {
+    const int64_t start = cols - kBlock;
+    FASTADV_SIMD
+    for (int64_t k = 0; k < kBlock; ++k) partial[k] += start + k >= whole ? term(start + k) : T(0);
+  }
+  T sum = 0;
+  FASTADV_SIMD_REDUCE(+, sum)
+  for (int64_t k = 0; k < kBlock; ++k) sum += partial[k];
+  return sum;
+}
+
+// body(j) for every column j of a row of cols >= kBlock columns (some twice, see above).
+template <typename Body>
+FASTADV_HOST_DEVICE void blocked_for(int64_t cols, const Body& body) {
+  const int64_t whole = cols / kBlock * kBlock;
+  for (int64_t start = 0; start < whole; start += kBlock) {
+    FASTADV_SIMD
+    for (int64_t k = 0; k < kBlock; ++k) body(start + k);
+  }
+  if (whole < cols) {
+    const int64_t start = cols - kBlock;
+    FASTADV_SIMD
+    for (int64_t k = 0; k < kBlock; ++k) body(start + k);
+  }
+}
+
+// Whether a row runs in blocks: one lane and at least a block of columns.
+template <int Lanes>
+FASTADV_HOST_DEVICE bool in_blocks(int64_t cols) {
+  return Lanes == 1 && cols >= kBlock;
+}
+
 // log Σ_j exp(z_j) of one row, by max then sum.
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE T row_logsumexp(const S* z, int64_t cols, const Lane& lane) {
@@ -183,6 +233,9 @@ FASTADV_HOST_DEVICE T row_logsumexp(const S* z, int64_t cols, const Lane& lane) 
   for (int64_t j = lane.index; j < cols; j += Lanes) m = larger(m, Io::load(z, j));
   m = lane.max(m);
   T sum = 0;
+  if constexpr (Lanes == 1) {
+    if (in_blocks<Lanes>(cols)) return m + log(blocked_sum<T>(cols, [&](int64_t j) { return exp_of(Io::load(z, j) - m); }));
+  }
   FASTADV_SIMD_REDUCE(+, sum)
   for (int64_t j = lane.index; j < cols; j += Lanes) sum += exp_of(Io::load(z, j) - m);
   sum = lane.sum(sum);
@@ -210,9 +263,13 @@ FASTADV_HOST_DEVICE void soft_cross_entropy_row(const LogitsParams& p, int64_t r
   S* gz = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
   S* gt = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
   if (gz) {
-    FASTADV_SIMD
-    for (int64_t j = lane.index; j < cols; j += Lanes)
-      Io::store(gz, j, exp_of(Io::load(z, j) - lse) * total - Io::load(t, j));
+    const auto gradient = [&](int64_t j) { Io::store(gz, j, exp_of(Io::load(z, j) - lse) * total - Io::load(t, j)); };
+    if (in_blocks<Lanes>(cols)) {
+      blocked_for(cols, gradient);
+    } else {
+      FASTADV_SIMD
+      for (int64_t j = lane.index; j < cols; j += Lanes) gradient(j);
+    }
   }
   if (gt) {
     FASTADV_SIMD
@@ -236,9 +293,13 @@ FASTADV_HOST_DEVICE void smoothed_cross_entropy_row(const LogitsParams& p, int64
   if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, -weighted);
   if (p.grad0) {
     S* g = static_cast<S*>(p.grad0) + r * cols;
-    FASTADV_SIMD
-    for (int64_t j = lane.index; j < cols; j += Lanes)
-      Io::store(g, j, exp_of(Io::load(z, j) - lse) - (j == y ? on : off));
+    const auto gradient = [&](int64_t j) { Io::store(g, j, exp_of(Io::load(z, j) - lse) - (j == y ? on : off)); };
+    if (in_blocks<Lanes>(cols)) {
+      blocked_for(cols, gradient);
+    } else {
+      FASTADV_SIMD
+      for (int64_t j = lane.index; j < cols; j += Lanes) gradient(j);
+    }
   }
 }
 
@@ -327,10 +388,15 @@ FASTADV_HOST_DEVICE void boosted_cross_entropy_row(const LogitsParams& p, int64_
   if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, stats.lse - Io::load(z, y) + term.loss);
   if (p.grad0) {
     S* g = static_cast<S*>(p.grad0) + r * cols;
-    FASTADV_SIMD
-    for (int64_t j = lane.index; j < cols; j += Lanes) {
+    const auto gradient = [&](int64_t j) {
       const T zj = Io::load(z, j);
       Io::store(g, j, boosted_gradient(zj, exp_of(zj - stats.lse), j == y, stats, term));
+    };
+    if (in_blocks<Lanes>(cols)) {
+      blocked_for(cols, gradient);
+    } else {
+      FASTADV_SIMD
+      for (int64_t j = lane.index; j < cols; j += Lanes) gradient(j);
     }
   }
 }
@@ -433,13 +499,8 @@ FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const L
 
 #if !defined(__CUDACC__)
 // The CPU's trades_kl: trades_kl_row's statistics and gradients (the same exp_of, sums and
-// formulas) with the exp-heavy loops in blocks of kBlock columns, so that a row whose length is
-// not a multiple of the vector width ends in one more vector instead of scalar iterations (with
-// C = 100 and 16 floats a vector: six vectors, then four scalar exps per input, which cost about
-// as much as the six vectors). The last block overlaps the one before: it starts at
-// cols − kBlock, adds only the columns past the last whole block to the sums, and stores its
-// other columns again with the same values. Rows shorter than a block run trades_kl_row.
-constexpr int64_t kBlock = 16;
+// formulas) with the exp-heavy loops in blocks of kBlock columns (see blocked_sum), its three
+// sums in one pass. Rows shorter than a block run trades_kl_row.
 
 template <typename T>
 struct KlBlockSums {
@@ -462,19 +523,6 @@ FASTADV_HOST_DEVICE void kl_sums_block(const T* a, const T* b, int64_t start, in
       cache_a[j] = ea;
       cache_b[j] = eb;
     }
-  }
-}
-
-template <typename T>
-FASTADV_HOST_DEVICE void kl_gradient_block(const T* a, const T* b, int64_t start, T lse_a, T lse_b, T shift, T kl,
-                                           T scale, T* ga, T* gb) {
-  FASTADV_SIMD
-  for (int64_t k = 0; k < kBlock; ++k) {
-    const int64_t j = start + k;
-    const T aj = a[j], bj = b[j];
-    const T pj = scale * exp_of(aj - lse_a);
-    if (ga) ga[j] = pj * ((aj - bj) - shift - kl);
-    if (gb) gb[j] = scale * exp_of(bj - lse_b) - pj;
   }
 }
 
@@ -523,9 +571,12 @@ FASTADV_HOST_DEVICE void trades_kl_row_blocked(const LogitsParams& p, int64_t r,
       cache_b[j] = qj - pj;
     }
   } else if (ga || gb) {
-    for (int64_t start = 0; start < whole; start += kBlock)
-      kl_gradient_block(a, b, start, lse_a, lse_b, shift, kl, scale, ga, gb);
-    if (whole < cols) kl_gradient_block(a, b, cols - kBlock, lse_a, lse_b, shift, kl, scale, ga, gb);
+    blocked_for(cols, [&](int64_t j) {
+      const T aj = a[j], bj = b[j];
+      const T pj = scale * exp_of(aj - lse_a);
+      if (ga) ga[j] = pj * ((aj - bj) - shift - kl);
+      if (gb) gb[j] = scale * exp_of(bj - lse_b) - pj;
+    });
   }
 }
 #endif
@@ -552,8 +603,7 @@ FASTADV_HOST_DEVICE void mart_loss_row(const LogitsParams& p, int64_t r, const L
   S* g_kl_adv = p.grad2 ? static_cast<S*>(p.grad2) + r * cols : nullptr;
   if (g_bce_adv || g_kl_nat || g_kl_adv) {
     const T shift = stats.lse_a - stats.b.lse;
-    FASTADV_SIMD
-    for (int64_t j = lane.index; j < cols; j += Lanes) {
+    const auto gradients = [&](int64_t j) {
       const T aj = Io::load(a, j), bj = Io::load(b, j);
       const T pj = exp_of(aj - stats.lse_a), qj = exp_of(bj - stats.b.lse);
       if (g_bce_adv) Io::store(g_bce_adv, j, boosted_gradient(bj, qj, j == y, stats.b, term));
@@ -561,7 +611,9 @@ FASTADV_HOST_DEVICE void mart_loss_row(const LogitsParams& p, int64_t r, const L
       if (g_kl_nat)
         Io::store(g_kl_nat, j, weight * pj * ((aj - bj) - shift - kl) - kl * p_y * ((j == y ? T(1) : T(0)) - pj));
       if (g_kl_adv) Io::store(g_kl_adv, j, weight * (qj - pj));
-    }
+    };
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes) gradients(j);
   }
 }
 
