@@ -168,6 +168,32 @@ struct LogitsCall {
   }
 };
 
+// The mean (reduction 1) or sum (2) of per-row losses, a 0-dim tensor of their dtype. On the CPU
+// a plain loop in double: an ATen reduction costs more to set up than to run on a few thousand
+// rows (the mean took 60 µs of a 0.9 ms trades_kl forward and backward at B = 4096).
+inline at::Tensor reduce_rows(const at::Tensor& loss, int64_t reduction) {
+  if (!loss.is_cpu() || (loss.scalar_type() != at::kFloat && loss.scalar_type() != at::kDouble)) {
+    return reduction == 1 ? loss.mean() : loss.sum();
+  }
+  double total = 0;
+  const int64_t rows = loss.size(0);
+  if (loss.scalar_type() == at::kFloat) {
+    const float* values = loss.data_ptr<float>();
+    for (int64_t r = 0; r < rows; ++r) total += values[r];
+  } else {
+    const double* values = loss.data_ptr<double>();
+    for (int64_t r = 0; r < rows; ++r) total += values[r];
+  }
+  if (reduction == 1) total /= static_cast<double>(rows);  // 0 / 0 = NaN for no rows, as torch's mean
+  at::Tensor result = at::empty({}, loss.options());
+  if (loss.scalar_type() == at::kFloat) {
+    *result.data_ptr<float>() = static_cast<float>(total);
+  } else {
+    *result.data_ptr<double>() = total;
+  }
+  return result;
+}
+
 // The registered entry points of the logits family, built from a backend's
 // `run(op, params, a, mhuber_total)`, so that the CPU and CUDA registrations differ only in how
 // they run. `mhuber_total` is a one-element tensor of the accumulation type (mhuber only).
@@ -207,7 +233,7 @@ struct LogitsEntryPoints {
     LogitsCall call(z_nat, &z_adv, nullptr, 0.0, grad_nat, grad_adv);
     if (reduction == 1 && call.params.rows > 0) call.params.grad_scale = 1.0 / static_cast<double>(call.params.rows);
     run(LogitsOp::TradesKl, call, z_nat);
-    at::Tensor loss = reduction == 0 ? call.loss : (reduction == 1 ? call.loss.mean() : call.loss.sum());
+    at::Tensor loss = reduction == 0 ? call.loss : reduce_rows(call.loss, reduction);
     return {loss, call.grad0, call.grad1};
   }
 

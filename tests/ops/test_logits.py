@@ -191,6 +191,7 @@ def test_empty_batch(backend):
     y = torch.empty(0, dtype=torch.int64, device=device)
     with fastadv.use_backend(backend):
         assert ops.trades_kl(z, z.detach()).shape == (0,)
+        assert torch.isnan(ops.trades_kl(z, z.detach(), "mean")) and ops.trades_kl(z, z.detach(), "sum") == 0
         hinge = ops.margin_sq_hinge(z, y)
         assert hinge.shape == (0,)
         (grad,) = torch.autograd.grad(hinge.sum() + ops.trades_kl(z, z.detach()).sum(), [z])
