@@ -99,13 +99,15 @@ FASTADV_HOST_DEVICE float float_from_bits(int32_t bits) {
 #endif
 }
 
-// exp for float: Cody–Waite range reduction to r in [-ln2/2, ln2/2], a degree-7 Taylor
-// polynomial (relative error below 1e-7 there), and the power of two built from its bits.
-// Branch-free, so a loop calling it vectorises; the CUDA kernels call the same function.
-// Results below FLT_MIN are flushed to 0, NaN propagates, +inf above ln(FLT_MAX).
-FASTADV_HOST_DEVICE float exp_of(float x) {
-  const float lo = -87.33654475f, hi = 88.72283906f;
-  const float xc = smaller(larger(x, lo), hi);
+// exp of x <= 0, for float: every exponential of the family is of z − max or z − lse, which is
+// at most 0. Cody–Waite range reduction to r in [-ln2/2, ln2/2], a degree-7 Taylor polynomial
+// (relative error below 1e-7 there), and the power of two 2^k, k in [-126, 0], built from its
+// bits. Branch-free, so a loop calling it vectorises; the CUDA kernels call the same function.
+// Results below FLT_MIN are flushed to 0 and NaN propagates. (Positive x stays exact up to
+// about 88, where 2^k would leave the exponent range; nothing calls it there.)
+FASTADV_HOST_DEVICE float exp_nonpositive(float x) {
+  const float lo = -87.33654475f;
+  const float xc = larger(x, lo);
   // k = round(xc / ln 2) by adding and removing 1.5·2^23 (an arithmetic rounding: floor() is
   // a library call that blocks vectorisation unless -fno-trapping-math is given).
   const float round_shift = 12582912.0f;
@@ -119,18 +121,13 @@ FASTADV_HOST_DEVICE float exp_of(float x) {
   poly = poly * r + 0.5f;
   poly = poly * r + 1.0f;
   poly = poly * r + 1.0f;
-  // 2^k as two factors, so that k = 128 (x near ln FLT_MAX) does not overflow the exponent.
-  const int32_t ki = static_cast<int32_t>(k);
-  const int32_t k_half = ki >> 1;
-  const int32_t bits_a = (k_half + 127) << 23, bits_b = (ki - k_half + 127) << 23;
-  const float value = poly * float_from_bits(bits_a) * float_from_bits(bits_b);
+  const float value = poly * float_from_bits((static_cast<int32_t>(k) + 127) << 23);
   // One select per condition, each a vector blend (nested conditionals become branches).
-  float result = x < lo ? 0.0f : value;
-  result = x > hi ? INFINITY : result;
+  const float result = x < lo ? 0.0f : value;
   return x != x ? x : result;
 }
 
-FASTADV_HOST_DEVICE double exp_of(double x) { return exp(x); }
+FASTADV_HOST_DEVICE double exp_nonpositive(double x) { return exp(x); }
 
 // sin(t) and 1 − cos(t) for |t| <= π/2 (mhuber's inner branch only): Taylor polynomials with
 // errors below 6e-8 (sin) and 7e-9 (1 − cos) there; 1 − cos is evaluated without cancellation.
@@ -234,10 +231,10 @@ FASTADV_HOST_DEVICE T row_logsumexp(const S* z, int64_t cols, const Lane& lane) 
   m = lane.max(m);
   T sum = 0;
   if constexpr (Lanes == 1) {
-    if (in_blocks<Lanes>(cols)) return m + log(blocked_sum<T>(cols, [&](int64_t j) { return exp_of(Io::load(z, j) - m); }));
+    if (in_blocks<Lanes>(cols)) return m + log(blocked_sum<T>(cols, [&](int64_t j) { return exp_nonpositive(Io::load(z, j) - m); }));
   }
   FASTADV_SIMD_REDUCE(+, sum)
-  for (int64_t j = lane.index; j < cols; j += Lanes) sum += exp_of(Io::load(z, j) - m);
+  for (int64_t j = lane.index; j < cols; j += Lanes) sum += exp_nonpositive(Io::load(z, j) - m);
   sum = lane.sum(sum);
   return m + log(sum);
 }
@@ -263,7 +260,7 @@ FASTADV_HOST_DEVICE void soft_cross_entropy_row(const LogitsParams& p, int64_t r
   S* gz = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
   S* gt = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
   if (gz) {
-    const auto gradient = [&](int64_t j) { Io::store(gz, j, exp_of(Io::load(z, j) - lse) * total - Io::load(t, j)); };
+    const auto gradient = [&](int64_t j) { Io::store(gz, j, exp_nonpositive(Io::load(z, j) - lse) * total - Io::load(t, j)); };
     if (in_blocks<Lanes>(cols)) {
       blocked_for(cols, gradient);
     } else {
@@ -293,7 +290,7 @@ FASTADV_HOST_DEVICE void smoothed_cross_entropy_row(const LogitsParams& p, int64
   if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, -weighted);
   if (p.grad0) {
     S* g = static_cast<S*>(p.grad0) + r * cols;
-    const auto gradient = [&](int64_t j) { Io::store(g, j, exp_of(Io::load(z, j) - lse) - (j == y ? on : off)); };
+    const auto gradient = [&](int64_t j) { Io::store(g, j, exp_nonpositive(Io::load(z, j) - lse) - (j == y ? on : off)); };
     if (in_blocks<Lanes>(cols)) {
       blocked_for(cols, gradient);
     } else {
@@ -331,7 +328,7 @@ template <typename T>
 FASTADV_HOST_DEVICE BoostedTerm<T> boosted_term(const RowStats<T>& stats) {
   const T rest = stats.rest / stats.sum;
   const bool clamped = !(rest > static_cast<T>(kBoostedFloor));
-  const T coefficient = exp_of(stats.other_max - stats.max) / stats.rest;
+  const T coefficient = exp_nonpositive(stats.other_max - stats.max) / stats.rest;
   return {-log(clamped ? static_cast<T>(kBoostedFloor) : rest), clamped ? T(0) : coefficient, rest};
 }
 
@@ -349,7 +346,7 @@ FASTADV_HOST_DEVICE T boosted_gradient(T zj, T pj, bool is_label, const RowStats
 // The classes tied at other_max beyond the first stay in `rest`.
 template <typename T>
 FASTADV_HOST_DEVICE RowStats<T> finish_row_stats(T max, T other_max, T sum, T ties, T rest_without_ties) {
-  const T rest = rest_without_ties + (ties - T(1)) * exp_of(other_max - max);
+  const T rest = rest_without_ties + (ties - T(1)) * exp_nonpositive(other_max - max);
   return {max, max + log(sum), other_max, ties, sum, rest};
 }
 
@@ -368,7 +365,7 @@ FASTADV_HOST_DEVICE RowStats<T> labelled_row_stats(const S* z, int64_t cols, int
   FASTADV_SIMD_REDUCE(+, sum, ties, rest)
   for (int64_t j = lane.index; j < cols; j += Lanes) {
     const T zj = Io::load(z, j);
-    const T e = exp_of(zj - m);
+    const T e = exp_nonpositive(zj - m);
     const bool in_max = j != y && zj == other;
     sum += e;
     ties += in_max ? T(1) : T(0);
@@ -390,7 +387,7 @@ FASTADV_HOST_DEVICE void boosted_cross_entropy_row(const LogitsParams& p, int64_
     S* g = static_cast<S*>(p.grad0) + r * cols;
     const auto gradient = [&](int64_t j) {
       const T zj = Io::load(z, j);
-      Io::store(g, j, boosted_gradient(zj, exp_of(zj - stats.lse), j == y, stats, term));
+      Io::store(g, j, boosted_gradient(zj, exp_nonpositive(zj - stats.lse), j == y, stats, term));
     };
     if (in_blocks<Lanes>(cols)) {
       blocked_for(cols, gradient);
@@ -434,7 +431,7 @@ FASTADV_HOST_DEVICE PairStats<T> pair_stats(const S* a, const S* b, int64_t cols
   FASTADV_SIMD_REDUCE(+, sa, sb, weighted, ties, rest)
   for (int64_t j = lane.index; j < cols; j += Lanes) {
     const T aj = Io::load(a, j), bj = Io::load(b, j);
-    const T ea = exp_of(aj - ma), eb = exp_of(bj - mb);
+    const T ea = exp_nonpositive(aj - ma), eb = exp_nonpositive(bj - mb);
     sa += ea;
     sb += eb;
     const bool in_max = j != y && bj == other;
@@ -490,15 +487,15 @@ FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const L
     FASTADV_SIMD
     for (int64_t j = lane.index; j < cols; j += Lanes) {
       const T aj = Io::load(a, j), bj = Io::load(b, j);
-      const T pj = scale * exp_of(aj - stats.lse_a);
+      const T pj = scale * exp_nonpositive(aj - stats.lse_a);
       if (ga) Io::store(ga, j, pj * ((aj - bj) - shift - stats.kl));
-      if (gb) Io::store(gb, j, scale * exp_of(bj - stats.b.lse) - pj);
+      if (gb) Io::store(gb, j, scale * exp_nonpositive(bj - stats.b.lse) - pj);
     }
   }
 }
 
 #if !defined(__CUDACC__)
-// The CPU's trades_kl: trades_kl_row's statistics and gradients (the same exp_of, sums and
+// The CPU's trades_kl: trades_kl_row's statistics and gradients (the same exp_nonpositive, sums and
 // formulas) with the exp-heavy loops in blocks of kBlock columns (see blocked_sum), its three
 // sums in one pass. Rows shorter than a block run trades_kl_row.
 
@@ -515,7 +512,7 @@ FASTADV_HOST_DEVICE void kl_sums_block(const T* a, const T* b, int64_t start, in
     const int64_t j = start + k;
     const bool fresh = j >= fresh_from;
     const T aj = a[j], bj = b[j];
-    const T ea = exp_of(aj - max_a), eb = exp_of(bj - max_b);
+    const T ea = exp_nonpositive(aj - max_a), eb = exp_nonpositive(bj - max_b);
     sums.a[k] += fresh ? ea : T(0);
     sums.b[k] += fresh ? eb : T(0);
     sums.weighted[k] += fresh ? ea * (aj - bj) : T(0);
@@ -573,9 +570,9 @@ FASTADV_HOST_DEVICE void trades_kl_row_blocked(const LogitsParams& p, int64_t r,
   } else if (ga || gb) {
     blocked_for(cols, [&](int64_t j) {
       const T aj = a[j], bj = b[j];
-      const T pj = scale * exp_of(aj - lse_a);
+      const T pj = scale * exp_nonpositive(aj - lse_a);
       if (ga) ga[j] = pj * ((aj - bj) - shift - kl);
-      if (gb) gb[j] = scale * exp_of(bj - lse_b) - pj;
+      if (gb) gb[j] = scale * exp_nonpositive(bj - lse_b) - pj;
     });
   }
 }
@@ -592,7 +589,7 @@ FASTADV_HOST_DEVICE void mart_loss_row(const LogitsParams& p, int64_t r, const L
   const PairStats<T> stats = pair_stats<T, Lanes, S, Io>(a, b, cols, y, lane);
   const BoostedTerm<T> term = boosted_term(stats.b);
   const T kl = stats.kl;
-  const T p_y = exp_of(Io::load(a, y) - stats.lse_a);
+  const T p_y = exp_nonpositive(Io::load(a, y) - stats.lse_a);
   const T weight = T(1) - p_y;
   if (lane.index == 0) {
     Io::store(static_cast<S*>(p.loss), r, stats.b.lse - Io::load(b, y) + term.loss);
@@ -605,7 +602,7 @@ FASTADV_HOST_DEVICE void mart_loss_row(const LogitsParams& p, int64_t r, const L
     const T shift = stats.lse_a - stats.b.lse;
     const auto gradients = [&](int64_t j) {
       const T aj = Io::load(a, j), bj = Io::load(b, j);
-      const T pj = exp_of(aj - stats.lse_a), qj = exp_of(bj - stats.b.lse);
+      const T pj = exp_nonpositive(aj - stats.lse_a), qj = exp_nonpositive(bj - stats.b.lse);
       if (g_bce_adv) Io::store(g_bce_adv, j, boosted_gradient(bj, qj, j == y, stats.b, term));
       // ∂/∂a_j [w·KL] = w·p_j(log p_j − log q_j − KL) − KL·p_y([j = y] − p_j)
       if (g_kl_nat)
