@@ -34,13 +34,7 @@ struct HostIo {
 // of line would run the baseline code, one scalar exp at a time).
 template <typename T, LogitsOp Op>
 FASTADV_CPU_CLONES __attribute__((flatten)) void rows_kernel(const LogitsParams& p, int64_t begin, int64_t end) {
-  for (int64_t r = begin; r < end; ++r) {
-    if constexpr (Op == LogitsOp::TradesKl) {
-      trades_kl_row_blocked<T, HostIo<T>>(p, r, SingleLane{});
-    } else {
-      logits_row<T, 1, T, HostIo<T>>(Op, p, r, SingleLane{});
-    }
-  }
+  for (int64_t r = begin; r < end; ++r) logits_row<T, 1, T, HostIo<T>>(Op, p, r, SingleLane{});
 }
 
 template <typename T, LogitsOp Op>

@@ -230,9 +230,7 @@ FASTADV_HOST_DEVICE T row_logsumexp(const S* z, int64_t cols, const Lane& lane) 
   for (int64_t j = lane.index; j < cols; j += Lanes) m = larger(m, Io::load(z, j));
   m = lane.max(m);
   T sum = 0;
-  if constexpr (Lanes == 1) {
-    if (in_blocks<Lanes>(cols)) return m + log(blocked_sum<T>(cols, [&](int64_t j) { return exp_nonpositive(Io::load(z, j) - m); }));
-  }
+  if (in_blocks<Lanes>(cols)) return m + log(blocked_sum<T>(cols, [&](int64_t j) { return exp_nonpositive(Io::load(z, j) - m); }));
   FASTADV_SIMD_REDUCE(+, sum)
   for (int64_t j = lane.index; j < cols; j += Lanes) sum += exp_nonpositive(Io::load(z, j) - m);
   sum = lane.sum(sum);
@@ -451,53 +449,9 @@ FASTADV_HOST_DEVICE PairStats<T> pair_stats(const S* a, const S* b, int64_t cols
   return stats;
 }
 
-// trades_kl: loss = KL(p(z_nat) ‖ p(z_adv)). grad0 = ∂/∂z_nat = p·(log p − log q − KL);
-// grad1 = ∂/∂z_adv = q − p; both times p.grad_scale.
-template <typename T, int Lanes, typename S, typename Io, typename Lane>
-FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const Lane& lane) {
-  const int64_t cols = p.cols;
-  const S* a = static_cast<const S*>(p.a) + r * cols;
-  const S* b = static_cast<const S*>(p.b) + r * cols;
-  S* ga = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
-  S* gb = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
-  // Both gradients in the accumulation type (float32/float64 inputs): cache the exponentials.
-  T* cache_a = nullptr;
-  T* cache_b = nullptr;
-  if constexpr (std::is_same<S, T>::value) {
-    if (ga && gb) {
-      cache_a = ga;
-      cache_b = gb;
-    }
-  }
-  const PairStats<T> stats = pair_stats<T, Lanes, S, Io>(a, b, cols, -1, lane, cache_a, cache_b);
-  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, stats.kl);
-  // The gradients of the reduced loss: the scale is folded into the probabilities.
-  const T scale = static_cast<T>(p.grad_scale);
-  if (cache_a) {
-    const T shift = stats.lse_a - stats.b.lse;
-    const T inv_sa = scale / stats.sum_a, inv_sb = scale / stats.b.sum;
-    FASTADV_SIMD
-    for (int64_t j = lane.index; j < cols; j += Lanes) {
-      const T pj = cache_a[j] * inv_sa, qj = cache_b[j] * inv_sb;
-      cache_a[j] = pj * ((Io::load(a, j) - Io::load(b, j)) - shift - stats.kl);
-      cache_b[j] = qj - pj;
-    }
-  } else if (ga || gb) {
-    const T shift = stats.lse_a - stats.b.lse;
-    FASTADV_SIMD
-    for (int64_t j = lane.index; j < cols; j += Lanes) {
-      const T aj = Io::load(a, j), bj = Io::load(b, j);
-      const T pj = scale * exp_nonpositive(aj - stats.lse_a);
-      if (ga) Io::store(ga, j, pj * ((aj - bj) - shift - stats.kl));
-      if (gb) Io::store(gb, j, scale * exp_nonpositive(bj - stats.b.lse) - pj);
-    }
-  }
-}
-
-#if !defined(__CUDACC__)
 // The CPU's trades_kl: trades_kl_row's statistics and gradients (the same exp_nonpositive, sums and
 // formulas) with the exp-heavy loops in blocks of kBlock columns (see blocked_sum), its three
-// sums in one pass. Rows shorter than a block run trades_kl_row.
+// sums in one pass; trades_kl_row takes it for rows of at least a block on one lane.
 
 template <typename T>
 struct KlBlockSums {
@@ -523,13 +477,9 @@ FASTADV_HOST_DEVICE void kl_sums_block(const T* a, const T* b, int64_t start, in
   }
 }
 
-template <typename T, typename Io, typename Lane>
-FASTADV_HOST_DEVICE void trades_kl_row_blocked(const LogitsParams& p, int64_t r, const Lane& lane) {
+template <typename T>
+FASTADV_HOST_DEVICE void trades_kl_row_blocked(const LogitsParams& p, int64_t r) {
   const int64_t cols = p.cols;
-  if (cols < kBlock) {
-    trades_kl_row<T, 1, T, Io>(p, r, lane);
-    return;
-  }
   const T* a = static_cast<const T*>(p.a) + r * cols;
   const T* b = static_cast<const T*>(p.b) + r * cols;
   T* ga = p.grad0 ? static_cast<T*>(p.grad0) + r * cols : nullptr;
@@ -576,7 +526,56 @@ FASTADV_HOST_DEVICE void trades_kl_row_blocked(const LogitsParams& p, int64_t r,
     });
   }
 }
-#endif
+
+// trades_kl: loss = KL(p(z_nat) ‖ p(z_adv)). grad0 = ∂/∂z_nat = p·(log p − log q − KL);
+// grad1 = ∂/∂z_adv = q − p; both times p.grad_scale.
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const Lane& lane) {
+  const int64_t cols = p.cols;
+  if constexpr (std::is_same<S, T>::value) {
+    if (in_blocks<Lanes>(cols)) {
+      trades_kl_row_blocked<T>(p, r);
+      return;
+    }
+  }
+  const S* a = static_cast<const S*>(p.a) + r * cols;
+  const S* b = static_cast<const S*>(p.b) + r * cols;
+  S* ga = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
+  S* gb = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
+  // Both gradients in the accumulation type (float32/float64 inputs): cache the exponentials.
+  T* cache_a = nullptr;
+  T* cache_b = nullptr;
+  if constexpr (std::is_same<S, T>::value) {
+    if (ga && gb) {
+      cache_a = ga;
+      cache_b = gb;
+    }
+  }
+  const PairStats<T> stats = pair_stats<T, Lanes, S, Io>(a, b, cols, -1, lane, cache_a, cache_b);
+  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, stats.kl);
+  // The gradients of the reduced loss: the scale is folded into the probabilities.
+  const T scale = static_cast<T>(p.grad_scale);
+  if (cache_a) {
+    const T shift = stats.lse_a - stats.b.lse;
+    const T inv_sa = scale / stats.sum_a, inv_sb = scale / stats.b.sum;
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes) {
+      const T pj = cache_a[j] * inv_sa, qj = cache_b[j] * inv_sb;
+      cache_a[j] = pj * ((Io::load(a, j) - Io::load(b, j)) - shift - stats.kl);
+      cache_b[j] = qj - pj;
+    }
+  } else if (ga || gb) {
+    const T shift = stats.lse_a - stats.b.lse;
+    FASTADV_SIMD
+    for (int64_t j = lane.index; j < cols; j += Lanes) {
+      const T aj = Io::load(a, j), bj = Io::load(b, j);
+      const T pj = scale * exp_nonpositive(aj - stats.lse_a);
+      if (ga) Io::store(ga, j, pj * ((aj - bj) - shift - stats.kl));
+      if (gb) Io::store(gb, j, scale * exp_nonpositive(bj - stats.b.lse) - pj);
+    }
+  }
+}
+
 
 // mart_loss: loss = BCE(p(z_adv), y), loss2 = KL(p(z_nat) ‖ p(z_adv))·(1 − p_y(z_nat)).
 // grad0 = ∂loss/∂z_adv; grad1 = ∂loss2/∂z_nat; grad2 = ∂loss2/∂z_adv (BCE does not depend on z_nat).
