@@ -380,3 +380,20 @@ def _triton_ops():
             namespace[spec.name] = op
         _TRITON_OPS = types.SimpleNamespace(**namespace)
     return _TRITON_OPS
+
+
+# ----------------------------------------------------------------------------- unchecked path
+def _unchecked_trades_kl(z_nat: torch.Tensor, z_adv: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    result = _run("trades_kl", (z_nat, z_adv), (_REDUCTIONS[reduction],))
+    return reference.trades_kl(z_nat, z_adv, reduction) if result is None else result[0]
+
+
+def _unchecked_margin_sq_hinge(z: torch.Tensor, y: torch.Tensor, delta: float = 0.9) -> torch.Tensor:
+    result = _run("margin_sq_hinge", (z, y), (float(delta),))
+    return reference.margin_sq_hinge(z, y, delta) if result is None else result[0]
+
+
+#: The family's ops for callers that validated their arguments once, where they entered (the
+#: attacks' loops): no checks, no host synchronisation. Same arguments as the public ops, with
+#: labels already a contiguous int64 tensor whose entries lie in [0, C).
+unchecked = types.SimpleNamespace(trades_kl=_unchecked_trades_kl, margin_sq_hinge=_unchecked_margin_sq_hinge)

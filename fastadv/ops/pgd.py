@@ -276,3 +276,31 @@ def _triton_ops():
         pgd_step_triton_.register_fake(_pgd_step_inplace_fake)
         _TRITON_OPS = types.SimpleNamespace(pgd_step_triton=pgd_step_triton, pgd_step_triton_=pgd_step_triton_)
     return _TRITON_OPS
+
+
+# ----------------------------------------------------------------------------- unchecked path
+def _unchecked_pgd_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, alpha, norm: str,
+                         clip: tuple, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`pgd_step_` for callers that validated their arguments once (an attack's loop):
+    no checks and no host synchronisation. ``x_adv`` has a row layout (contiguous or
+    channels_last) shared by ``grad`` and ``x``; ``eps``/``alpha`` are floats or contiguous [B]
+    tensors on x_adv's device in the accumulation dtype (float64 for float64, else float32);
+    ``norm`` is "linf" or "l2"; ``clip`` a (min, max) pair of floats (±inf for no box);
+    ``active`` a contiguous bool [B] tensor or None."""
+    eps_value, eps_per_sample = (0.0, eps) if isinstance(eps, torch.Tensor) else (eps, None)
+    alpha_value, alpha_per_sample = (0.0, alpha) if isinstance(alpha, torch.Tensor) else (alpha, None)
+    args = (x_adv, grad, x, eps_value, alpha_value, eps_per_sample, alpha_per_sample, norm, clip[0], clip[1], active)
+    name = backend.select("pgd_step_", x_adv.device, x_adv.dtype)
+    if name == "reference":
+        x_adv.copy_(_reference_step(args))
+    elif name == "triton":
+        _triton_ops().pgd_step_triton_(*args)
+    else:
+        torch.ops.fastadv.pgd_step_(*args)
+    return x_adv
+
+
+#: The family's ops for callers that validated their arguments once, where they entered (the
+#: attacks): no checks, no host synchronisation. Same arguments as the public ops, already in
+#: the form the public ops bring them to (see each function).
+unchecked = types.SimpleNamespace(pgd_step_=_unchecked_pgd_step_)
