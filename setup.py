@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
@@ -68,6 +68,27 @@ class IncrementalBuildExtension(BuildExtension):
         super().build_extensions()
 
 
+# Folders of the repository installed under fastadv rather than at the top level (a top-level
+# `kernels` or `benchmarks` package would collide with other projects' modules).
+MAPPED_FOLDERS = {"kernels": "fastadv.kernels", "benchmarks": "fastadv.benchmarks"}
+
+
+def packages():
+    """Every package of the distribution, discovered rather than listed, so a new subpackage
+    can never be left out of the wheel: fastadv's own tree, and each mapped folder's tree under
+    its fastadv name. (tests/test_packaging.py checks that every folder holding Python files
+    is among them.)"""
+    found = find_packages(where=str(ROOT), include=["fastadv", "fastadv.*"])
+    package_dir = {}
+    for folder, name in MAPPED_FOLDERS.items():
+        found.append(name)
+        package_dir[name] = folder
+        for sub in find_packages(where=str(ROOT / folder)):
+            found.append(f"{name}.{sub}")
+            package_dir[f"{name}.{sub}"] = f"{folder}/{sub.replace('.', '/')}"
+    return sorted(found), package_dir
+
+
 def sources(pattern):
     return sorted(str(p.relative_to(ROOT)) for p in CSRC.glob(pattern))
 
@@ -95,7 +116,10 @@ def extension():
 
 if __name__ == "__main__":
     print(f"fastadv: building {'with CUDA from ' + CUDA_HOME if CUDA_HOME else 'CPU-only'}")
+    discovered, package_dir = packages()
     setup(
+        packages=discovered,
+        package_dir=package_dir,
         ext_modules=[extension()],
         cmdclass={"build_ext": IncrementalBuildExtension.with_options(use_ninja=True)},
     )
