@@ -6,74 +6,42 @@ back afterwards; gradients are taken with respect to the input only, so paramete
 are never touched; the attack works whatever grad mode the caller is in (``torch.no_grad()``
 and ``torch.inference_mode()`` evaluation loops included); inputs live in ``clip`` (the unit
 box: normalisation belongs inside the model).
+
+Host synchronisations: arguments are validated where they enter, so that the loop over steps
+reads nothing back from the device. A call reads the labels once (on the first logits, when the
+number of classes is known) and each per-sample radius passed to the call once; a per-sample
+radius given to the constructor is read there, not again per call.
 """
 from __future__ import annotations
 
 import abc
-import math
-from numbers import Real
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ..ops.pgd import _clip
+from .. import _validate as check
 
 __all__ = ["Attack"]
 
 AMP_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def check_radius(owner: str, name: str, value, *, allow_none: bool = False):
-    """``value`` as a float >= 0, a floating tensor of shape [B] with entries >= 0, or None
-    (when allowed). The batch size is checked at call time by :func:`radius_for_batch`."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, torch.Tensor) and value.dim() == 0:
-        value = value.item()
-    if isinstance(value, Real) and not isinstance(value, bool):
-        value = float(value)
-        if math.isnan(value) or value < 0:
-            raise ValueError(f"{owner}: {name} must be >= 0, got {value}")
-        return value
-    if not isinstance(value, torch.Tensor):
-        expected = "a float, a tensor of shape [B] or None" if allow_none else "a float or a tensor of shape [B]"
-        raise TypeError(f"{owner}: {name} must be {expected}, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{owner}: {name} must be a floating-point tensor, got dtype {value.dtype}")
-    if value.dim() != 1:
-        raise ValueError(f"{owner}: {name} must be a float or a tensor of shape [B], got shape {list(value.shape)}")
-    if bool(((value < 0) | value.isnan()).any()):
-        raise ValueError(f"{owner}: every entry of {name} must be >= 0 (and not NaN)")
-    return value.detach()
+def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the pgd ops accumulate in for x, which per-sample radii must have."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def radius_for_batch(owner: str, name: str, value, x: torch.Tensor):
-    """A checked radius ready for the ops: a float, or a [B] tensor on x's device."""
+    """A radius already checked by :func:`fastadv._validate.radius`, ready for the unchecked ops:
+    a float, or a contiguous [B] tensor on x's device in the accumulation dtype (metadata only:
+    its entries were read where it entered)."""
     if not isinstance(value, torch.Tensor):
         return value
     if value.shape != (x.shape[0],):
         raise ValueError(f"{owner}: {name} must be a float or have shape [B] = [{x.shape[0]}], "
                          f"got {list(value.shape)}")
-    return value.to(x.device)
-
-
-def check_positive_int(owner: str, name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
-    return value
-
-
-def check_real(owner: str, name: str, value, *, minimum: Optional[float] = None) -> float:
-    if not isinstance(value, Real) or isinstance(value, bool):
-        raise TypeError(f"{owner}: {name} must be a float, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or (minimum is not None and value < minimum):
-        bound = "a finite float" if minimum is None else f"a finite float >= {minimum}"
-        raise ValueError(f"{owner}: {name} must be {bound}, got {value}")
-    return value
+    return value.to(device=x.device, dtype=accumulation_dtype(x)).contiguous()
 
 
 class Attack(abc.ABC):
@@ -99,13 +67,17 @@ class Attack(abc.ABC):
         if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
             raise ValueError(f"{owner}: amp_dtype must be None, torch.bfloat16 or torch.float16, got {amp_dtype!r}")
         self.model = model
-        self.eps = check_radius(owner, "eps", eps)
+        self.eps = check.radius(owner, "eps", eps)
         self.amp_dtype = amp_dtype
-        self.clip = None if clip is None else _clip(owner, clip)
+        self.clip = check.clip_range(owner, clip)
 
     @abc.abstractmethod
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps, **overrides) -> torch.Tensor:
-        """The attack proper, on a validated batch with the model in eval mode and grad enabled."""
+        """The attack proper, on a validated batch with the model in eval mode and grad enabled.
+
+        ``y`` is a contiguous int64 tensor whose range is not yet checked: the subclass calls
+        :meth:`check_labels` on the first logits it computes. ``eps`` is ready for the
+        unchecked ops (see :func:`radius_for_batch`)."""
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, eps=None, **overrides) -> torch.Tensor:
         """Adversarial examples for (x, y): detached, same shape, dtype and device as x.
@@ -115,7 +87,8 @@ class Attack(abc.ABC):
         """
         owner = type(self).__name__
         x, y = self._check_batch(x, y)
-        eps = radius_for_batch(owner, "eps", self.eps if eps is None else check_radius(owner, "eps", eps), x)
+        eps = self.eps if eps is None else check.radius(owner, "eps", eps)
+        eps = radius_for_batch(owner, "eps", eps, x)
         modes = [(module, module.training) for module in self.model.modules()]
         self.model.eval()
         try:
@@ -143,42 +116,25 @@ class Attack(abc.ABC):
         return z.float()
 
     def check_labels(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """Labels in [0, C): checked once per call on the first logits (one host sync), because
-        an out-of-range label on the GPU is an opaque device-side assert in the loss."""
+        """Labels in [0, C), read once per call on the first logits (one host sync): the loop's
+        unchecked losses would read out of bounds, and on the GPU an out-of-range label in
+        torch's own cross-entropy is an opaque device-side assert."""
         owner = type(self).__name__
         if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
             raise ValueError(f"{owner}: the model must return logits of shape [B, C] = [{y.shape[0]}, C], "
                              f"got {list(logits.shape)}")
-        classes = logits.shape[1]
-        if y.numel() and bool(((y < 0) | (y >= classes)).any()):
-            raise ValueError(f"{owner}: y must hold class indices in [0, {classes}), got values in "
-                             f"[{int(y.min())}, {int(y.max())}]")
+        check.labels(owner, y, batch=y.shape[0], classes=logits.shape[1], device=logits.device)
 
     def _check_batch(self, x, y):
         owner = type(self).__name__
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{owner}: x must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{owner}: x must be a floating-point tensor, got dtype {x.dtype}")
-        if x.dim() < 1:
-            raise ValueError(f"{owner}: x must have a batch dimension, got a 0-dim tensor")
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(f"{owner}: y must be a torch.Tensor of class indices, got {type(y).__name__}")
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise TypeError(f"{owner}: y must be an integer tensor of class indices, got dtype {y.dtype}")
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"{owner}: y must have shape [B] = [{x.shape[0]}] to match x {list(x.shape)}, "
-                             f"got {list(y.shape)}")
-        if y.device != x.device:
-            raise ValueError(f"{owner}: y must be on x's device {x.device}, got {y.device}")
-        x = x.detach()
+        x = check.tensor(owner, "x", x, min_dim=1).detach()
+        y = check.labels(owner, y, batch=x.shape[0], classes=None, device=x.device)
         # A batch without a row layout (a strided slice) would be re-laid-out by every step.
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous()
-        return x, y.detach().long()
+        return x, y.detach()
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{key}={value!r}" for key, value in vars(self).items()
                           if key not in ("model", "generator") and not key.startswith("_"))
         return f"{type(self).__name__}({shown})"
-

@@ -4,9 +4,10 @@ PGD:  x_0 = start(x);  K times  x_{k+1} = Π_{B_ε(x) ∩ clip}(x_k + α·step(�
 with step = sign (L∞) or g/‖g‖₂ (L2), L one of :data:`~fastadv.attacks.losses.LOSSES`.
 FGSM is one L∞ step of size ε from x itself with the CE loss.
 
-The loop keeps one adversarial buffer per restart and updates it in place with
-:func:`fastadv.ops.pgd_step_`; per step the only work besides the model's forward/backward is
-the per-sample loss and the fused step.
+The loop keeps one adversarial buffer per restart and updates it in place with the fused step
+(``fastadv.ops.pgd.unchecked.pgd_step_``); per step the only work besides the model's
+forward/backward is the per-sample loss and the fused step, and nothing is read back from the
+device: every argument was checked once, where it entered.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ops.pgd import INITS, _norm, pgd_init, pgd_step_
-from .base import Attack, check_positive_int, check_radius, check_real, radius_for_batch
-from .losses import LOSSES, carlini_wagner, margin_cross_entropy
+from .. import _validate as check
+from ..ops.pgd import INITS, NORMS, pgd_init, unchecked
+from .base import Attack, radius_for_batch
+from .losses import LOSSES, UNCHECKED
 
 __all__ = ["PGD", "FGSM", "CW", "PGDL2"]
 
@@ -41,7 +43,8 @@ class PGD(Attack):
             none does, the final point with the highest loss (the first on ties).
         early_stop: samples that are misclassified at the current point (argmax ≠ y, for the
             kl loss too) make no further steps and keep that point; the loop ends when every
-            sample is fooled. Costs one host sync per step, hence off by default.
+            sample is fooled. Costs one host sync per step (whether any sample is left), hence
+            off by default.
         kappa: κ of the "cw" loss (50, seed 002's evaluation).
         margin: δ of the "margin_ce" loss (0.9, seed 002).
         amp_dtype, clip: see :class:`~fastadv.attacks.base.Attack`.
@@ -50,6 +53,13 @@ class PGD(Attack):
     ``eps`` and ``alpha`` can be overridden per call: ``attack(x, y, eps=..., alpha=...)``.
     Forward passes: one per step, plus one clean forward for the kl loss, plus one at the
     final point of each restart when ``restarts > 1`` (to pick the point to keep).
+
+    Host synchronisations of a call: one to check the labels' range on the first logits; one
+    per per-sample ``eps`` or ``alpha`` passed to the call (a per-sample radius given to the
+    constructor was read there); with a per-sample ``eps`` and a random ``init``, one per
+    restart, where :func:`fastadv.ops.pgd_init` checks ``eps``; none per step without
+    ``early_stop``, one per step with it. Choosing the point to keep across restarts reads
+    nothing back.
     """
 
     def __init__(self, model: nn.Module, eps=8 / 255, alpha=2 / 255, steps: int = 10, norm: str = "linf",
@@ -58,31 +68,26 @@ class PGD(Attack):
                  clip=(0.0, 1.0), generator: Optional[torch.Generator] = None):
         super().__init__(model, eps, amp_dtype=amp_dtype, clip=clip)
         owner = type(self).__name__
-        self.alpha = check_radius(owner, "alpha", alpha, allow_none=True)
-        self.steps = check_positive_int(owner, "steps", steps)
-        self.norm = _norm(owner, norm)
-        if not isinstance(loss, str) or loss not in LOSSES:
-            raise ValueError(f"{owner}: loss must be one of {tuple(LOSSES)}, got {loss!r}")
-        self.loss = loss
-        if init is not None and init not in INITS:
-            raise ValueError(f"{owner}: init must be one of {INITS} or None, got {init!r}")
-        self.init = init
-        self.restarts = check_positive_int(owner, "restarts", restarts)
+        self.alpha = check.radius(owner, "alpha", alpha, allow_none=True)
+        self.steps = check.integer(owner, "steps", steps, low=1)
+        # The ops' spelling is lower case; torchattacks' "Linf" and "L2" are accepted too.
+        self.norm = check.choice(owner, "norm", norm.lower() if isinstance(norm, str) else norm, NORMS)
+        self.loss = check.choice(owner, "loss", loss, LOSSES)
+        self.init = check.choice(owner, "init", init, INITS, allow_none=True)
+        self.restarts = check.integer(owner, "restarts", restarts, low=1)
         if self.restarts > 1 and init is None:
             raise ValueError(f"{owner}: restarts > 1 needs a random init ('uniform' or 'normal'); "
                              f"from init=None every restart is the same run")
-        if not isinstance(early_stop, bool):
-            raise TypeError(f"{owner}: early_stop must be a bool, got {type(early_stop).__name__}")
-        self.early_stop = early_stop
-        self.kappa = check_real(owner, "kappa", kappa, minimum=0.0)
-        self.margin = check_real(owner, "margin", margin, minimum=0.0)
+        self.early_stop = check.flag(owner, "early_stop", early_stop)
+        self.kappa = check.number(owner, "kappa", kappa, low=0.0)
+        self.margin = check.number(owner, "margin", margin, low=0.0)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"{owner}: generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.generator = generator
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps, alpha=None) -> torch.Tensor:
         owner = type(self).__name__
-        alpha = self.alpha if alpha is None else check_radius(owner, "alpha", alpha)
+        alpha = self.alpha if alpha is None else check.radius(owner, "alpha", alpha)
         alpha = eps if alpha is None else radius_for_batch(owner, "alpha", alpha, x)
         loss = self._loss_function()
         target = self._clean_logits(x) if self.loss == "kl" else y
@@ -107,10 +112,10 @@ class PGD(Attack):
 
     def _loss_function(self):
         if self.loss == "cw":
-            return functools.partial(carlini_wagner, kappa=self.kappa)
+            return functools.partial(UNCHECKED["cw"], kappa=self.kappa)
         if self.loss == "margin_ce":
-            return functools.partial(margin_cross_entropy, delta=self.margin)
-        return LOSSES[self.loss]
+            return functools.partial(UNCHECKED["margin_ce"], delta=self.margin)
+        return UNCHECKED[self.loss]
 
     def _clean_logits(self, x: torch.Tensor) -> torch.Tensor:
         """z(x) for the kl loss: constant during the attack, so computed once, without a graph."""
@@ -124,7 +129,7 @@ class PGD(Attack):
         if self.init == "normal":
             # 0.001·N(0, I) ignores eps: a zero-step projection puts the start inside the ball,
             # so a sample that never steps (early stop, a tiny per-sample eps) is returned in it.
-            pgd_step_(start, torch.zeros_like(start), x, eps, 0.0, self.norm, self.clip)
+            unchecked.pgd_step_(start, torch.zeros_like(start), x, eps, 0.0, self.norm, self.clip)
         return start
 
     def _ascend(self, x, y, target, eps, alpha, loss, check_labels: bool) -> torch.Tensor:
@@ -143,8 +148,12 @@ class PGD(Attack):
                     break
             # autograd returns the gradient in x_adv's dtype, also when the forward ran in bf16.
             (grad,) = torch.autograd.grad(loss(logits, target).sum(), x_adv)
+            if grad.stride() != x_adv.stride():
+                # The fused step reads the three batches in one row layout (a channels_last
+                # input can come back with a contiguous gradient).
+                grad = torch.empty_like(x_adv).copy_(grad)
             with torch.no_grad():
-                pgd_step_(x_adv, grad, x, eps, alpha, self.norm, self.clip, active)
+                unchecked.pgd_step_(x_adv, grad, x, eps, alpha, self.norm, self.clip, active)
         return x_adv.requires_grad_(False)
 
 
