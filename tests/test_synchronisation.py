@@ -1,0 +1,208 @@
+"""Host synchronisations: what the attacks and one training step of every method read back
+from the device, counted on the CPU as a stand-in for the GPU, where each read stalls the host
+until the device has caught up.
+
+What a read dispatches to in torch 2.14 (checked by test_the_counter_sees_every_read):
+``.item()``, ``bool(t)``, ``int(t)``, ``float(t)``, ``torch.is_nonzero(t)`` and ``if t:`` all
+reach a TorchDispatchMode as ``aten._local_scalar_dense`` (``aten.is_nonzero`` never does: it
+decomposes before the Python dispatch key); ``torch.equal`` and ``torch.allclose`` as
+themselves; ``.tolist()`` and ``.numpy()`` of a CPU tensor reach it not at all (the C++ reads
+the storage directly), so the counter wraps those two methods. Ops whose output shape depends on
+values (``nonzero``, ``masked_select``, ``unique``, boolean indexing) synchronise on a GPU too,
+and are counted as well.
+
+Each read is attributed to the innermost function of the fastadv package on the stack, so that
+the tables below say where every synchronisation comes from.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import traceback
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fastadv
+from fastadv.attacks import PGD
+from fastadv.methods import METHODS, build_method, method_parameters
+
+aten = torch.ops.aten
+PACKAGE = os.path.dirname(fastadv.__file__) + os.sep
+
+_SCALAR_READS = {aten._local_scalar_dense.default, aten.equal.default, aten.allclose.default}
+_VALUE_SHAPED = {aten.nonzero, aten.masked_select, aten._unique2, aten.unique_dim, aten.unique_consecutive}
+
+
+def _boolean_index(func, args) -> bool:
+    """``t[mask]`` and ``t[mask] = v``: a boolean index is turned into positions (a nonzero)."""
+    if func.overloadpacket not in (aten.index, aten.index_put_, aten.index_put):
+        return False
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1])
+
+
+def _origin() -> str:
+    """``module.function`` of the innermost fastadv frame, e.g. ``_validate.labels``."""
+    for frame in reversed(traceback.extract_stack()):
+        if frame.filename.startswith(PACKAGE):
+            module = frame.filename[len(PACKAGE):-len(".py")].replace(os.sep, ".")
+            return f"{module}.{frame.name}"
+    return "outside fastadv"
+
+
+class CountReads(TorchDispatchMode):
+    """Records the origin of every read of a tensor's value by the host (see the module docstring)."""
+
+    def __init__(self):
+        super().__init__()
+        self.origins = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _SCALAR_READS or func.overloadpacket in _VALUE_SHAPED or _boolean_index(func, args):
+            self.origins[_origin()] += 1
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        self._patches = [mock.patch.object(torch.Tensor, name, self._counted(getattr(torch.Tensor, name)))
+                         for name in ("tolist", "numpy")]
+        for patch in self._patches:
+            patch.start()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for patch in self._patches:
+            patch.stop()
+        return super().__exit__(*exc)
+
+    def _counted(self, method):
+        def read(tensor, *args, **kwargs):
+            self.origins[_origin()] += 1
+            return method(tensor, *args, **kwargs)
+        return read
+
+
+def reads(run) -> dict:
+    with CountReads() as counter:
+        run()
+    return dict(counter.origins)
+
+
+@pytest.mark.parametrize("read", [
+    lambda t: t[0].item(), lambda t: bool(t[0]), lambda t: int(t[0]), lambda t: float(t[0]),
+    lambda t: torch.is_nonzero(t[:1]), lambda t: 1 if t[0] else 0, lambda t: t.tolist(), lambda t: np.asarray(t),
+    lambda t: t.numpy(), lambda t: torch.equal(t, t), lambda t: torch.allclose(t, t), lambda t: t.nonzero(),
+    lambda t: t[t > 1], lambda t: t.__setitem__(t > 1, 0.0), lambda t: torch.unique(t), lambda t: torch.where(t > 1),
+], ids=["item", "bool", "int", "float", "is_nonzero", "if", "tolist", "asarray", "numpy", "equal", "allclose",
+        "nonzero", "mask_index", "mask_assign", "unique", "where"])
+def test_the_counter_sees_every_read(read):
+    assert reads(lambda: read(torch.tensor([1.0, 2.0, 3.0]))) == {"outside fastadv": 1}
+    assert reads(lambda: torch.tensor([1.0, 2.0]).mul(2).sum().sqrt()) == {}
+
+
+# ----------------------------------------------------------------------------- attacks
+def tiny_model() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    torch.manual_seed(0)
+    return tiny_model(), torch.rand(6, 1, 4, 4), torch.randint(0, 4, (6,))
+
+
+LABELS = {"_validate.labels": 1}  # the labels' range, on the first logits of a call
+
+
+@pytest.mark.parametrize("loss", ["ce", "kl", "cw", "margin_ce"])
+@pytest.mark.parametrize("eps, expected", [
+    pytest.param(0.1, LABELS, id="float-eps"),
+    # A per-sample eps is read where it enters (the constructor) and, until the ops offer an
+    # unchecked random start, once more by pgd_init's own check of it.
+    pytest.param(torch.full((6,), 0.1), {**LABELS, "_validate.radius": 1, "ops.pgd._radius": 1},
+                 id="per-sample-eps"),
+])
+def test_no_read_per_attack_step(batch, loss, eps, expected):
+    model, x, y = batch
+    for steps in (1, 10):
+        found = reads(lambda: PGD(model, eps=eps, alpha=0.02, steps=steps, loss=loss)(x, y))
+        assert found == expected, f"{steps} steps"
+
+
+def test_per_sample_radii_given_to_the_call_are_read_once(batch):
+    model, x, y = batch
+    attack = PGD(model, steps=10, init=None)
+    found = reads(lambda: attack(x, y, eps=torch.full((6,), 0.1), alpha=torch.full((6,), 0.02)))
+    assert found == {**LABELS, "_validate.radius": 2}
+
+
+@pytest.mark.parametrize("eps, expected", [
+    pytest.param(0.1, LABELS, id="float-eps"),
+    pytest.param(torch.full((6,), 0.1), {**LABELS, "_validate.radius": 1, "ops.pgd._radius": 3}, id="per-sample-eps"),
+])
+def test_restarts_read_a_per_sample_eps_once_each(batch, eps, expected):
+    model, x, y = batch
+    assert reads(lambda: PGD(model, eps=eps, steps=4, restarts=3)(x, y)) == expected
+
+
+@pytest.mark.parametrize("loss", ["ce", "kl"])
+def test_early_stop_reads_once_per_step(batch, loss):
+    """The batch is labelled with the model's own predictions and the radius is tiny, so no
+    sample is ever fooled and the loop runs all its steps."""
+    model, x, _ = batch
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    for steps in (1, 10):
+        attack = PGD(model, eps=1e-6, alpha=1e-7, steps=steps, loss=loss, init="normal", early_stop=True)
+        assert reads(lambda: attack(x, y)) == {**LABELS, "attacks.pgd._ascend": steps}
+
+
+# ----------------------------------------------------------------------------- methods
+# One training step (the method's loss, backward, an SGD step) of every method, by origin:
+# - _validate.labels: the method's attack checks the labels (once per call, see LABELS);
+# - ops.logits._check_labels: each checked logits op the method's loss calls reads its labels'
+#   minimum and maximum (two reads an op);
+# - ops.logits._is_one: the backward of a logits op reached by a 0-dim gradient reads it to
+#   skip a multiplication by 1, only when that gradient is a CPU tensor: these reads happen on
+#   the CPU, where they cost nothing, and never on a GPU.
+METHOD_READS = {
+    "standard": {},
+    "pgd_at": LABELS,
+    "trades": {**LABELS, "ops.logits._is_one": 2},
+    "mart": {**LABELS, "ops.logits._check_labels": 2},
+    "alp": LABELS,
+    "label_smoothing": {"ops.logits._check_labels": 2},
+    "lrm": {**LABELS, "ops.logits._check_labels": 4},
+    "pgd_at_lma": {**LABELS, "ops.logits._check_labels": 2, "ops.logits._is_one": 2},
+    "trades_lma": {**LABELS, "ops.logits._check_labels": 2, "ops.logits._is_one": 4},
+    "mart_lma": {**LABELS, "ops.logits._check_labels": 4, "ops.logits._is_one": 2},
+    "lma_at": {**LABELS, "ops.logits._check_labels": 4, "ops.logits._is_one": 2},
+    "ltd": {**LABELS, "ops.logits._is_one": 2},
+}
+
+
+def test_the_table_covers_every_method():
+    assert set(METHOD_READS) == set(METHODS)
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_READS))
+def test_one_training_step_reads_a_fixed_number(batch, name):
+    model, x, y = batch
+    for steps in (1, 10):
+        options = {"teacher": tiny_model()} if name == "ltd" else {}
+        if "steps" in method_parameters(name):
+            options["steps"] = steps
+        method = build_method(name, **options)
+        student = tiny_model()
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+        def training_step():
+            loss, _ = method(student, x, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        assert reads(training_step) == METHOD_READS[name], f"attack of {steps} steps"
