@@ -4,21 +4,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import os
+import pickle
 import platform
 import sys
 
 BENCH_FAMILIES = ("pgd", "logits", "train")
-# Flags that go to TrainConfig.method_options (each refused by the methods that do not take it).
-METHOD_OPTION_FLAGS = ("logit_squeeze", "smoothing", "natural_weight", "pairing_ratio", "mixup_alpha", "margin",
-                       "ema_decay", "mhuber_alpha", "kl_weight", "temperature")
+# What a user can get wrong (settings, files, data folders, checkpoints, the optional extra):
+# reported as one line and exit status 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, RuntimeError, ImportError, EOFError, pickle.UnpicklingError)
+
+
+def _report(command: str, error: BaseException) -> int:
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"fastadv {command}: {message}", file=sys.stderr)
+    return 2
 
 
 def _info(args) -> int:
     import torch
 
     import fastadv
-    from fastadv import backend
+    from fastadv import backend, hardware
     from fastadv.benchmarks import common
 
     def line(name, value):
@@ -45,6 +53,9 @@ def _info(args) -> int:
     line("backend requested", f"{backend.requested()} (FASTADV_BACKEND={os.environ.get('FASTADV_BACKEND', 'unset')})")
     print("machine")
     line("CPU", f"{common.cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
+    ratio = hardware.cpu_bf16_ratio()
+    line("CPU bfloat16", f"{'native' if hardware.cpu_bf16_native() else 'emulated: use float32 here'} (a bf16 "
+                         f"convolution forward+backward takes {ratio:.2f}x float32's time)")
     numel = 64 * 2**20  # 256 MiB per tensor: well beyond the caches
     bandwidth = common.copy_bandwidth(numel, torch.device("cpu"), rounds=5)
     line("memory bandwidth (copy_)", f"{bandwidth / 1e9:.1f} GB/s read+write, {numel * 4 >> 20} MiB tensors")
@@ -67,15 +78,14 @@ def _train(args) -> int:
     from fastadv.train import Interrupted, TrainConfig, train
 
     options = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    options["method_options"] = {name: getattr(args, name) for name in METHOD_OPTION_FLAGS
+    options["method_options"] = {name: getattr(args, name) for name in method_option_flags()
                                  if getattr(args, name) is not None}
     try:
         run_dir = train(TrainConfig(**options))
     except Interrupted:
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"fastadv train: {error}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as error:
+        return _report("train", error)
     print(f"run written to {run_dir} (evaluate it with: fastadv eval {run_dir})")
     return 0
 
@@ -87,19 +97,68 @@ def _eval(args) -> int:
         results = evaluate_run(args.path, attacks=args.attacks, eps=args.eps, size=args.size,
                                batch_size=args.batch_size, device=args.device, data_root=args.data_root,
                                seed=args.seed, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"fastadv eval: {error}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as error:
+        return _report("eval", error)
     print(format_table(results))
     print(f"written to {results['written_to']}")
     return 0
 
 
+def _show(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _help_text(option: str, defaults: dict[str, object]) -> str:
+    """The help of a method option from the methods that take it: what it is for each (their
+    ``option_help``) and their defaults (``defaults``, method -> value), each said once."""
+    from fastadv.methods import METHODS, option_help
+
+    texts: dict[str, list[str]] = {}
+    for method in defaults:
+        texts.setdefault(option_help(method)[option], []).append(method)
+    if len(texts) == 1 and len(defaults) == len(METHODS):
+        parts = [f"any method: {next(iter(texts))}"]
+    else:
+        parts = [f"{', '.join(methods)}: {text}" for text, methods in texts.items()]
+    values: dict[str, list[str]] = {}
+    for method, value in defaults.items():
+        values.setdefault(_show(value), []).append(method)
+    ordered = sorted(values.items(), key=lambda item: -len(item[1]))
+    if len(ordered) == 1:
+        parts.append(f"default {ordered[0][0]}")
+    elif len(ordered[0][1]) > len(defaults) / 2:  # the usual value, then the methods that differ
+        parts.append(f"default {ordered[0][0]}, " + ", ".join(f"{', '.join(m)} {v}" for v, m in ordered[1:]))
+    else:
+        parts.append("default " + ", ".join(f"{v} ({', '.join(m)})" for v, m in ordered))
+    return "; ".join(parts)
+
+
+def method_option_flags() -> dict[str, dict]:
+    """The method options that are flags of `fastadv train` (every option of every method but
+    the trainer's own settings), from the methods' signatures: name -> {"type", "help"}."""
+    from fastadv.config import TRAINER_METHOD_SETTINGS
+    from fastadv.methods import METHODS, method_signature
+
+    defaults: dict[str, dict[str, object]] = {}
+    for method in METHODS:
+        for name, parameter in method_signature(method).items():
+            if name not in TRAINER_METHOD_SETTINGS:
+                defaults.setdefault(name, {})[method] = parameter.default
+    flags = {}
+    for name, by_method in defaults.items():
+        kinds = {type(value) for value in by_method.values()}
+        if inspect.Parameter.empty in by_method.values() or len(kinds - {int}) > 1:
+            raise TypeError(f"method option {name}: a command-line flag needs a default of one type in every method "
+                            f"that takes it, got {by_method}")
+        flags[name] = {"type": float if float in kinds else kinds.pop(), "help": _help_text(name, by_method)}
+    return flags
+
+
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from fastadv.config import DATASET_DEFAULTS, SCHEDULES
     from fastadv.data import DATASETS
-    from fastadv.methods import METHODS
+    from fastadv.methods import METHODS, method_parameters, option_help
     from fastadv.models import MODELS
-    from fastadv.train import SCHEDULES, DATASET_DEFAULTS
 
     def dataset_defaults(key):
         return ", ".join(f"{name} {values[key]}" for name, values in DATASET_DEFAULTS.items())
@@ -131,7 +190,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     optimisation.add_argument("--gamma", type=float, default=0.1)
     optimisation.add_argument("--grad-clip", dest="grad_clip", type=float, default=None, help="max gradient norm")
     optimisation.add_argument("--amp", dest="amp", action="store_true", default=None,
-                              help="bf16 autocast (default: on for CUDA devices that support bf16, off on the CPU)")
+                              help="bf16 autocast (default: on for CUDA devices that support bf16, off on the CPU; on a CPU "
+                                   "without native bf16 it runs, much slower, with a warning: see fastadv info)")
     optimisation.add_argument("--no-amp", dest="amp", action="store_false")
     attack = parser.add_argument_group("attack and method")
     attack.add_argument("--eps", type=float, default=None, help="radius on the [0,1] scale; default: digits 0.2, "
@@ -140,33 +200,18 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     attack.add_argument("--steps", type=int, default=10, help="attack steps during training")
     attack.add_argument("--norm", default="linf", choices=("linf", "l2"))
     attack.add_argument("--attack-dtype", dest="attack_dtype", default=None, choices=("bfloat16", "float16"),
-                        help="run the training attack under autocast in this dtype (the update stays float32)")
+                        help="run the training attack under autocast in this dtype (the update stays float32; bfloat16 on "
+                             "a CPU without native bf16 is slower, with a warning)")
     attack.add_argument("--beta", type=float, default=None,
-                        help="the method's trade-off weight; default: the paper's (TRADES β=6, MART λ=5, ALP λ=0.5, "
-                             "LTD λ=6; the LMA methods' mHuber weight β=86)")
+                        help=_help_text("beta", {m: METHODS[m].default_beta for m in METHODS
+                                                 if "beta" in method_parameters(m)}))
+    attack.add_argument("--teacher", default=None,
+                        help=f"ltd: the run folder (or checkpoint) of its teacher, {option_help('ltd')['teacher']}; "
+                             "default runs/DATASET-standard")
     options = parser.add_argument_group("method options (a method that does not take one refuses it)")
-    options.add_argument("--logit-squeeze", dest="logit_squeeze", type=float, default=None,
-                         help="any method: adds this weight times mean ||z||^2 of every batch of logits its loss "
-                              "uses (seed 001); default 0, lrm 1e-3 (its β)")
-    options.add_argument("--smoothing", type=float, default=None,
-                         help="label_smoothing, lrm: label smoothing s (1-s on y, s/(C-1) elsewhere); default 0.1")
-    options.add_argument("--natural-weight", dest="natural_weight", type=float, default=None,
-                         help="alp: weight a of the clean cross-entropy; default 0.5")
-    options.add_argument("--pairing-ratio", dest="pairing_ratio", type=float, default=None,
-                         help="lrm: ratio r of the pairing loss to the adversarial loss; default 0.125")
-    options.add_argument("--mixup-alpha", dest="mixup_alpha", type=float, default=None,
-                         help="lrm: mixup's Beta(a, a) parameter, 0 for no mixup; default 1")
-    options.add_argument("--margin", type=float, default=None, help="LMA methods: margin δ of L'; default 0.9")
-    options.add_argument("--ema-decay", dest="ema_decay", type=float, default=None,
-                         help="LMA methods: τ of the logits' moving averages; default 0.2")
-    options.add_argument("--mhuber-alpha", dest="mhuber_alpha", type=float, default=None,
-                         help="LMA methods: α of mHuber; default 5.345 (ResNet-18; 2.345 for WRN-34-10)")
-    options.add_argument("--kl-weight", dest="kl_weight", type=float, default=None,
-                         help="trades_lma, mart_lma: weight of the KL term; default 6 (TRADES 1/λ), 5 (MART λ)")
-    options.add_argument("--teacher", default=None,
-                         help="ltd: run folder of a standard-trained teacher; default runs/DATASET-standard")
-    options.add_argument("--temperature", type=float, default=None,
-                         help="ltd: temperature T of the teacher's soft labels; default 5")
+    for name, spec in method_option_flags().items():
+        options.add_argument(f"--{name.replace('_', '-')}", dest=name, type=spec["type"], default=None,
+                             help=spec["help"])
     evaluation = parser.add_argument_group("evaluation and the run")
     evaluation.add_argument("--eval-steps", dest="eval_steps", type=int, default=20,
                             help="PGD steps of the per-epoch robust evaluation (selects best.pt)")

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from .attacks import FGSM, PGD
-from .data import DatasetInfo, load_dataset
-from .models import build_model
+from .data import load_dataset
+from .runs import load_model
 
 ATTACKS = ("fgsm", "pgd20", "pgd100", "cw", "autoattack")
 # Run only when asked for: PGD-1000 checks a robustness that PGD-20 may overstate (seed 001 shows
@@ -69,18 +69,23 @@ def _autoattack(model, eps, norm, num_classes, seed):
 
 
 def robust_accuracy(model, dataset, attacks: dict[str, Callable], device, batch_size: int = 256,
-                    size: int | None = None, progress: bool = True) -> dict:
-    """Accuracy on clean inputs and under each attack, and the worst case over all of them."""
+                    size: int | None = None, progress: bool = True,
+                    indices: Optional[Sequence[int]] = None) -> dict:
+    """Accuracy on clean inputs and under each attack, and the worst case over all of them, on
+    the first ``size`` samples of ``dataset`` (default: all), or on the samples ``indices``
+    (a distributed evaluation gives each process its share). ``correct`` holds the counts
+    behind each accuracy, for adding up the shares."""
     from tqdm import tqdm
 
-    size = len(dataset) if size is None else min(size, len(dataset))
+    if indices is None:
+        indices = range(len(dataset) if size is None else min(size, len(dataset)))
     correct = {name: 0 for name in ["clean", *attacks, "worst_case"]}
     seconds = {name: 0.0 for name in attacks}
     was_training = model.training
     model.eval()
-    for start in tqdm(range(0, size, batch_size), desc="evaluating", disable=None if progress else True,
+    for start in tqdm(range(0, len(indices), batch_size), desc="evaluating", disable=None if progress else True,
                       leave=False):
-        batch = [dataset[i] for i in range(start, min(start + batch_size, size))]
+        batch = [dataset[i] for i in indices[start:start + batch_size]]
         x = torch.stack([b[0] for b in batch]).to(device)
         y = torch.as_tensor([int(b[1]) for b in batch], device=device)
         with torch.no_grad():
@@ -96,29 +101,9 @@ def robust_accuracy(model, dataset, attacks: dict[str, Callable], device, batch_
             robust &= right
         correct["worst_case"] += int(robust.sum())
     model.train(was_training)
-    return {"accuracy": {name: count / size for name, count in correct.items()}, "samples": size,
-            "seconds": seconds}
-
-
-def load_model(path, device=None):
-    """The model of a run folder (its best-robust checkpoint, else its last) or of a checkpoint
-    file, with the run's configuration and dataset description."""
-    path = Path(path)
-    if path.is_dir():
-        candidates = [path / "best.pt", path / "checkpoint.pt"]
-        path = next((c for c in candidates if c.exists()), None)
-        if path is None:
-            raise FileNotFoundError(f"no best.pt or checkpoint.pt in {candidates[0].parent}")
-    elif not path.exists():
-        raise FileNotFoundError(f"no run folder or checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a fastadv checkpoint (it has no model and config)")
-    info = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["info"].items()})
-    model = build_model(state["config"]["model"], info)
-    model.load_state_dict(state["model"])
-    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), state["config"], info, path
+    samples = len(indices)
+    return {"accuracy": {name: count / samples if samples else math.nan for name, count in correct.items()}, "samples": samples,
+            "correct": correct, "seconds": seconds}
 
 
 def evaluate_run(path, attacks=ATTACKS, eps: float | None = None, size: int | None = None,

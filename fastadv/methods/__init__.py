@@ -1,8 +1,14 @@
-"""Training methods: each turns a batch into a loss (see base.Method and METHODS.md)."""
+"""Training methods: each turns a batch into a loss (see base.Method and METHODS.md).
+
+A method's options are the parameters of its ``__init__`` (and of its bases', reached through
+``**options``); their help text is the ``option_help`` of the class that declares them. The
+command line builds its method flags from these two, so a new option needs nothing else.
+"""
 from __future__ import annotations
 
 import inspect
 
+from .. import _validate as check
 from .alp import ALP
 from .base import Method
 from .label_smoothing import LabelSmoothing
@@ -18,36 +24,62 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     Standard, PGDAT, TRADES, MART, ALP, LabelSmoothing, LRM, PGDATLMA, TRADESLMA, MARTLMA, LMAAT, LTD)}
 
 
-def method_parameters(name: str) -> tuple[str, ...]:
+def method_signature(name: str) -> dict[str, inspect.Parameter]:
     """The options the method ``name`` takes, in the order of its signature (a subclass's own
-    options first, then those it passes on to its base through ``**options``)."""
-    names = []
+    options first, then those it passes on to its base through ``**options``), with their
+    defaults (``inspect.Parameter.empty`` for a required one)."""
+    check.choice(None, "method", name, METHODS)
+    found: dict[str, inspect.Parameter] = {}
     for cls in METHODS[name].__mro__:
         init = cls.__dict__.get("__init__")
         if init is None:
             continue
         parameters = list(inspect.signature(init).parameters.values())[1:]
-        names += [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                  and p.name not in names]
+        for parameter in parameters:
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                found.setdefault(parameter.name, parameter)
         if not any(p.kind == p.VAR_KEYWORD for p in parameters):
             break
-    return tuple(names)
+    return found
+
+
+def method_parameters(name: str) -> tuple[str, ...]:
+    """The names of the options of the method ``name`` (see :func:`method_signature`)."""
+    return tuple(method_signature(name))
+
+
+def option_help(name: str) -> dict[str, str]:
+    """What each option of the method ``name`` is, from the ``option_help`` of the class that
+    declares it (a subclass's text wins over its base's)."""
+    texts: dict[str, str] = {}
+    for cls in METHODS[name].__mro__:
+        for option, text in vars(cls).get("option_help", {}).items():
+            texts.setdefault(option, text)
+    return {option: texts[option] for option in method_parameters(name)}
+
+
+def check_options(name: str, options) -> None:
+    """Refuses options the method ``name`` does not take and required ones missing from
+    ``options`` (names), naming them."""
+    signature = method_signature(name)
+    unknown = [option for option in options if option not in signature]
+    if unknown:
+        raise ValueError(f"{name}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                         f"(it takes: {', '.join(signature) or 'none'})")
+    missing = [option for option, parameter in signature.items()
+               if parameter.default is inspect.Parameter.empty and option not in options]
+    if missing:
+        texts = option_help(name)
+        raise ValueError(f"{name}: missing option{'s' if len(missing) > 1 else ''} "
+                         + ", ".join(f"{option} ({texts[option]})" for option in missing))
 
 
 def build_method(name: str, **options) -> Method:
-    """The method ``name`` with ``options`` (unknown options are an error naming them)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    accepted = method_parameters(name)
-    unknown = [option for option in options if option not in accepted]
-    if unknown:
-        raise ValueError(f"method {name!r} does not take these options: {', '.join(unknown)} "
-                         f"(it takes: {', '.join(accepted) or 'none'})")
-    try:
-        return METHODS[name](**options)
-    except TypeError as error:
-        raise ValueError(f"method {name!r}: {error}") from None
+    """The method ``name`` with ``options``; unknown and missing options are errors naming them."""
+    check_options(name, options)
+    return METHODS[name](**options)
 
 
-__all__ = ["Method", "METHODS", "build_method", "method_parameters", "Standard", "PGDAT", "TRADES", "MART", "ALP",
-           "LabelSmoothing", "LRM", "PGDATLMA", "TRADESLMA", "MARTLMA", "LMAAT", "LTD"]
+__all__ = ["Method", "METHODS", "build_method", "check_options", "method_parameters", "method_signature",
+           "option_help", "Standard", "PGDAT", "TRADES", "MART", "ALP", "LabelSmoothing", "LRM", "PGDATLMA",
+           "TRADESLMA", "MARTLMA", "LMAAT", "LTD"]

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from .. import _validate as check
 from ..ops import logits as L
-from .base import NaturalAndAdversarialMethod, check_range
+from .base import NaturalAndAdversarialMethod
 
 
 def alp_loss(logits_natural, logits_adv, y, natural_weight, beta):
@@ -31,11 +32,12 @@ class ALP(NaturalAndAdversarialMethod):
     attack_loss = "ce"
     attack_init = "uniform"
     default_beta = 0.5
+    option_help = {"beta": "weight λ of the logit pairing ||z(x) - z(x')||^2",
+                   "natural_weight": "weight a of the clean cross-entropy (0: adversarial-only ALP)"}
 
     def __init__(self, *, natural_weight: float = 0.5, **options):
         super().__init__(**options)
-        check_range(self.name, 0.0, 1.0, natural_weight=natural_weight)
-        self.natural_weight = natural_weight
+        self.natural_weight = check.number(self.name, "natural_weight", natural_weight, low=0, high=1)
 
     def loss_terms(self, logits_natural, logits_adv, y):
         loss, natural, adversarial, pairing = alp_loss(logits_natural, logits_adv, y, self.natural_weight, self.beta)

@@ -18,12 +18,12 @@ DDP's gradient synchronisation.
 """
 from __future__ import annotations
 
-import math
 from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
+from .. import _validate as check
 from ..attacks import PGD
 from ..ops import logits as L
 
@@ -47,10 +47,13 @@ class Method:
     #: the trainer's default learning rate is the dataset's times this (a method whose paper
     #: trains at a different rate than TRADES' setting, which the dataset defaults follow)
     lr_factor: ClassVar[float] = 1.0
+    #: what each option this class's ``__init__`` declares is (the command line's help text)
+    option_help: ClassVar[dict[str, str]] = {
+        "logit_squeeze": "adds this weight times mean ||z||^2 of every batch of logits the loss uses (seed 001 §3.1)",
+    }
 
     def __init__(self, *, logit_squeeze: float = 0.0):
-        check_positive(self.name, logit_squeeze=logit_squeeze)
-        self.logit_squeeze = logit_squeeze
+        self.logit_squeeze = check.number(self.name, "logit_squeeze", logit_squeeze, low=0)
 
     def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack_model: nn.Module) -> Objective:
         """The method's own loss on the batch, before logit squeezing."""
@@ -91,37 +94,7 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == y).float().mean().detach()
 
 
-def check_range(method: str, low: float = 0.0, high: float = math.inf, *, low_open: bool = False,
-                high_open: bool = False, **values) -> None:
-    """Each of ``values`` must be a real number from ``low`` to ``high`` (bounds included unless
-    open); the error names the method, the argument and the interval."""
-    for name, value in values.items():
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        above = number and (value > low if low_open else value >= low)
-        below = number and (value < high if high_open else value <= high)
-        if not (above and below):
-            if high == math.inf:
-                interval = f"{'>' if low_open else '>='} {low:g}"
-            else:
-                interval = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-            raise ValueError(f"{method}: {name} must be a number {interval}, got {value!r}")
-
-
-def check_positive(method: str, **values) -> None:
-    check_range(method, **values)
-
-
 ATTACK_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def attack_dtype_of(method: str, name: str | None):
-    """The autocast dtype of a method's attack ("bfloat16" makes the attack's forward and
-    backward passes run in bf16; the update and the training loss stay in float32)."""
-    if name is None:
-        return None
-    if name not in ATTACK_DTYPES:
-        raise ValueError(f"{method}: attack_dtype must be one of {sorted(ATTACK_DTYPES)} or None, got {name!r}")
-    return ATTACK_DTYPES[name]
 
 
 class AdversarialMethod(Method):
@@ -130,13 +103,24 @@ class AdversarialMethod(Method):
 
     attack_loss: ClassVar[str] = "ce"
     attack_init: ClassVar[str] = "uniform"
+    option_help = {
+        "eps": "radius of the training attack's threat model",
+        "alpha": "step size of the training attack",
+        "steps": "steps of the training attack",
+        "norm": "the attack's norm, linf or l2",
+        "attack_dtype": "bfloat16 or float16: the attack's forward and backward passes run under autocast in this "
+                        "dtype (the update and the training loss stay float32)",
+    }
 
     def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, norm: str = "linf",
                  attack_dtype: str | None = None, *, logit_squeeze: float = 0.0):
         super().__init__(logit_squeeze=logit_squeeze)
-        check_positive(self.name, eps=eps, alpha=alpha, steps=steps)
-        self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
-        self.attack_dtype = attack_dtype_of(self.name, attack_dtype)
+        self.eps = check.number(self.name, "eps", eps, low=0)
+        self.alpha = check.number(self.name, "alpha", alpha, low=0)
+        self.steps = check.integer(self.name, "steps", steps)
+        self.norm = check.choice(self.name, "norm", norm, ("linf", "l2"))
+        attack_dtype = check.choice(self.name, "attack_dtype", attack_dtype, ATTACK_DTYPES, allow_none=True)
+        self.attack_dtype = None if attack_dtype is None else ATTACK_DTYPES[attack_dtype]
 
     def attack_options(self) -> dict:
         """Settings of the attack beyond the shared ones (e.g. the margin of margin_ce)."""
@@ -153,14 +137,14 @@ class NaturalAndAdversarialMethod(AdversarialMethod):
     weighted by ``beta`` (TRADES, MART, ...). Both batches go through the model in training
     mode, natural first, as TRADES' and MART's code do; subclasses define :meth:`loss_terms`."""
 
+    #: the paper's weight of the term ``beta`` weighs (the default when beta is None)
     default_beta: ClassVar[float] = 1.0
+    option_help = {"beta": "the method's trade-off weight (METHODS.md section 2)"}
 
     def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, beta: float | None = None,
                  norm: str = "linf", attack_dtype: str | None = None, *, logit_squeeze: float = 0.0):
         super().__init__(eps, alpha, steps, norm, attack_dtype, logit_squeeze=logit_squeeze)
-        beta = self.default_beta if beta is None else beta
-        check_positive(self.name, beta=beta)
-        self.beta = beta
+        self.beta = check.number(self.name, "beta", self.default_beta if beta is None else beta, low=0)
 
     def targets(self, x: torch.Tensor, y: torch.Tensor):
         """What :meth:`loss_terms` fits the natural logits to: the labels (LTD: soft labels)."""

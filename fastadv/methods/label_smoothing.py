@@ -1,8 +1,9 @@
 """Label smoothing as a defence (natural training), METHODS.md section 2, seed 001 §4 Eq. 8."""
 from __future__ import annotations
 
+from .. import _validate as check
 from ..ops import logits as L
-from .base import Method, Objective, accuracy, check_range, forward_logits
+from .base import Method, Objective, accuracy, forward_logits
 
 
 class LabelSmoothing(Method):
@@ -17,11 +18,11 @@ class LabelSmoothing(Method):
 
     name = "label_smoothing"
     adversarial = False
+    option_help = {"smoothing": "label smoothing s: the target is 1 - s on y and s/(C - 1) elsewhere"}
 
     def __init__(self, smoothing: float = 0.1, **options):
         super().__init__(**options)
-        check_range(self.name, 0.0, 1.0, smoothing=smoothing)
-        self.smoothing = smoothing
+        self.smoothing = check.number(self.name, "smoothing", smoothing, low=0, high=1)
 
     def objective(self, model, x, y, attack_model):
         logits = forward_logits(model, x)

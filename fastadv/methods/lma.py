@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import _validate as check
 from ..ops import logits as L
-from .base import NaturalAndAdversarialMethod, check_range
+from .base import NaturalAndAdversarialMethod
 from .mart import mart_loss
 from .trades import trades_loss
 
@@ -41,13 +42,18 @@ class LogitMovingAverageMethod(NaturalAndAdversarialMethod):
     # defaults follow; at the full rate the β = 86 regulariser collapses the digits model to
     # constant logits (every class 10%).
     lr_factor = 0.1
+    option_help = {
+        "beta": "weight β of the mHuber term",
+        "margin": "margin δ of the squared hinge L'",
+        "ema_decay": "τ of the logits' moving averages",
+        "mhuber_alpha": "α of mHuber (5.345 for ResNet-18, 2.345 for WRN-34-10)",
+    }
 
     def __init__(self, *, margin: float = 0.9, ema_decay: float = 0.2, mhuber_alpha: float = 5.345, **options):
         super().__init__(**options)
-        check_range(self.name, margin=margin)
-        check_range(self.name, 0.0, 1.0, high_open=True, ema_decay=ema_decay)
-        check_range(self.name, low_open=True, mhuber_alpha=mhuber_alpha)
-        self.margin, self.ema_decay, self.mhuber_alpha = margin, ema_decay, mhuber_alpha
+        self.margin = check.number(self.name, "margin", margin, low=0)
+        self.ema_decay = check.number(self.name, "ema_decay", ema_decay, low=0, high=1, high_open=True)
+        self.mhuber_alpha = check.number(self.name, "mhuber_alpha", mhuber_alpha, low=0, low_open=True)
         self._ema_natural = self._ema_adv = None
 
     def attack_options(self):
@@ -98,11 +104,11 @@ class TRADESLMA(LogitMovingAverageMethod):
     1/λ = 6 (``kl_weight``, TRADES' own). The attack is PGD-margin_ce (§4.4), not TRADES' KL."""
 
     name = "trades_lma"
+    option_help = {"kl_weight": "weight 1/λ of TRADES' KL term"}
 
     def __init__(self, *, kl_weight: float = 6.0, **options):
         super().__init__(**options)
-        check_range(self.name, kl_weight=kl_weight)
-        self.kl_weight = kl_weight
+        self.kl_weight = check.number(self.name, "kl_weight", kl_weight, low=0)
 
     def base_terms(self, logits_natural, logits_adv, y):
         loss, natural, robust = trades_loss(logits_natural, logits_adv, y, self.kl_weight)
@@ -114,11 +120,11 @@ class MARTLMA(LogitMovingAverageMethod):
     β·mHuber``, λ = 5 (``kl_weight``, MART's own)."""
 
     name = "mart_lma"
+    option_help = {"kl_weight": "weight λ of MART's KL term"}
 
     def __init__(self, *, kl_weight: float = 5.0, **options):
         super().__init__(**options)
-        check_range(self.name, kl_weight=kl_weight)
-        self.kl_weight = kl_weight
+        self.kl_weight = check.number(self.name, "kl_weight", kl_weight, low=0)
 
     def base_terms(self, logits_natural, logits_adv, y):
         loss, bce, robust = mart_loss(logits_natural, logits_adv, y, self.kl_weight)

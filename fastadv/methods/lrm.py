@@ -5,30 +5,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import _validate as check
 from ..ops import logits as L
-from .base import AdversarialMethod, Objective, accuracy, check_range, forward_logits
+from .base import AdversarialMethod, Objective, accuracy, forward_logits
 
 
 def lrm_loss(logits_natural, logits_adv, y, y_other, weight, smoothing, ratio):
     """(loss, L_adv, H, c) with loss = L_adv + c·H, the terms of LRM before logit squeezing:
 
     - ``L_adv = mean CE(z(x'), t)``, t the mixup of the label-smoothed targets of y (weight
-      ``weight``) and ``y_other`` (weight 1 − ``weight``), as the per-label sum mixup's code writes;
+      ``weight``, a float or a 0-dim tensor) and ``y_other`` (weight 1 − ``weight``), as the
+      per-label sum mixup's code writes;
     - ``H = mean H(p(x), z(x'))``, the cross-entropy of the distribution p(x) against the
       logits z(x'), with the gradient flowing through both;
-    - ``c = r·sg(L_adv / H)``, so that c·H equals r·L_adv in value.
+    - ``c = sg(L_adv / (r·H))``, so that L_adv : c·H = r, the pairing term equals L_adv / r in value.
     """
-    adversarial = weight * L.smoothed_cross_entropy(logits_adv, y, smoothing)
-    if weight < 1:
-        adversarial = adversarial + (1 - weight) * L.smoothed_cross_entropy(logits_adv, y_other, smoothing)
-    adversarial = adversarial.mean()
+    adversarial = (weight * L.smoothed_cross_entropy(logits_adv, y, smoothing)
+                   + (1 - weight) * L.smoothed_cross_entropy(logits_adv, y_other, smoothing)).mean()
     pairing = L.soft_cross_entropy(logits_adv, F.softmax(logits_natural, dim=1)).mean()
-    coefficient = ratio * (adversarial / pairing).detach()
+    coefficient = (adversarial / (ratio * pairing)).detach()
     return adversarial + coefficient * pairing, adversarial, pairing, coefficient
 
 
 class LRM(AdversarialMethod):
-    """``L_adv + c·H(p(x), z(x')) + β(‖z(x)‖² + ‖z(x')‖²)``, ``c = r·sg(L_adv / H)``: seed 001
+    """``L_adv + c·H(p(x), z(x')) + β(‖z(x)‖² + ‖z(x')‖²)``, ``c = sg(L_adv / (r·H))``: seed 001
     §5.2's combination of adversarial-only training (a = 0 in its Eq. 1) with label smoothing s
     (Eq. 8), mixup on the inputs and the decoupled logit pairing of §4.1 (Eq. 11, h = the
     cross-entropy between the distributions the logits induce).
@@ -46,7 +46,9 @@ class LRM(AdversarialMethod):
       batch with itself, as mixup's code does, with α = 1 (``mixup_alpha``; mixup's CIFAR
       setting, which the seed does not give). ``mixup_alpha=0`` turns mixup off. λ is folded to
       max(λ, 1 − λ), which leaves the distribution of mixed pairs unchanged (the random pairing
-      is as likely as its inverse) and makes y the dominant label of every mixed input.
+      is as likely as its inverse) and makes y the dominant label of every mixed input. λ is
+      drawn on the batch's device from torch's generator (saved in checkpoints) and stays a
+      tensor: reading it would synchronise with the device at every step.
     - Mixup is a data augmentation of the inputs: it is applied first, and x below is the
       mixed batch; the targets are the mixup of the smoothed targets (label smoothing is
       "a preprocessing step on the labels", §4).
@@ -58,10 +60,11 @@ class LRM(AdversarialMethod):
       detached, H's gradient vanishes when z(x) = z(x')).
     - c is computed on the batch means (one ratio per batch), and both batches go through the
       model in training mode, natural first, as in the other natural-and-adversarial methods.
-    - The ratio: METHODS.md's ``c·H = r·L_adv`` is followed. Seed 001 §5.2 words r as "the
-      ratio between the adversarial training loss and the pairing loss", which would read
-      ``L_adv / (c·H) = r`` (r = 0.125 making the pairing 8 times L_adv, "which focuses the loss
-      on keeping adversarial and original examples similar").
+    - The ratio: seed 001 §5.2 sets "the ratio between the adversarial training loss and the
+      pairing loss", so ``L_adv / (c·H) = r``: r = 0.125 makes the pairing term 8 times L_adv,
+      which "focuses the loss on keeping adversarial and original examples similar", and
+      r = 0.95 lets the network "focus more on fitting the data"; §4.1's "constant fraction" is
+      read in that light.
 
     ``clean_acc`` and ``adv_acc`` are measured on the mixed batch against its dominant label.
     """
@@ -69,20 +72,29 @@ class LRM(AdversarialMethod):
     name = "lrm"
     attack_loss = "ce"
     attack_init = "uniform"
+    option_help = {
+        "smoothing": "label smoothing s of the adversarial targets (1 - s on y, s/(C - 1) elsewhere)",
+        "pairing_ratio": "ratio r of the adversarial loss to the pairing loss (the pairing term is L_adv / r)",
+        "mixup_alpha": "mixup's Beta(a, a) parameter, 0 for no mixup",
+    }
 
     def __init__(self, *, smoothing: float = 0.1, pairing_ratio: float = 0.125, mixup_alpha: float = 1.0,
                  logit_squeeze: float = 1e-3, **options):
         super().__init__(logit_squeeze=logit_squeeze, **options)
-        check_range(self.name, 0.0, 1.0, smoothing=smoothing)
-        check_range(self.name, pairing_ratio=pairing_ratio, mixup_alpha=mixup_alpha)
-        self.smoothing, self.pairing_ratio, self.mixup_alpha = smoothing, pairing_ratio, mixup_alpha
+        self.smoothing = check.number(self.name, "smoothing", smoothing, low=0, high=1)
+        self.pairing_ratio = check.number(self.name, "pairing_ratio", pairing_ratio, low=0, low_open=True)
+        self.mixup_alpha = check.number(self.name, "mixup_alpha", mixup_alpha, low=0)
 
     def mixup(self, x: torch.Tensor, y: torch.Tensor):
-        """(λ·x + (1 − λ)·x[π], y[π], λ) with λ ≥ 1/2 and π a random permutation of the batch."""
+        """(λ·x + (1 − λ)·x[π], y[π], λ) with λ ≥ 1/2 a 0-dim tensor and π a random permutation
+        of the batch; (x, y, 1.0) without mixup."""
         if self.mixup_alpha == 0:
             return x, y, 1.0
-        weight = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
-        weight = max(weight, 1 - weight)
+        concentration = torch.full((), self.mixup_alpha, dtype=x.dtype, device=x.device)
+        # Without validation: Beta's argument check reads the tensor (a synchronisation); alpha
+        # was checked once in __init__.
+        weight = torch.distributions.Beta(concentration, concentration, validate_args=False).sample()
+        weight = torch.maximum(weight, 1 - weight)
         pairing = torch.randperm(len(x), device=x.device)
         return weight * x + (1 - weight) * x[pairing], y[pairing], weight
 

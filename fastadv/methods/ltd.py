@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _validate as check
 from ..ops import logits as L
-from .base import NaturalAndAdversarialMethod, check_range, forward_logits
+from .base import NaturalAndAdversarialMethod, forward_logits
 
 
 def ltd_loss(logits_natural, logits_adv, soft_labels, beta):
@@ -16,28 +17,6 @@ def ltd_loss(logits_natural, logits_adv, soft_labels, beta):
     return natural + beta * robust, natural, robust
 
 
-def load_teacher(path, info, device=None) -> nn.Module:
-    """The model of a fastadv run folder (its best.pt, else its checkpoint.pt) or checkpoint file,
-    in eval mode, without gradients, on ``device``; a ValueError naming ``teacher`` when it does
-    not classify the classes of ``info`` (a :class:`fastadv.data.DatasetInfo`) or does not take
-    its input shape."""
-    from ..evaluate import load_model
-
-    try:
-        model, _, teacher_info, checkpoint = load_model(path, device)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"teacher: {error}") from None
-    except ValueError as error:
-        raise ValueError(f"teacher: {error}") from None
-    if teacher_info.num_classes != info.num_classes:
-        raise ValueError(f"teacher: {checkpoint} classifies {teacher_info.num_classes} classes, the dataset "
-                         f"{info.name} has {info.num_classes}")
-    if tuple(teacher_info.input_shape) != tuple(info.input_shape):
-        raise ValueError(f"teacher: {checkpoint} takes inputs of shape {tuple(teacher_info.input_shape)}, the "
-                         f"dataset {info.name} has {tuple(info.input_shape)}")
-    return model.requires_grad_(False).eval()
-
-
 class LTD(NaturalAndAdversarialMethod):
     """``CE(z(x), p^t_T) + λ·KL(p(x) ‖ p(x'))`` with ``p^t_T = softmax(z_teacher(x) / T)``
     (seed 004 Eq. 28): TRADES with the one-hot labels of its natural term replaced by a teacher's
@@ -45,7 +24,7 @@ class LTD(NaturalAndAdversarialMethod):
 
     Defaults: T = 5 (``temperature``, seed 004 §5.3.2's best on CIFAR-10 with WRN-34-10) and
     λ = 6 (``beta``, §4.2). ``teacher`` is a model trained with plain cross-entropy on natural
-    images (§4.2; from a run folder with :func:`load_teacher`); it stays in eval mode, without
+    images (§4.2; the trainer loads it from a run folder with :func:`fastadv.runs.load_teacher`); it stays in eval mode, without
     gradients, and is not part of the student's state (not in its checkpoints).
 
     - The attack is TRADES': PGD on KL(p(x) ‖ p(x')) from x + 0.001·N(0, I), as METHODS.md
@@ -62,14 +41,18 @@ class LTD(NaturalAndAdversarialMethod):
     attack_loss = "kl"
     attack_init = "normal"
     default_beta = 6.0
+    option_help = {
+        "beta": "weight λ of the KL term",
+        "teacher": "a model trained with plain cross-entropy on natural images, whose soft labels the student fits",
+        "temperature": "temperature T of the teacher's soft labels",
+    }
 
     def __init__(self, teacher: nn.Module, *, temperature: float = 5.0, **options):
         super().__init__(**options)
         if not isinstance(teacher, nn.Module):
             raise TypeError(f"{self.name}: teacher must be a torch.nn.Module (load a run with "
-                            f"fastadv.methods.ltd.load_teacher), got {type(teacher).__name__}")
-        check_range(self.name, low_open=True, temperature=temperature)
-        self.temperature = temperature
+                            f"fastadv.runs.load_teacher), got {type(teacher).__name__}")
+        self.temperature = check.number(self.name, "temperature", temperature, low=0, low_open=True)
         self._teacher = teacher.requires_grad_(False).eval()
 
     @torch.no_grad()

@@ -24,6 +24,7 @@ class MART(NaturalAndAdversarialMethod):
     attack_loss = "ce"
     attack_init = "normal"
     default_beta = 5.0
+    option_help = {"beta": "weight λ of the KL term"}
 
     def loss_terms(self, logits_natural, logits_adv, y):
         loss, bce, robust = mart_loss(logits_natural, logits_adv, y, self.beta)

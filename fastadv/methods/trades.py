@@ -31,6 +31,7 @@ class TRADES(NaturalAndAdversarialMethod):
     attack_loss = "kl"
     attack_init = "normal"
     default_beta = 6.0
+    option_help = {"beta": "weight β of the KL term"}
 
     def loss_terms(self, logits_natural, logits_adv, y):
         loss, natural, robust = trades_loss(logits_natural, logits_adv, y, self.beta)

@@ -18,9 +18,10 @@ from fastadv.methods import METHODS, build_method
 from fastadv.methods import base as method_base
 from fastadv.methods.alp import alp_loss
 from fastadv.methods.lrm import lrm_loss
-from fastadv.methods.ltd import load_teacher, ltd_loss
+from fastadv.methods.ltd import ltd_loss
 from tests.methods.test_methods import fixed_logits
 from fastadv.models import build_model
+from fastadv.runs import load_teacher
 from fastadv.train import Interrupted, TrainConfig, train
 
 NEW_METHODS = ("alp", "label_smoothing", "lrm", "pgd_at_lma", "trades_lma", "mart_lma", "lma_at", "ltd")
@@ -86,12 +87,12 @@ def alp_equation(z_nat, z_adv, y, a, lam):
 
 
 def lrm_equation(z_nat, z_adv, y, y_other, weight, s, r, beta):
-    """L_adv + c·H(p(x), z(x')) + β(‖z(x)‖² + ‖z(x')‖²), c = r·sg(L_adv / H)."""
+    """L_adv + c·H(p(x), z(x')) + β(‖z(x)‖² + ‖z(x')‖²), c = sg(L_adv / (r·H))."""
     classes = z_nat.shape[1]
     target = weight * smoothed_target(y, classes, s) + (1 - weight) * smoothed_target(y_other, classes, s)
     adversarial = soft_cross_entropy(z_adv, target).mean()
     pairing = soft_cross_entropy(z_adv, log_softmax(z_nat).exp()).mean()
-    c = r * (adversarial / pairing).detach()
+    c = (adversarial / (r * pairing)).detach()
     return adversarial + c * pairing + beta * (squared_norm(z_nat).mean() + squared_norm(z_adv).mean())
 
 
@@ -131,7 +132,9 @@ def test_lrm_matches_its_equation_and_holds_the_ratio_exactly():
     y_other = y.roll(1)
     loss, adversarial, pairing, c = lrm_loss(z_nat, z_adv, y, y_other, 0.7, 0.1, 0.125)
     assert loss.item() == pytest.approx(lrm_equation(z_nat, z_adv, y, y_other, 0.7, 0.1, 0.125, 0.0).item(), rel=1e-12)
-    assert (c * pairing).item() == pytest.approx(0.125 * adversarial.item(), rel=1e-14)
+    # seed 001 §5.2: r is "the ratio between the adversarial training loss and the pairing loss"
+    assert (adversarial / (c * pairing)).item() == pytest.approx(0.125, rel=1e-14)
+    assert (c * pairing).item() == pytest.approx(8 * adversarial.item(), rel=1e-14)
     assert not c.requires_grad
     loss.backward()
     # No gradient through c: the gradient is that of L_adv + (c as a constant)·H.
@@ -320,7 +323,7 @@ def test_lrm_mixup_mixes_inputs_and_labels():
     y = torch.arange(8) % 4
     torch.manual_seed(0)
     mixed, y_other, weight = method.mixup(x, y)
-    assert 0.5 <= weight <= 1
+    assert weight.shape == () and 0.5 <= weight <= 1, "λ stays a tensor: reading it would synchronise"
     partner = ((mixed - weight * x) / (1 - weight))[:, 0, 0, 0] * 8
     permutation = partner.round().long()
     assert torch.allclose(partner, permutation.double(), atol=1e-9)
@@ -362,18 +365,31 @@ def test_paper_defaults():
 
 def test_bad_method_options():
     assert set(METHODS) >= set(NEW_METHODS)
-    with pytest.raises(ValueError, match="does not take these options: temperature"):
+    with pytest.raises(ValueError, match=r"^trades: unknown option temperature \(it takes: eps, alpha, steps"):
         build_method("trades", temperature=2.0)
-    with pytest.raises(ValueError, match=r"smoothing must be a number in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"^label_smoothing: smoothing must be in \[0, 1\], got 1.5"):
         build_method("label_smoothing", smoothing=1.5)
-    with pytest.raises(ValueError, match=r"ema_decay must be a number in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"^lma_at: ema_decay must be in \[0, 1\), got 1.0"):
         build_method("lma_at", ema_decay=1.0)
-    with pytest.raises(ValueError, match="logit_squeeze must be a number >= 0"):
+    with pytest.raises(ValueError, match="^pgd_at: logit_squeeze must be >= 0"):
         build_method("pgd_at", logit_squeeze=-1.0)
-    with pytest.raises(ValueError, match="teacher must be a torch.nn.Module"):
+    with pytest.raises(ValueError, match=r"^lrm: pairing_ratio must be > 0"):
+        build_method("lrm", pairing_ratio=0.0)
+    with pytest.raises(TypeError, match="^ltd: teacher must be a torch.nn.Module"):
         build_method("ltd", teacher="runs/digits-standard")
-    with pytest.raises(ValueError, match="missing 1 required positional argument: 'teacher'"):
+    with pytest.raises(ValueError, match=r"^ltd: missing option teacher \(a model trained with plain cross-entropy"):
         build_method("ltd")
+
+
+def test_build_method_lets_other_errors_through(monkeypatch):
+    """Only options are build_method's business: an error inside a method's __init__ keeps its
+    type and message."""
+    def broken(self, **options):
+        raise TypeError("a bug inside __init__")
+
+    monkeypatch.setattr(METHODS["trades"], "__init__", broken)
+    with pytest.raises(TypeError, match="^a bug inside __init__$"):
+        build_method("trades")
 
 
 # ----------------------------------------------------------------------------- the trainer and the CLI
@@ -393,7 +409,7 @@ def test_cli_trains_each_method(name, tmp_path, teacher_run, capsys):
     run_dir = tmp_path / name
     extra = ["--teacher", str(teacher_run)] if name == "ltd" else []
     assert cli.main(["train", "--method", name, "--run-dir", str(run_dir), *QUICK, *extra]) == 0
-    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     student = build_model("digits_cnn", dataset_info("digits")).state_dict()
     assert set(checkpoint["model"]) == set(student), "only the student's weights are saved"
     assert set(checkpoint["method"]) == ({"ema_natural", "ema_adv"} if "lma" in name else set())
@@ -403,19 +419,22 @@ def test_cli_trains_each_method(name, tmp_path, teacher_run, capsys):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--method", "trades", "--temperature", "2"], "temperature: the method 'trades' does not take this option"),
-    (["--method", "pgd_at", "--beta", "1"], "beta: the method 'pgd_at' has no beta"),
-    (["--method", "label_smoothing", "--beta", "1"], "beta: the method 'label_smoothing' has no attack and no beta"),
-    (["--method", "alp", "--teacher", "runs/x"], "teacher: the method 'alp' takes no teacher"),
-    (["--method", "lrm", "--kl-weight", "2"], "kl_weight: the method 'lrm' does not take this option"),
-    (["--method", "label_smoothing", "--smoothing", "2"], r"smoothing must be a number in \[0, 1\]"),
+    (["--method", "trades", "--temperature", "2"], r"trades: unknown option temperature \(it takes: "),
+    (["--method", "pgd_at", "--beta", "1"], "pgd_at: unknown option beta"),
+    (["--method", "label_smoothing", "--beta", "1"], r"label_smoothing: unknown option beta \(it takes: smoothing, "
+                                                     r"logit_squeeze\)"),
+    (["--method", "label_smoothing", "--attack-dtype", "bfloat16"], "label_smoothing: unknown option attack_dtype"),
+    (["--method", "alp", "--teacher", "runs/x"], "alp: unknown option teacher"),
+    (["--method", "lrm", "--kl-weight", "2"], "lrm: unknown option kl_weight"),
+    (["--method", "label_smoothing", "--smoothing", "2"], r"label_smoothing: smoothing must be in \[0, 1\], got 2.0"),
     (["--method", "ltd", "--teacher", "nowhere"], "teacher: no run at nowhere.*fastadv train --method standard "
                                                    "--dataset digits --run-dir nowhere"),
 ])
 def test_cli_refuses_bad_options(arguments, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", *arguments, *QUICK]) == 2
-    assert re.search(message, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert re.search("^fastadv train: " + message, err) and err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()
 
 
@@ -465,8 +484,8 @@ def test_lma_resumes_exactly_after_ctrl_c(tmp_path):
     with pytest.raises(Interrupted):
         train(TrainConfig(run_dir=str(interrupted), **config), on_batch_end=press_ctrl_c)
     train(TrainConfig(run_dir=str(interrupted), resume=True, **config))
-    final_a = torch.load(straight / "checkpoint.pt", weights_only=False)
-    final_b = torch.load(interrupted / "checkpoint.pt", weights_only=False)
+    final_a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    final_b = torch.load(interrupted / "checkpoint.pt", weights_only=True)
     for part in ("model", "method"):
         assert final_a[part].keys() == final_b[part].keys()
         assert all(torch.equal(final_a[part][k], final_b[part][k]) for k in final_a[part])

@@ -107,12 +107,16 @@ def test_standard_is_clean_cross_entropy():
 
 def test_registry_and_bad_options():
     assert set(METHODS) >= {"standard", "pgd_at", "trades", "mart"}
-    with pytest.raises(ValueError, match="unknown method 'madry'"):
+    with pytest.raises(ValueError, match="^method must be one of 'standard', .*, got 'madry'"):
         build_method("madry")
-    with pytest.raises(ValueError, match="does not take these options"):
-        build_method("standard", eps=0.1)
-    with pytest.raises(ValueError, match="beta must be a number >= 0"):
+    with pytest.raises(ValueError, match=r"^standard: unknown options eps, steps \(it takes: logit_squeeze\)"):
+        build_method("standard", eps=0.1, steps=3)
+    with pytest.raises(ValueError, match="^trades: beta must be >= 0, got -1.0"):
         build_method("trades", beta=-1.0)
+    with pytest.raises(TypeError, match="^pgd_at: steps must be an integer, got float"):
+        build_method("pgd_at", steps=2.5)
+    with pytest.raises(ValueError, match="^mart: norm must be one of 'linf', 'l2', got 'l1'"):
+        build_method("mart", norm="l1")
 
 
 def test_paper_defaults():

@@ -1,0 +1,141 @@
+"""The configuration of a training run: :class:`TrainConfig`, the per-dataset defaults and the
+learning-rate schedules. A config is checked and completed by :meth:`TrainConfig.resolved`
+before any data is loaded or anything is written; config.json is its record."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from . import _validate as check
+from .data import DATASETS
+from .methods import METHODS, check_options, method_parameters
+from .models import default_model
+
+SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
+NORMS = ("linf", "l2")
+ATTACK_DTYPES = ("bfloat16", "float16")
+# Settings a resumed run may change: they do not affect what is computed.
+FREE_ON_RESUME = ("resume", "overwrite", "progress", "device", "workers")
+# The method parameters the trainer sets from settings of its own (the attack's also serve the
+# per-epoch evaluation; ltd's teacher is a run folder here, loaded into a model for the method).
+TRAINER_METHOD_SETTINGS = ("eps", "alpha", "steps", "norm", "attack_dtype", "beta", "teacher")
+
+# Per-dataset training defaults (anything left None in TrainConfig). digits: chosen so that
+# TRADES trains in about a minute on 2 CPU cores; CIFAR: the TRADES paper's (100 epochs,
+# lr 0.1 decayed by 10 at epochs 75 and 90, weight decay 2e-4, batch 128).
+DATASET_DEFAULTS = {
+    "digits": dict(epochs=30, batch_size=128, lr=0.05, weight_decay=5e-4),
+    "cifar10": dict(epochs=100, batch_size=128, lr=0.1, weight_decay=2e-4),
+    "cifar100": dict(epochs=100, batch_size=128, lr=0.1, weight_decay=2e-4),
+    "synthetic": dict(epochs=2, batch_size=32, lr=0.1, weight_decay=5e-4),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; written to config.json. None means "the default for the
+    dataset or method" and is filled in by :meth:`resolved`."""
+
+    method: str = "trades"
+    dataset: str = "digits"
+    model: Optional[str] = None
+    data_root: Optional[str] = None
+    download: bool = False
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    momentum: float = 0.9
+    weight_decay: Optional[float] = None
+    schedule: str = "multistep"
+    milestones: tuple = (0.75, 0.9)  # fractions of the run (TRADES: epochs 75 and 90 of 100)
+    gamma: float = 0.1
+    eps: Optional[float] = None
+    alpha: Optional[float] = None
+    steps: int = 10
+    beta: Optional[float] = None
+    # ltd: the run folder of its teacher (default runs/<dataset>-standard)
+    teacher: Optional[str] = None
+    norm: str = "linf"
+    attack_dtype: Optional[str] = None  # "bfloat16": the training attack runs under bf16 autocast
+    eval_steps: int = 20
+    eval_size: Optional[int] = None
+    amp: Optional[bool] = None
+    grad_clip: Optional[float] = None
+    seed: int = 0
+    device: Optional[str] = None
+    workers: int = 0
+    run_dir: Optional[str] = None
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    augment: bool = True
+    # the method's own options beyond the ones above (e.g. temperature, logit_squeeze)
+    method_options: dict = field(default_factory=dict)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every default filled in; raises ValueError (TypeError for a value of the
+        wrong type) naming the setting, before any data is loaded or anything is written."""
+        check.choice(None, "method", self.method, METHODS)
+        check.choice(None, "dataset", self.dataset, DATASETS)
+        check.choice(None, "schedule", self.schedule, SCHEDULES)
+        check.choice(None, "norm", self.norm, NORMS)
+        check.choice(None, "attack_dtype", self.attack_dtype, ATTACK_DTYPES, allow_none=True)
+        config = dataclasses.replace(self, milestones=tuple(self.milestones), method_options=dict(self.method_options))
+        for key, value in DATASET_DEFAULTS[self.dataset].items():
+            if getattr(config, key) is None:
+                setattr(config, key, value * METHODS[self.method].lr_factor if key == "lr" else value)
+        if config.model is None:
+            config.model = default_model(config.dataset)
+        if config.run_dir is None:
+            config.run_dir = str(Path("runs") / f"{config.dataset}-{config.method}")
+        for name in ("epochs", "batch_size", "steps", "eval_steps"):
+            check.integer(None, name, getattr(config, name))
+        check.integer(None, "eval_size", config.eval_size, allow_none=True)
+        check.integer(None, "seed", config.seed, low=0)
+        check.integer(None, "workers", config.workers, low=0)
+        for name in ("lr", "momentum", "weight_decay", "gamma"):
+            check.number(None, name, getattr(config, name), low=0)
+        for name in ("eps", "alpha", "beta"):
+            check.number(None, name, getattr(config, name), low=0, allow_none=True)
+        check.number(None, "grad_clip", config.grad_clip, low=0, low_open=True, allow_none=True)
+        for milestone in config.milestones:
+            check.number(None, "milestones", milestone, low=0, low_open=True, high=1)
+        for name in ("download", "resume", "overwrite", "progress", "augment"):
+            check.flag(None, name, getattr(config, name))
+        if config.amp is not None:
+            check.flag(None, "amp", config.amp)
+        config._check_method_options()
+        return config
+
+    def method_option_names(self) -> list[str]:
+        """The options the trainer builds the method with (see :func:`fastadv.train.method_options`)."""
+        names = list(self.method_options)
+        if METHODS[self.method].adversarial:
+            names += ["eps", "alpha", "steps", "norm"]
+        names += [name for name in ("attack_dtype", "beta", "teacher") if getattr(self, name) is not None]
+        return names
+
+    def _check_method_options(self) -> None:
+        """Options the method does not take are refused, naming them; ltd's teacher defaults to
+        runs/<dataset>-standard and must exist."""
+        for name in self.method_options:
+            if name in TRAINER_METHOD_SETTINGS:
+                raise ValueError(f"method_options: {name} is a setting of the trainer (TrainConfig.{name}), "
+                                 "not a method option")
+        if self.teacher is None and "teacher" in method_parameters(self.method):
+            self.teacher = str(Path("runs") / f"{self.dataset}-standard")
+            default = True
+        else:
+            default = False
+        check_options(self.method, self.method_option_names())
+        if self.teacher is None:
+            return
+        self.teacher = str(Path(self.teacher))
+        if not Path(self.teacher).exists():
+            command = f"fastadv train --method standard --dataset {self.dataset}"
+            if not default:
+                command += f" --run-dir {self.teacher}"
+            raise FileNotFoundError(f"teacher: no run at {self.teacher}; the {self.method} method distils a "
+                                    f"standard-trained teacher: train one first with `{command}`")
