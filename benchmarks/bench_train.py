@@ -23,6 +23,9 @@ root module), which says whether the forward ran in eval mode (inside the attack
 Then the accuracy check of the bf16 attack: PGD-20 robust accuracy of a TRADES digits model
 under the float32 attack and the bf16-autocast attack, same random starts.
 
+On a CPU that emulates bf16 (fastadv.hardware's probe) the bf16 variants and the accuracy check
+are skipped, and the report says why: they would time software emulation, twenty times slower.
+
 Also a pytest-benchmark suite: `pytest benchmarks/bench_train.py --benchmark-only`.
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastadv
+from fastadv import hardware
 from fastadv.attacks import PGD
 from fastadv.data import load_dataset
 from fastadv.methods import build_method
@@ -151,13 +155,25 @@ def fastadv_step(method, model, optimizer, x, y):
     return loss
 
 
-def make_steps(spec, model, optimizer, x, y):
-    """The four variants, each a closure over its own deep copy of the model and optimizer."""
+def bf16_skipped(device: torch.device) -> str | None:
+    """Why the bf16 rows are left out on this host, or None when they run."""
+    if device.type != "cpu" or hardware.cpu_bf16_native():
+        return None
+    return (f"bf16 rows skipped: this CPU has no native bfloat16 (a bf16 convolution forward+backward takes "
+            f"{hardware.cpu_bf16_ratio():.1f}x float32's time), so they would time software emulation")
+
+
+def variants_for(device: torch.device) -> tuple[str, ...]:
+    return tuple(v for v in VARIANTS if "bf16" not in v) if bf16_skipped(device) else VARIANTS
+
+
+def make_steps(spec, model, optimizer, x, y, variants=VARIANTS):
+    """The variants, each a closure over its own deep copy of the model and optimizer."""
     options = dict(eps=spec["eps"], alpha=spec["alpha"], steps=spec["steps"])
     if spec["beta"] is not None:
         options["beta"] = spec["beta"]
     steps, states = {}, {}
-    for name in VARIANTS:
+    for name in variants:
         net, opt = copy.deepcopy((model, optimizer))  # one deepcopy: opt holds net's parameters
         bf16 = "bf16" in name
         if name.startswith("fastadv"):
@@ -323,7 +339,7 @@ def robust_accuracy_pair(model, x, y, device, seeds) -> list[dict]:
 def digits_model(device, quick: bool):
     """A TRADES digits model: quick reuses runs/digits-trades when it is a TRADES digits run,
     otherwise TRADES is trained here (8 epochs, 4 in quick) in a temporary folder."""
-    from fastadv.evaluate import load_model
+    from fastadv.runs import load_model
     from fastadv.train import TrainConfig, train
 
     if quick and RUN_DIR_TO_REUSE.is_dir():
@@ -346,21 +362,11 @@ def digits_model(device, quick: bool):
                    f"(float32 attack, default settings), {seconds:.0f} s; its best-robust checkpoint")
 
 
-def cpu_bf16_support() -> str:
-    """Which bf16 instructions the CPU reports (the speed of a bf16 attack on a CPU depends on them)."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        return "unknown"
-    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
-    return ", ".join(found) if found else "none (bf16 emulated in float32 units)"
-
-
 # ----------------------------------------------------------------------------- run
 def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
     device = torch.device(device)
     started = time.perf_counter()
+    skipped, variants = bf16_skipped(device), variants_for(device)
     records, breakdowns, titles = [], {}, {}
     timing = {
         "trades_digits": dict(rounds=3, calls_per_round=1, warmup=1, profiled=1) if quick else
@@ -373,13 +379,13 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
         titles[workload] = spec["title"]
         x, y, info = make_batch(spec, device)
         model, optimizer = make_model_and_optimizer(spec, info, device)
-        steps, states = make_steps(spec, model, optimizer, x, y)
+        steps, states = make_steps(spec, model, optimizer, x, y, variants)
         plan = timing[workload]
         stats = common.time_interleaved(steps, device, rounds=plan["rounds"], calls_per_round=plan["calls_per_round"],
                                         warmup=plan["warmup"])
         base = stats[OFFICIAL_FP32]["median"]
         breakdowns[workload] = breakdowns_of(steps, states, x, device, plan["profiled"])
-        for name in VARIANTS:
+        for name in variants:
             finite[(workload, name)] = breakdowns[workload][name]["loss_finite"]
         for name, s in stats.items():
             records.append({"kind": "step", "workload": workload, "variant": name, "quantity": "step",
@@ -390,10 +396,13 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
                 records.append({"kind": "breakdown", "workload": workload, "variant": name, "quantity": key,
                                 "median_ms": value, "p20_ms": None, "p80_ms": None, "speedup_vs_official_fp32": None,
                                 "share_percent": 100 * value / result["wall_ms"], "value": None})
-    model, provenance = digits_model(device, quick)
-    _, test_set, _ = load_dataset("digits", augment=False)
-    seeds = [0, 1, 2]
-    accuracy = robust_accuracy_pair(model, test_set.images.to(device), test_set.labels.to(device), device, seeds)
+    accuracy, provenance, samples = [], None, 0
+    if not skipped:
+        model, provenance = digits_model(device, quick)
+        _, test_set, _ = load_dataset("digits", augment=False)
+        samples = len(test_set)
+        accuracy = robust_accuracy_pair(model, test_set.images.to(device), test_set.labels.to(device), device,
+                                        seeds=[0, 1, 2])
     for row in accuracy:
         for label in ("float32", "bfloat16"):
             records.append({"kind": "accuracy", "workload": "digits PGD-20", "variant": label,
@@ -402,10 +411,9 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
                             "value": row[label]})
     meta = {
         "machine": common.machine_description(device), "device": str(device), "torch": torch.__version__,
-        "cpu_bf16": cpu_bf16_support() if device.type == "cpu" else None,
+        "cpu_bf16_ratio": hardware.cpu_bf16_ratio() if device.type == "cpu" else None, "bf16_skipped": skipped,
         "fastadv": fastadv.__version__, "quick": quick, "timing": timing, "workloads": WORKLOADS,
-        "breakdowns": breakdowns, "accuracy_check": {"model": provenance, "samples": len(test_set),
-                                                     "rows": accuracy},
+        "breakdowns": breakdowns, "accuracy_check": {"model": provenance, "samples": samples, "rows": accuracy},
         "losses_finite_after_timing": {f"{w} / {v}": ok for (w, v), ok in finite.items()},
         "seconds": time.perf_counter() - started,
     }
@@ -451,7 +459,7 @@ ATTACK_MODEL = ("attack_forward", "attack_backward")
 NOT_ATTACK = ("outer_clean", "outer_forward", "outer_losses", "outer_backward", "optimizer")
 
 
-def verdicts(stats, breakdowns, accuracy) -> list[str]:
+def verdicts(stats, breakdowns, accuracy, skipped=None) -> list[str]:
     """One line per target, met or missed, with the breakdown's explanation of the figure."""
     lines = []
     # 1. TRADES float32: the structural gain (clean forward once per batch instead of once per step).
@@ -479,6 +487,8 @@ def verdicts(stats, breakdowns, accuracy) -> list[str]:
             f"{WORKLOADS['trades_digits']['steps']} model forward+backward passes at x_adv ({common_ms:.1f} ms in the "
             f"official-style profile, {100 * common_ms / official['wall_ms']:.0f}%), which no restructuring removes.")
     lines.append(line)
+    if skipped:
+        return lines + [f"- The bf16 targets: not measured ({skipped})."]
     # 2. bf16 attack, both workloads.
     for workload, parts in breakdowns.items():
         speedup = stats[workload]["fastadv, bf16 attack"]["speedup_vs_official_fp32"]
@@ -544,7 +554,8 @@ def report(records, meta, titles) -> str:
               "forward/backward under torch.autocast(bfloat16) (fastadv: attack_dtype=\"bfloat16\"; official-style: "
               "its model calls in the attack under the same autocast, logits cast to float32); the training loss, "
               "its backward and the optimizer stay float32 in every variant."
-              + (f" bf16 instructions of this CPU: {meta['cpu_bf16']}." if meta.get("cpu_bf16") else ""), ""]
+              + (f" bf16 on this CPU: a bf16 convolution forward+backward takes {meta['cpu_bf16_ratio']:.2f}x "
+                 f"float32's time." if meta.get("cpu_bf16_ratio") else ""), ""]
     lines += ["Where the time goes: torch.profiler on the real steps (CPU time of each top-level op, "
               "including its children), grouped by what the ops are. The benchmark only adds a profiler region "
               "around each forward of the model (hooks on its root module) to tell forwards inside the attack "
@@ -558,6 +569,9 @@ def report(records, meta, titles) -> str:
                   f"profiled in turns)", "",
                   breakdown_table(parts, stats[workload]), ""]
     check = meta["accuracy_check"]
+    if meta["bf16_skipped"]:
+        lines += [f"**{meta['bf16_skipped']}.**", "", "**Targets**", ""]
+        return "\n".join(lines + verdicts(stats, breakdowns, [], meta["bf16_skipped"]) + _footer(meta))
     rows = [[r["seed"], f"{100 * r['clean']:.2f}%", f"{100 * r['float32']:.2f}%", f"{100 * r['bfloat16']:.2f}%",
              f"{100 * (r['bfloat16'] - r['float32']):+.2f}", r["flipped"]] for r in check["rows"]]
     lines += [f"**bf16 attack accuracy check**: PGD-20 (L∞, eps 0.2, alpha 0.05, uniform start from a generator "
@@ -566,11 +580,15 @@ def report(records, meta, titles) -> str:
               common.markdown_table(["seed", "clean", "PGD-20 float32", "PGD-20 bf16 attack", "difference (points)",
                                      "images whose outcome differs"], rows), ""]
     lines += ["**Targets**", ""] + verdicts(stats, breakdowns, check["rows"])
+    return "\n".join(lines + _footer(meta))
+
+
+def _footer(meta) -> list[str]:
+    lines = []
     bad = [k for k, ok in meta["losses_finite_after_timing"].items() if not ok]
     if bad:
         lines += ["", f"Warning: the loss was not finite after timing for {', '.join(bad)}."]
-    lines += ["", f"Benchmark wall time: {meta['seconds']:.0f} s."]
-    return "\n".join(lines)
+    return lines + ["", f"Benchmark wall time: {meta['seconds']:.0f} s."]
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -597,4 +615,9 @@ def test_bench_trades_step_fastadv(benchmark):
 
 
 def test_bench_trades_step_fastadv_bf16(benchmark):
+    skipped = bf16_skipped(torch.device("cpu"))
+    if skipped:
+        import pytest
+
+        pytest.skip(skipped)
     benchmark(_digits_step("fastadv, bf16 attack"))

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import signal
 import threading
 import time
@@ -36,16 +37,15 @@ import torch.distributed as dist
 from torch import nn
 
 from .attacks import PGD
-from .config import DATASET_DEFAULTS, FREE_ON_RESUME, SCHEDULES, TrainConfig
-from .data import load_dataset
+from .config import FREE_ON_RESUME, TrainConfig
+from .data import DEFAULT_ROOT, load_dataset
 from .evaluate import robust_accuracy
 from .hardware import warn_slow_cpu_bf16
 from .methods import build_method
 from .models import build_model
 from .runs import RunFolder, load_teacher, rng_state, seed_everything, set_rng_state
 
-__all__ = ["TrainConfig", "Trainer", "Interrupted", "train", "epoch_batches", "make_scheduler", "method_options",
-           "DATASET_DEFAULTS", "SCHEDULES"]
+__all__ = ["TrainConfig", "Trainer", "Interrupted", "train", "epoch_batches", "make_scheduler", "method_options"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -155,9 +155,13 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.train_set, self.test_set, self.info = load_dataset(
-            config.dataset, root=config.data_root, download=config.download and distributed.is_main,
-            augment=config.augment, seed=config.seed)
+        try:
+            self.train_set, self.test_set, self.info = load_dataset(
+                config.dataset, root=config.data_root, download=config.download and distributed.is_main,
+                augment=config.augment, seed=config.seed)
+        except (pickle.UnpicklingError, EOFError) as error:  # the loader's message names no file
+            raise ValueError(f"data_root: the {config.dataset} files under {config.data_root or DEFAULT_ROOT} "
+                             f"cannot be read ({error}); replace them, e.g. with --download") from error
         if config.eps is None:
             config.eps = self.info.default_eps
         if config.alpha is None:

@@ -9,9 +9,10 @@ import sys
 import pytest
 import torch
 
+from fastadv import hardware
 from fastadv.data import write_cifar_folder
 from fastadv.runs import load_model
-from fastadv.train import Interrupted, TrainConfig, epoch_batches, train
+from fastadv.train import Interrupted, TrainConfig, Trainer, epoch_batches, train
 
 QUICK = dict(dataset="digits", epochs=2, steps=2, eval_steps=3, eval_size=90, progress=False)
 
@@ -158,3 +159,12 @@ def test_resume_refuses_changed_settings(tmp_path):
         train(TrainConfig(method="standard", run_dir=str(run_dir), resume=True, lr=0.5, **dict(QUICK, epochs=1)))
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         train(TrainConfig(method="standard", run_dir=str(tmp_path / "empty"), resume=True, **QUICK))
+
+
+@pytest.mark.parametrize("change, flags", [(dict(amp=True), "--amp"),
+                                           (dict(attack_dtype="bfloat16"), "--attack-dtype bfloat16")])
+def test_bf16_on_a_cpu_without_it_warns(tmp_path, monkeypatch, change, flags):
+    monkeypatch.setattr(hardware, "cpu_bf16_ratio", lambda: 19.9)
+    monkeypatch.setattr(hardware, "_warned", False)
+    with pytest.warns(hardware.SlowBF16Warning, match=f"^fastadv train {flags}: .*19.9x slower"):
+        Trainer(TrainConfig(method="trades", device="cpu", run_dir=str(tmp_path / "run"), **QUICK, **change))
