@@ -1,5 +1,8 @@
 """The attacks: invariants, model state, forward counts, early stop, restarts, per-sample
-radii, agreement with torchattacks on a small trained model, bad arguments, autocast."""
+radii, step-for-step agreement with torchattacks in float64, bad arguments, autocast."""
+import copy
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +13,7 @@ from torch import nn
 from fastadv.attacks import CW, FGSM, LOSSES, PGD, PGDL2, Attack, losses
 
 EPS = {"linf": 0.1, "l2": 0.5}
+ULP = 2.0 ** -52  # the spacing of float64 numbers in [1, 2): a bound on any rounding of a value in [0, 1]
 
 
 class Normalize(nn.Module):
@@ -162,7 +166,6 @@ def test_fgsm_moves_exactly_eps_sign(digits):
     assert bool(inside.any()) and bool((~inside).any())
     assert torch.equal(x_adv[inside], stepped[inside])
     assert torch.equal(x_adv[~inside], stepped[~inside].clamp(0, 1))
-    assert torch.allclose(x_adv, torchattacks.FGSM(model, eps=eps)(x, y), atol=1e-7, rtol=0)
 
 
 # ----------------------------------------------------------------------------- model state
@@ -331,17 +334,80 @@ def test_early_stop_with_normal_start_stays_in_a_tiny_ball(digits):
 
 
 # ----------------------------------------------------------------------------- torchattacks
-def test_robust_accuracy_matches_torchattacks(digits):
+@pytest.fixture(scope="module")
+def digits64(digits):
+    """The trained digits model and its 497 held-out samples in float64, where the comparisons
+    with torchattacks below can be held to rounding."""
     model, x, y = digits
-    eps, alpha, steps = 0.1, 0.025, 20
-    clean = accuracy(model, x, y)
-    ours = accuracy(model, PGD(model, eps=eps, alpha=alpha, steps=steps,
-                               generator=torch.Generator().manual_seed(0))(x, y), y)
-    torch.manual_seed(0)
-    theirs = accuracy(model, torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y), y)
-    assert clean > 90
-    assert 10 < theirs < 90, f"pick another eps: torchattacks' robust accuracy is {theirs:.1f}%"
-    assert abs(ours - theirs) <= 2, f"fastadv {ours:.1f}% vs torchattacks {theirs:.1f}%"
+    return copy.deepcopy(model).double(), x.double(), y
+
+
+def test_fgsm_is_torchattacks_fgsm(digits64):
+    """torchattacks: clamp(x + ε·sign ∇ mean CE, 0, 1). fastadv ascends the summed CE, whose
+    gradient is B times the mean's: the same signs. Its step x + ε·sign g rounds exactly as
+    torchattacks' does, and lands on the ball's bounds x ± ε (rounded the same way) or on x, so
+    the ball's clamp changes nothing: every element is equal."""
+    model, x, y = digits64
+    assert torch.equal(FGSM(model, eps=0.1)(x, y), torchattacks.FGSM(model, eps=0.1)(x, y))
+
+
+@pytest.mark.parametrize("steps", [1, 10])
+def test_pgd_linf_is_torchattacks_pgd(digits64, steps):
+    """torchattacks: x' ← clamp(x + clamp(x' + α·sign g − x, −ε, ε), 0, 1), g the gradient of the
+    mean CE; fastadv: x' ← clamp(clamp(x' + α·sign g, x − ε, x + ε), 0, 1) on the summed CE (the
+    same signs). In exact arithmetic the same map; in float64 torchattacks rounds three times per
+    element and step (the step, the difference to x, the sum back to x) and fastadv once, each
+    rounding of a value in [0, 1] errs by at most ULP/4, and the clamps, 1-Lipschitz, pass a
+    difference on without growing it. So after k steps the two differ by at most k·ULP, as long
+    as every sign agrees: a sign that differed would move its element by 2α."""
+    model, x, y = digits64
+    ours = PGD(model, eps=0.1, alpha=0.025, steps=steps, init=None)(x, y)
+    theirs = torchattacks.PGD(model, eps=0.1, alpha=0.025, steps=steps, random_start=False)(x, y)
+    assert float((ours - theirs).abs().max()) <= steps * ULP
+    if steps > 1:
+        unprojected = PGD(model, eps=1.0, alpha=0.025, steps=steps, init=None)(x, y)
+        assert not torch.equal(unprojected, ours), "the projection onto the ball was not compared"
+
+
+@pytest.mark.parametrize("steps", [1, 5, 10])
+def test_pgd_l2_is_torchattacks_pgdl2(digits64, steps):
+    """torchattacks divides the gradient by ‖g‖ + eps_for_division (1e-10 by default; on the mean
+    CE of 497 samples ‖g‖ is small enough for it to move samples by up to 4e-3: see the next
+    test), fastadv by ‖g‖, so the comparison is with eps_for_division=0: the same map in exact
+    arithmetic. An L2 step passes the rounding of its point on to the next gradient's direction,
+    where the model can amplify it, so the bound is not a count of roundings but how closely
+    torchattacks agrees with itself: the same attack on the batch in two parts, which changes
+    nothing but the rounding (the mean's 1/B scales every gradient and the normalisation removes
+    the scale). One ULP per step is the floor (after one step both round alike)."""
+    model, x, y = digits64
+    attack = torchattacks.PGDL2(model, eps=1.0, alpha=0.25, steps=steps, random_start=False, eps_for_division=0)
+    theirs = attack(x, y)
+    in_parts = torch.cat([attack(x[:256], y[:256]), attack(x[256:], y[256:])])
+    rounding = max(steps * ULP, float((in_parts - theirs).abs().max()))
+    assert rounding < 1e-12, "torchattacks disagrees with itself beyond rounding"
+    ours = PGDL2(model, eps=1.0, alpha=0.25, steps=steps, init=None)(x, y)
+    assert float((ours - theirs).abs().max()) <= rounding
+    if steps > 1:
+        unprojected = PGDL2(model, eps=10.0, alpha=0.25, steps=steps, init=None)(x, y)
+        assert not torch.equal(unprojected, ours), "the projection onto the ball was not compared"
+
+
+def test_torchattacks_division_term_is_the_whole_difference_of_its_default(digits64):
+    """With the default eps_for_division τ = 1e-10, one torchattacks PGDL2 step from x is
+    clamp(x + α·g/(‖g‖ + τ), 0, 1), g the gradient of the mean CE, where fastadv's is
+    clamp(x + α·g/‖g‖, 0, 1): before the clamp (which can only shorten it) the two differ by a
+    vector of length α·τ/(‖g‖ + τ). That bounds the measured gap, up to one ULP per element
+    (the step above), and it is far above rounding: the reason for eps_for_division=0 there."""
+    model, x, y = digits64
+    alpha, tau = 0.25, 1e-10
+    x_grad = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x_grad), y), x_grad)
+    term = alpha * tau / (grad.flatten(1).norm(dim=1) + tau)
+    theirs = torchattacks.PGDL2(model, eps=1.0, alpha=alpha, steps=1, random_start=False)(x, y)
+    ours = PGDL2(model, eps=1.0, alpha=alpha, steps=1, init=None)(x, y)
+    gap = (ours - theirs).flatten(1).norm(dim=1)
+    assert bool((gap <= term + ULP * x[0].numel() ** 0.5).all())
+    assert float(gap.max()) > 1e-4
 
 
 # ----------------------------------------------------------------------------- autocast
@@ -362,65 +428,127 @@ def test_bfloat16_autocast(digits):
 
 # ----------------------------------------------------------------------------- bad arguments
 BAD_CONSTRUCTIONS = [
-    (dict(eps=-0.1), ValueError, "eps"),
-    (dict(eps="big"), TypeError, "eps"),
-    (dict(eps=torch.ones(2, 2)), ValueError, "eps"),
-    (dict(eps=torch.tensor([0.1, -0.1])), ValueError, "eps"),
-    (dict(alpha=-1.0), ValueError, "alpha"),
-    (dict(steps=0), ValueError, "steps"),
-    (dict(steps=2.5), TypeError, "steps"),
-    (dict(norm="l3"), ValueError, "norm"),
-    (dict(loss="mse"), ValueError, "loss"),
-    (dict(init="gaussian"), ValueError, "init"),
-    (dict(restarts=0), ValueError, "restarts"),
-    (dict(restarts=2, init=None), ValueError, "restarts"),
-    (dict(early_stop="yes"), TypeError, "early_stop"),
-    (dict(kappa=-1.0), ValueError, "kappa"),
-    (dict(margin=float("nan")), ValueError, "margin"),
-    (dict(amp_dtype=torch.float32), ValueError, "amp_dtype"),
-    (dict(clip=(1.0, 0.0)), ValueError, "clip"),
-    (dict(clip="unit"), TypeError, "clip"),
-    (dict(generator=0), TypeError, "generator"),
+    (dict(eps=-0.1), ValueError, "PGD: eps must be >= 0, got -0.1"),
+    (dict(eps="big"), TypeError, "PGD: eps must be a float or a tensor of shape [B], got str"),
+    (dict(eps=torch.ones(2, 2)), ValueError, "PGD: eps must be a float or have shape [B], got [2, 2]"),
+    (dict(eps=torch.tensor([0.1, -0.1])), ValueError, "PGD: every entry of eps must be >= 0 (and not NaN)"),
+    (dict(eps=torch.tensor([0.1, float("nan")])), ValueError, "PGD: every entry of eps must be >= 0 (and not NaN)"),
+    (dict(eps=torch.tensor([1, 2])), TypeError, "PGD: eps must be a floating-point tensor, got dtype torch.int64"),
+    (dict(alpha=-1.0), ValueError, "PGD: alpha must be >= 0, got -1.0"),
+    (dict(alpha="small"), TypeError, "PGD: alpha must be a float or a tensor of shape [B] or None, got str"),
+    (dict(steps=0), ValueError, "PGD: steps must be an integer >= 1, got 0"),
+    (dict(steps=2.5), TypeError, "PGD: steps must be an integer, got float"),
+    (dict(norm="l3"), ValueError, "PGD: norm must be one of 'linf', 'l2', got 'l3'"),
+    (dict(loss="mse"), ValueError, "PGD: loss must be one of 'ce', 'kl', 'cw', 'margin_ce', got 'mse'"),
+    (dict(init="gaussian"), ValueError, "PGD: init must be one of 'uniform', 'normal' or None, got 'gaussian'"),
+    (dict(restarts=0), ValueError, "PGD: restarts must be an integer >= 1, got 0"),
+    (dict(restarts=2, init=None), ValueError, "PGD: restarts > 1 needs a random init ('uniform' or 'normal'); "
+                                              "from init=None every restart is the same run"),
+    (dict(early_stop="yes"), TypeError, "PGD: early_stop must be a bool, got str"),
+    (dict(kappa=-1.0), ValueError, "PGD: kappa must be >= 0, got -1.0"),
+    (dict(margin=float("nan")), ValueError, "PGD: margin must be >= 0, got nan"),
+    (dict(amp_dtype=torch.float32), ValueError,
+     "PGD: amp_dtype must be None, torch.bfloat16 or torch.float16, got torch.float32"),
+    (dict(clip=(1.0, 0.0)), ValueError, "PGD: clip must satisfy min <= max, got (1.0, 0.0)"),
+    (dict(clip="unit"), TypeError, "PGD: clip must be a pair (min, max) of floats or None, got 'unit'"),
+    (dict(generator=0), TypeError, "PGD: generator must be a torch.Generator or None, got int"),
 ]
 
 
-@pytest.mark.parametrize("kwargs, error, name", BAD_CONSTRUCTIONS)
-def test_bad_construction(kwargs, error, name):
-    with pytest.raises(error, match=name):
+@pytest.mark.parametrize("kwargs, error, message", BAD_CONSTRUCTIONS)
+def test_bad_construction(kwargs, error, message):
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
         PGD(mlp(), **kwargs)
 
 
-def test_bad_model():
-    with pytest.raises(TypeError, match="model"):
+def test_bad_arguments_name_the_attack_that_got_them():
+    with pytest.raises(TypeError, match=r"^FGSM: model must be a torch\.nn\.Module, got function$"):
         FGSM(lambda x: x)
+    with pytest.raises(ValueError, match=r"^CW: kappa must be >= 0, got -1\.0$"):
+        CW(mlp(), kappa=-1.0)
+    with pytest.raises(ValueError, match=r"^PGDL2: steps must be an integer >= 1, got 0$"):
+        PGDL2(mlp(), steps=0)
 
 
-@pytest.mark.parametrize("x, y, call, error, name", [
-    (torch.rand(4, 1, 8, 8), torch.zeros(5, dtype=torch.long), {}, ValueError, "y"),
-    (torch.rand(4, 1, 8, 8), torch.zeros(4), {}, TypeError, "y"),
-    (torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 10]), {}, ValueError, "y"),
-    (torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, -1]), {}, ValueError, "y"),
-    (torch.rand(4, 1, 8, 8), [0, 1, 2, 3], {}, TypeError, "y"),
-    (torch.zeros(4, 1, 8, 8, dtype=torch.long), torch.zeros(4, dtype=torch.long), {}, TypeError, "x"),
-    (torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), dict(eps=torch.ones(3) * 0.1), ValueError, "eps"),
-    (torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), dict(alpha=-0.1), ValueError, "alpha"),
+BATCH, LABELS = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+
+
+@pytest.mark.parametrize("x, y, call, error, message", [
+    (BATCH, torch.zeros(5, dtype=torch.long), {}, ValueError, "PGD: y must have shape [B] = [4], got [5]"),
+    (BATCH, torch.zeros(4), {}, TypeError, "PGD: y must be an integer tensor of class indices, got torch.float32"),
+    (BATCH, torch.tensor([0, 1, 2, 10]), {}, ValueError,
+     "PGD: every label in y must lie in [0, 10) for 10 classes, got labels from 0 to 10"),
+    (BATCH, torch.tensor([0, 1, 2, -1]), {}, ValueError,
+     "PGD: every label in y must lie in [0, 10) for 10 classes, got labels from -1 to 2"),
+    (BATCH, [0, 1, 2, 3], {}, TypeError, "PGD: y must be an integer tensor of class indices, got list"),
+    (torch.zeros(4, 1, 8, 8, dtype=torch.long), LABELS, {}, TypeError,
+     "PGD: x must be a floating-point tensor, got dtype torch.int64"),
+    (torch.tensor(0.5), LABELS, {}, ValueError, "PGD: x must have a batch dimension, got shape []"),
+    ([[0.5]], LABELS, {}, TypeError, "PGD: x must be a torch.Tensor, got list"),
+    (BATCH, LABELS, dict(eps=torch.ones(3) * 0.1), ValueError, "PGD: eps must be a float or have shape [B] = [4], got [3]"),
+    (BATCH, LABELS, dict(eps=torch.tensor([0.1, 0.1, -0.1, 0.1])), ValueError,
+     "PGD: every entry of eps must be >= 0 (and not NaN)"),
+    (BATCH, LABELS, dict(alpha=-0.1), ValueError, "PGD: alpha must be >= 0, got -0.1"),
+    (BATCH, LABELS, dict(alpha=torch.ones(3)), ValueError, "PGD: alpha must be a float or have shape [B] = [4], got [3]"),
 ])
-def test_bad_call(x, y, call, error, name):
-    with pytest.raises(error, match=name):
+def test_bad_call(x, y, call, error, message):
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
         PGD(mlp(), steps=2)(x, y, **call)
 
 
-def test_attack_is_the_base():
-    assert issubclass(PGD, Attack) and issubclass(FGSM, Attack)
+def test_a_per_sample_eps_of_another_batch_size_is_refused_at_the_call():
+    attack = PGD(mlp(), eps=torch.full((3,), 0.1), steps=1)
+    with pytest.raises(ValueError, match=re.escape("PGD: eps must be a float or have shape [B] = [4], got [3]")):
+        attack(BATCH, LABELS)
+
+
+def test_model_that_does_not_return_logits():
+    with pytest.raises(ValueError, match=re.escape("PGD: the model must return logits of shape [B, C] = [4, C], "
+                                                   "got [4, 1, 8, 8]")):
+        PGD(nn.Identity(), steps=1)(BATCH, LABELS)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: losses.margin_cross_entropy(torch.zeros(4, 10), torch.tensor([0, 1, 2, 10])), ValueError,
+     "margin_cross_entropy: every label in y must lie in [0, 10) for 10 classes, got labels from 0 to 10"),
+    (lambda: losses.margin_cross_entropy(torch.zeros(4, 10, 1), LABELS), ValueError,
+     "margin_cross_entropy: z must have 2 dimensions, got shape [4, 10, 1]"),
+    (lambda: losses.margin_cross_entropy(torch.zeros(4, 10), LABELS, delta=float("nan")), ValueError,
+     "margin_cross_entropy: delta must be a number, got nan"),
+    (lambda: losses.kl_from_clean(torch.zeros(4, 10), torch.zeros(4, 9)), ValueError,
+     "kl_from_clean: z_clean must have the shape of z_adv [4, 10], got [4, 9]"),
+    (lambda: losses.kl_from_clean(torch.zeros(4, 10), torch.zeros(4, 10, dtype=torch.float64)), TypeError,
+     "kl_from_clean: z_clean must have z_adv's dtype torch.float32, got torch.float64"),
+])
+def test_the_public_losses_check_their_arguments(call, error, message):
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        call()
+
+
+def test_attack_is_abstract_and_shows_its_settings():
     with pytest.raises(TypeError):
         Attack(mlp(), 0.1)  # abstract: perturb is what a subclass provides
-    assert "eps=0.1" in repr(PGD(mlp(), eps=0.1))
+    shown = repr(PGD(mlp(), eps=0.1, steps=3, loss="cw"))
+    assert shown.startswith("PGD(") and "eps=0.1" in shown and "steps=3" in shown and "loss='cw'" in shown
 
 
-def test_cw_is_pgd_on_the_cw_loss(digits):
-    model, x, y = digits
-    x, y = x[:64], y[:64]
-    cw = CW(model, eps=0.1, steps=3, generator=torch.Generator().manual_seed(0))(x, y)
-    pgd = PGD(model, eps=0.1, steps=3, loss="cw", generator=torch.Generator().manual_seed(0))(x, y)
-    assert torch.equal(cw, pgd)
-    assert CW(model).loss == "cw" and CW(model).kappa == 50.0
+def test_cw_is_a_hand_written_loop_on_the_capped_margin(digits64):
+    """CW against PGD written out by hand on the capped margin min(max_{j≠y} z_j − z_y, κ), with
+    a κ small enough that samples reach it (their gradient is then zero: they stop moving). The
+    loop does the same float64 arithmetic as the fused step (x' + α·sign g, then the clamps), so
+    the results are equal, not close."""
+    model, x, y = digits64
+    eps, alpha, steps, kappa = 0.1, 0.025, 5, 2.0
+    rows = torch.arange(len(y))
+    x_adv, capped = x.clone(), torch.zeros(len(y), dtype=torch.bool)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        z = model(x_adv)
+        margin = z.detach().index_put((rows, y), torch.tensor(-torch.inf, dtype=z.dtype)).argmax(dim=1)
+        margin = z[rows, margin] - z[rows, y]
+        capped |= margin.detach() >= kappa
+        (grad,) = torch.autograd.grad(margin.clamp(max=kappa).sum(), x_adv)
+        x_adv = torch.clamp(torch.minimum(torch.maximum(x_adv.detach() + alpha * grad.sign(), x - eps), x + eps), 0, 1)
+    assert 0 < int(capped.sum()) < len(y), "the cap kappa was not exercised"
+    assert torch.equal(CW(model, eps=eps, alpha=alpha, steps=steps, kappa=kappa, init=None)(x, y), x_adv)
+    assert CW(model).kappa == 50.0 and CW(model).steps == 10
