@@ -11,8 +11,9 @@ the storage directly), so the counter wraps those two methods. Ops whose output 
 values (``nonzero``, ``masked_select``, ``unique``, boolean indexing) synchronise on a GPU too,
 and are counted as well.
 
-Each read is attributed to the innermost function of the fastadv package on the stack, so that
-the tables below say where every synchronisation comes from.
+Each read is attributed to the innermost function of the fastadv package on the stack that is not
+a check of fastadv._validate (the caller of the check), so that the tables below say where every
+synchronisation comes from.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from fastadv.methods import METHODS, build_method, method_parameters
 
 aten = torch.ops.aten
 PACKAGE = os.path.dirname(fastadv.__file__) + os.sep
+VALIDATE = os.path.join(PACKAGE, "_validate.py")
 
 _SCALAR_READS = {aten._local_scalar_dense.default, aten.equal.default, aten.allclose.default}
 _VALUE_SHAPED = {aten.nonzero, aten.masked_select, aten._unique2, aten.unique_dim, aten.unique_consecutive}
@@ -46,9 +48,10 @@ def _boolean_index(func, args) -> bool:
 
 
 def _origin() -> str:
-    """``module.function`` of the innermost fastadv frame, e.g. ``_validate.labels``."""
+    """``module.function`` of the innermost fastadv frame outside fastadv._validate, e.g.
+    ``attacks.base.check_labels``: who asked for the read, whichever check made it."""
     for frame in reversed(traceback.extract_stack()):
-        if frame.filename.startswith(PACKAGE):
+        if frame.filename.startswith(PACKAGE) and frame.filename != VALIDATE:
             module = frame.filename[len(PACKAGE):-len(".py")].replace(os.sep, ".")
             return f"{module}.{frame.name}"
     return "outside fastadv"
@@ -114,7 +117,7 @@ def batch():
     return tiny_model(), torch.rand(6, 1, 4, 4), torch.randint(0, 4, (6,))
 
 
-LABELS = {"_validate.labels": 1}  # the labels' range, on the first logits of a call
+LABELS = {"attacks.base.check_labels": 1}  # the labels' range, on the first logits of a call
 
 
 @pytest.mark.parametrize("loss", ["ce", "kl", "cw", "margin_ce"])
@@ -122,7 +125,7 @@ LABELS = {"_validate.labels": 1}  # the labels' range, on the first logits of a 
     pytest.param(0.1, LABELS, id="float-eps"),
     # A per-sample eps is read where it enters (the constructor) and, until the ops offer an
     # unchecked random start, once more by pgd_init's own check of it.
-    pytest.param(torch.full((6,), 0.1), {**LABELS, "_validate.radius": 1, "ops.pgd._radius": 1},
+    pytest.param(torch.full((6,), 0.1), {**LABELS, "attacks.base.__init__": 1, "ops.pgd.pgd_init": 1},
                  id="per-sample-eps"),
 ])
 def test_no_read_per_attack_step(batch, loss, eps, expected):
@@ -136,12 +139,13 @@ def test_per_sample_radii_given_to_the_call_are_read_once(batch):
     model, x, y = batch
     attack = PGD(model, steps=10, init=None)
     found = reads(lambda: attack(x, y, eps=torch.full((6,), 0.1), alpha=torch.full((6,), 0.02)))
-    assert found == {**LABELS, "_validate.radius": 2}
+    assert found == {**LABELS, "attacks.base.__call__": 1, "attacks.pgd.perturb": 1}
 
 
 @pytest.mark.parametrize("eps, expected", [
     pytest.param(0.1, LABELS, id="float-eps"),
-    pytest.param(torch.full((6,), 0.1), {**LABELS, "_validate.radius": 1, "ops.pgd._radius": 3}, id="per-sample-eps"),
+    pytest.param(torch.full((6,), 0.1), {**LABELS, "attacks.base.__init__": 1, "ops.pgd.pgd_init": 3},
+                 id="per-sample-eps"),
 ])
 def test_restarts_read_a_per_sample_eps_once_each(batch, eps, expected):
     model, x, y = batch
@@ -161,26 +165,25 @@ def test_early_stop_reads_once_per_step(batch, loss):
 
 
 # ----------------------------------------------------------------------------- methods
-# One training step (the method's loss, backward, an SGD step) of every method, by origin:
-# - _validate.labels: the method's attack checks the labels (once per call, see LABELS);
-# - ops.logits._check_labels: each checked logits op the method's loss calls reads its labels'
-#   minimum and maximum (two reads an op);
-# - ops.logits._is_one: the backward of a logits op reached by a 0-dim gradient reads it to
-#   skip a multiplication by 1, only when that gradient is a CPU tensor: these reads happen on
-#   the CPU, where they cost nothing, and never on a GPU.
+# One training step (the method's loss, backward, an SGD step) of every method, by origin: the
+# method's attack reads its labels once (LABELS), and each checked logits op with labels that
+# the method's loss calls reads their range once (ops.logits._labels): mart_loss (MART, MART-LMA),
+# smoothed_cross_entropy (label smoothing; LRM twice, for y and for its mixup partner),
+# margin_sq_hinge (every LMA method) and boosted_cross_entropy (LMA-AT).
+LOGITS_LABELS = "ops.logits._labels"
 METHOD_READS = {
     "standard": {},
     "pgd_at": LABELS,
-    "trades": {**LABELS, "ops.logits._is_one": 2},
-    "mart": {**LABELS, "ops.logits._check_labels": 2},
+    "trades": LABELS,
+    "mart": {**LABELS, LOGITS_LABELS: 1},
     "alp": LABELS,
-    "label_smoothing": {"ops.logits._check_labels": 2},
-    "lrm": {**LABELS, "ops.logits._check_labels": 4},
-    "pgd_at_lma": {**LABELS, "ops.logits._check_labels": 2, "ops.logits._is_one": 2},
-    "trades_lma": {**LABELS, "ops.logits._check_labels": 2, "ops.logits._is_one": 4},
-    "mart_lma": {**LABELS, "ops.logits._check_labels": 4, "ops.logits._is_one": 2},
-    "lma_at": {**LABELS, "ops.logits._check_labels": 4, "ops.logits._is_one": 2},
-    "ltd": {**LABELS, "ops.logits._is_one": 2},
+    "label_smoothing": {LOGITS_LABELS: 1},
+    "lrm": {**LABELS, LOGITS_LABELS: 2},
+    "pgd_at_lma": {**LABELS, LOGITS_LABELS: 1},
+    "trades_lma": {**LABELS, LOGITS_LABELS: 1},
+    "mart_lma": {**LABELS, LOGITS_LABELS: 2},
+    "lma_at": {**LABELS, LOGITS_LABELS: 2},
+    "ltd": LABELS,
 }
 
 
