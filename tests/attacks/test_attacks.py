@@ -461,6 +461,10 @@ def test_bad_construction(kwargs, error, message):
         PGD(mlp(), **kwargs)
 
 
+def test_norm_in_torchattacks_spelling():
+    assert PGD(mlp(), norm="Linf").norm == "linf" and PGD(mlp(), norm="L2").norm == "l2"
+
+
 def test_bad_arguments_name_the_attack_that_got_them():
     with pytest.raises(TypeError, match=r"^FGSM: model must be a torch\.nn\.Module, got function$"):
         FGSM(lambda x: x)
