@@ -12,7 +12,11 @@ otherwise write it differently, against that code:
   β·mHuber(Ē'_t, Ē_t, α)`` with the moving averages ``Ē_t = τ·Ē_{t−1} + (1 − τ)·z`` of both
   logits (``margin_sq_hinge``, ``boosted_cross_entropy``, ``mhuber_moving_average``), written
   once and run on the reference ops, the fused ops, and compiled;
-- every other op of the family, fused against eager and compiled reference.
+- every other op of the family, fused against eager and compiled reference;
+- the per-call cost of ``trades_kl(z_nat, z_adv, "mean")`` forward and backward (the public op,
+  validation included) against the eager formula ``(p·(log_softmax(z_nat) − log_softmax(z_adv)))
+  .sum(1).mean()`` and torch.compile of it at [128, 10], [512, 10] and [4096, 100]: at
+  [128, 10] the work is a few hundred exponentials, so the time is the per-call overhead.
 
 "forward" runs with inputs that require gradients (the fused ops then also compute their
 gradients); "forward+backward" adds ``torch.autograd.grad`` with respect to every logits input.
@@ -78,6 +82,40 @@ CASES = {
     "logit_squeeze": lambda L, a, b, ea, eb, y: L.logit_squeeze(b).mean(),
 }
 HEADLINE = ("trades_kl", "LMA-AT loss")
+
+
+# (rows, classes) of the per-call rows; at the first the work is negligible next to the overhead.
+PER_CALL_SHAPES = ((128, 10), (512, 10), (4096, 100))
+
+
+def eager_trades_kl(z_nat, z_adv):
+    """The TRADES KL as a user writes it in eager PyTorch."""
+    p = torch.softmax(z_nat, dim=1)
+    return (p * (torch.log_softmax(z_nat, dim=1) - torch.log_softmax(z_adv, dim=1))).sum(1).mean()
+
+
+def measure_per_call(device, fused_backend, rounds):
+    """Microseconds per forward+backward of trades_kl (mean) at each of PER_CALL_SHAPES: the
+    fused public op, the eager formula and torch.compile of it."""
+    results = []
+    for rows, classes in PER_CALL_SHAPES:
+        g = torch.Generator().manual_seed(rows)
+        z_nat = (torch.randn(rows, classes, generator=g) * 3).to(device).requires_grad_()
+        z_adv = (z_nat.detach() + torch.randn(rows, classes, generator=g).to(device)).requires_grad_()
+        torch._dynamo.reset()
+        compiled = torch.compile(eager_trades_kl, dynamic=False)
+
+        def call(loss_fn):
+            return lambda: torch.autograd.grad(loss_fn(z_nat, z_adv), [z_nat, z_adv])
+
+        functions = {"eager formula": call(eager_trades_kl), "torch.compile(eager formula)": call(compiled),
+                     "fastadv trades_kl": call(lambda a, b: ops.trades_kl(a, b, reduction="mean"))}
+        # Many calls per sample: a call at [128, 10] lasts tens of microseconds.
+        calls = max(5, 200_000 // (rows * classes))
+        with fastadv.use_backend(fused_backend):
+            stats = common.time_interleaved(functions, device, rounds=rounds, calls_per_round=calls)
+        results.append(((rows, classes), stats))
+    return results
 
 
 def _with_gradients(loss_fn, inputs):
@@ -151,6 +189,15 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
                     "p20_ms": s["p20"] * 1e3, "p80_ms": s["p80"] * 1e3, "speedup_vs_eager": eager_s / s["median"],
                     "speedup_vs_compile": compiled_s / s["median"], "allocated_MiB": s["allocated_MiB"],
                     "compile_s": compile_s if name == "torch.compile(reference)" else None})
+    for (rows, classes), stats in measure_per_call(device, fused_backend, rounds=10 if quick else 30):
+        eager_s = stats["eager formula"]["median"]
+        compiled_s = stats["torch.compile(eager formula)"]["median"]
+        for name, s in stats.items():
+            records.append({
+                "case": f"trades_kl per call [{rows}, {classes}]", "mode": "forward+backward", "implementation": name,
+                "median_ms": s["median"] * 1e3, "p20_ms": s["p20"] * 1e3, "p80_ms": s["p80"] * 1e3,
+                "speedup_vs_eager": eager_s / s["median"], "speedup_vs_compile": compiled_s / s["median"],
+                "allocated_MiB": None, "compile_s": None})
     meta = {"machine": common.machine_description(device), "device": str(device), "torch": torch.__version__,
             "fastadv": fastadv.__version__, "shape": [BATCH, CLASSES], "dtype": "float32",
             "rounds": {"headline": 8 if quick else 40, "other ops": 12},
@@ -159,10 +206,26 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
     return report(records, meta)
 
 
+def per_call(records) -> str:
+    """The per-call rows: microseconds of each implementation and the fused op's ratios."""
+    rows = []
+    for r in records:
+        if r["case"].startswith("trades_kl per call") and r["implementation"] == "fastadv trades_kl":
+            by_name = {q["implementation"]: q for q in records if q["case"] == r["case"]}
+            rows.append([r["case"].removeprefix("trades_kl per call "),
+                         f"{by_name['eager formula']['median_ms'] * 1e3:.1f}",
+                         f"{by_name['torch.compile(eager formula)']['median_ms'] * 1e3:.1f}",
+                         f"{r['median_ms'] * 1e3:.1f}", f"{r['speedup_vs_eager']:.2f}×", f"{r['speedup_vs_compile']:.2f}×"])
+    return common.markdown_table(["[B, C]", "eager formula µs", "compiled µs", "fastadv µs", "vs eager",
+                                  "vs compiled"], rows)
+
+
 def summary(records) -> str:
     """One row per case and mode: the baselines' times, then the fused op's with its ratios."""
     cases = {}
     for r in records:
+        if r["case"].startswith("trades_kl per call"):
+            continue
         cases.setdefault((r["case"], r["mode"]), {})[r["implementation"]] = r
     rows = []
     for (case, mode), by_name in cases.items():
@@ -177,10 +240,14 @@ def summary(records) -> str:
 def report(records, meta) -> str:
     rows = [[r["case"], r["mode"], r["implementation"], f"{r['median_ms']:.3f}",
              f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}", f"{r['speedup_vs_eager']:.2f}×",
-             f"{r['speedup_vs_compile']:.2f}×", f"{r['allocated_MiB']:.1f}"] for r in records]
+             f"{r['speedup_vs_compile']:.2f}×", "" if r["allocated_MiB"] is None else f"{r['allocated_MiB']:.1f}"]
+            for r in records]
     table = common.markdown_table(["loss", "mode", "implementation", "median ms", "p20–p80 ms", "vs eager reference",
                                    "vs compiled reference", "allocated MiB"], rows)
     lines = [f"logits family, B={BATCH}, C={CLASSES}, float32, {meta['machine']}", "", summary(records), "",
+             "Per call: trades_kl(z_nat, z_adv, \"mean\") forward+backward (public op, validation included) "
+             "against the eager formula and torch.compile of it; at [128, 10] the time is the per-call overhead:", "",
+             per_call(records), "",
              "All timings:", "", table, "",
              "forward: inputs that require gradients (the fused ops compute their gradients in this pass); "
              "forward+backward: plus torch.autograd.grad with respect to both logits.",

@@ -1,8 +1,8 @@
 """Which implementation of an op runs: ``auto | cpu | cuda | triton | reference``.
 
-``auto`` picks Triton for CUDA tensors (the CUDA C++ kernels when Triton is missing), the C++
-kernels for CPU tensors, and the pure-PyTorch reference where neither applies (for example
-float16 on the CPU). ``FASTADV_BACKEND`` sets the default for a process; the context manager
+``auto`` picks Triton for CUDA tensors (the CUDA C++ kernels when Triton is missing or cannot
+take the shape), the C++ kernels for CPU tensors, and the pure-PyTorch reference where neither
+applies (for example float16 on the CPU). ``FASTADV_BACKEND`` sets the default for a process; the context manager
 :func:`use_backend` overrides it for a block. A backend named explicitly never falls back:
 it runs, or it raises :class:`BackendUnavailable` saying why.
 """
@@ -73,12 +73,15 @@ def _dtype_names(dtypes) -> str:
     return "/".join(str(d).replace("torch.", "") for d in dtypes)
 
 
-def select(op: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend that runs ``op`` on tensors of ``device``/``dtype``, or an explained error."""
+def select(op: str, device: torch.device, dtype: torch.dtype, triton_fits: bool = True) -> str:
+    """The backend that runs ``op`` on tensors of ``device``/``dtype``, or an explained error.
+    ``triton_fits`` says whether the op's Triton kernel takes these inputs' shape (the logits
+    kernels take rows of up to 16384 columns): ``auto`` runs the CUDA C++ kernels (or the
+    reference) otherwise."""
     name = requested()
     if name == "auto":
         if device.type == "cuda":
-            if triton_available():
+            if triton_available() and triton_fits:
                 return "triton"
             return "cuda" if cuda_compiled() and dtype in GPU_DTYPES else "reference"
         if device.type == "cpu" and dtype in CPU_DTYPES:

@@ -1,16 +1,19 @@
 """Triton kernels of the logits family: the fused logit-head losses.
 
-One function per op, with the argument names and outputs of its C++ schema (csrc/ops.cpp):
-`soft_cross_entropy`, `smoothed_cross_entropy`, `boosted_cross_entropy`, `trades_kl`,
-`mart_loss`, `margin_sq_hinge`, `mhuber`, `mhuber_moving_average`, `logit_pairing` and
-`logit_squeeze`. fastadv/ops/logits.py registers each as the custom op
-`fastadv::<name>_triton`. The math follows the row algorithms of
+One function per op, named like it, with the arguments and outputs of its C++ schema
+(FASTADV_LOGITS_OPS in csrc/include/fastadv/logits.h): `soft_cross_entropy`,
+`smoothed_cross_entropy`, `boosted_cross_entropy`, `trades_kl`, `mart_loss`, `margin_sq_hinge`,
+`mhuber`, `mhuber_moving_average`, `logit_pairing` and `logit_squeeze`. fastadv/ops/logits.py
+registers each as the custom op `fastadv::<name>_triton` (fastadv.ops._registry.TritonOps).
+Losses are computed in the accumulation type and then converted or reduced
+(`_finish_losses`), as the C++ glue does. The math follows the row algorithms of
 csrc/include/fastadv/logits.h, so that the Triton, CUDA C++ and CPU backends agree to rounding.
 
 Design: a program owns BLOCK_B whole rows (BLOCK_C = the next power of two >= C), so a row
 is read once and its max, log-sum-exp, loss and every asked-for gradient are computed in one
 launch (Liger-Kernel's habit: the backward only scales the saved gradient). Rows are limited
-to 16384 columns: compiled for sm_90, a float32 row of up to 8192 fits in registers in every
+to 16384 columns (fastadv.ops.logits.TRITON_MAX_COLUMNS; `auto` gives wider ones to the CUDA C++
+kernels): compiled for sm_90, a float32 row of up to 8192 fits in registers in every
 kernel, and the heaviest kernels spill a little beyond that. Wider rows raise a ValueError
 naming C rather than looping over chunks with an online max. Five kernels serve the ten
 ops, with constexpr switches where one op is another plus a term: cross-entropy (soft
@@ -25,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-_MAX_COLUMNS = 16384
+from ..ops.logits import TRITON_MAX_COLUMNS as _MAX_COLUMNS
 # At least 2048 elements per program (short rows are batched, which also keeps the
 # interpreter's program count low) and 8 per thread up to 32 warps: with 16 per thread,
 # mart_loss already spills at 8192 columns (float32, sm_90).
@@ -285,8 +288,31 @@ def _accumulation(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _losses(like: torch.Tensor) -> torch.Tensor:
+    """A per-row loss buffer in the accumulation type."""
+    return like.new_empty(like.shape[0], dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+
+
 def _gradient(like: torch.Tensor, wanted: bool) -> torch.Tensor:
     return torch.empty_like(like) if wanted else like.new_empty(0)
+
+
+def _gradient_scale(reduction: int, rows: int, cols: int) -> float:
+    """The gradients' factor under a reduction: 1 / rows for the mean (1), 1 / (rows·cols) for
+    the mean over elements (3), 1 otherwise; the schemas' numbering (logits.h)."""
+    if reduction not in (0, 1, 2, 3):
+        raise ValueError(f"reduction must be 0 (none), 1 (mean), 2 (sum) or 3 (mean over elements), got {reduction}")
+    return {1: 1.0 / max(rows, 1), 3: 1.0 / max(rows * cols, 1)}.get(reduction, 1.0)
+
+
+def _finish_losses(losses: torch.Tensor, reduction: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """Per-row losses (accumulation type) in ``dtype``, or reduced as the C++ glue does: the sum
+    over rows, divided by rows (mean) or rows·cols (mean over elements); 0 / 0 = NaN for no
+    rows, torch's mean of nothing."""
+    if reduction == 0:
+        return losses.to(dtype)
+    divisor = {1: losses.shape[0], 3: losses.shape[0] * cols}.get(reduction, 1)
+    return (losses.sum() / divisor).to(dtype)
 
 
 def _launch(kernel, op: str, like: torch.Tensor, **arguments) -> None:
@@ -307,25 +333,26 @@ def _launch(kernel, op: str, like: torch.Tensor, **arguments) -> None:
 
 
 def soft_cross_entropy(z: torch.Tensor, target: torch.Tensor, grad_z: bool, grad_target: bool):
-    loss, gz, gt = z.new_empty(z.shape[0]), _gradient(z, grad_z), _gradient(z, grad_target)
+    loss, gz, gt = _losses(z), _gradient(z, grad_z), _gradient(z, grad_target)
     _launch(_cross_entropy_kernel, "soft_cross_entropy", z,
             z_ptr=z, target_ptr=target, y_ptr=None, loss_ptr=loss, grad_z_ptr=gz, grad_target_ptr=gt,
             on_label=0.0, off_label=0.0, SOFT_TARGET=True, GRAD_Z=grad_z, GRAD_TARGET=grad_target)
-    return loss, gz, gt
+    return loss.to(z.dtype), gz, gt
 
 
 def smoothed_cross_entropy(z: torch.Tensor, y: torch.Tensor, smoothing: float, grad_z: bool):
-    loss, gz = z.new_empty(z.shape[0]), _gradient(z, grad_z)
+    loss, gz = _losses(z), _gradient(z, grad_z)
     _launch(_cross_entropy_kernel, "smoothed_cross_entropy", z,
             z_ptr=z, target_ptr=None, y_ptr=y, loss_ptr=loss, grad_z_ptr=gz, grad_target_ptr=None,
             on_label=1.0 - smoothing, off_label=smoothing / (z.shape[1] - 1),
             SOFT_TARGET=False, GRAD_Z=grad_z, GRAD_TARGET=False)
-    return loss, gz
+    return loss.to(z.dtype), gz
 
 
 def _boosted_kl(op: str, z_nat, z_adv, y, grad_nat: bool, grad_adv: bool):
-    """The five outputs of mart_loss; the other two ops keep the ones they have."""
-    bce, kl = z_adv.new_empty(z_adv.shape[0]), z_adv.new_empty(z_adv.shape[0])
+    """The five outputs of mart_loss (losses in the accumulation type); the other two ops keep
+    the ones they have."""
+    bce, kl = _losses(z_adv), _losses(z_adv)
     grads = (_gradient(z_adv, grad_adv and y is not None), _gradient(z_adv, grad_nat and z_nat is not None),
              _gradient(z_adv, grad_adv and z_nat is not None))
     _launch(_boosted_kl_kernel, op, z_adv,
@@ -337,70 +364,67 @@ def _boosted_kl(op: str, z_nat, z_adv, y, grad_nat: bool, grad_adv: bool):
 
 def boosted_cross_entropy(z: torch.Tensor, y: torch.Tensor, grad_z: bool):
     bce, _, grad_bce, _, _ = _boosted_kl("boosted_cross_entropy", None, z, y, False, grad_z)
-    return bce, grad_bce
+    return bce.to(z.dtype), grad_bce
 
 
-def trades_kl(z_nat: torch.Tensor, z_adv: torch.Tensor, reduction: int, grad_nat: bool, grad_adv: bool):
-    """reduction 0 (none), 1 (mean) or 2 (sum), as the C++ op. The mean's 1/B is applied to the
-    gradients after the kernel (one more pass over them, which the C++ kernels fold in)."""
-    if reduction not in (0, 1, 2):
-        raise ValueError(f"trades_kl: reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}")
-    _, kl, _, grad_kl_nat, grad_kl_adv = _boosted_kl("trades_kl", z_nat, z_adv, None, grad_nat, grad_adv)
-    if reduction == 1:
-        for grad in (grad_kl_nat, grad_kl_adv):
-            if grad.numel():
-                grad.div_(z_nat.shape[0])
-        return kl.mean(), grad_kl_nat, grad_kl_adv
-    return (kl.sum() if reduction == 2 else kl), grad_kl_nat, grad_kl_adv
+def trades_kl(z_nat: torch.Tensor, z_adv: torch.Tensor, reduction: int, grad_z_nat: bool, grad_z_adv: bool):
+    """The gradients of a mean are scaled after the kernel (one more pass over them, which the
+    C++ kernels fold in)."""
+    scale = _gradient_scale(reduction, *z_nat.shape)
+    _, kl, _, grad_nat, grad_adv = _boosted_kl("trades_kl", z_nat, z_adv, None, grad_z_nat, grad_z_adv)
+    if scale != 1.0:
+        for grad in (grad_nat, grad_adv):
+            grad.mul_(scale)
+    return _finish_losses(kl, reduction, z_nat.shape[1], z_nat.dtype), grad_nat, grad_adv
 
 
-def mart_loss(z_nat: torch.Tensor, z_adv: torch.Tensor, y: torch.Tensor, grad_nat: bool, grad_adv: bool):
-    return _boosted_kl("mart_loss", z_nat, z_adv, y, grad_nat, grad_adv)
+def mart_loss(z_nat: torch.Tensor, z_adv: torch.Tensor, y: torch.Tensor, grad_z_nat: bool, grad_z_adv: bool):
+    bce, kl, *grads = _boosted_kl("mart_loss", z_nat, z_adv, y, grad_z_nat, grad_z_adv)
+    return (bce.to(z_nat.dtype), kl.to(z_nat.dtype), *grads)
 
 
 def margin_sq_hinge(z: torch.Tensor, y: torch.Tensor, delta: float, grad_z: bool):
-    loss, gz = z.new_empty(z.shape[0]), _gradient(z, grad_z)
+    loss, gz = _losses(z), _gradient(z, grad_z)
     _launch(_margin_sq_hinge_kernel, "margin_sq_hinge", z,
             z_ptr=z, y_ptr=y, loss_ptr=loss, grad_z_ptr=gz, delta=delta, GRAD_Z=grad_z)
-    return loss, gz
+    return loss.to(z.dtype), gz
 
 
-def _mhuber(op: str, u, v, u_previous, v_previous, tau: float, alpha: float, grad_u: bool, grad_v: bool):
+def _mhuber(op: str, u, v, u_previous, v_previous, alpha: float, tau: float, reduction: int, grad_u: bool,
+            grad_v: bool):
     """(loss, ū, v̄, ∂/∂u, ∂/∂v) of mhuber between ū = τ·u_previous + (1 − τ)·u and v̄ likewise;
     without previous averages, between u and v (ū and v̄ are then None)."""
-    count = u.numel()
-    partial = u.new_empty(u.shape[0], dtype=torch.float64 if u.dtype == torch.float64 else torch.float32)
+    partial = _losses(u)
     averages = (torch.empty_like(u), torch.empty_like(u)) if u_previous is not None else (None, None)
     gu, gv = _gradient(u, grad_u), _gradient(u, grad_v)
     _launch(_mhuber_kernel, op, u,
             u_ptr=u, v_ptr=v, u_previous_ptr=u_previous, v_previous_ptr=v_previous,
             u_average_ptr=averages[0], v_average_ptr=averages[1], partial_ptr=partial, grad_u_ptr=gu, grad_v_ptr=gv,
-            alpha=alpha, keep=tau, take=1.0 - tau, scale=(1.0 - tau) / max(count, 1),  # nothing runs at count 0
+            alpha=alpha, keep=tau, take=1.0 - tau, scale=(1.0 - tau) * _gradient_scale(reduction, *u.shape),
             AVERAGED=u_previous is not None, GRAD_U=grad_u, GRAD_V=grad_v)
-    # torch's sum of the row sums is deterministic; no elements give 0 / 0 = NaN, torch's mean.
-    return ((partial.sum() / count).to(u.dtype),) + averages + (gu, gv)
+    return (_finish_losses(partial, reduction, u.shape[1], u.dtype),) + averages + (gu, gv)
 
 
-def mhuber(u: torch.Tensor, v: torch.Tensor, alpha: float, grad_u: bool, grad_v: bool):
-    loss, _, _, gu, gv = _mhuber("mhuber", u, v, None, None, 0.0, alpha, grad_u, grad_v)
+def mhuber(u: torch.Tensor, v: torch.Tensor, alpha: float, reduction: int, grad_u: bool, grad_v: bool):
+    loss, _, _, gu, gv = _mhuber("mhuber", u, v, None, None, alpha, 0.0, reduction, grad_u, grad_v)
     return loss, gu, gv
 
 
 def mhuber_moving_average(u: torch.Tensor, v: torch.Tensor, u_previous: torch.Tensor, v_previous: torch.Tensor,
-                          tau: float, alpha: float, grad_u: bool, grad_v: bool):
-    return _mhuber("mhuber_moving_average", u, v, u_previous, v_previous, tau, alpha, grad_u, grad_v)
+                          alpha: float, tau: float, reduction: int, grad_u: bool, grad_v: bool):
+    return _mhuber("mhuber_moving_average", u, v, u_previous, v_previous, alpha, tau, reduction, grad_u, grad_v)
 
 
 def _squared_norm(op: str, a, b, grad_a: bool, grad_b: bool):
-    loss, ga, gb = a.new_empty(a.shape[0]), _gradient(a, grad_a), _gradient(a, grad_b)
+    loss, ga, gb = _losses(a), _gradient(a, grad_a), _gradient(a, grad_b)
     _launch(_squared_norm_kernel, op, a,
             a_ptr=a, b_ptr=b, loss_ptr=loss, grad_a_ptr=ga, grad_b_ptr=gb,
             HAS_B=b is not None, GRAD_A=grad_a, GRAD_B=grad_b)
-    return loss, ga, gb
+    return loss.to(a.dtype), ga, gb
 
 
-def logit_pairing(z_nat: torch.Tensor, z_adv: torch.Tensor, grad_nat: bool, grad_adv: bool):
-    return _squared_norm("logit_pairing", z_nat, z_adv, grad_nat, grad_adv)
+def logit_pairing(z_nat: torch.Tensor, z_adv: torch.Tensor, grad_z_nat: bool, grad_z_adv: bool):
+    return _squared_norm("logit_pairing", z_nat, z_adv, grad_z_nat, grad_z_adv)
 
 
 def logit_squeeze(z: torch.Tensor, grad_z: bool):

@@ -6,9 +6,10 @@ CUDA C++ and CPU backends agree to rounding. Tensors are addressed as `rows` sam
 checks that every operand shares one layout), so flat offsets `row * row_size + i` are valid
 without making anything contiguous.
 
-`pgd_step_into` launches the kernels; fastadv/ops/pgd.py registers it as the operators
-`fastadv::pgd_step_triton(_)` with `torch.library.custom_op` and a fake implementation, so that
-torch.compile and opcheck treat it like the C++ kernels, in Triton's interpreter as on a GPU.
+`pgd_step_into` launches the kernels; `pgd_step` and `pgd_step_`, with the arguments of the C++
+schemas, are registered by fastadv/ops/pgd.py (fastadv.ops._registry.TritonOps) as the custom ops
+`fastadv::pgd_step_triton(_)` with a fake implementation, so that torch.compile and opcheck treat
+them like the C++ kernels, in Triton's interpreter as on a GPU.
 """
 import torch
 import triton
@@ -211,3 +212,14 @@ def pgd_step_into(out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, x:
         block = min(triton.next_power_of_2(row_size), _L2_BLOCK_MAX)
         _pgd_l2_step_kernel[(rows,)](
             BLOCK=block, num_warps=4 if block <= 1024 else 8, **arguments)
+
+
+def pgd_step(x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm, clip_min, clip_max, active):
+    out = torch.empty_like(x_adv)
+    pgd_step_into(out, x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm, clip_min, clip_max, active)
+    return out
+
+
+def pgd_step_(x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm, clip_min, clip_max, active):
+    pgd_step_into(x_adv, x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm, clip_min, clip_max,
+                  active)

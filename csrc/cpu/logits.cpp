@@ -8,7 +8,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include "../glue.h"
+#include "../logits_glue.h"
 #include "fastadv/logits.h"
 
 namespace fastadv {
@@ -44,63 +44,21 @@ void run_rows(const LogitsParams& p) {
   at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) { rows_kernel<T, Op>(p, begin, end); });
 }
 
-template <typename T>
-void run_typed(LogitsOp op, const LogitsParams& p) {
-  switch (op) {
-    case LogitsOp::SoftCrossEntropy: run_rows<T, LogitsOp::SoftCrossEntropy>(p); break;
-    case LogitsOp::SmoothedCrossEntropy: run_rows<T, LogitsOp::SmoothedCrossEntropy>(p); break;
-    case LogitsOp::BoostedCrossEntropy: run_rows<T, LogitsOp::BoostedCrossEntropy>(p); break;
-    case LogitsOp::TradesKl: run_rows<T, LogitsOp::TradesKl>(p); break;
-    case LogitsOp::MartLoss: run_rows<T, LogitsOp::MartLoss>(p); break;
-    case LogitsOp::MarginSqHinge: run_rows<T, LogitsOp::MarginSqHinge>(p); break;
-    case LogitsOp::Mhuber: run_rows<T, LogitsOp::Mhuber>(p); break;
-    case LogitsOp::LogitPairing: run_rows<T, LogitsOp::LogitPairing>(p); break;
-    case LogitsOp::LogitSqueeze: run_rows<T, LogitsOp::LogitSqueeze>(p); break;
-    case LogitsOp::MhuberMovingAverage: run_rows<T, LogitsOp::MhuberMovingAverage>(p); break;
+struct Cpu {
+  template <LogitsOp Op>
+  static void run(const LogitsParams& p, const at::Tensor& a) {
+    TORCH_CHECK(a.device().is_cpu(), "fastadv: logits must be a CPU tensor, got one on ", a.device());
+    switch (a.scalar_type()) {
+      case at::kFloat: run_rows<float, Op>(p); break;
+      case at::kDouble: run_rows<double, Op>(p); break;
+      default:
+        TORCH_CHECK(false, "fastadv: the CPU logits kernels support float32 and float64, got ", a.scalar_type());
+    }
   }
-}
-
-// The row sums of mhuber are added in row order, one thread: the result does not depend on
-// the number of threads.
-template <typename T>
-void mhuber_total(const LogitsParams& p, const at::Tensor& total) {
-  const T* partial = static_cast<const T*>(p.loss);
-  T sum = 0;
-  for (int64_t r = 0; r < p.rows; ++r) sum += partial[r];
-  *total.data_ptr<T>() = sum / static_cast<T>(static_cast<double>(p.rows) * static_cast<double>(p.cols));
-}
-
-void run_logits_cpu(LogitsOp op, const LogitsParams& p, const at::Tensor& a, const at::Tensor& total) {
-  TORCH_CHECK(a.device().is_cpu(), "fastadv: logits must be a CPU tensor, got one on ", a.device());
-  switch (a.scalar_type()) {
-    case at::kFloat:
-      run_typed<float>(op, p);
-      if (op == LogitsOp::Mhuber || op == LogitsOp::MhuberMovingAverage) mhuber_total<float>(p, total);
-      break;
-    case at::kDouble:
-      run_typed<double>(op, p);
-      if (op == LogitsOp::Mhuber || op == LogitsOp::MhuberMovingAverage) mhuber_total<double>(p, total);
-      break;
-    default:
-      TORCH_CHECK(false, "fastadv: the CPU logits kernels support float32 and float64, got ", a.scalar_type());
-  }
-}
-
-using Cpu = LogitsEntryPoints<run_logits_cpu>;
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastadv, CPU, m) {
-  m.impl("soft_cross_entropy", &Cpu::soft_cross_entropy);
-  m.impl("smoothed_cross_entropy", &Cpu::smoothed_cross_entropy);
-  m.impl("boosted_cross_entropy", &Cpu::boosted_cross_entropy);
-  m.impl("trades_kl", &Cpu::trades_kl);
-  m.impl("mart_loss", &Cpu::mart_loss);
-  m.impl("margin_sq_hinge", &Cpu::margin_sq_hinge);
-  m.impl("mhuber", &Cpu::mhuber);
-  m.impl("mhuber_moving_average", &Cpu::mhuber_moving_average);
-  m.impl("logit_pairing", &Cpu::logit_pairing);
-  m.impl("logit_squeeze", &Cpu::logit_squeeze);
-}
+TORCH_LIBRARY_IMPL(fastadv, CPU, m) { register_logits_kernels<Cpu>(m); }
 
 }  // namespace fastadv

@@ -4,56 +4,18 @@
 // Launch errors are left in the CUDA runtime's last-error slot, where the glue's
 // C10_CUDA_KERNEL_LAUNCH_CHECK turns them into a TORCH_CHECK; nothing here reads that slot,
 // so nothing here can clear an error before the glue sees it.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
+#include "common.cuh"
 #include "fastadv/pgd.h"
 
 namespace fastadv {
 namespace {
 
-constexpr int kWarpSize = 32;
+using cuda::kWarpSize;
+
 constexpr int kThreadsPerBlock = 256;
 // An L2 row is spread over enough threads that each loads about this many packs per pass:
 // fewer leaves too little independent memory traffic per thread, more too few threads per row.
 constexpr int kPacksPerThread = 4;
-// Grid-stride loops keep the grid at a few waves of a fully occupied device; more blocks only
-// add scheduling work.
-constexpr int kBlocksPerMultiprocessor = 32;
-
-// Storage type -> accumulation type and back. Explicit intrinsics because torch's nvcc flags
-// (__CUDA_NO_HALF_CONVERSIONS__ and friends) disable the implicit half/bfloat16 conversions.
-template <typename T>
-struct Element;
-
-template <>
-struct Element<float> {
-  using acc_t = float;
-  static __device__ __forceinline__ float to_acc(float v) { return v; }
-  static __device__ __forceinline__ float from_acc(float v) { return v; }
-};
-
-template <>
-struct Element<double> {
-  using acc_t = double;
-  static __device__ __forceinline__ double to_acc(double v) { return v; }
-  static __device__ __forceinline__ double from_acc(double v) { return v; }
-};
-
-template <>
-struct Element<__half> {
-  using acc_t = float;
-  static __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half from_acc(float v) { return __float2half_rn(v); }
-};
-
-template <>
-struct Element<__nv_bfloat16> {
-  using acc_t = float;
-  static __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 from_acc(float v) { return __float2bfloat16_rn(v); }
-};
 
 // VEC consecutive elements moved as one access: with VEC * sizeof(T) == 16 the alignment makes
 // the compiler emit 128-bit loads and stores; VEC == 1 is the plain scalar path.
@@ -83,7 +45,7 @@ __device__ __forceinline__ acc_t sample_value(const void* per_sample, double sca
 // thread, so the aliasing is harmless.
 template <typename T, int VEC>
 __global__ void pgd_linf_kernel(PgdStepParams p) {
-  using acc_t = typename Element<T>::acc_t;
+  using acc_t = cuda::accumulate_t<T>;
   T* out = static_cast<T*>(p.out);
   const T* x_adv = static_cast<const T*>(p.x_adv);
   const T* grad = static_cast<const T*>(p.grad);
@@ -113,8 +75,8 @@ __global__ void pgd_linf_kernel(PgdStepParams p) {
     Pack<T, VEC> r;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      r.v[j] = Element<T>::from_acc(pgd_linf_element<acc_t>(
-          Element<T>::to_acc(a.v[j]), Element<T>::to_acc(g.v[j]), Element<T>::to_acc(o.v[j]), eps, alpha, lo, hi));
+      r.v[j] = cuda::from_acc<T>(pgd_linf_element<acc_t>(
+          cuda::to_acc(a.v[j]), cuda::to_acc(g.v[j]), cuda::to_acc(o.v[j]), eps, alpha, lo, hi));
     }
     store_pack<T, VEC>(out + i, r);
   }
@@ -127,17 +89,11 @@ struct L2Sums {
   acc_t delta_dot_grad;
 };
 
-// Butterfly (xor) reduction: every lane ends with the total, and since a + b == b + a exactly,
-// bit-identical totals, so all threads of a row use the same coefficients.
+// Every lane ends with the totals (cuda::warp_sum), so all threads of a row use the same
+// coefficients.
 template <typename acc_t>
 __device__ __forceinline__ L2Sums<acc_t> warp_sum(L2Sums<acc_t> s) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    s.grad_sq += __shfl_xor_sync(0xffffffffu, s.grad_sq, offset);
-    s.delta_sq += __shfl_xor_sync(0xffffffffu, s.delta_sq, offset);
-    s.delta_dot_grad += __shfl_xor_sync(0xffffffffu, s.delta_dot_grad, offset);
-  }
-  return s;
+  return {cuda::warp_sum(s.grad_sq), cuda::warp_sum(s.delta_sq), cuda::warp_sum(s.delta_dot_grad)};
 }
 
 struct WarpReduce {
@@ -179,7 +135,7 @@ struct BlockReduce {
 template <typename T, int VEC, typename Reduce>
 __device__ __forceinline__ void pgd_l2_row(const PgdStepParams& p, int64_t row, int thread, int threads,
                                            Reduce reduce) {
-  using acc_t = typename Element<T>::acc_t;
+  using acc_t = cuda::accumulate_t<T>;
   const int64_t n = p.row_size;
   const int64_t offset = row * n;
   const int64_t first = static_cast<int64_t>(thread) * VEC;
@@ -202,8 +158,8 @@ __device__ __forceinline__ void pgd_l2_row(const PgdStepParams& p, int64_t row, 
     const Pack<T, VEC> o = load_pack<T, VEC>(x + i);
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      const acc_t gj = Element<T>::to_acc(g.v[j]);
-      const acc_t d = Element<T>::to_acc(a.v[j]) - Element<T>::to_acc(o.v[j]);
+      const acc_t gj = cuda::to_acc(g.v[j]);
+      const acc_t d = cuda::to_acc(a.v[j]) - cuda::to_acc(o.v[j]);
       s.grad_sq += gj * gj;
       s.delta_sq += d * d;
       s.delta_dot_grad += d * gj;
@@ -224,8 +180,8 @@ __device__ __forceinline__ void pgd_l2_row(const PgdStepParams& p, int64_t row, 
     Pack<T, VEC> r;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      r.v[j] = Element<T>::from_acc(pgd_l2_element<acc_t>(
-          Element<T>::to_acc(a.v[j]), Element<T>::to_acc(g.v[j]), Element<T>::to_acc(o.v[j]), c, lo, hi));
+      r.v[j] = cuda::from_acc<T>(pgd_l2_element<acc_t>(
+          cuda::to_acc(a.v[j]), cuda::to_acc(g.v[j]), cuda::to_acc(o.v[j]), c, lo, hi));
     }
     store_pack<T, VEC>(out + i, r);
   }
@@ -247,7 +203,7 @@ __global__ void pgd_l2_warp_per_row_kernel(PgdStepParams p) {
 // BlockReduce are reached by every thread.
 template <typename T, int VEC>
 __global__ void pgd_l2_block_per_row_kernel(PgdStepParams p) {
-  using acc_t = typename Element<T>::acc_t;
+  using acc_t = cuda::accumulate_t<T>;
   __shared__ L2Sums<acc_t> partial[kWarpSize];
   __shared__ L2Sums<acc_t> total;
   for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
@@ -255,11 +211,8 @@ __global__ void pgd_l2_block_per_row_kernel(PgdStepParams p) {
   }
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-unsigned grid_size(int64_t blocks_needed, int64_t max_blocks) {
-  return static_cast<unsigned>(blocks_needed < max_blocks ? blocks_needed : max_blocks);
-}
+using cuda::ceil_div;
+using cuda::grid_size;
 
 template <typename T, int VEC>
 void launch_for_pack(const PgdStepParams& p, cudaStream_t stream, int64_t max_blocks) {
@@ -300,19 +253,12 @@ void launch_typed(const PgdStepParams& p, cudaStream_t stream, int64_t max_block
 
 void launch_pgd_step_cuda(const PgdStepParams& params, ScalarKind kind, void* stream) {
   if (params.rows == 0 || params.row_size == 0) return;
-  int device = 0;
-  int multiprocessors = 0;
-  // A failed query leaves its error in the last-error slot for the glue to report.
-  if (cudaGetDevice(&device) != cudaSuccess) return;
-  if (cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return;
-  const int64_t max_blocks = static_cast<int64_t>(multiprocessors) * kBlocksPerMultiprocessor;
+  const int64_t max_blocks = cuda::max_grid_blocks();
+  if (max_blocks == 0) return;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (kind) {
-    case ScalarKind::Float32: launch_typed<float>(params, s, max_blocks); break;
-    case ScalarKind::Float64: launch_typed<double>(params, s, max_blocks); break;
-    case ScalarKind::Float16: launch_typed<__half>(params, s, max_blocks); break;
-    case ScalarKind::BFloat16: launch_typed<__nv_bfloat16>(params, s, max_blocks); break;
-  }
+  cuda::dispatch_storage(kind, [&](auto storage) {
+    launch_typed<typename decltype(storage)::type>(params, s, max_blocks);
+  });
 }
 
 }  // namespace fastadv

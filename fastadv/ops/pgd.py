@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 import types
-from numbers import Real
 from typing import Optional
 
 import torch
 
-from .. import backend
+from .. import _validate, backend
 from ..reference import pgd as reference
+from . import _registry
 
 NORMS = ("linf", "l2")
 INITS = ("uniform", "normal")
@@ -34,73 +34,12 @@ __all__ = ["pgd_init", "pgd_step", "pgd_step_"]
 
 
 # ----------------------------------------------------------------------------- validation
-def _shape(t: torch.Tensor) -> list:
-    return list(t.shape)
-
-
-def _check_batch_tensor(op: str, name: str, t, *, floating: bool = True) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if floating and not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got dtype {t.dtype}")
-    if t.dim() < 1:
-        raise ValueError(f"{op}: {name} must have a batch dimension, got a 0-dim tensor")
-    return t
-
-
-def _check_like(op: str, name: str, t, ref: torch.Tensor) -> torch.Tensor:
-    _check_batch_tensor(op, name, t)
-    if t.shape != ref.shape:
-        raise ValueError(f"{op}: {name} must have the shape of x_adv {_shape(ref)}, got {_shape(t)}")
-    if t.device != ref.device:
-        raise ValueError(f"{op}: {name} must be on x_adv's device {ref.device}, got {t.device}")
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{op}: {name} must have x_adv's dtype {ref.dtype}, got {t.dtype}")
-    return t
-
-
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _radius(op: str, name: str, value, ref: torch.Tensor):
-    """eps/alpha as (float, None) or (0.0, per-sample tensor [B] in the accumulation dtype)."""
-    if isinstance(value, torch.Tensor) and value.dim() == 0:
-        value = value.item()
-    if isinstance(value, Real) and not isinstance(value, bool):
-        value = float(value)
-        if math.isnan(value) or value < 0:
-            raise ValueError(f"{op}: {name} must be >= 0, got {value}")
-        return value, None
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a float or a tensor of shape [B], got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got dtype {value.dtype}")
-    if value.shape != (ref.shape[0],):
-        raise ValueError(f"{op}: {name} must be a float or have shape [B] = [{ref.shape[0]}], got {_shape(value)}")
-    if value.device != ref.device:
-        raise ValueError(f"{op}: {name} must be on x_adv's device {ref.device}, got {value.device}")
-    if not torch.compiler.is_compiling() and bool(((value < 0) | value.isnan()).any()):
-        raise ValueError(f"{op}: every entry of {name} must be >= 0 (and not NaN)")
-    return 0.0, value.to(_accumulate_dtype(ref.dtype)).contiguous()
-
-
 def _norm(op: str, norm) -> str:
-    if not isinstance(norm, str) or norm.lower() not in NORMS:
-        raise ValueError(f"{op}: norm must be one of {NORMS}, got {norm!r}")
-    return norm.lower()
-
-
-def _clip(op: str, clip) -> tuple[float, float]:
-    if clip is None:
-        return -math.inf, math.inf
-    try:
-        lo, hi = (float(v) for v in clip)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: clip must be a pair (min, max) of floats or None, got {clip!r}") from None
-    if not lo <= hi:
-        raise ValueError(f"{op}: clip must satisfy min <= max, got {clip!r}")
-    return lo, hi
+    return _validate.choice(op, "norm", norm.lower() if isinstance(norm, str) else norm, NORMS)
 
 
 def _active(op: str, active, ref: torch.Tensor) -> Optional[torch.Tensor]:
@@ -110,10 +49,18 @@ def _active(op: str, active, ref: torch.Tensor) -> Optional[torch.Tensor]:
         raise TypeError(f"{op}: active must be a bool tensor of shape [B] or None, got "
                         f"{active.dtype if isinstance(active, torch.Tensor) else type(active).__name__}")
     if active.shape != (ref.shape[0],):
-        raise ValueError(f"{op}: active must have shape [B] = [{ref.shape[0]}], got {_shape(active)}")
+        raise ValueError(f"{op}: active must have shape [B] = [{ref.shape[0]}], got {list(active.shape)}")
     if active.device != ref.device:
         raise ValueError(f"{op}: active must be on x_adv's device {ref.device}, got {active.device}")
     return active.contiguous()
+
+
+def _step_arguments(x_adv, grad, x, eps, alpha, norm, clip_min, clip_max, active) -> tuple:
+    """The schema's arguments of a step: each radius (a float, or a [B] tensor) becomes its float
+    and its per-sample tensor."""
+    eps_value, eps_per_sample = (0.0, eps) if isinstance(eps, torch.Tensor) else (eps, None)
+    alpha_value, alpha_per_sample = (0.0, alpha) if isinstance(alpha, torch.Tensor) else (alpha, None)
+    return (x_adv, grad, x, eps_value, alpha_value, eps_per_sample, alpha_per_sample, norm, clip_min, clip_max, active)
 
 
 def _has_row_layout(t: torch.Tensor) -> bool:
@@ -133,20 +80,21 @@ def _in_layout_of(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def _prepare_step(op, x_adv, grad, x, eps, alpha, norm, clip, active):
-    """Validate every argument before anything runs; bring the inputs into one row layout."""
-    _check_batch_tensor(op, "x_adv", x_adv)
-    _check_like(op, "grad", grad, x_adv)
-    _check_like(op, "x", x, x_adv)
-    eps_value, eps_per_sample = _radius(op, "eps", eps, x_adv)
-    alpha_value, alpha_per_sample = _radius(op, "alpha", alpha, x_adv)
+    """Validate every argument before anything runs (the per-sample radii are read once: one
+    synchronisation); bring the inputs into one row layout."""
+    _validate.tensor(op, "x_adv", x_adv, min_dim=1)
+    _validate.tensor(op, "grad", grad, like=x_adv, like_name="x_adv")
+    _validate.tensor(op, "x", x, like=x_adv, like_name="x_adv")
+    radius_dtype = _accumulate_dtype(x_adv.dtype)
+    eps = _validate.radius(op, "eps", eps, like=x_adv, dtype=radius_dtype)
+    alpha = _validate.radius(op, "alpha", alpha, like=x_adv, dtype=radius_dtype)
     norm = _norm(op, norm)
-    clip_min, clip_max = _clip(op, clip)
+    clip_min, clip_max = _validate.clip_range(op, clip)
     active = _active(op, active, x_adv)
     name = backend.select(op, x_adv.device, x_adv.dtype)
     work = x_adv if _has_row_layout(x_adv) else x_adv.contiguous()
-    args = (work, _in_layout_of(grad, work), _in_layout_of(x, work), eps_value, alpha_value,
-            eps_per_sample, alpha_per_sample, norm, clip_min, clip_max, active)
-    return name, args
+    return name, _step_arguments(work, _in_layout_of(grad, work), _in_layout_of(x, work), eps, alpha, norm, clip_min,
+                                 clip_max, active)
 
 
 def _reference_step(args) -> torch.Tensor:
@@ -173,7 +121,7 @@ def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, alph
     if name == "reference":
         return _reference_step(args)
     if name == "triton":
-        return _triton_ops().pgd_step_triton(*args)
+        return _TRITON.pgd_step(*args)
     return torch.ops.fastadv.pgd_step(*args)
 
 
@@ -187,7 +135,7 @@ def pgd_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, alp
         x_adv.copy_(_reference_step(args))
         return x_adv
     if name == "triton":
-        _triton_ops().pgd_step_triton_(*args)
+        _TRITON.pgd_step_(*args)
     else:
         torch.ops.fastadv.pgd_step_(*args)
     if work is not x_adv:  # x_adv had no row layout: the step ran on a contiguous copy
@@ -206,16 +154,15 @@ def pgd_init(x: torch.Tensor, eps, norm: str = "linf", init: str = "uniform",
     composition of torch ops, not a kernel: it runs once per attack, not once per step.
     """
     op = "pgd_init"
-    _check_batch_tensor(op, "x", x)
-    eps_value, eps_per_sample = _radius(op, "eps", eps, x)
+    _validate.tensor(op, "x", x, min_dim=1)
+    eps = _validate.radius(op, "eps", eps, like=x, dtype=x.dtype)
     norm = _norm(op, norm)
-    if init not in INITS:
-        raise ValueError(f"{op}: init must be one of {INITS}, got {init!r}")
+    _validate.choice(op, "init", init, INITS)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{op}: generator must be a torch.Generator or None, got {type(generator).__name__}")
-    clip_min, clip_max = _clip(op, clip)
+    clip_min, clip_max = _validate.clip_range(op, clip)
     broadcast = (x.shape[0],) + (1,) * (x.dim() - 1)
-    radius = eps_value if eps_per_sample is None else eps_per_sample.to(x.dtype).reshape(broadcast)
+    radius = eps.reshape(broadcast) if isinstance(eps, torch.Tensor) else eps
     if init == "normal":
         delta = torch.empty_like(x).normal_(0.0, NORMAL_INIT_STD, generator=generator)
     elif norm == "linf":
@@ -230,52 +177,17 @@ def pgd_init(x: torch.Tensor, eps, norm: str = "linf", init: str = "uniform",
 
 
 # ----------------------------------------------------------------------------- torch.library
-@torch.library.register_fake("fastadv::pgd_step")
-def _pgd_step_fake(x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm, clip_min, clip_max, active):
-    return torch.empty_like(x_adv)
+def _fake(name: str):
+    """Output metadata of the step ``name``: a new batch like x_adv, or nothing (in place)."""
+    if name.endswith("_"):
+        return lambda x_adv, *rest: None
+    return lambda x_adv, *rest: torch.empty_like(x_adv)
 
 
-@torch.library.register_fake("fastadv::pgd_step_")
-def _pgd_step_inplace_fake(x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm, clip_min, clip_max,
-                           active):
-    return None
+for _name in ("pgd_step", "pgd_step_"):
+    torch.library.register_fake(f"fastadv::{_name}")(_fake(_name))
 
-
-_TRITON_OPS = None
-
-
-def _triton_ops():
-    """Registers the Triton implementations on first use (importing triton takes a while).
-
-    They are custom ops with fake implementations rather than triton_ops: opaque to
-    torch.compile exactly like the C++ kernels, which also keeps opcheck and torch.compile
-    working in Triton's interpreter (a triton_op's fake run would launch the interpreter on
-    fake tensors)."""
-    global _TRITON_OPS
-    if _TRITON_OPS is None:
-        from ..kernels import pgd as kernels
-
-        @torch.library.custom_op("fastadv::pgd_step_triton", mutates_args=())
-        def pgd_step_triton(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: float, alpha: float,
-                            eps_per_sample: Optional[torch.Tensor], alpha_per_sample: Optional[torch.Tensor],
-                            norm: str, clip_min: float, clip_max: float,
-                            active: Optional[torch.Tensor]) -> torch.Tensor:
-            out = torch.empty_like(x_adv)
-            kernels.pgd_step_into(out, x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm,
-                                  clip_min, clip_max, active)
-            return out
-
-        @torch.library.custom_op("fastadv::pgd_step_triton_", mutates_args={"x_adv"})
-        def pgd_step_triton_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: float, alpha: float,
-                             eps_per_sample: Optional[torch.Tensor], alpha_per_sample: Optional[torch.Tensor],
-                             norm: str, clip_min: float, clip_max: float, active: Optional[torch.Tensor]) -> None:
-            kernels.pgd_step_into(x_adv, x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm,
-                                  clip_min, clip_max, active)
-
-        pgd_step_triton.register_fake(_pgd_step_fake)
-        pgd_step_triton_.register_fake(_pgd_step_inplace_fake)
-        _TRITON_OPS = types.SimpleNamespace(pgd_step_triton=pgd_step_triton, pgd_step_triton_=pgd_step_triton_)
-    return _TRITON_OPS
+_TRITON = _registry.TritonOps("pgd", ("pgd_step", "pgd_step_"), fake=_fake)
 
 
 # ----------------------------------------------------------------------------- unchecked path
@@ -287,14 +199,12 @@ def _unchecked_pgd_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tenso
     tensors on x_adv's device in the accumulation dtype (float64 for float64, else float32);
     ``norm`` is "linf" or "l2"; ``clip`` a (min, max) pair of floats (±inf for no box);
     ``active`` a contiguous bool [B] tensor or None."""
-    eps_value, eps_per_sample = (0.0, eps) if isinstance(eps, torch.Tensor) else (eps, None)
-    alpha_value, alpha_per_sample = (0.0, alpha) if isinstance(alpha, torch.Tensor) else (alpha, None)
-    args = (x_adv, grad, x, eps_value, alpha_value, eps_per_sample, alpha_per_sample, norm, clip[0], clip[1], active)
+    args = _step_arguments(x_adv, grad, x, eps, alpha, norm, clip[0], clip[1], active)
     name = backend.select("pgd_step_", x_adv.device, x_adv.dtype)
     if name == "reference":
         x_adv.copy_(_reference_step(args))
     elif name == "triton":
-        _triton_ops().pgd_step_triton_(*args)
+        _TRITON.pgd_step_(*args)
     else:
         torch.ops.fastadv.pgd_step_(*args)
     return x_adv

@@ -1,62 +1,87 @@
 """The logits family: every backend against the float64 reference (values and gradients), odd
 shapes, gradcheck, opcheck, torch.compile, bad input."""
 import math
+import types
 
 import pytest
 import torch
 
 import fastadv
+from fastadv import backend as backends
+from fastadv.ops import _registry
 from fastadv.ops import logits as ops
 from fastadv.reference import logits as reference
 from tests.helpers import BACKENDS, device_of
 
-BATCHES = [1, 7, 4097]
-CLASSES = [2, 10, 100, 1000]
+
+class Maker:
+    """Random inputs of one [batch, classes] shape: logits with a spread like a trained network's
+    (scale 3) and a row of large logits (±60) for stability, pairs, labels."""
+
+    def __init__(self, batch, classes, seed):
+        self.batch, self.classes = batch, classes
+        self.g = torch.Generator().manual_seed(seed)
+
+    def logits(self):
+        z = torch.randn(self.batch, self.classes, generator=self.g, dtype=torch.float64) * 3
+        z[0, : self.classes // 2] += 60.0
+        return z
+
+    def pair(self, spread=1.0):
+        z = self.logits()
+        return z, z + torch.randn(self.batch, self.classes, generator=self.g, dtype=torch.float64) * spread
+
+    def labels(self):
+        return torch.randint(0, self.classes, (self.batch,), generator=self.g)
+
+
+#: The family's test table, one entry per op: (tensor inputs that get gradients, other arguments)
+#: of the public op. mhuber's spread of 8 puts differences on both sides of its |d|/α = π/2
+#: switch (α = 5.345: the switch is at 8.4).
+CASES = {
+    "soft_cross_entropy": lambda m: ((m.logits(), torch.softmax(m.logits() / 2, dim=1)), ()),
+    "smoothed_cross_entropy": lambda m: ((m.logits(),), (m.labels(), 0.1)),
+    "boosted_cross_entropy": lambda m: ((m.logits(),), (m.labels(),)),
+    "trades_kl": lambda m: (m.pair(), ()),
+    "mart_loss": lambda m: (m.pair(), (m.labels(),)),
+    "margin_sq_hinge": lambda m: ((m.logits(),), (m.labels(), 0.9)),
+    "mhuber": lambda m: (m.pair(spread=8), (5.345,)),
+    "mhuber_moving_average": lambda m: (m.pair(spread=8), (m.logits(), m.logits(), 0.2, 5.345)),
+    "logit_pairing": lambda m: (m.pair(), ()),
+    "logit_squeeze": lambda m: ((m.logits(),), ()),
+}
+OPS = list(CASES)
+TWO_INPUT_OPS = [name for name in OPS if len(_registry.layout(name).inputs) == 2]
+
+# The C++ kernels on every shape; the Triton interpreter (numpy, a tile at a time) on shapes that
+# still reach every path of its launcher at a fraction of the elements: one row, a partial last
+# program, many programs, classes not a power of two, the widest tile (1024 columns).
+SHAPES = [(batch, classes) for batch in (1, 7, 4097) for classes in (2, 10, 100, 1000)]
+TRITON_SHAPES = [(1, 2), (7, 10), (300, 100), (5, 1000), (2100, 3)]
+
+
+def backend_shapes(cpp_shapes=SHAPES, triton_shapes=TRITON_SHAPES):
+    """pytest params (backend, batch, classes): each backend with its shapes."""
+    for param in BACKENDS:
+        (name,) = param.values
+        for batch, classes in triton_shapes if name == "triton" else cpp_shapes:
+            yield pytest.param(name, batch, classes, marks=param.marks, id=f"{name}-{batch}x{classes}")
 
 
 def make_inputs(name, batch, classes, dtype=torch.float32, device="cpu", seed=0):
-    """(tensor inputs that get gradients, other arguments) of op ``name``: logits with a spread
-    like a trained network's (scale 3), a row of large logits (±60) for stability, labels."""
-    g = torch.Generator().manual_seed(seed)
-
-    def logits():
-        z = torch.randn(batch, classes, generator=g, dtype=torch.float64) * 3
-        z[0, : classes // 2] += 60.0
-        return z
-
-    y = torch.randint(0, classes, (batch,), generator=g)
-    if name == "soft_cross_entropy":
-        tensors, others = (logits(), torch.softmax(logits() / 2, dim=1)), ()
-    elif name == "smoothed_cross_entropy":
-        tensors, others = (logits(),), (y, 0.1)
-    elif name == "boosted_cross_entropy":
-        tensors, others = (logits(),), (y,)
-    elif name in ("trades_kl", "logit_pairing"):
-        z = logits()
-        tensors, others = (z, z + torch.randn(batch, classes, generator=g, dtype=torch.float64)), ()
-    elif name == "mart_loss":
-        z = logits()
-        tensors, others = (z, z + torch.randn(batch, classes, generator=g, dtype=torch.float64)), (y,)
-    elif name == "margin_sq_hinge":
-        tensors, others = (logits(),), (y, 0.9)
-    elif name == "mhuber":
-        u = logits()
-        # differences on both sides of the |d|/α = π/2 switch (α = 5.345: the switch is at 8.4)
-        tensors, others = (u, u + torch.randn(batch, classes, generator=g, dtype=torch.float64) * 8), (5.345,)
-    elif name == "mhuber_moving_average":
-        u = logits()
-        tensors = (u, u + torch.randn(batch, classes, generator=g, dtype=torch.float64) * 8)
-        others = (logits(), logits(), 0.2, 5.345)
-    else:  # logit_squeeze
-        tensors, others = (logits(),), ()
+    """(tensor inputs that get gradients, other arguments) of op ``name`` (CASES)."""
+    tensors, others = CASES[name](Maker(batch, classes, seed))
     tensors = tuple(t.to(dtype=dtype, device=device) for t in tensors)
     others = tuple((o.to(device, dtype) if o.is_floating_point() else o.to(device)) if isinstance(o, torch.Tensor)
                    else o for o in others)
     return tensors, others
 
 
-OPS = ["soft_cross_entropy", "smoothed_cross_entropy", "boosted_cross_entropy", "trades_kl", "mart_loss",
-       "margin_sq_hinge", "mhuber", "mhuber_moving_average", "logit_pairing", "logit_squeeze"]
+def exact_copies(tensors, others):
+    """float64 CPU copies of an op's arguments, for the reference."""
+    return (tuple(t.double().cpu() for t in tensors),
+            tuple((o.double() if o.is_floating_point() else o).cpu() if isinstance(o, torch.Tensor) else o
+                  for o in others))
 
 
 def as_tuple(out):
@@ -82,17 +107,12 @@ def assert_close_to_exact(got, exact, rtol=1e-4):
     torch.testing.assert_close(got.double().cpu(), exact, rtol=rtol, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("classes", CLASSES)
-@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("backend,batch,classes", list(backend_shapes()))
 @pytest.mark.parametrize("name", OPS)
 def test_matches_reference(backend, name, batch, classes):
     device = device_of(backend)
     tensors, others = make_inputs(name, batch, classes, device=device)
-    exact_tensors = tuple(t.double().cpu() for t in tensors)
-    exact_others = tuple((o.double() if o.is_floating_point() else o).cpu() if isinstance(o, torch.Tensor) else o
-                         for o in others)
-    exact, exact_grads, weights = losses_and_grads(getattr(reference, name), exact_tensors, exact_others)
+    exact, exact_grads, weights = losses_and_grads(getattr(reference, name), *exact_copies(tensors, others))
     with fastadv.use_backend(backend):
         got, got_grads, _ = losses_and_grads(getattr(ops, name), tensors, others, weights)
     for g, e in zip(got, exact):
@@ -102,14 +122,17 @@ def test_matches_reference(backend, name, batch, classes):
         assert_close_to_exact(g, e)
 
 
+@pytest.mark.parametrize("backend", [p for p in BACKENDS if p.values[0] != "cuda"])
 @pytest.mark.parametrize("name", OPS)
-def test_float64_cpu_matches_reference_tightly(name):
-    tensors, others = make_inputs(name, 33, 17, dtype=torch.float64)
-    exact, exact_grads, weights = losses_and_grads(getattr(reference, name), tensors, others)
-    with fastadv.use_backend("cpu"):
+def test_float64_matches_reference_tightly(backend, name):
+    """float64 in, float64 accumulation (Triton: the ACC = float64 branches)."""
+    tensors, others = make_inputs(name, 33, 17, dtype=torch.float64, device=device_of(backend))
+    exact, exact_grads, weights = losses_and_grads(getattr(reference, name), *exact_copies(tensors, others))
+    with fastadv.use_backend(backend):
         got, got_grads, _ = losses_and_grads(getattr(ops, name), tensors, others, weights)
     for g, e in zip(got + got_grads, exact + exact_grads):
-        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+        assert g.dtype == torch.float64
+        torch.testing.assert_close(g.cpu(), e, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
@@ -122,19 +145,26 @@ def test_gradcheck_float64(backend, name):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["soft_cross_entropy", "trades_kl", "mart_loss", "mhuber", "mhuber_moving_average",
-                                  "logit_pairing"])
+@pytest.mark.parametrize("name", TWO_INPUT_OPS)
 def test_gradient_only_where_asked(backend, name):
-    """With the second input detached, the first input's gradient is unchanged."""
+    """With the second input detached only the first one's gradient is computed; it is the
+    reference's."""
     device = device_of(backend)
     tensors, others = make_inputs(name, 7, 10, device=device)
+    exact_tensors, exact_others = exact_copies(tensors, others)
+    weights = [torch.randn(o.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+               for o in as_tuple(getattr(reference, name)(*exact_tensors, *exact_others))]
+
+    def first_gradient(fn, first, second, rest):
+        first = first.detach().clone().requires_grad_()
+        outputs = as_tuple(fn(first, second, *rest))
+        total = sum((o * w.to(o.dtype).to(o.device)).sum() for o, w in zip(outputs, weights))
+        return torch.autograd.grad(total, [first])[0]
+
+    exact = first_gradient(getattr(reference, name), *exact_tensors, exact_others)
     with fastadv.use_backend(backend):
-        both, both_grads, weights = losses_and_grads(getattr(ops, name), tensors, others)
-        first = tensors[0].detach().clone().requires_grad_()
-        outputs = as_tuple(getattr(ops, name)(first, tensors[1], *others))
-        total = sum((o * w.to(o.dtype).to(device)).sum() for o, w in zip(outputs, weights))
-        (grad_first,) = torch.autograd.grad(total, [first])
-    torch.testing.assert_close(grad_first, both_grads[0])
+        got = first_gradient(getattr(ops, name), *tensors, others)
+    assert_close_to_exact(got, exact)
 
 
 def test_mart_ties_share_the_gradient_like_amax():
@@ -228,18 +258,19 @@ def test_mhuber_any_row_split(backend, shape):
 
 
 def test_backward_twice_with_retain_graph():
-    z_nat, z_adv = (torch.randn(3, 4, requires_grad=True) for _ in range(2))
+    tensors, _ = make_inputs("trades_kl", 3, 4)
+    _, exact_grads, weights = losses_and_grads(reference.trades_kl, *exact_copies(tensors, ()))
+    z_nat, z_adv = (t.clone().requires_grad_() for t in tensors)
     with fastadv.use_backend("cpu"):
-        loss = ops.trades_kl(z_nat, z_adv).sum()
-    first = torch.autograd.grad(loss, [z_nat, z_adv], retain_graph=True)
-    second = torch.autograd.grad(loss, [z_nat, z_adv])
-    for a, b in zip(first, second):
-        torch.testing.assert_close(a, b)
+        loss = (ops.trades_kl(z_nat, z_adv) * weights[0].float()).sum()
+    for _ in range(2):
+        for got, exact in zip(torch.autograd.grad(loss, [z_nat, z_adv], retain_graph=True), exact_grads):
+            assert_close_to_exact(got, exact)
 
 
 # ----------------------------------------------------------------------------- trades_kl reductions
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("batch,classes", [(1, 2), (7, 10), (4097, 100)])
+@pytest.mark.parametrize("backend,batch,classes",
+                         list(backend_shapes([(1, 2), (7, 10), (4097, 100)], [(1, 2), (7, 10), (300, 100)])))
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_trades_kl_reduction_matches_reference(backend, reduction, batch, classes):
     """The scalar loss and its gradients, reached with a gradient of 1 (the saved gradients are
@@ -324,6 +355,20 @@ def test_auto_picks_the_cpu_kernel_and_half_falls_back_to_reference():
         ops.trades_kl(z.bfloat16(), z.bfloat16())
 
 
+def test_auto_gives_rows_too_wide_for_triton_to_the_cuda_kernels(monkeypatch):
+    """On CUDA, ``auto`` runs Triton up to TRITON_MAX_COLUMNS classes and the CUDA C++ kernel
+    beyond (the reference where neither exists), whatever this machine has."""
+    monkeypatch.delenv("FASTADV_BACKEND", raising=False)
+    monkeypatch.setitem(backends._capabilities, "triton", True)
+    monkeypatch.setitem(backends._capabilities, "cuda", True)
+    monkeypatch.setattr(ops, "_TRITON", types.SimpleNamespace(trades_kl="the Triton op"))
+    cuda, widest = torch.device("cuda"), ops.TRITON_MAX_COLUMNS
+    assert ops._implementation("trades_kl", cuda, torch.float16, widest) == "the Triton op"
+    assert ops._implementation("trades_kl", cuda, torch.float16, widest + 1) is torch.ops.fastadv.trades_kl.default
+    monkeypatch.setitem(backends._capabilities, "cuda", False)
+    assert ops._implementation("trades_kl", cuda, torch.float16, widest + 1) is None
+
+
 # ----------------------------------------------------------------------------- bad input
 def _bad_cases():
     z, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
@@ -334,15 +379,19 @@ def _bad_cases():
         ("y", lambda: ops.boosted_cross_entropy(z, y.float()), TypeError, "y must be an integer"),
         ("z_adv", lambda: ops.trades_kl(z, torch.randn(4, 6)), ValueError, "z_adv must have the shape"),
         ("reduction", lambda: ops.trades_kl(z, z, "batchmean"), ValueError, "reduction must be one of"),
-        ("z_adv", lambda: ops.logit_pairing(z, z.double()), TypeError, "z_adv must have the first logits' dtype"),
-        ("target", lambda: ops.soft_cross_entropy(z, torch.randn(5, 5)), ValueError, "target must have the shape"),
-        ("z", lambda: ops.logit_squeeze(torch.randn(4)), ValueError, r"z must have shape \[B, C\]"),
+        ("z_adv", lambda: ops.logit_pairing(z, z.double()), TypeError, "z_adv must have z_nat's dtype"),
+        ("target", lambda: ops.soft_cross_entropy(z, torch.randn(5, 5)), ValueError, "target must have the shape of z"),
+        ("z", lambda: ops.logit_squeeze(torch.randn(4)), ValueError, "z must have 2 dimensions"),
+        ("z", lambda: ops.logit_squeeze(torch.randn(4, 0)), ValueError, "z must have at least one class"),
         ("z", lambda: ops.logit_squeeze(torch.ones(4, 5, dtype=torch.int64)), TypeError, "z must be a floating"),
         ("alpha", lambda: ops.mhuber(z, z, 0.0), ValueError, "alpha must be > 0"),
         ("alpha", lambda: ops.mhuber(z, z, -1.0), ValueError, "alpha must be > 0"),
         ("alpha", lambda: ops.mhuber(z, z, math.nan), ValueError, "alpha must be > 0"),
         ("v", lambda: ops.mhuber(z, torch.randn(4, 4), 1.0), ValueError, "v must have the shape"),
-        ("smoothing", lambda: ops.smoothed_cross_entropy(z, y, 1.5), ValueError, "smoothing must be >= 0.0 and <= 1.0"),
+        ("smoothing", lambda: ops.smoothed_cross_entropy(z, y, 1.5), ValueError, r"smoothing must be in \[0, 1\]"),
+        ("tau", lambda: ops.mhuber_moving_average(z, z, z, z, -0.5, 1.0), ValueError, r"tau must be in \[0, 1\]"),
+        ("u_average", lambda: ops.mhuber_moving_average(z, z, z[:2], z, 0.5, 1.0), ValueError,
+         "u_average must have the shape of u"),
         ("classes", lambda: ops.boosted_cross_entropy(torch.randn(4, 1), torch.zeros(4, dtype=torch.int64)),
          ValueError, "at least 2 classes"),
         ("delta", lambda: ops.margin_sq_hinge(z, y, "0.9"), TypeError, "delta must be a number"),
@@ -357,86 +406,122 @@ def test_bad_input_is_named(argument, call, error, message):
 
 def test_cpp_kernel_checks_are_a_second_line():
     z = torch.randn(4, 5)
-    with pytest.raises(RuntimeError, match="must have shape"):
+    with pytest.raises(RuntimeError, match="z_adv must have shape"):
         torch.ops.fastadv.trades_kl(z, torch.randn(4, 6), 0, False, False)
     with pytest.raises(RuntimeError, match="reduction must be 0"):
-        torch.ops.fastadv.trades_kl(z, z, 3, False, False)
+        torch.ops.fastadv.trades_kl(z, z, 4, False, False)
     with pytest.raises(RuntimeError, match="alpha must be > 0"):
-        torch.ops.fastadv.mhuber(z, z, 0.0, False, False)
+        torch.ops.fastadv.mhuber(z, z, 0.0, 3, False, False)
+    with pytest.raises(RuntimeError, match=r"tau must lie in \[0, 1\]"):
+        torch.ops.fastadv.mhuber_moving_average(z, z, z, z, 1.0, 2.0, 3, False, False)
     with pytest.raises(RuntimeError, match="y must be int64"):
         torch.ops.fastadv.margin_sq_hinge(z, torch.zeros(4, dtype=torch.int32), 0.9, False)
+    with pytest.raises(RuntimeError, match="at least 2 classes"):
+        torch.ops.fastadv.boosted_cross_entropy(torch.randn(4, 1), torch.zeros(4, dtype=torch.int64), False)
 
 
 # ----------------------------------------------------------------------------- torch.library
-def _raw_args(name, device="cpu", reduction=0):
-    tensors, others = make_inputs(name, 5, 7, device=device)
-    tensors = tuple(t.clone().requires_grad_() for t in tensors)
-    if name == "trades_kl":
-        others = (reduction,)
-    return tensors + others + (True,) * len(tensors)
+def _op_call(monkeypatch, backend, name, **options):
+    """(the op, its arguments) as the public op ``name`` calls it on ``backend``, every gradient
+    asked for."""
+    calls = []
+    choose = ops._implementation
+
+    def recording(*args):
+        op = choose(*args)
+        return lambda *arguments: calls.append((op, arguments)) or op(*arguments)
+
+    tensors, others = make_inputs(name, 5, 7, device=device_of(backend))
+    monkeypatch.setattr(ops, "_implementation", recording)
+    with fastadv.use_backend(backend):
+        getattr(ops, name)(*(t.clone().requires_grad_() for t in tensors), *others, **options)
+    (call,) = calls
+    return call
 
 
-# every op, and trades_kl with each of its reductions
-OPCHECK_CASES = [(name, 0) for name in OPS] + [("trades_kl", 1), ("trades_kl", 2)]
+# every op, and the reductions of trades_kl
+OPCHECK_CASES = [(name, {}) for name in OPS] + [("trades_kl", {"reduction": "mean"}), ("trades_kl", {"reduction": "sum"})]
 
 
-@pytest.mark.parametrize("name,reduction", OPCHECK_CASES)
-def test_opcheck(name, reduction):
-    torch.library.opcheck(getattr(torch.ops.fastadv, name).default, _raw_args(name, reduction=reduction))
+@pytest.mark.parametrize("backend", [p for p in BACKENDS if p.values[0] != "cuda"])
+@pytest.mark.parametrize("name,options", OPCHECK_CASES, ids=[f"{n}-{o.get('reduction', '')}" for n, o in OPCHECK_CASES])
+def test_opcheck(monkeypatch, backend, name, options):
+    op, arguments = _op_call(monkeypatch, backend, name, **options)
+    assert all(flag is True for flag in arguments[-len(_registry.layout(name).flags):])
+    torch.library.opcheck(op, arguments)
 
 
-@pytest.mark.triton
-@pytest.mark.parametrize("name,reduction", OPCHECK_CASES)
-def test_opcheck_triton(name, reduction):
-    triton_ops = ops._triton_ops()
-    torch.library.opcheck(getattr(triton_ops, name), _raw_args(name, device_of("triton"), reduction))
-
-
-def _training_losses(z_nat, z_adv, y):
-    """A TRADES + LMA + ALP style combination of every op, as a method would write it."""
-    bce, weighted_kl = ops.mart_loss(z_nat, z_adv, y)
-    return (ops.smoothed_cross_entropy(z_nat, y, 0.1).mean() + ops.trades_kl(z_nat, z_adv, "mean")
-            + bce.mean() + weighted_kl.mean() + ops.margin_sq_hinge(z_adv, y, 0.9).mean()
-            + ops.mhuber(z_adv, z_nat, 5.345) + 0.5 * ops.logit_pairing(z_nat, z_adv).mean()
-            + ops.mhuber_moving_average(z_adv, z_nat, z_nat.detach(), z_adv.detach(), 0.2, 5.345)[0]
-            + 0.01 * ops.logit_squeeze(z_adv).mean() + ops.boosted_cross_entropy(z_adv, y).mean()
-            + ops.soft_cross_entropy(z_adv, torch.softmax(z_nat, dim=1)).mean())
+def _training_losses(L, z_nat, z_adv, y):
+    """A TRADES + LMA + ALP style combination of every op on the ops of ``L`` (the fused ops or
+    the reference), as a method would write it."""
+    bce, weighted_kl = L.mart_loss(z_nat, z_adv, y)
+    return (L.smoothed_cross_entropy(z_nat, y, 0.1).mean() + L.trades_kl(z_nat, z_adv, "mean")
+            + bce.mean() + weighted_kl.mean() + L.margin_sq_hinge(z_adv, y, 0.9).mean()
+            + L.mhuber(z_adv, z_nat, 5.345) + 0.5 * L.logit_pairing(z_nat, z_adv).mean()
+            + L.mhuber_moving_average(z_adv, z_nat, z_nat.detach(), z_adv.detach(), 0.2, 5.345)[0]
+            + 0.01 * L.logit_squeeze(z_adv).mean() + L.boosted_cross_entropy(z_adv, y).mean()
+            + L.soft_cross_entropy(z_adv, torch.softmax(z_nat, dim=1)).mean())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_compile_fullgraph(backend):
+    """Every op traced in one graph (fullgraph) with its backward: the loss and the gradients
+    are the reference's."""
     device = device_of(backend)
     tensors, (y,) = make_inputs("mart_loss", 6, 10, device=device)
 
-    def step(function, z_nat, z_adv):
-        """The loss (traced as one graph when compiled) and its gradients (AOT's backward graph)."""
+    def step(function, z_nat, z_adv, y):
         loss = function(z_nat, z_adv, y)
         return (loss,) + torch.autograd.grad(loss, [z_nat, z_adv])
 
-    leaves = [t.clone().requires_grad_() for t in tensors]
+    exact_tensors, (exact_y,) = exact_copies(tensors, (y,))
+    expected = step(lambda *a: _training_losses(reference, *a), *(t.requires_grad_() for t in exact_tensors), exact_y)
+    torch._dynamo.reset()
     with fastadv.use_backend(backend):
-        expected = step(_training_losses, *leaves)
-        torch._dynamo.reset()
-        got = step(torch.compile(_training_losses, fullgraph=True, backend="aot_eager"), *leaves)
+        compiled = torch.compile(lambda *a: _training_losses(ops, *a), fullgraph=True, backend="aot_eager")
+        got = step(compiled, *(t.clone().requires_grad_() for t in tensors), y)
     for g, e in zip(got, expected):
-        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+        assert_close_to_exact(g.detach(), e.detach())
 
 
 @pytest.mark.parametrize("backend", [pytest.param("cuda", marks=pytest.mark.cuda),
                                      pytest.param("triton", marks=[pytest.mark.triton, pytest.mark.cuda])])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gpu_half_types_within_twice_torch_error(backend, dtype):
-    """Half inputs on the GPU paths: error against float64 at most twice the reference's own
-    error computed by PyTorch in that dtype (DESIGN.md, numerics). Marked `cuda`: the CPU kernels
-    take float32/float64 only, so without a GPU these tests are skipped by conftest."""
+    """Half inputs on the GPU paths (DESIGN.md, numerics): the error of every loss and every
+    gradient against the float32 reference of the same (rounded) inputs is at most twice the
+    error of the reference run by PyTorch in the half dtype. The weights of the losses are
+    rounded to the half dtype first, so both sides see the same incoming gradients. Marked
+    `cuda`: the CPU kernels take float32/float64 only, so without a GPU these tests are skipped
+    by conftest."""
     device = device_of(backend)
     for name in OPS:
         tensors, others = make_inputs(name, 64, 100, dtype=dtype, device=device)
-        exact, _, _ = losses_and_grads(getattr(reference, name), tuple(t.double() for t in tensors), others)
-        torch_half, _, weights = losses_and_grads(getattr(reference, name), tensors, others)
+        float_others = tuple(o.float() if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o in others)
+        g = torch.Generator().manual_seed(5)
+        weights = [torch.randn(o.shape, generator=g).to(dtype).double()
+                   for o in as_tuple(getattr(reference, name)(*tensors, *others))]
+        exact, exact_grads, _ = losses_and_grads(getattr(reference, name), tuple(t.float() for t in tensors),
+                                                 float_others, weights)
+        torch_half, torch_grads, _ = losses_and_grads(getattr(reference, name), tensors, others, weights)
         with fastadv.use_backend(backend):
-            got, _, _ = losses_and_grads(getattr(ops, name), tensors, others, weights)
-        for g, t, e in zip(got, torch_half, exact):
-            ours = (g.double() - e).abs().max().item()
-            theirs = (t.double() - e).abs().max().item()
-            assert ours <= 2 * theirs + 1e-6, f"{name}: {ours} > 2 × {theirs}"
+            got, got_grads, _ = losses_and_grads(getattr(ops, name), tensors, others, weights)
+        for what, g, t, e in zip(["loss"] * len(got) + ["gradient"] * len(got_grads), got + got_grads,
+                                 torch_half + torch_grads, exact + exact_grads):
+            assert g.dtype == dtype
+            ours = (g.float() - e).abs().max().item()
+            theirs = (t.float() - e).abs().max().item()
+            assert ours <= 2 * theirs + 1e-6, f"{name} {what}: {ours} > 2 × {theirs}"
+
+
+def test_a_mean_reached_with_gradient_one_returns_the_saved_gradients():
+    """The C++ backward's shortcut: the raw op's saved gradients are the gradients themselves
+    when the incoming gradient is a CPU scalar of exactly 1, and are scaled otherwise."""
+    z_nat, z_adv = (t.clone().requires_grad_() for t in make_inputs("trades_kl", 4, 5)[0])
+    loss, saved_nat, saved_adv = torch.ops.fastadv.trades_kl.default(z_nat, z_adv, 1, True, True)
+    one = torch.autograd.grad(loss, [z_nat, z_adv], retain_graph=True)
+    assert [g.data_ptr() for g in one] == [saved_nat.data_ptr(), saved_adv.data_ptr()]
+    two = torch.autograd.grad(loss, [z_nat, z_adv], grad_outputs=[torch.tensor(2.0)])
+    assert two[0].data_ptr() != saved_nat.data_ptr()
+    for got, saved in zip(two, (saved_nat, saved_adv)):
+        torch.testing.assert_close(got, 2 * saved)

@@ -34,45 +34,80 @@ using std::exp;  // float and double overloads, on the host and in CUDA device c
 using std::log;
 using std::sin;
 
-// Which of the fused losses a LogitsParams describes (the CUDA launcher switches on it).
-enum class LogitsOp : int {
-  SoftCrossEntropy = 0,
-  SmoothedCrossEntropy = 1,
-  BoostedCrossEntropy = 2,
-  TradesKl = 3,
-  MartLoss = 4,
-  MarginSqHinge = 5,
-  Mhuber = 6,
-  LogitPairing = 7,
-  LogitSqueeze = 8,
-  MhuberMovingAverage = 9,
-};
+// The family's ops, one line each: X(name, "(arguments) -> (returns)"). Everything that lists the
+// ops is generated from this: the LogitsOp enum and the row switch below, the CUDA launcher's
+// switch (cuda/logits_kernel.cu), the schemas (ops.cpp), and the CPU, CUDA and Autograd
+// registrations (logits_glue.h). Each op has a row function `<name>_row` below.
+//
+// The schema is the op's whole description (fastadv/ops/_registry.py reads it too):
+// - arguments: the floating tensors in order, the differentiable logits first (they become
+//   LogitsParams::inputs); a tensor named `y` is the labels; `float`s become `scalars`; an
+//   `int reduction` takes 0 none, 1 mean, 2 sum (ATen's numbering) or 3 mean over elements;
+//   last, one `bool grad_<input>` per differentiable input, in their order.
+// - returns: the losses (per row, or reduced to a scalar by `reduction`), then extra [B, C]
+//   outputs that are not differentiated (state), then the gradients, each named
+//   `d<loss>_d<input>`: the gradient of every row's loss with respect to that input row, or of
+//   the reduced loss; [B, C] when the input's flag is set, an empty [0] tensor otherwise.
+#define FASTADV_LOGITS_OPS(X)                                                                               \
+  X(soft_cross_entropy,                                                                                     \
+    "(Tensor z, Tensor target, bool grad_z, bool grad_target) -> (Tensor loss, Tensor dloss_dz, "           \
+    "Tensor dloss_dtarget)")                                                                                \
+  X(smoothed_cross_entropy, "(Tensor z, Tensor y, float smoothing, bool grad_z) -> (Tensor loss, Tensor dloss_dz)") \
+  X(boosted_cross_entropy, "(Tensor z, Tensor y, bool grad_z) -> (Tensor loss, Tensor dloss_dz)")          \
+  X(trades_kl,                                                                                              \
+    "(Tensor z_nat, Tensor z_adv, int reduction, bool grad_z_nat, bool grad_z_adv) -> (Tensor loss, "      \
+    "Tensor dloss_dz_nat, Tensor dloss_dz_adv)")                                                            \
+  X(mart_loss,                                                                                              \
+    "(Tensor z_nat, Tensor z_adv, Tensor y, bool grad_z_nat, bool grad_z_adv) -> (Tensor bce, "            \
+    "Tensor weighted_kl, Tensor dbce_dz_adv, Tensor dweighted_kl_dz_nat, Tensor dweighted_kl_dz_adv)")     \
+  X(margin_sq_hinge, "(Tensor z, Tensor y, float delta, bool grad_z) -> (Tensor loss, Tensor dloss_dz)")   \
+  X(mhuber,                                                                                                 \
+    "(Tensor u, Tensor v, float alpha, int reduction, bool grad_u, bool grad_v) -> (Tensor loss, "         \
+    "Tensor dloss_du, Tensor dloss_dv)")                                                                    \
+  X(mhuber_moving_average,                                                                                  \
+    "(Tensor u, Tensor v, Tensor u_previous, Tensor v_previous, float alpha, float tau, int reduction, "   \
+    "bool grad_u, bool grad_v) -> (Tensor loss, Tensor u_average, Tensor v_average, Tensor dloss_du, "     \
+    "Tensor dloss_dv)")                                                                                     \
+  X(logit_pairing,                                                                                          \
+    "(Tensor z_nat, Tensor z_adv, bool grad_z_nat, bool grad_z_adv) -> (Tensor loss, Tensor dloss_dz_nat, " \
+    "Tensor dloss_dz_adv)")                                                                                 \
+  X(logit_squeeze, "(Tensor z, bool grad_z) -> (Tensor loss, Tensor dloss_dz)")
 
+#define FASTADV_LOGITS_ENUM(name, schema) name,
+enum class LogitsOp : int { FASTADV_LOGITS_OPS(FASTADV_LOGITS_ENUM) };
+#undef FASTADV_LOGITS_ENUM
+
+// The `int reduction` argument (at::Reduction's numbering, and the mean over all elements).
+enum class LogitsReduction : int64_t { None = 0, Mean = 1, Sum = 2, ElementMean = 3 };
+
+// How many of each the schema convention allows; the glue checks every schema against them.
+constexpr int kLogitsMaxInputs = 4, kLogitsMaxLosses = 2, kLogitsMaxExtras = 2, kLogitsMaxGrads = 3,
+              kLogitsMaxScalars = 2;
+
+// One call of an op, bound from its schema in order (see FASTADV_LOGITS_OPS).
 struct LogitsParams {
-  const void* a;          // the logits z (z_nat for two-input ops, u for mhuber)
-  const void* b;          // z_adv (two-input ops), v (mhuber), target probabilities (soft CE)
-  const int64_t* labels;  // [rows], checked to lie in [0, cols) by the Python layer
-  void* loss;             // [rows] in the input dtype; mhuber: [rows] partial sums, accumulation type
-  void* loss2;            // mart_loss: the weighted KL [rows]
-  // Gradients of a row's loss with respect to each input row, [rows, cols] in the input dtype,
-  // or null when not asked for. Which (loss, input) pair each slot holds is op-specific and
-  // documented at each row function.
-  void* grad0;
-  void* grad1;
-  void* grad2;
+  const void* inputs[kLogitsMaxInputs];  // [rows, cols], contiguous, one dtype
+  const int64_t* labels;                 // y: [rows], in [0, cols) (the Python layer checks it once)
+  // Per-row losses in the accumulation type (the glue converts or reduces them).
+  void* losses[kLogitsMaxLosses];
+  void* extras[kLogitsMaxExtras];        // [rows, cols] in the input dtype
+  // The gradients, [rows, cols] in the input dtype, or null when not asked for. Which (loss,
+  // input) pair each holds is named in the schema.
+  void* grads[kLogitsMaxGrads];
+  double scalars[kLogitsMaxScalars];
   int64_t rows;
   int64_t cols;
-  double scalar;          // smoothing s, margin delta, or Huber alpha
-  // mhuber_moving_average: the loss is taken between ū = τ·a_previous + (1 − τ)·a and v̄ likewise,
-  // which are written to a_average / b_average.
-  const void* a_previous;
-  const void* b_previous;
-  void* a_average;
-  void* b_average;
-  double tau;
-  // trades_kl: every gradient is multiplied by this (1 / rows for the mean reduction, else 1).
+  // Ops with a reduction multiply every gradient by this: 1 for none and sum, 1 / rows for the
+  // mean, 1 / (rows·cols) for the mean over elements.
   double grad_scale;
 };
+
+// Checks of an op's scalars beyond the schema: the message naming the argument, or null. Ops
+// with constraints specialise it next to their row function.
+template <LogitsOp Op>
+inline const char* logits_argument_error(const LogitsParams&) {
+  return nullptr;
+}
 
 // ----------------------------------------------------------------------------- scalar math
 template <typename T>
@@ -169,6 +204,12 @@ FASTADV_HOST_DEVICE T infinity_of() {
 constexpr double kBoostedFloor = 1e-4;
 
 // ----------------------------------------------------------------------------- row helpers
+// Row r's value of loss k, in the accumulation type.
+template <typename T>
+FASTADV_HOST_DEVICE void store_loss(const LogitsParams& p, int k, int64_t r, T value) {
+  static_cast<T*>(p.losses[k])[r] = value;
+}
+
 // Storage <-> accumulation conversion is the caller's `Io` policy: Io::load(ptr, j) returns
 // the accumulation type, Io::store(ptr, j, value) writes the storage type.
 
@@ -238,12 +279,12 @@ FASTADV_HOST_DEVICE T row_logsumexp(const S* z, int64_t cols, const Lane& lane) 
 }
 
 // ----------------------------------------------------------------------------- the ops
-// soft_cross_entropy: loss = −Σ t_j log p_j. grad0 = ∂/∂z = p·Σt − t; grad1 = ∂/∂t = −log p.
+// soft_cross_entropy: loss = −Σ t_j log p_j. grads[0] = ∂/∂z = p·Σt − t; grads[1] = ∂/∂t = −log p.
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE void soft_cross_entropy_row(const LogitsParams& p, int64_t r, const Lane& lane) {
   const int64_t cols = p.cols;
-  const S* z = static_cast<const S*>(p.a) + r * cols;
-  const S* t = static_cast<const S*>(p.b) + r * cols;
+  const S* z = static_cast<const S*>(p.inputs[0]) + r * cols;
+  const S* t = static_cast<const S*>(p.inputs[1]) + r * cols;
   const T lse = row_logsumexp<T, Lanes, S, Io>(z, cols, lane);
   T loss = 0, total = 0;
   FASTADV_SIMD_REDUCE(+, loss, total)
@@ -254,9 +295,9 @@ FASTADV_HOST_DEVICE void soft_cross_entropy_row(const LogitsParams& p, int64_t r
   }
   loss = lane.sum(loss);
   total = lane.sum(total);
-  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, loss);
-  S* gz = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
-  S* gt = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
+  if (lane.index == 0) store_loss<T>(p, 0, r, loss);
+  S* gz = p.grads[0] ? static_cast<S*>(p.grads[0]) + r * cols : nullptr;
+  S* gt = p.grads[1] ? static_cast<S*>(p.grads[1]) + r * cols : nullptr;
   if (gz) {
     const auto gradient = [&](int64_t j) { Io::store(gz, j, exp_nonpositive(Io::load(z, j) - lse) * total - Io::load(t, j)); };
     if (in_blocks<Lanes>(cols)) {
@@ -273,21 +314,21 @@ FASTADV_HOST_DEVICE void soft_cross_entropy_row(const LogitsParams& p, int64_t r
 }
 
 // smoothed_cross_entropy: the target is 1 − s on the label, s / (C − 1) elsewhere (seed 001).
-// grad0 = p − target.
+// grads[0] = p − target.
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE void smoothed_cross_entropy_row(const LogitsParams& p, int64_t r, const Lane& lane) {
   const int64_t cols = p.cols;
-  const S* z = static_cast<const S*>(p.a) + r * cols;
+  const S* z = static_cast<const S*>(p.inputs[0]) + r * cols;
   const int64_t y = p.labels[r];
-  const T on = static_cast<T>(1.0 - p.scalar), off = static_cast<T>(p.scalar / static_cast<double>(cols - 1));
+  const T on = static_cast<T>(1.0 - p.scalars[0]), off = static_cast<T>(p.scalars[0] / static_cast<double>(cols - 1));
   const T lse = row_logsumexp<T, Lanes, S, Io>(z, cols, lane);
   T weighted = 0;
   FASTADV_SIMD_REDUCE(+, weighted)
   for (int64_t j = lane.index; j < cols; j += Lanes) weighted += (j == y ? on : off) * (Io::load(z, j) - lse);
   weighted = lane.sum(weighted);
-  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, -weighted);
-  if (p.grad0) {
-    S* g = static_cast<S*>(p.grad0) + r * cols;
+  if (lane.index == 0) store_loss<T>(p, 0, r, -weighted);
+  if (p.grads[0]) {
+    S* g = static_cast<S*>(p.grads[0]) + r * cols;
     const auto gradient = [&](int64_t j) { Io::store(g, j, exp_nonpositive(Io::load(z, j) - lse) - (j == y ? on : off)); };
     if (in_blocks<Lanes>(cols)) {
       blocked_for(cols, gradient);
@@ -372,17 +413,17 @@ FASTADV_HOST_DEVICE RowStats<T> labelled_row_stats(const S* z, int64_t cols, int
   return finish_row_stats(m, other, lane.sum(sum), lane.sum(ties), lane.sum(rest));
 }
 
-// boosted_cross_entropy (MART's BCE): loss = −log p_y − log(1 − max_{k≠y} p_k). grad0 = ∂/∂z.
+// boosted_cross_entropy (MART's BCE): loss = −log p_y − log(1 − max_{k≠y} p_k). grads[0] = ∂/∂z.
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE void boosted_cross_entropy_row(const LogitsParams& p, int64_t r, const Lane& lane) {
   const int64_t cols = p.cols;
-  const S* z = static_cast<const S*>(p.a) + r * cols;
+  const S* z = static_cast<const S*>(p.inputs[0]) + r * cols;
   const int64_t y = p.labels[r];
   const RowStats<T> stats = labelled_row_stats<T, Lanes, S, Io>(z, cols, y, lane);
   const BoostedTerm<T> term = boosted_term(stats);
-  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, stats.lse - Io::load(z, y) + term.loss);
-  if (p.grad0) {
-    S* g = static_cast<S*>(p.grad0) + r * cols;
+  if (lane.index == 0) store_loss<T>(p, 0, r, stats.lse - Io::load(z, y) + term.loss);
+  if (p.grads[0]) {
+    S* g = static_cast<S*>(p.grads[0]) + r * cols;
     const auto gradient = [&](int64_t j) {
       const T zj = Io::load(z, j);
       Io::store(g, j, boosted_gradient(zj, exp_nonpositive(zj - stats.lse), j == y, stats, term));
@@ -480,10 +521,10 @@ FASTADV_HOST_DEVICE void kl_sums_block(const T* a, const T* b, int64_t start, in
 template <typename T>
 FASTADV_HOST_DEVICE void trades_kl_row_blocked(const LogitsParams& p, int64_t r) {
   const int64_t cols = p.cols;
-  const T* a = static_cast<const T*>(p.a) + r * cols;
-  const T* b = static_cast<const T*>(p.b) + r * cols;
-  T* ga = p.grad0 ? static_cast<T*>(p.grad0) + r * cols : nullptr;
-  T* gb = p.grad1 ? static_cast<T*>(p.grad1) + r * cols : nullptr;
+  const T* a = static_cast<const T*>(p.inputs[0]) + r * cols;
+  const T* b = static_cast<const T*>(p.inputs[1]) + r * cols;
+  T* ga = p.grads[0] ? static_cast<T*>(p.grads[0]) + r * cols : nullptr;
+  T* gb = p.grads[1] ? static_cast<T*>(p.grads[1]) + r * cols : nullptr;
   // Both gradients: cache the exponentials in them, as trades_kl_row does.
   T* cache_a = ga && gb ? ga : nullptr;
   T* cache_b = ga && gb ? gb : nullptr;
@@ -507,7 +548,7 @@ FASTADV_HOST_DEVICE void trades_kl_row_blocked(const LogitsParams& p, int64_t r)
   }
   const T lse_a = max_a + log(sum_a), lse_b = max_b + log(sum_b);
   const T kl = weighted / sum_a - (lse_a - lse_b);
-  static_cast<T*>(p.loss)[r] = kl;
+  static_cast<T*>(p.losses[0])[r] = kl;
   const T shift = lse_a - lse_b, scale = static_cast<T>(p.grad_scale);
   if (cache_a) {
     const T inv_a = scale / sum_a, inv_b = scale / sum_b;
@@ -527,8 +568,8 @@ FASTADV_HOST_DEVICE void trades_kl_row_blocked(const LogitsParams& p, int64_t r)
   }
 }
 
-// trades_kl: loss = KL(p(z_nat) ‖ p(z_adv)). grad0 = ∂/∂z_nat = p·(log p − log q − KL);
-// grad1 = ∂/∂z_adv = q − p; both times p.grad_scale.
+// trades_kl: loss = KL(p(z_nat) ‖ p(z_adv)). grads[0] = ∂/∂z_nat = p·(log p − log q − KL);
+// grads[1] = ∂/∂z_adv = q − p; both times p.grad_scale.
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const Lane& lane) {
   const int64_t cols = p.cols;
@@ -538,10 +579,10 @@ FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const L
       return;
     }
   }
-  const S* a = static_cast<const S*>(p.a) + r * cols;
-  const S* b = static_cast<const S*>(p.b) + r * cols;
-  S* ga = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
-  S* gb = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
+  const S* a = static_cast<const S*>(p.inputs[0]) + r * cols;
+  const S* b = static_cast<const S*>(p.inputs[1]) + r * cols;
+  S* ga = p.grads[0] ? static_cast<S*>(p.grads[0]) + r * cols : nullptr;
+  S* gb = p.grads[1] ? static_cast<S*>(p.grads[1]) + r * cols : nullptr;
   // Both gradients in the accumulation type (float32/float64 inputs): cache the exponentials.
   T* cache_a = nullptr;
   T* cache_b = nullptr;
@@ -552,7 +593,7 @@ FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const L
     }
   }
   const PairStats<T> stats = pair_stats<T, Lanes, S, Io>(a, b, cols, -1, lane, cache_a, cache_b);
-  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, stats.kl);
+  if (lane.index == 0) store_loss<T>(p, 0, r, stats.kl);
   // The gradients of the reduced loss: the scale is folded into the probabilities.
   const T scale = static_cast<T>(p.grad_scale);
   if (cache_a) {
@@ -577,13 +618,13 @@ FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const L
 }
 
 
-// mart_loss: loss = BCE(p(z_adv), y), loss2 = KL(p(z_nat) ‖ p(z_adv))·(1 − p_y(z_nat)).
-// grad0 = ∂loss/∂z_adv; grad1 = ∂loss2/∂z_nat; grad2 = ∂loss2/∂z_adv (BCE does not depend on z_nat).
+// mart_loss: losses[0] = BCE(p(z_adv), y), losses[1] = KL(p(z_nat) ‖ p(z_adv))·(1 − p_y(z_nat)).
+// grads[0] = ∂bce/∂z_adv; grads[1] = ∂weighted_kl/∂z_nat; grads[2] = ∂weighted_kl/∂z_adv (BCE does not depend on z_nat).
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE void mart_loss_row(const LogitsParams& p, int64_t r, const Lane& lane) {
   const int64_t cols = p.cols;
-  const S* a = static_cast<const S*>(p.a) + r * cols;
-  const S* b = static_cast<const S*>(p.b) + r * cols;
+  const S* a = static_cast<const S*>(p.inputs[0]) + r * cols;
+  const S* b = static_cast<const S*>(p.inputs[1]) + r * cols;
   const int64_t y = p.labels[r];
   const PairStats<T> stats = pair_stats<T, Lanes, S, Io>(a, b, cols, y, lane);
   const BoostedTerm<T> term = boosted_term(stats.b);
@@ -591,12 +632,12 @@ FASTADV_HOST_DEVICE void mart_loss_row(const LogitsParams& p, int64_t r, const L
   const T p_y = exp_nonpositive(Io::load(a, y) - stats.lse_a);
   const T weight = T(1) - p_y;
   if (lane.index == 0) {
-    Io::store(static_cast<S*>(p.loss), r, stats.b.lse - Io::load(b, y) + term.loss);
-    Io::store(static_cast<S*>(p.loss2), r, kl * weight);
+    store_loss<T>(p, 0, r, stats.b.lse - Io::load(b, y) + term.loss);
+    store_loss<T>(p, 1, r, kl * weight);
   }
-  S* g_bce_adv = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
-  S* g_kl_nat = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
-  S* g_kl_adv = p.grad2 ? static_cast<S*>(p.grad2) + r * cols : nullptr;
+  S* g_bce_adv = p.grads[0] ? static_cast<S*>(p.grads[0]) + r * cols : nullptr;
+  S* g_kl_nat = p.grads[1] ? static_cast<S*>(p.grads[1]) + r * cols : nullptr;
+  S* g_kl_adv = p.grads[2] ? static_cast<S*>(p.grads[2]) + r * cols : nullptr;
   if (g_bce_adv || g_kl_nat || g_kl_adv) {
     const T shift = stats.lse_a - stats.b.lse;
     const auto gradients = [&](int64_t j) {
@@ -613,14 +654,14 @@ FASTADV_HOST_DEVICE void mart_loss_row(const LogitsParams& p, int64_t r, const L
   }
 }
 
-// margin_sq_hinge: loss = Σ_{j≠y} h_j², h_j = max(0, z_j − z_y + δ). grad0: 2h_j off the label,
+// margin_sq_hinge: loss = Σ_{j≠y} h_j², h_j = max(0, z_j − z_y + δ). grads[0]: 2h_j off the label,
 // −2Σ h_j on it.
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE void margin_sq_hinge_row(const LogitsParams& p, int64_t r, const Lane& lane) {
   const int64_t cols = p.cols;
-  const S* z = static_cast<const S*>(p.a) + r * cols;
+  const S* z = static_cast<const S*>(p.inputs[0]) + r * cols;
   const int64_t y = p.labels[r];
-  const T shift = static_cast<T>(p.scalar) - Io::load(z, y);
+  const T shift = static_cast<T>(p.scalars[0]) - Io::load(z, y);
   T loss = 0, total = 0;
   FASTADV_SIMD_REDUCE(+, loss, total)
   for (int64_t j = lane.index; j < cols; j += Lanes) {
@@ -631,9 +672,9 @@ FASTADV_HOST_DEVICE void margin_sq_hinge_row(const LogitsParams& p, int64_t r, c
   }
   loss = lane.sum(loss);
   total = lane.sum(total);
-  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, loss);
-  if (p.grad0) {
-    S* g = static_cast<S*>(p.grad0) + r * cols;
+  if (lane.index == 0) store_loss<T>(p, 0, r, loss);
+  if (p.grads[0]) {
+    S* g = static_cast<S*>(p.grads[0]) + r * cols;
     FASTADV_SIMD
     for (int64_t j = lane.index; j < cols; j += Lanes)
       Io::store(g, j, j == y ? T(-2) * total : T(2) * larger(T(0), Io::load(z, j) + shift));
@@ -641,27 +682,29 @@ FASTADV_HOST_DEVICE void margin_sq_hinge_row(const LogitsParams& p, int64_t r, c
 }
 
 // mhuber: f(d) = α²(1 − cos(d/α)) where |d|/α ≤ π/2, else α|d| + (1 − π/2)α²; d = u − v.
-// loss (accumulation type) receives the row's Σ f; the caller divides the total by N = rows·cols.
-// grad0 = ∂/∂u = f'(d)/N, grad1 = ∂/∂v = −f'(d)/N, f'(d) = α sin(d/α) inside, α·sign(d) outside.
-// With the moving averages (mhuber_moving_average), d = ū − v̄ and both gradients carry the
-// factor 1 − τ. One pass: f' does not depend on the row's sum.
+// The row's loss is Σ f (seed 002 takes the mean over elements: reduction 3).
+// grads[0] = ∂/∂u = f'(d)·grad_scale, grads[1] = ∂/∂v = −grads[0], f'(d) = α sin(d/α) inside, α·sign(d)
+// outside. With the moving averages (mhuber_moving_average: inputs 2 and 3, τ = scalars[1]),
+// d = ū − v̄ and both gradients carry the factor 1 − τ. One pass: f' does not depend on the
+// row's sum.
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE void mhuber_row(const LogitsParams& p, int64_t r, const Lane& lane) {
   const int64_t cols = p.cols;
-  const S* u = static_cast<const S*>(p.a) + r * cols;
-  const S* v = static_cast<const S*>(p.b) + r * cols;
-  const bool averaged = p.a_previous != nullptr;
-  const S* u_previous = averaged ? static_cast<const S*>(p.a_previous) + r * cols : nullptr;
-  const S* v_previous = averaged ? static_cast<const S*>(p.b_previous) + r * cols : nullptr;
-  S* u_average = averaged ? static_cast<S*>(p.a_average) + r * cols : nullptr;
-  S* v_average = averaged ? static_cast<S*>(p.b_average) + r * cols : nullptr;
-  const T keep = static_cast<T>(averaged ? p.tau : 0.0), take = static_cast<T>(averaged ? 1.0 - p.tau : 1.0);
-  const T alpha = static_cast<T>(p.scalar);
+  const S* u = static_cast<const S*>(p.inputs[0]) + r * cols;
+  const S* v = static_cast<const S*>(p.inputs[1]) + r * cols;
+  const bool averaged = p.inputs[2] != nullptr;
+  const S* u_previous = averaged ? static_cast<const S*>(p.inputs[2]) + r * cols : nullptr;
+  const S* v_previous = averaged ? static_cast<const S*>(p.inputs[3]) + r * cols : nullptr;
+  S* u_average = averaged ? static_cast<S*>(p.extras[0]) + r * cols : nullptr;
+  S* v_average = averaged ? static_cast<S*>(p.extras[1]) + r * cols : nullptr;
+  const double tau = averaged ? p.scalars[1] : 0.0;
+  const T keep = static_cast<T>(tau), take = static_cast<T>(1.0 - tau);
+  const T alpha = static_cast<T>(p.scalars[0]);
   const T half_pi = static_cast<T>(1.57079632679489661923);
   const T outer_offset = (T(1) - half_pi) * alpha * alpha;
-  const T scale = take * static_cast<T>(1.0 / (static_cast<double>(p.rows) * static_cast<double>(cols)));
-  S* gu = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
-  S* gv = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
+  const T scale = take * static_cast<T>(p.grad_scale);
+  S* gu = p.grads[0] ? static_cast<S*>(p.grads[0]) + r * cols : nullptr;
+  S* gv = p.grads[1] ? static_cast<S*>(p.grads[1]) + r * cols : nullptr;
   T sum = 0;
   FASTADV_SIMD_REDUCE(+, sum)
   for (int64_t j = lane.index; j < cols; j += Lanes) {
@@ -686,15 +729,15 @@ FASTADV_HOST_DEVICE void mhuber_row(const LogitsParams& p, int64_t r, const Lane
     }
   }
   sum = lane.sum(sum);
-  if (lane.index == 0) static_cast<T*>(p.loss)[r] = sum;
+  if (lane.index == 0) store_loss<T>(p, 0, r, sum);
 }
 
-// logit_pairing: loss = ‖a − b‖². grad0 = 2(a − b), grad1 = −2(a − b).
+// logit_pairing: loss = ‖a − b‖². grads[0] = 2(a − b), grads[1] = −2(a − b).
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE void logit_pairing_row(const LogitsParams& p, int64_t r, const Lane& lane) {
   const int64_t cols = p.cols;
-  const S* a = static_cast<const S*>(p.a) + r * cols;
-  const S* b = static_cast<const S*>(p.b) + r * cols;
+  const S* a = static_cast<const S*>(p.inputs[0]) + r * cols;
+  const S* b = static_cast<const S*>(p.inputs[1]) + r * cols;
   T loss = 0;
   FASTADV_SIMD_REDUCE(+, loss)
   for (int64_t j = lane.index; j < cols; j += Lanes) {
@@ -702,10 +745,10 @@ FASTADV_HOST_DEVICE void logit_pairing_row(const LogitsParams& p, int64_t r, con
     loss += d * d;
   }
   loss = lane.sum(loss);
-  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, loss);
-  if (p.grad0 || p.grad1) {
-    S* ga = p.grad0 ? static_cast<S*>(p.grad0) + r * cols : nullptr;
-    S* gb = p.grad1 ? static_cast<S*>(p.grad1) + r * cols : nullptr;
+  if (lane.index == 0) store_loss<T>(p, 0, r, loss);
+  if (p.grads[0] || p.grads[1]) {
+    S* ga = p.grads[0] ? static_cast<S*>(p.grads[0]) + r * cols : nullptr;
+    S* gb = p.grads[1] ? static_cast<S*>(p.grads[1]) + r * cols : nullptr;
     FASTADV_SIMD
     for (int64_t j = lane.index; j < cols; j += Lanes) {
       const T d2 = T(2) * (Io::load(a, j) - Io::load(b, j));
@@ -715,11 +758,11 @@ FASTADV_HOST_DEVICE void logit_pairing_row(const LogitsParams& p, int64_t r, con
   }
 }
 
-// logit_squeeze: loss = ‖z‖². grad0 = 2z.
+// logit_squeeze: loss = ‖z‖². grads[0] = 2z.
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE void logit_squeeze_row(const LogitsParams& p, int64_t r, const Lane& lane) {
   const int64_t cols = p.cols;
-  const S* z = static_cast<const S*>(p.a) + r * cols;
+  const S* z = static_cast<const S*>(p.inputs[0]) + r * cols;
   T loss = 0;
   FASTADV_SIMD_REDUCE(+, loss)
   for (int64_t j = lane.index; j < cols; j += Lanes) {
@@ -727,34 +770,56 @@ FASTADV_HOST_DEVICE void logit_squeeze_row(const LogitsParams& p, int64_t r, con
     loss += zj * zj;
   }
   loss = lane.sum(loss);
-  if (lane.index == 0) Io::store(static_cast<S*>(p.loss), r, loss);
-  if (p.grad0) {
-    S* g = static_cast<S*>(p.grad0) + r * cols;
+  if (lane.index == 0) store_loss<T>(p, 0, r, loss);
+  if (p.grads[0]) {
+    S* g = static_cast<S*>(p.grads[0]) + r * cols;
     FASTADV_SIMD
     for (int64_t j = lane.index; j < cols; j += Lanes) Io::store(g, j, T(2) * Io::load(z, j));
   }
 }
 
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE void mhuber_moving_average_row(const LogitsParams& p, int64_t r, const Lane& lane) {
+  mhuber_row<T, Lanes, S, Io>(p, r, lane);
+}
+
+template <>
+inline const char* logits_argument_error<LogitsOp::smoothed_cross_entropy>(const LogitsParams& p) {
+  if (p.cols < 2) return "smoothed_cross_entropy needs at least 2 classes";
+  return p.scalars[0] >= 0 && p.scalars[0] <= 1 ? nullptr : "smoothing must lie in [0, 1]";
+}
+
+template <>
+inline const char* logits_argument_error<LogitsOp::boosted_cross_entropy>(const LogitsParams& p) {
+  return p.cols >= 2 ? nullptr : "boosted_cross_entropy needs at least 2 classes";
+}
+
+template <>
+inline const char* logits_argument_error<LogitsOp::mart_loss>(const LogitsParams& p) {
+  return p.cols >= 2 ? nullptr : "mart_loss needs at least 2 classes";
+}
+
+template <>
+inline const char* logits_argument_error<LogitsOp::mhuber>(const LogitsParams& p) {
+  return p.scalars[0] > 0 ? nullptr : "alpha must be > 0";
+}
+
+template <>
+inline const char* logits_argument_error<LogitsOp::mhuber_moving_average>(const LogitsParams& p) {
+  if (!(p.scalars[0] > 0)) return "alpha must be > 0";
+  return p.scalars[1] >= 0 && p.scalars[1] <= 1 ? nullptr : "tau must lie in [0, 1]";
+}
+
 // One row of `op`, whichever it is: the single switch both backends go through.
 template <typename T, int Lanes, typename S, typename Io, typename Lane>
 FASTADV_HOST_DEVICE void logits_row(LogitsOp op, const LogitsParams& p, int64_t r, const Lane& lane) {
-  switch (op) {
-    case LogitsOp::SoftCrossEntropy: soft_cross_entropy_row<T, Lanes, S, Io>(p, r, lane); break;
-    case LogitsOp::SmoothedCrossEntropy: smoothed_cross_entropy_row<T, Lanes, S, Io>(p, r, lane); break;
-    case LogitsOp::BoostedCrossEntropy: boosted_cross_entropy_row<T, Lanes, S, Io>(p, r, lane); break;
-    case LogitsOp::TradesKl: trades_kl_row<T, Lanes, S, Io>(p, r, lane); break;
-    case LogitsOp::MartLoss: mart_loss_row<T, Lanes, S, Io>(p, r, lane); break;
-    case LogitsOp::MarginSqHinge: margin_sq_hinge_row<T, Lanes, S, Io>(p, r, lane); break;
-    case LogitsOp::Mhuber:
-    case LogitsOp::MhuberMovingAverage: mhuber_row<T, Lanes, S, Io>(p, r, lane); break;
-    case LogitsOp::LogitPairing: logit_pairing_row<T, Lanes, S, Io>(p, r, lane); break;
-    case LogitsOp::LogitSqueeze: logit_squeeze_row<T, Lanes, S, Io>(p, r, lane); break;
-  }
+#define FASTADV_LOGITS_ROW(name, schema) \
+  case LogitsOp::name: name##_row<T, Lanes, S, Io>(p, r, lane); break;
+  switch (op) { FASTADV_LOGITS_OPS(FASTADV_LOGITS_ROW) }
+#undef FASTADV_LOGITS_ROW
 }
 
 // Launches the kernel of `op` on `stream` (a cudaStream_t); defined in cuda/logits_kernel.cu.
-// The launcher of mhuber (and mhuber_moving_average) also reduces the [rows] partial sums into
-// `mhuber_total` (one element of the accumulation type), divided by rows·cols.
-void launch_logits_cuda(LogitsOp op, const LogitsParams& p, ScalarKind kind, void* mhuber_total, void* stream);
+void launch_logits_cuda(LogitsOp op, const LogitsParams& p, ScalarKind kind, void* stream);
 
 }  // namespace fastadv

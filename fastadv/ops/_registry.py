@@ -1,0 +1,167 @@
+"""Where the op families meet torch.library.
+
+- :func:`layout` reads a fused loss's layout from its registered C++ schema (the convention
+  written above ``FASTADV_LOGITS_OPS`` in csrc/include/fastadv/logits.h): which arguments are
+  the differentiable inputs, their ``grad_<input>`` flags and the reduction, and which outputs
+  are losses, extra state and the gradients ``d<loss>_d<input>``. Nothing about an op is
+  counted by hand in Python.
+- :func:`loss_fake` and :func:`saved_gradient_autograd` build an op's fake implementation and
+  Python autograd from its layout.
+- :class:`TritonOps` registers a family's Triton functions (``kernels/<family>.py``, one per op,
+  named like it) as the custom ops ``fastadv::<op>_triton`` with the C++ op's schema, on first
+  use: importing triton takes seconds.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import torch
+
+
+def schema(name: str) -> torch._C.FunctionSchema:
+    """The registered schema of the C++ op ``fastadv::<name>``."""
+    return getattr(torch.ops.fastadv, name).default._schema
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Positions in a fused loss's schema (see the module docstring)."""
+
+    name: str
+    arguments: int
+    inputs: tuple   # argument positions of the differentiable tensors
+    flags: tuple    # argument positions of their grad_<input> flags
+    reduction: Optional[int]
+    losses: int
+    extras: int
+    grads: tuple    # (loss, input) of each gradient output: a return position, an index into inputs
+
+
+@functools.cache
+def layout(name: str) -> Layout:
+    op = schema(name)
+    tensors, flags, reduction = [], [], None
+    for position, argument in enumerate(op.arguments):
+        kind = str(argument.type)
+        if kind == "Tensor" and argument.name != "y":
+            tensors.append((position, argument.name))
+        elif kind == "bool":
+            flags.append(position)
+        elif kind == "int" and argument.name == "reduction":
+            reduction = position
+    inputs = tensors[:len(flags)]
+    grads, named = [], {}
+    for position, result in enumerate(op.returns):
+        for index, (_, input_name) in sorted(enumerate(inputs), key=lambda item: -len(item[1][1])):
+            ending = f"_d{input_name}"
+            if result.name.startswith("d") and result.name.endswith(ending) and len(result.name) > len(ending) + 1:
+                grads.append((result.name[1:-len(ending)], index))
+                break
+        else:
+            named[result.name] = position
+    losses = sum(1 for loss in named if any(loss == of for of, _ in grads))
+    return Layout(name=name, arguments=len(op.arguments), inputs=tuple(p for p, _ in inputs), flags=tuple(flags),
+                  reduction=reduction, losses=losses, extras=len(named) - losses,
+                  grads=tuple((named[of], index) for of, index in grads))
+
+
+def loss_fake(name: str) -> Callable:
+    """The fake implementation of a fused loss: losses of the first input's dtype ([B], or 0-dim
+    when reduced), extras like the first input, a gradient like it per pair whose input's flag
+    is set and an empty [0] tensor otherwise."""
+    spec = layout(name)
+
+    def fake(*args):
+        first = args[spec.inputs[0]]
+        reduced = spec.reduction is not None and args[spec.reduction] != 0
+        losses = [first.new_empty(() if reduced else (first.shape[0],)) for _ in range(spec.losses)]
+        extras = [torch.empty_like(first) for _ in range(spec.extras)]
+        grads = [torch.empty_like(first) if args[spec.flags[j]] else first.new_empty(0) for _, j in spec.grads]
+        return tuple(losses + extras + grads)
+    return fake
+
+
+def _is_one(incoming: torch.Tensor) -> bool:
+    """Whether ``incoming`` is a scalar gradient of exactly 1, checked only where that is free:
+    a plain CPU tensor outside compilation (reading a CUDA scalar would synchronise, and a traced
+    gradient has no value)."""
+    return (incoming.dim() == 0 and type(incoming) is torch.Tensor and incoming.device.type == "cpu"
+            and not torch.compiler.is_compiling() and incoming.item() == 1.0)
+
+
+def saved_gradient_autograd(name: str) -> tuple[Callable, Callable]:
+    """(backward, setup_context) of a fused loss in Python, what csrc/autograd/logits.cpp does
+    for the C++ ops: each input's gradient is Σ over its saved gradients of the incoming gradient
+    of that loss (per sample, or a scalar) times the saved gradient."""
+    spec = layout(name)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*output[spec.losses + spec.extras:])
+        ctx.mark_non_differentiable(*output[spec.losses:])
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, *grads):
+        result = [None] * spec.arguments
+        for (loss, j), saved in zip(spec.grads, ctx.saved_tensors):
+            incoming, position = grads[loss], spec.inputs[j]
+            if incoming is None or saved.dim() == 1:  # an empty [0]: this gradient was not asked for
+                continue
+            if result[position] is None and _is_one(incoming):
+                # A scalar loss reached with gradient 1: the saved gradient is the answer (see
+                # csrc/autograd/logits.cpp for why returning it is safe).
+                result[position] = saved
+                continue
+            scale = incoming.reshape(incoming.shape + (1,) * (saved.dim() - incoming.dim()))
+            result[position] = saved * scale if result[position] is None else torch.addcmul(result[position], saved,
+                                                                                             scale)
+        return tuple(result)
+
+    return backward, setup_context
+
+
+def triton_name(name: str) -> str:
+    """``fastadv::<op>_triton``; an in-place op keeps its trailing underscore last."""
+    return f"{name[:-1]}_triton_" if name.endswith("_") else f"{name}_triton"
+
+
+class TritonOps:
+    """A family's Triton kernels as custom ops, registered on first attribute access:
+    ``TritonOps("logits", names, fake=...).trades_kl`` is ``fastadv::trades_kl_triton``.
+
+    They are custom ops with fake implementations rather than ``triton_op``s: opaque to
+    torch.compile exactly like the C++ kernels, which also keeps opcheck and torch.compile
+    working in Triton's interpreter (a triton_op's fake run would launch the interpreter on
+    fake tensors)."""
+
+    def __init__(self, family: str, names: Iterable[str], fake: Callable[[str], Callable],
+                 autograd: Optional[Callable[[str], tuple]] = None):
+        self._family, self._names, self._fake, self._autograd = family, tuple(names), fake, autograd
+        self._ops = None
+
+    def _register(self) -> dict:
+        kernels = importlib.import_module(f"fastadv.kernels.{self._family}")
+        ops = {}
+        for name in self._names:
+            definition = schema(name)
+            mutated = [a.name for a in definition.arguments if a.alias_info is not None and a.alias_info.is_write]
+            op = torch.library.custom_op(f"fastadv::{triton_name(name)}", getattr(kernels, name),
+                                         mutates_args=mutated, schema="(" + str(definition).split("(", 1)[1])
+            op.register_fake(self._fake(name))
+            if self._autograd is not None:
+                backward, setup = self._autograd(name)
+                op.register_autograd(backward, setup_context=setup)
+            ops[name] = op
+        return ops
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._ops is None:
+            self._ops = self._register()
+        try:
+            return self._ops[name]
+        except KeyError:
+            raise AttributeError(f"the {self._family} family has no op {name!r}") from None
