@@ -201,7 +201,7 @@ def test_lma_state_dict_round_trips():
     torch.save(method.state_dict(), buffer)
     buffer.seek(0)
     restored = build_method("trades_lma")
-    restored.load_state_dict(torch.load(buffer))
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
     z_nat, z_adv, y = fixed_logits(8)
     assert method.loss_terms(z_nat, z_adv, y)[0].item() == restored.loss_terms(z_nat, z_adv, y)[0].item()
     assert all(torch.equal(method.state_dict()[k], restored.state_dict()[k]) for k in ("ema_natural", "ema_adv"))
