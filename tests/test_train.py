@@ -13,6 +13,7 @@ from fastadv import hardware
 from fastadv.data import write_cifar_folder
 from fastadv.runs import load_model
 from fastadv.train import Interrupted, TrainConfig, Trainer, epoch_batches, train
+from tests.test_synchronisation import CountReads
 
 QUICK = dict(dataset="digits", epochs=2, steps=2, eval_steps=3, eval_size=90, progress=False)
 
@@ -95,29 +96,15 @@ def test_missing_data_folder_fails_at_once(tmp_path):
 
 def test_trainer_reads_nothing_back_per_step(tmp_path):
     """No host synchronisation in the trainer's step: the metrics stay on the device until the
-    end of the epoch (standard training's method reads nothing either)."""
-    reads = count_reads()
+    end of the epoch (standard training's method reads nothing either, see test_synchronisation)."""
+    counter = CountReads()
     per_batch = []
-    with reads:
+    with counter:
         train(TrainConfig(method="standard", run_dir=str(tmp_path / "run"), **dict(QUICK, epochs=1, batch_size=64)),
-              on_batch_end=lambda epoch, batch: per_batch.append(reads.count))
+              on_batch_end=lambda epoch, batch: per_batch.append(sum(counter.origins.values())))
     steps = [b - a for a, b in zip(per_batch, per_batch[1:])]
     assert len(steps) >= 15 and set(steps) == {0}, steps
-    assert reads.count > 0, "the counter sees the reads of the evaluation"
-
-
-def count_reads():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Reads(TorchDispatchMode):
-        count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default):
-                self.count += 1
-            return func(*args, **(kwargs or {}))
-
-    return Reads()
+    assert counter.origins["train._end_epoch"] >= 1, "the counter sees the epoch's one read of the sums"
 
 
 def test_tiny_cifar_folder_trains_through_the_real_path(tmp_path):
