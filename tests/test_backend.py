@@ -64,6 +64,19 @@ def test_auto_on_cuda_prefers_triton_then_cuda(monkeypatch):
     assert backend.select("op", cuda, torch.float16) == "reference"
 
 
+def test_auto_on_cuda_leaves_shapes_triton_cannot_take_to_cuda(monkeypatch):
+    monkeypatch.delenv("FASTADV_BACKEND", raising=False)
+    cuda = torch.device("cuda")
+    monkeypatch.setitem(backend._capabilities, "triton", True)
+    monkeypatch.setitem(backend._capabilities, "cuda", True)
+    assert backend.select("op", cuda, torch.float32, triton_fits=True) == "triton"
+    assert backend.select("op", cuda, torch.float32, triton_fits=False) == "cuda"
+    monkeypatch.setitem(backend._capabilities, "cuda", False)
+    assert backend.select("op", cuda, torch.float32, triton_fits=False) == "reference"
+    with fastadv.use_backend("triton"):  # named explicitly, Triton runs (or raises), whatever the shape
+        assert backend.select("op", cuda, torch.float32, triton_fits=False) == "triton"
+
+
 def test_explicit_backends_refuse_with_reasons(monkeypatch):
     x_adv, grad, x = _batch()
     with fastadv.use_backend("cuda"):
