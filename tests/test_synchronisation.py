@@ -128,10 +128,11 @@ LABELS = {"attacks.base.check_labels": 1}  # the labels' range, on the first log
     pytest.param(torch.full((6,), 0.1), {**LABELS, "attacks.base.__init__": 1, "ops.pgd.pgd_init": 1},
                  id="per-sample-eps"),
 ])
-def test_no_read_per_attack_step(batch, loss, eps, expected):
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_no_read_per_attack_step(batch, norm, loss, eps, expected):
     model, x, y = batch
     for steps in (1, 10):
-        found = reads(lambda: PGD(model, eps=eps, alpha=0.02, steps=steps, loss=loss)(x, y))
+        found = reads(lambda: PGD(model, eps=eps, alpha=0.02, steps=steps, norm=norm, loss=loss)(x, y))
         assert found == expected, f"{steps} steps"
 
 
