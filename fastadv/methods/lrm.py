@@ -64,7 +64,9 @@ class LRM(AdversarialMethod):
       pairing loss", so ``L_adv / (c·H) = r``: r = 0.125 makes the pairing term 8 times L_adv,
       which "focuses the loss on keeping adversarial and original examples similar", and
       r = 0.95 lets the network "focus more on fitting the data"; §4.1's "constant fraction" is
-      read in that light.
+      read in that light. The pairing's gradient is then (L_adv / r)·∇log H, which sharpening p(x)
+      and p(x') together lowers without bound; β holds the logits only near L_adv / (2rβ): on the
+      digits (ε = 0.2) the run diverges within its first epoch (README).
 
     ``clean_acc`` and ``adv_acc`` are measured on the mixed batch against its dominant label.
     """
