@@ -16,7 +16,6 @@ are in csrc/ops.cpp. The updates have no autograd: they are not differentiated t
 """
 from __future__ import annotations
 
-import math
 import types
 from typing import Optional
 
