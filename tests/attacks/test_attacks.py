@@ -359,7 +359,8 @@ def test_pgd_linf_is_torchattacks_pgd(digits64, steps):
     element and step (the step, the difference to x, the sum back to x) and fastadv once, each
     rounding of a value in [0, 1] errs by at most ULP/4, and the clamps, 1-Lipschitz, pass a
     difference on without growing it. So after k steps the two differ by at most k·ULP, as long
-    as every sign agrees: a sign that differed would move its element by 2α."""
+    as every sign agrees: a sign that differed would move its element by 2α. (Measured: equal
+    after one step, at most ULP/8 apart after ten.)"""
     model, x, y = digits64
     ours = PGD(model, eps=0.1, alpha=0.025, steps=steps, init=None)(x, y)
     theirs = torchattacks.PGD(model, eps=0.1, alpha=0.025, steps=steps, random_start=False)(x, y)
@@ -378,7 +379,9 @@ def test_pgd_l2_is_torchattacks_pgdl2(digits64, steps):
     where the model can amplify it, so the bound is not a count of roundings but how closely
     torchattacks agrees with itself: the same attack on the batch in two parts, which changes
     nothing but the rounding (the mean's 1/B scales every gradient and the normalisation removes
-    the scale). One ULP per step is the floor (after one step both round alike)."""
+    the scale). One ULP per step is the floor (after one step both round alike). Measured after
+    1, 5 and 10 steps: fastadv within 0.5, 7.6 and 3.5 ULP of torchattacks, torchattacks within
+    0.5, 66 and 23.5 ULP of itself."""
     model, x, y = digits64
     attack = torchattacks.PGDL2(model, eps=1.0, alpha=0.25, steps=steps, random_start=False, eps_for_division=0)
     theirs = attack(x, y)
