@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastadv
-from fastadv.attacks import PGD
+from fastadv.attacks import CW, FGSM, PGD, PGDL2
 from fastadv.methods import METHODS, build_method, method_parameters
 
 aten = torch.ops.aten
@@ -151,6 +151,29 @@ def test_per_sample_radii_given_to_the_call_are_read_once(batch):
 def test_restarts_read_a_per_sample_eps_once_each(batch, eps, expected):
     model, x, y = batch
     assert reads(lambda: PGD(model, eps=eps, steps=4, restarts=3)(x, y)) == expected
+
+
+@pytest.mark.parametrize("make", [
+    lambda model, steps: FGSM(model),
+    lambda model, steps: CW(model, steps=steps),
+    lambda model, steps: PGDL2(model, steps=steps),
+    lambda model, steps: PGD(model, steps=steps, loss="kl", init="normal", amp_dtype=torch.bfloat16),
+], ids=["fgsm", "cw", "pgdl2", "kl-bfloat16-autocast"])
+def test_the_other_attacks_read_only_the_labels(batch, make):
+    model, x, y = batch
+    for steps in (1, 10):
+        assert reads(lambda: make(model, steps)(x, y)) == LABELS, f"{steps} steps"
+
+
+def test_a_channels_last_batch_reads_only_the_labels(batch):
+    """Through a flatten its gradient comes back contiguous: the attack lays it out like the
+    batch, reading nothing."""
+    _, _, y = batch
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 4))
+    x = torch.rand(6, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    for steps in (1, 10):
+        assert reads(lambda: PGD(model, steps=steps)(x, y)) == LABELS, f"{steps} steps"
 
 
 @pytest.mark.parametrize("loss", ["ce", "kl"])

@@ -150,9 +150,15 @@ def test_aliases_and_float64_and_channels_last():
     assert torch.equal(x, before), "the attack modified its input"
     conv = nn.Sequential(Normalize(0.5, 0.25), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
     x = torch.rand(5, 3, 8, 8).contiguous(memory_format=torch.channels_last)
-    x_adv = PGD(conv, steps=2)(x, torch.randint(0, 10, (5,)))
+    y = torch.randint(0, 10, (5,))
+    x_adv = PGD(conv, steps=2)(x, y)
     assert x_adv.is_contiguous(memory_format=torch.channels_last)
     assert_in_ball(x_adv, x, 8 / 255, "linf")
+    # Through a flatten the gradient comes back contiguous, unlike the batch: same result anyway.
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    x_adv = PGD(flat, steps=3, init=None)(x, y)
+    assert x_adv.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x_adv, PGD(flat, steps=3, init=None)(x.contiguous(), y))
 
 
 def test_fgsm_moves_exactly_eps_sign(digits):
