@@ -12,6 +12,7 @@ device: every argument was checked once, where it entered.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import torch
@@ -79,8 +80,10 @@ class PGD(Attack):
             raise ValueError(f"{owner}: restarts > 1 needs a random init ('uniform' or 'normal'); "
                              f"from init=None every restart is the same run")
         self.early_stop = check.flag(owner, "early_stop", early_stop)
-        self.kappa = check.number(owner, "kappa", kappa, low=0.0)
+        self.kappa = check.number(owner, "kappa", kappa, low=0.0)  # inf: the uncapped margin
         self.margin = check.number(owner, "margin", margin, low=0.0)
+        if self.margin == math.inf:  # every hinge would be infinite, every gradient NaN
+            raise ValueError(f"{owner}: margin must be finite, got inf")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"{owner}: generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.generator = generator

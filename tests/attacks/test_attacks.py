@@ -456,6 +456,7 @@ BAD_CONSTRUCTIONS = [
     (dict(early_stop="yes"), TypeError, "PGD: early_stop must be a bool, got str"),
     (dict(kappa=-1.0), ValueError, "PGD: kappa must be >= 0, got -1.0"),
     (dict(margin=float("nan")), ValueError, "PGD: margin must be >= 0, got nan"),
+    (dict(margin=float("inf")), ValueError, "PGD: margin must be finite, got inf"),
     (dict(amp_dtype=torch.float32), ValueError,
      "PGD: amp_dtype must be None, torch.bfloat16 or torch.float16, got torch.float32"),
     (dict(clip=(1.0, 0.0)), ValueError, "PGD: clip must satisfy min <= max, got (1.0, 0.0)"),
