@@ -35,3 +35,17 @@ def test_native_bf16_does_not_warn(monkeypatch):
         warnings.simplefilter("error")
         hardware.warn_slow_cpu_bf16("PGD")
     assert hardware._warned is False
+
+
+def test_a_bf16_attack_on_an_emulating_cpu_warns(emulated_bf16):
+    import torch
+
+    from fastadv.attacks import PGD
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(2, 4), torch.tensor([0, 2])
+    with pytest.warns(hardware.SlowBF16Warning, match=r"PGD\(amp_dtype=torch.bfloat16\) on the CPU: "):
+        PGD(model, eps=0.1, steps=1, amp_dtype=torch.bfloat16)(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PGD(model, eps=0.1, steps=1)(x, y)  # float32: nothing to say

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .. import _validate as check
+from ..hardware import warn_slow_cpu_bf16
 
 __all__ = ["Attack"]
 
@@ -87,6 +88,8 @@ class Attack(abc.ABC):
         """
         owner = type(self).__name__
         x, y = self._check_batch(x, y)
+        if self.amp_dtype == torch.bfloat16 and x.device.type == "cpu":
+            warn_slow_cpu_bf16(f"{owner}(amp_dtype=torch.bfloat16) on the CPU")
         eps = self.eps if eps is None else check.radius(owner, "eps", eps)
         eps = radius_for_batch(owner, "eps", eps, x)
         modes = [(module, module.training) for module in self.model.modules()]

@@ -16,13 +16,13 @@ def lrm_loss(logits_natural, logits_adv, y, y_other, weight, smoothing, ratio):
     - ``L_adv = mean CE(z(x'), t)``, t the mixup of the label-smoothed targets of y (weight
       ``weight``, a float or a 0-dim tensor) and ``y_other`` (weight 1 − ``weight``), as the
       per-label sum mixup's code writes;
-    - ``H = mean H(p(x), z(x'))``, the cross-entropy of the distribution p(x) against the
-      logits z(x'), with the gradient flowing through both;
+    - ``H = mean H(sg(p(x)), z(x'))``, the cross-entropy of the distribution p(x) against the
+      logits z(x'), differentiated in z(x') only (see :class:`LRM`);
     - ``c = sg(L_adv / (r·H))``, so that L_adv : c·H = r, the pairing term equals L_adv / r in value.
     """
     adversarial = (weight * L.smoothed_cross_entropy(logits_adv, y, smoothing)
                    + (1 - weight) * L.smoothed_cross_entropy(logits_adv, y_other, smoothing)).mean()
-    pairing = L.soft_cross_entropy(logits_adv, F.softmax(logits_natural, dim=1)).mean()
+    pairing = L.soft_cross_entropy(logits_adv, F.softmax(logits_natural, dim=1).detach()).mean()
     coefficient = (adversarial / (ratio * pairing)).detach()
     return adversarial + coefficient * pairing, adversarial, pairing, coefficient
 
@@ -55,18 +55,23 @@ class LRM(AdversarialMethod):
     - The adversarial example x' is PGD-ce from a uniform start (Madry's, seed 001 §2) on the
       mixed input, against the dominant label y: fastadv's attacks take class labels, not the
       soft mixed targets an attack in CleverHans (the seed's library) would receive.
-    - p(x) carries gradient in H: §4.1 says the pairing has "a mild expanding effect (if the
-      logits are very similar)", which only the gradient through p(x) produces (with p(x)
-      detached, H's gradient vanishes when z(x) = z(x')).
+    - p(x) is a constant in H, as in the cross-entropies of TensorFlow 1 that the seed's library
+      (CleverHans) is built on: ``tf.losses.softmax_cross_entropy`` and
+      ``tf.nn.softmax_cross_entropy_with_logits`` stop the gradient into their labels. The seed
+      does not say, and its remark that the pairing has "a mild expanding effect (if the logits
+      are very similar)" (§4.1) fits a gradient through p(x) better; but with §5.2's ratio (the
+      pairing term is L_adv / r, 8·L_adv at r = 0.125) that gradient, (L_adv / r)·∇log H,
+      sharpens p(x) and p(x') together without bound (β holds the logits only near
+      L_adv / (2rβ)): on the digits (ε = 0.2) such a run reaches NaN within its first epoch, at
+      a tenth of the learning rate too, and with r = 0.95 by its sixth. With p(x) constant, H is
+      bounded below by the entropy of p(x) and the run trains (README).
     - c is computed on the batch means (one ratio per batch), and both batches go through the
       model in training mode, natural first, as in the other natural-and-adversarial methods.
     - The ratio: seed 001 §5.2 sets "the ratio between the adversarial training loss and the
       pairing loss", so ``L_adv / (c·H) = r``: r = 0.125 makes the pairing term 8 times L_adv,
       which "focuses the loss on keeping adversarial and original examples similar", and
       r = 0.95 lets the network "focus more on fitting the data"; §4.1's "constant fraction" is
-      read in that light. The pairing's gradient is then (L_adv / r)·∇log H, which sharpening p(x)
-      and p(x') together lowers without bound; β holds the logits only near L_adv / (2rβ): on the
-      digits (ε = 0.2) the run diverges within its first epoch (README).
+      read in that light.
 
     ``clean_acc`` and ``adv_acc`` are measured on the mixed batch against its dominant label.
     """
