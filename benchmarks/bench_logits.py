@@ -96,26 +96,37 @@ def eager_trades_kl(z_nat, z_adv):
 
 def measure_per_call(device, fused_backend, rounds):
     """Microseconds per forward+backward of trades_kl (mean) at each of PER_CALL_SHAPES: the
-    fused public op, the eager formula and torch.compile of it."""
+    fused public op, the eager formula and torch.compile of it, on one torch thread. At these
+    sizes the work of every implementation fits one thread; a second one only adds the wake-up
+    of OpenMP's team to the eager ops that open a parallel region, which on a shared machine
+    (another process on the other core) took the eager formula from 0.2 to 48 ms per call."""
     results = []
-    for rows, classes in PER_CALL_SHAPES:
-        g = torch.Generator().manual_seed(rows)
-        z_nat = (torch.randn(rows, classes, generator=g) * 3).to(device).requires_grad_()
-        z_adv = (z_nat.detach() + torch.randn(rows, classes, generator=g).to(device)).requires_grad_()
-        torch._dynamo.reset()
-        compiled = torch.compile(eager_trades_kl, dynamic=False)
-
-        def call(loss_fn):
-            return lambda: torch.autograd.grad(loss_fn(z_nat, z_adv), [z_nat, z_adv])
-
-        functions = {"eager formula": call(eager_trades_kl), "torch.compile(eager formula)": call(compiled),
-                     "fastadv trades_kl": call(lambda a, b: ops.trades_kl(a, b, reduction="mean"))}
-        # Many calls per sample: a call at [128, 10] lasts tens of microseconds.
-        calls = max(5, 200_000 // (rows * classes))
-        with fastadv.use_backend(fused_backend):
-            stats = common.time_interleaved(functions, device, rounds=rounds, calls_per_round=calls)
-        results.append(((rows, classes), stats))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for rows, classes in PER_CALL_SHAPES:
+            results.append(((rows, classes), _per_call(rows, classes, device, fused_backend, rounds)))
+    finally:
+        torch.set_num_threads(threads)
     return results
+
+
+def _per_call(rows, classes, device, fused_backend, rounds):
+    g = torch.Generator().manual_seed(rows)
+    z_nat = (torch.randn(rows, classes, generator=g) * 3).to(device).requires_grad_()
+    z_adv = (z_nat.detach() + torch.randn(rows, classes, generator=g).to(device)).requires_grad_()
+    torch._dynamo.reset()
+    compiled = torch.compile(eager_trades_kl, dynamic=False)
+
+    def call(loss_fn):
+        return lambda: torch.autograd.grad(loss_fn(z_nat, z_adv), [z_nat, z_adv])
+
+    functions = {"eager formula": call(eager_trades_kl), "torch.compile(eager formula)": call(compiled),
+                 "fastadv trades_kl": call(lambda a, b: ops.trades_kl(a, b, reduction="mean"))}
+    # Many calls per sample: a call at [128, 10] lasts tens of microseconds.
+    calls = max(5, 200_000 // (rows * classes))
+    with fastadv.use_backend(fused_backend):
+        return common.time_interleaved(functions, device, rounds=rounds, calls_per_round=calls)
 
 
 def _with_gradients(loss_fn, inputs):
@@ -246,7 +257,8 @@ def report(records, meta) -> str:
                                    "vs compiled reference", "allocated MiB"], rows)
     lines = [f"logits family, B={BATCH}, C={CLASSES}, float32, {meta['machine']}", "", summary(records), "",
              "Per call: trades_kl(z_nat, z_adv, \"mean\") forward+backward (public op, validation included) "
-             "against the eager formula and torch.compile of it; at [128, 10] the time is the per-call overhead:", "",
+             "against the eager formula and torch.compile of it, one torch thread; at [128, 10] the time is the "
+             "per-call overhead:", "",
              per_call(records), "",
              "All timings:", "", table, "",
              "forward: inputs that require gradients (the fused ops compute their gradients in this pass); "
