@@ -42,15 +42,26 @@ def atomic_write_text(text: str, path: Path) -> None:
 
 def load_checkpoint(path: Path, map_location=None) -> dict:
     """A checkpoint's contents, read with ``weights_only=True``; a ValueError naming the file
-    when it holds anything else than tensors and plain Python values, or is not a checkpoint."""
+    when it carries Python objects other than tensors and plain values (which could run code
+    when unpickled: refused, never run) or is no checkpoint at all (a corrupt or foreign file)."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[-1].strip()
-        raise ValueError(f"{path} holds Python objects other than tensors and plain values, which fastadv refuses to "
-                         f"load (a checkpoint must not be able to run code): {reason}") from None
-    except (RuntimeError, EOFError) as error:
-        raise ValueError(f"{path} is not a readable checkpoint: {str(error).strip().splitlines()[0]}") from None
+        # torch's refusal is paragraphs of advice around one line of reason; an object that could
+        # run code is named there as an unsupported GLOBAL, anything else is a file the unpickler
+        # cannot read.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reasons = [line.split("WeightsUnpickler error:", 1)[-1].strip() for line in lines
+                   if not line.startswith(("Weights only load failed", "Check the documentation", "Please file"))]
+        reason = next((line for line in reasons if "GLOBAL" in line), reasons[0] if reasons else "refused")
+        if "GLOBAL" in reason:
+            raise ValueError(f"{path} holds Python objects other than tensors and plain values, which fastadv "
+                             f"refuses to load (a checkpoint must not be able to run code): {reason}") from None
+        raise ValueError(f"{path} is not a readable checkpoint: {reason}") from None
+    except Exception as error:  # a foreign file fails in the unpickler in many ways (KeyError, EOFError, ...)
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}"
+                         f"{': ' + detail if detail else ''})") from None
 
 
 # ----------------------------------------------------------------------------- random state

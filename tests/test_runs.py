@@ -52,6 +52,15 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path)
     assert marker.exists()
 
 
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint\n", b"\x80\x04garbage", bytes(range(256))],
+                         ids=["empty", "text", "bad-pickle", "binary"])
+def test_a_foreign_file_is_named_as_no_checkpoint(tmp_path, content):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"^{path} is not a readable checkpoint"):
+        load_model(path)
+
+
 def test_a_truncated_checkpoint_is_named(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": build_model("digits_cnn", dataset_info("digits")).state_dict()}, path)
