@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .. import _validate as check
-from ..ops.pgd import INITS, NORMS, pgd_init, unchecked
+from ..ops.pgd import INITS, NORMS, unchecked
 from .base import Attack, radius_for_batch
 from .losses import LOSSES, UNCHECKED
 
@@ -57,10 +57,8 @@ class PGD(Attack):
 
     Host synchronisations of a call: one to check the labels' range on the first logits; one
     per per-sample ``eps`` or ``alpha`` passed to the call (a per-sample radius given to the
-    constructor was read there); with a per-sample ``eps`` and a random ``init``, one per
-    restart, where :func:`fastadv.ops.pgd_init` checks ``eps``; none per step without
-    ``early_stop``, one per step with it. Choosing the point to keep across restarts reads
-    nothing back.
+    constructor was read there); none per restart, none per step without ``early_stop``, one
+    per step with it. Choosing the point to keep across restarts reads nothing back.
     """
 
     def __init__(self, model: nn.Module, eps=8 / 255, alpha=2 / 255, steps: int = 10, norm: str = "linf",
@@ -128,7 +126,7 @@ class PGD(Attack):
     def _start(self, x: torch.Tensor, eps) -> torch.Tensor:
         if self.init is None:
             return x.clone()
-        start = pgd_init(x, eps, self.norm, self.init, self.generator, self.clip)
+        start = unchecked.pgd_init(x, eps, self.norm, self.init, self.generator, self.clip)
         if self.init == "normal":
             # 0.001·N(0, I) ignores eps: a zero-step projection puts the start inside the ball,
             # so a sample that never steps (early stop, a tiny per-sample eps) is returned in it.

@@ -159,9 +159,16 @@ def pgd_init(x: torch.Tensor, eps, norm: str = "linf", init: str = "uniform",
     _validate.choice(op, "init", init, INITS)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{op}: generator must be a torch.Generator or None, got {type(generator).__name__}")
-    clip_min, clip_max = _validate.clip_range(op, clip)
+    return _unchecked_pgd_init(x, eps, norm, init, generator, _validate.clip_range(op, clip))
+
+
+def _unchecked_pgd_init(x: torch.Tensor, eps, norm: str, init: str, generator: Optional[torch.Generator],
+                        clip: tuple) -> torch.Tensor:
+    """:func:`pgd_init` for callers that validated their arguments once: ``eps`` a float or a
+    [B] tensor on x's device in x's dtype, ``clip`` a (min, max) pair of floats."""
+    clip_min, clip_max = clip
     broadcast = (x.shape[0],) + (1,) * (x.dim() - 1)
-    radius = eps.reshape(broadcast) if isinstance(eps, torch.Tensor) else eps
+    radius = eps.reshape(broadcast).to(x.dtype) if isinstance(eps, torch.Tensor) else eps
     if init == "normal":
         delta = torch.empty_like(x).normal_(0.0, NORMAL_INIT_STD, generator=generator)
     elif norm == "linf":
@@ -212,4 +219,4 @@ def _unchecked_pgd_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tenso
 #: The family's ops for callers that validated their arguments once, where they entered (the
 #: attacks): no checks, no host synchronisation. Same arguments as the public ops, already in
 #: the form the public ops bring them to (see each function).
-unchecked = types.SimpleNamespace(pgd_step_=_unchecked_pgd_step_)
+unchecked = types.SimpleNamespace(pgd_step_=_unchecked_pgd_step_, pgd_init=_unchecked_pgd_init)
