@@ -10,7 +10,7 @@ import pickle
 import platform
 import sys
 
-BENCH_FAMILIES = ("pgd", "logits", "train")
+BENCH_FAMILIES = ("pgd", "logits", "train", "ensemble")
 # What a user can get wrong (settings, files, data folders, checkpoints, the optional extra):
 # reported as one line and exit status 2. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, RuntimeError, ImportError, EOFError, pickle.UnpicklingError)

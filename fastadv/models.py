@@ -19,12 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import DATASETS, DatasetInfo
+from .ensemble import Ensemble
 
 TORCHVISION_PREFIX = "torchvision:"
 
 __all__ = ["MODELS", "TORCHVISION_PREFIX", "Normalize", "NormalizedModel", "DigitsCNN",
            "PreActBlock", "PreActResNet", "WideBasicBlock", "WideResNet", "CNN4C3F",
-           "preact_resnet18", "wide_resnet34_10", "build_model", "default_model"]
+           "preact_resnet18", "wide_resnet34_10", "build_model", "default_model", "Ensemble"]
 
 
 def _input_shape(model: str, input_shape) -> Tuple[int, int, int]:
