@@ -22,15 +22,11 @@ from torch import nn
 
 from .. import _validate as check
 from ..hardware import warn_slow_cpu_bf16
+from ..ops.pgd import radius_dtype
 
 __all__ = ["Attack"]
 
 AMP_DTYPES = (torch.bfloat16, torch.float16)
-
-
-def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the pgd ops accumulate in for x, which per-sample radii must have."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def radius_for_batch(owner: str, name: str, value, x: torch.Tensor):
@@ -42,7 +38,7 @@ def radius_for_batch(owner: str, name: str, value, x: torch.Tensor):
     if value.shape != (x.shape[0],):
         raise ValueError(f"{owner}: {name} must be a float or have shape [B] = [{x.shape[0]}], "
                          f"got {list(value.shape)}")
-    return value.to(device=x.device, dtype=accumulation_dtype(x)).contiguous()
+    return value.to(device=x.device, dtype=radius_dtype(x.dtype)).contiguous()
 
 
 class Attack(abc.ABC):

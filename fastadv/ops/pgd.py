@@ -33,7 +33,9 @@ __all__ = ["pgd_init", "pgd_step", "pgd_step_"]
 
 
 # ----------------------------------------------------------------------------- validation
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+def radius_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the step accumulates in for a batch of ``dtype`` (float64 for float64, float32
+    otherwise), which per-sample radii given to :data:`unchecked` must have."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -84,9 +86,9 @@ def _prepare_step(op, x_adv, grad, x, eps, alpha, norm, clip, active):
     _validate.tensor(op, "x_adv", x_adv, min_dim=1)
     _validate.tensor(op, "grad", grad, like=x_adv, like_name="x_adv")
     _validate.tensor(op, "x", x, like=x_adv, like_name="x_adv")
-    radius_dtype = _accumulate_dtype(x_adv.dtype)
-    eps = _validate.radius(op, "eps", eps, like=x_adv, dtype=radius_dtype)
-    alpha = _validate.radius(op, "alpha", alpha, like=x_adv, dtype=radius_dtype)
+    dtype = radius_dtype(x_adv.dtype)
+    eps = _validate.radius(op, "eps", eps, like=x_adv, dtype=dtype)
+    alpha = _validate.radius(op, "alpha", alpha, like=x_adv, dtype=dtype)
     norm = _norm(op, norm)
     clip_min, clip_max = _validate.clip_range(op, clip)
     active = _active(op, active, x_adv)
