@@ -6,14 +6,13 @@ import dataclasses
 import importlib
 import inspect
 import os
-import pickle
 import platform
 import sys
 
 BENCH_FAMILIES = ("pgd", "logits", "train", "ensemble")
 # What a user can get wrong (settings, files, data folders, checkpoints, the optional extra):
 # reported as one line and exit status 2. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, RuntimeError, ImportError, EOFError, pickle.UnpicklingError)
+USER_ERRORS = (ValueError, OSError, RuntimeError, ImportError)
 
 
 def _report(command: str, error: BaseException) -> int:

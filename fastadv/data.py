@@ -161,7 +161,11 @@ def _missing(path: str, what: str) -> FileNotFoundError:
 def _unpickle(path: str) -> dict:
     # The CIFAR files are Python 2 pickles of numpy arrays; latin1 is what decodes them.
     with open(path, "rb") as file:
-        return pickle.load(file, encoding="latin1")
+        try:
+            return pickle.load(file, encoding="latin1")
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError) as error:
+            raise ValueError(f"{path} is not a readable CIFAR batch ({type(error).__name__}: {error}); "
+                             "replace it, e.g. with --download") from None
 
 
 def _read_cifar_split(folder: str, files: Sequence[str], label_key: str):

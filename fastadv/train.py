@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import signal
 import threading
 import time
@@ -38,7 +37,7 @@ from torch import nn
 
 from .attacks import PGD
 from .config import FREE_ON_RESUME, TrainConfig
-from .data import DEFAULT_ROOT, load_dataset
+from .data import load_dataset
 from .evaluate import robust_accuracy
 from .hardware import warn_slow_cpu_bf16
 from .methods import build_method
@@ -155,13 +154,9 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        try:
-            self.train_set, self.test_set, self.info = load_dataset(
-                config.dataset, root=config.data_root, download=config.download and distributed.is_main,
-                augment=config.augment, seed=config.seed)
-        except (pickle.UnpicklingError, EOFError) as error:  # the loader's message names no file
-            raise ValueError(f"data_root: the {config.dataset} files under {config.data_root or DEFAULT_ROOT} "
-                             f"cannot be read ({error}); replace them, e.g. with --download") from error
+        self.train_set, self.test_set, self.info = load_dataset(
+            config.dataset, root=config.data_root, download=config.download and distributed.is_main,
+            augment=config.augment, seed=config.seed)
         if config.eps is None:
             config.eps = self.info.default_eps
         if config.alpha is None:
