@@ -250,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="robust accuracy of a run or checkpoint",
                                    formatter_class=_HelpFormatter,
                                    description="Clean, FGSM, PGD-20, PGD-100, CW and AutoAttack accuracy on the "
-                                               "held-out split; prints a table and writes eval.json.")
+                                               "held-out split; prints a table and writes eval.json. An ensemble run "
+                                               "is evaluated as the ensemble and as each member, with the members' "
+                                               "PGD-20 transfer matrix (also drawn in transfer.png) and their mean "
+                                               "pairwise masked logit cosine, clean and under PGD-20.")
     evaluate.add_argument("path", help="a run folder (its best.pt) or a checkpoint file")
     from fastadv.evaluate import ATTACKS, EXTRA_ATTACKS
 
