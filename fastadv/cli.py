@@ -169,6 +169,14 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--model", default=None,
                       help=f"one of {', '.join(MODELS)} or torchvision:NAME (default: digits_cnn for digits, "
                            "preact_resnet18 otherwise)")
+    what.add_argument("--members", type=int, default=None,
+                      help="train an ensemble of this many copies of --model (the ensemble methods default to "
+                           f"{', '.join(sorted({str(m.default_members) for m in METHODS.values() if m.ensemble}))})")
+    what.add_argument("--models", default=None,
+                      help="train an ensemble of these models, comma-separated (e.g. digits_cnn,cnn_4c3f)")
+    what.add_argument("--combine", default=None, choices=("prob", "logit"),
+                      help="how the ensemble's output combines its members: the log of their mean probability or "
+                           "their mean logits (default: the method's, METHODS.md section 3)")
     what.add_argument("--data-root", dest="data_root", default=None, help="folder holding torchvision's CIFAR files")
     what.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR (needs a network)")
     what.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")

@@ -11,6 +11,7 @@ from typing import Optional
 from . import _validate as check
 from .data import DATASETS
 from .methods import METHODS, check_options, method_parameters
+from .ensemble import COMBINES
 from .models import default_model
 
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
@@ -41,6 +42,12 @@ class TrainConfig:
     method: str = "trades"
     dataset: str = "digits"
     model: Optional[str] = None
+    # an ensemble: this many copies of `model` (each initialised on its own) ...
+    members: Optional[int] = None
+    # ... or these models (names, or one string "a,b,c"); config.json holds the list either way
+    models: Optional[tuple] = None
+    # how the ensemble's output combines its members, "prob" or "logit" (default: the method's)
+    combine: Optional[str] = None
     data_root: Optional[str] = None
     download: bool = False
     epochs: Optional[int] = None
@@ -86,7 +93,8 @@ class TrainConfig:
         for key, value in DATASET_DEFAULTS[self.dataset].items():
             if getattr(config, key) is None:
                 setattr(config, key, value * METHODS[self.method].lr_factor if key == "lr" else value)
-        if config.model is None:
+        config._resolve_ensemble()
+        if config.model is None and config.models is None:
             config.model = default_model(config.dataset)
         if config.run_dir is None:
             config.run_dir = str(Path("runs") / f"{config.dataset}-{config.method}")
@@ -108,6 +116,46 @@ class TrainConfig:
             check.flag(None, "amp", config.amp)
         config._check_method_options()
         return config
+
+    def _resolve_ensemble(self) -> None:
+        """``members``/``models`` into ``models``, the full list of member names (None: one
+        model); an ensemble method with neither gets its paper's number of copies of the
+        default model; ``combine`` defaults to the method's."""
+        method = METHODS[self.method]
+        if isinstance(self.models, str):
+            self.models = tuple(name.strip() for name in self.models.split(","))
+        if self.models is not None:
+            if isinstance(self.models, (bytes, dict)) or not hasattr(self.models, "__iter__"):
+                raise TypeError(f"models must be a list of model names, got {type(self.models).__name__}")
+            self.models = tuple(self.models)
+            if not self.models or not all(isinstance(name, str) and name for name in self.models):
+                raise ValueError(f"models must name at least one model, comma-separated, got {self.models!r}")
+            if self.model is not None and any(name != self.model for name in self.models):
+                raise ValueError("model: give either --model (with --members for copies of it) or --models, not both")
+            if self.members is not None and check.integer(None, "members", self.members) != len(self.models):
+                raise ValueError(f"members: {self.members} does not match the {len(self.models)} models of --models "
+                                 f"({', '.join(self.models)}); give one of the two")
+        elif self.members is not None:
+            members = check.integer(None, "members", self.members)
+            self.models = (self.model or default_model(self.dataset),) * members
+        elif method.ensemble:
+            self.models = (self.model or default_model(self.dataset),) * method.default_members
+        if self.models is None:
+            if self.combine is not None:
+                raise ValueError("combine: only an ensemble combines its members; add --members N or --models A,B,...")
+            return
+        self.members = len(self.models)
+        if len(self.models) < method.min_members:
+            raise ValueError(f"members: {self.method} trains an ensemble of at least {method.min_members} members, "
+                             f"got {len(self.models)}")
+        if not method.ensemble and not method.trains_members:
+            raise ValueError(f"members: {self.method} cannot train an ensemble's members (seed 000's protocol, each "
+                             "member the reference in turn, needs the method's loss apart from its attack and no "
+                             "state of one model's); the "
+                             f"methods that can: {', '.join(n for n, m in METHODS.items() if m.trains_members)}; "
+                             f"the ensemble methods: {', '.join(n for n, m in METHODS.items() if m.ensemble)}")
+        self.combine = check.choice(None, "combine", self.combine or method.ensemble_combine, COMBINES)
+        self.model = None if len(set(self.models)) > 1 else self.models[0]
 
     def method_option_names(self) -> list[str]:
         """The options the trainer builds the method with (see :func:`fastadv.train.method_options`)."""

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .data import DatasetInfo
+from .ensemble import Ensemble
 from .models import build_model
 
 
@@ -145,7 +146,10 @@ class RunFolder:
         import matplotlib.pyplot as plt
 
         epochs = [h["epoch"] for h in history]
-        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        # A method whose loss weight follows a schedule (ALS's λ) logs it: a third panel.
+        weight = "train_lambda" if "train_lambda" in history[-1] else None
+        figure, axes = plt.subplots(1, 3 if weight else 2, figsize=(15 if weight else 10, 4))
+        left, right = axes[0], axes[1]
         left.plot(epochs, [h["test_clean_acc"] for h in history], label="clean (test)")
         left.plot(epochs, [h["test_robust_acc"] for h in history], label=f"PGD-{history[-1]['eval_steps']} (test)")
         if "train_adv_acc" in history[-1]:
@@ -157,6 +161,11 @@ class RunFolder:
         right.set_xlabel("epoch")
         right.set_ylabel("loss")
         right.legend()
+        if weight:
+            axes[2].plot(epochs, [h.get(weight, float("nan")) for h in history], label="λ (the epoch's mean)")
+            axes[2].set_xlabel("epoch")
+            axes[2].set_ylabel("λ")
+            axes[2].legend()
         figure.tight_layout()
         path = self.path / "curves.png"
         temporary = path.with_name(f".{path.stem}.tmp.png")
@@ -166,6 +175,15 @@ class RunFolder:
 
 
 # ----------------------------------------------------------------------------- models of runs
+def build_run_model(info: DatasetInfo, model: str | None, models=None, combine: str | None = None) -> nn.Module:
+    """The network of a run: ``model``, or, when ``models`` (a list of names) is given, an
+    :class:`~fastadv.ensemble.Ensemble` of them combined by ``combine``, each member initialised
+    in turn from the random stream (so copies of one architecture start apart)."""
+    if models is None:
+        return build_model(model, info)
+    return Ensemble([build_model(name, info) for name in models], combine=combine)
+
+
 def load_model(path, device=None):
     """(model, config, info, checkpoint path) of a run folder (its best-robust checkpoint, else
     its last) or of a checkpoint file; the model in eval mode on ``device`` (default: CUDA when
@@ -182,7 +200,8 @@ def load_model(path, device=None):
     if not isinstance(state, dict) or not {"model", "config", "info"} <= set(state):
         raise ValueError(f"{path} is not a fastadv checkpoint (it has no model, config and info)")
     info = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["info"].items()})
-    model = build_model(state["config"]["model"], info)
+    config = state["config"]
+    model = build_run_model(info, config["model"], config.get("models"), config.get("combine"))
     model.load_state_dict(state["model"])
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), state["config"], info, path

@@ -41,8 +41,7 @@ from .data import load_dataset
 from .evaluate import robust_accuracy
 from .hardware import warn_slow_cpu_bf16
 from .methods import build_method
-from .models import build_model
-from .runs import RunFolder, load_teacher, rng_state, seed_everything, set_rng_state
+from .runs import RunFolder, build_run_model, load_teacher, rng_state, seed_everything, set_rng_state
 
 __all__ = ["TrainConfig", "Trainer", "Interrupted", "train", "epoch_batches", "make_scheduler", "method_options"]
 
@@ -167,8 +166,11 @@ class Trainer:
         # robust accuracy is noise around zero and would pick an undertrained early epoch.
         self.selection = "test_robust_acc" if self.method.adversarial else "test_clean_acc"
         seed_everything(config.seed)  # identical initial weights on every rank
-        self.model = build_model(config.model, self.info).to(self.device)
+        self.model = build_run_model(self.info, config.model, config.models, config.combine).to(self.device)
         self.trained_model = self.model
+        if distributed.enabled and config.models is not None:
+            raise ValueError("members: ensembles train in one process for now (a method steps through the members "
+                             "outside DistributedDataParallel's forward); run without torchrun")
         if distributed.enabled:
             self.trained_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -177,6 +179,7 @@ class Trainer:
         self.steps_per_epoch = len(epoch_batches(len(self.train_set), config.batch_size, config.seed, 0,
                                                  distributed.rank, distributed.world_size))
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.method.prepare(self.model, config.epochs * self.steps_per_epoch)
         amp = config.amp
         if amp is None:
             amp = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -296,15 +299,21 @@ class Trainer:
                    dynamic_ncols=True)
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss, metrics = self.method(self.trained_model, x, y, attack_model=self.model)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-            self.optimizer.step()
+            turns = self.method.turns(self.trained_model, x, y, attack_model=self.model)
+            while True:
+                # The method's forward passes run under autocast; the backward passes outside it.
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    turn = next(turns, None)
+                if turn is None:
+                    break
+                loss, metrics = turn
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+                self.optimizer.step()
+                self._accumulate(metrics, len(y))
             self.scheduler.step()
-            self._accumulate(metrics, len(y))
             self.batch += 1
             bar.update(1)
             if not bar.disable and (self.batch % 10 == 0 or self.batch == len(batches)):

@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastadv
 from fastadv.attacks import CW, FGSM, PGD, PGDL2
+from fastadv.ensemble import Ensemble
 from fastadv.methods import METHODS, build_method, method_parameters
 
 aten = torch.ops.aten
@@ -206,28 +207,42 @@ METHOD_READS = {
     "mart_lma": {**LABELS, LOGITS_LABELS: 2},
     "lma_at": {**LABELS, LOGITS_LABELS: 2},
     "ltd": LABELS,
+    # Ensembles of 3 members: ALS attacks once per reference turn (its separation term calls the
+    # unchecked masked_gram); ADP, CCE (one batched attack for every member) and ADV-EN once.
+    "als": {"attacks.base.check_labels": 3},
+    "adp": LABELS,
+    "cce": LABELS,
+    "adv_en": LABELS,
 }
+# A single-model method training an ensemble's 3 members (seed 000's protocol): one attack per
+# reference turn.
+MEMBERS_READS = {"trades": {"attacks.base.check_labels": 3}, "pgd_at": {"attacks.base.check_labels": 3}}
 
 
 def test_the_table_covers_every_method():
     assert set(METHOD_READS) == set(METHODS)
 
 
-@pytest.mark.parametrize("name", sorted(METHOD_READS))
-def test_one_training_step_reads_a_fixed_number(batch, name):
+@pytest.mark.parametrize("name, members", [(name, None) for name in sorted(METHOD_READS)]
+                         + [(name, 3) for name in sorted(MEMBERS_READS)])
+def test_one_training_step_reads_a_fixed_number(batch, name, members):
     model, x, y = batch
+    expected = METHOD_READS[name] if members is None else MEMBERS_READS[name]
+    if members is None and METHODS[name].ensemble:
+        members = 3
     for steps in (1, 10):
         options = {"teacher": tiny_model()} if name == "ltd" else {}
         if "steps" in method_parameters(name):
             options["steps"] = steps
         method = build_method(name, **options)
-        student = tiny_model()
+        student = tiny_model() if members is None else Ensemble([tiny_model() for _ in range(members)])
         optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        method.prepare(student, 10)
 
-        def training_step():
-            loss, _ = method(student, x, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        def training_step():  # the trainer's: one optimiser step per turn
+            for loss, _ in method.turns(student, x, y):
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
 
-        assert reads(training_step) == METHOD_READS[name], f"attack of {steps} steps"
+        assert reads(training_step) == expected, f"attack of {steps} steps"

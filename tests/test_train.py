@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from fastadv import hardware
-from fastadv.data import write_cifar_folder
-from fastadv.runs import load_model
+from fastadv.data import load_dataset, write_cifar_folder
+from fastadv.ensemble import Ensemble
+from fastadv.runs import build_run_model, load_model
 from fastadv.train import Interrupted, TrainConfig, Trainer, epoch_batches, train
 from tests.test_synchronisation import CountReads
 
@@ -69,6 +70,15 @@ def test_run_folder_and_checkpoints(tmp_path):
     (dict(milestones=(0.5, 1.5)), r"^milestones must be in \(0, 1\], got 1.5"),
     (dict(method="standard", beta=1.0), r"^standard: unknown option beta \(it takes: logit_squeeze\)"),
     (dict(method_options={"eps": 0.1}), r"^method_options: eps is a setting of the trainer \(TrainConfig.eps\)"),
+    (dict(members=0), "^members must be an integer >= 1, got 0"),
+    (dict(method="als", members=1), "^members: als trains an ensemble of at least 2 members, got 1"),
+    (dict(method="cce", method_options={"mode": "pm"}), "^cce: mode must be one of 'rm', 'dm', got 'pm'"),
+    (dict(method="mart_lma", members=3), "^members: mart_lma cannot train an ensemble's members"),
+    (dict(members=2, models="digits_cnn,cnn_4c3f,digits_cnn"), "^members: 2 does not match the 3 models"),
+    (dict(model="cnn_4c3f", models="digits_cnn,digits_cnn"), "^model: give either --model"),
+    (dict(combine="prob"), "^combine: only an ensemble combines its members"),
+    (dict(members=2, combine="mean"), "^combine must be one of 'prob', 'logit', got 'mean'"),
+    (dict(models="digits_cnn,resnet7"), "^build_model: model must be one of"),
 ])
 def test_bad_configuration_fails_at_once(tmp_path, change, message):
     options = dict(QUICK, run_dir=str(tmp_path / "run"))
@@ -76,6 +86,50 @@ def test_bad_configuration_fails_at_once(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         train(TrainConfig(**options))
     assert not (tmp_path / "run").exists()
+
+
+def test_an_ensemble_run_resumes_exactly(tmp_path):
+    """ALS on two members: the members' weights and the λ schedule (the method's state) carry
+    through an interrupt mid-epoch."""
+    quick = dict(QUICK, method="als", members=2, epochs=1)
+    straight = train(TrainConfig(run_dir=str(tmp_path / "straight"), **quick))
+
+    def press_ctrl_c(epoch, batch):
+        if (epoch, batch) == (0, 4):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(Interrupted):
+        train(TrainConfig(run_dir=str(interrupted), **quick), on_batch_end=press_ctrl_c)
+    halfway = torch.load(interrupted / "checkpoint.pt", weights_only=True)
+    assert halfway["method"] == {"schedule_steps": 4 * 2, "schedule_total": 11 * 2}  # 11 batches of 128 digits
+    train(TrainConfig(run_dir=str(interrupted), resume=True, **quick))
+    assert metrics(interrupted) == metrics(straight)
+    assert 0 < metrics(straight)[0]["train_lambda"] <= 1
+    final_a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    final_b = torch.load(interrupted / "checkpoint.pt", weights_only=True)
+    assert final_a["method"] == final_b["method"] == {"schedule_steps": 22, "schedule_total": 22}
+    assert any(k.startswith("members.1.") for k in final_a["model"])
+    assert all(torch.equal(final_a["model"][k], final_b["model"][k]) for k in final_a["model"])
+    config = json.loads((straight / "config.json").read_text())
+    assert (config["models"], config["members"], config["combine"], config["model"]) == (
+        ["digits_cnn", "digits_cnn"], 2, "logit", "digits_cnn")
+    model, _, _, _ = load_model(straight)
+    assert isinstance(model, Ensemble) and len(model.members) == 2 and model.combine == "logit"
+
+
+def test_ensemble_members_start_apart_and_models_may_differ():
+    config = TrainConfig(method="pgd_at", models="digits_cnn, preact_resnet18").resolved()
+    assert (config.models, config.members, config.model, config.combine) == (
+        ("digits_cnn", "preact_resnet18"), 2, None, "logit")
+    info = load_dataset("digits")[2]
+    mixed = build_run_model(info, config.model, config.models, config.combine)
+    assert [type(m.net).__name__ for m in mixed.members] == ["DigitsCNN", "PreActResNet"]
+    assert mixed(torch.rand(3, *info.input_shape)).shape == (3, 10)
+    copies = build_run_model(info, "digits_cnn", ("digits_cnn",) * 2, "logit")
+    first, second = (dict(m.named_parameters()) for m in copies.members)
+    assert not any(torch.equal(first[k], second[k]) for k in first)
+    assert TrainConfig(method="cce").resolved().models == ("digits_cnn",) * 3  # an ensemble method's default
 
 
 @pytest.mark.parametrize("dataset", ["digits", "cifar10"])

@@ -9,8 +9,12 @@ from __future__ import annotations
 import inspect
 
 from .. import _validate as check
+from .adp import ADP
+from .adv_en import ADVEN
 from .alp import ALP
+from .als import ALS
 from .base import Method
+from .cce import CCE
 from .label_smoothing import LabelSmoothing
 from .lma import LMAAT, MARTLMA, PGDATLMA, TRADESLMA
 from .lrm import LRM
@@ -21,7 +25,8 @@ from .standard import Standard
 from .trades import TRADES
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    Standard, PGDAT, TRADES, MART, ALP, LabelSmoothing, LRM, PGDATLMA, TRADESLMA, MARTLMA, LMAAT, LTD)}
+    Standard, PGDAT, TRADES, MART, ALP, LabelSmoothing, LRM, PGDATLMA, TRADESLMA, MARTLMA, LMAAT, LTD,
+    ADVEN, ADP, ALS, CCE)}
 
 
 def method_signature(name: str) -> dict[str, inspect.Parameter]:
@@ -82,4 +87,4 @@ def build_method(name: str, **options) -> Method:
 
 __all__ = ["Method", "METHODS", "build_method", "check_options", "method_parameters", "method_signature",
            "option_help", "Standard", "PGDAT", "TRADES", "MART", "ALP", "LabelSmoothing", "LRM", "PGDATLMA",
-           "TRADESLMA", "MARTLMA", "LMAAT", "LTD"]
+           "TRADESLMA", "MARTLMA", "LMAAT", "LTD", "ADVEN", "ADP", "ALS", "CCE"]

@@ -15,16 +15,31 @@ Kannan et al.'s clean logit squeezing for a method trained on x alone.
 ``attack_model`` is the model the attack differentiates through; the trainer passes the
 module inside DistributedDataParallel there, so that input-gradient passes do not touch
 DDP's gradient synchronisation.
+
+Several optimiser steps per batch: the trainer drives :meth:`Method.turns`, a generator of
+``(loss, metrics)``, and takes one optimiser step after each item, before asking for the next
+(so a later turn sees the weights the earlier ones updated); the learning-rate schedule steps
+once per batch. A method takes one step per batch unless it overrides ``turns``.
+
+Ensembles (METHODS.md section 3): an *ensemble method* (``ensemble = True``: adv_en, adp, als,
+cce) is defined on a :class:`fastadv.ensemble.Ensemble` and takes it as ``model``. A
+single-model method that splits its attack from its loss (``trains_members``) trains the
+members of an ensemble with seed 000's protocol, its Algorithm 1 with λ = 0: per batch each
+member in turn is the reference r, the method's attack crafts x̃ on f_r, and every member o
+takes the method's loss on (x, x̃) on its own logits, one optimiser step per reference turn on
+the sum of the members' losses (see :meth:`Method.reference_turns`). TRADES trained so is seed
+000's baseline ("naive ensemble of three randomly initialized models", §3).
 """
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Iterator, NamedTuple
 
 import torch
 from torch import nn
 
 from .. import _validate as check
 from ..attacks import PGD
+from ..ensemble import Ensemble
 from ..ops import logits as L
 
 
@@ -34,7 +49,8 @@ class Objective(NamedTuple):
     loss: torch.Tensor
     #: detached scalars to log, besides "loss"
     metrics: dict
-    #: every batch of logits the loss is computed from: logit squeezing acts on these
+    #: every batch of logits the loss is computed from, the adversarial ones last: logit
+    #: squeezing acts on these
     logits: tuple
 
 
@@ -52,6 +68,19 @@ class Method:
         "logit_squeeze": "adds this weight times mean ||z||^2 of every batch of logits the loss uses (seed 001 §3.1)",
     }
 
+    #: defined on an ensemble (the trainer builds one: ``default_members`` copies of the model
+    #: unless --members or --models say otherwise)
+    ensemble: ClassVar[bool] = False
+    default_members: ClassVar[int] = 3
+    #: the fewest members the method is defined for
+    min_members: ClassVar[int] = 1
+    #: how the trained ensemble combines its members' outputs (METHODS.md section 3); for a
+    #: single-model method trained on an ensemble, seed 000's averaged logits
+    ensemble_combine: ClassVar[str] = "logit"
+    #: a single-model method whose attack and loss are apart (:meth:`objective_given`), so that
+    #: it can train an ensemble's members by seed 000's protocol (:meth:`reference_turns`)
+    trains_members: ClassVar[bool] = False
+
     def __init__(self, *, logit_squeeze: float = 0.0):
         self.logit_squeeze = check.number(self.name, "logit_squeeze", logit_squeeze, low=0)
 
@@ -59,15 +88,66 @@ class Method:
         """The method's own loss on the batch, before logit squeezing."""
         raise TypeError(f"{type(self).__name__} must define objective")
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                 attack_model: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss, metrics, logits = self.objective(model, x, y, attack_model or model)
+    def prepare(self, model: nn.Module, batches: int) -> None:
+        """Called by the trainer once, before the first batch (and before a resumed run loads the
+        method's state), with the model and the number of batches the run takes: a method whose
+        state follows a schedule over the run (ALS's λ) sizes it here."""
+
+    def squeezed(self, objective: Objective) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, metrics) of an objective: logit squeezing added, the loss logged."""
+        loss, metrics, logits = objective
         metrics = dict(metrics)
         if self.logit_squeeze:
             squeeze = sum(L.logit_squeeze(z).mean() for z in logits)
             loss = loss + self.logit_squeeze * squeeze
             metrics["logit_squeeze"] = squeeze.detach()
         return loss, {"loss": loss.detach(), **metrics}
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 attack_model: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.squeezed(self.objective(model, x, y, attack_model or model))
+
+    def turns(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+              attack_model: nn.Module | None = None) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """The batch's optimiser steps: each item is one step's (loss, metrics). One step on the
+        method's loss; a single-model method given an ensemble trains its members by
+        :meth:`reference_turns`."""
+        attack_model = attack_model or model
+        if isinstance(attack_model, Ensemble) and not self.ensemble:
+            if not self.trains_members:
+                raise TypeError(f"{self.name}: cannot train the members of an ensemble (see Method.trains_members)")
+            yield from self.reference_turns(attack_model, x, y)
+        else:
+            yield self(model, x, y, attack_model=attack_model)
+
+    def objective_given(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> Objective:
+        """The method's loss for ``model`` on the batch and adversarial examples crafted
+        elsewhere (a method with ``trains_members`` defines it)."""
+        raise TypeError(f"{type(self).__name__} does not define objective_given")
+
+    def reference_turns(self, ensemble: Ensemble, x: torch.Tensor, y: torch.Tensor,
+                        extra=None) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """Seed 000's protocol (Algorithm 1): for each member r in turn, x̃ = the method's attack
+        on f_r; every member o takes the method's loss on (x, x̃) with its own logits, plus
+        ``extra(r, adversarial_logits, y)`` when given (ALS's separation term; the logits are
+        [M, B, C], member order); one item (one optimiser step) per reference on the sum over
+        members. Equal to a step per member with its own optimiser: the members' parameters are
+        disjoint and x̃ is fixed before the turn's forward passes, so each member's gradient is
+        that of its own loss. Metrics are the members' mean."""
+        members = ensemble.members
+        for r, reference in enumerate(members):
+            x_adv = self.adversarial_examples(reference, x, y)
+            objectives = [self.objective_given(member, x, x_adv, y) for member in members]
+            steps = [self.squeezed(objective) for objective in objectives]
+            loss = sum(step[0] for step in steps)
+            metrics = {name: torch.stack([step[1][name] for step in steps]).mean() for name in steps[0][1]}
+            if extra is not None:
+                adversarial = torch.stack([objective.logits[-1] for objective in objectives])
+                term, extra_metrics = extra(r, adversarial, y)
+                loss = loss + term
+                metrics.update(extra_metrics)
+            metrics["loss"] = loss.detach()
+            yield loss, metrics
 
     def hyperparameters(self) -> dict:
         """The method's settings, as written to config.json."""
@@ -81,6 +161,14 @@ class Method:
     def load_state_dict(self, state: dict) -> None:
         if state:
             raise ValueError(f"{self.name}: unexpected method state {sorted(state)}")
+
+
+def as_ensemble(owner: str, model: nn.Module) -> Ensemble:
+    """``model`` when it is an :class:`Ensemble`; an ensemble method refuses anything else."""
+    if not isinstance(model, Ensemble):
+        raise TypeError(f"{owner}: model must be a fastadv.models.Ensemble (an ensemble method; train it with "
+                        f"--members N or --models A,B,...), got {type(model).__name__}")
+    return model
 
 
 def forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -154,8 +242,12 @@ class NaturalAndAdversarialMethod(AdversarialMethod):
         """(the loss, its named parts for logging)."""
         raise TypeError(f"{type(self).__name__} must define loss_terms")
 
+    trains_members = True
+
     def objective(self, model, x, y, attack_model):
-        x_adv = self.adversarial_examples(attack_model, x, y)
+        return self.objective_given(model, x, self.adversarial_examples(attack_model, x, y), y)
+
+    def objective_given(self, model, x, x_adv, y):
         logits_natural = forward_logits(model, x)
         logits_adv = forward_logits(model, x_adv)
         loss, parts = self.loss_terms(logits_natural, logits_adv, self.targets(x, y))

@@ -38,6 +38,8 @@ class LogitMovingAverageMethod(NaturalAndAdversarialMethod):
     attack_loss = "margin_ce"
     attack_init = "normal"
     default_beta = 86.0
+    # The moving averages are one model's: members sharing them would mix their logits.
+    trains_members = False
     # Seed 002 §5.1 trains at lr 0.01, a tenth of the 0.1 of TRADES' setting that the dataset
     # defaults follow; at the full rate the β = 86 regulariser collapses the digits model to
     # constant logits (every class 10%).

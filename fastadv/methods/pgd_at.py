@@ -16,7 +16,11 @@ class PGDAT(AdversarialMethod):
     attack_loss = "ce"
     attack_init = "uniform"
 
+    trains_members = True
+
     def objective(self, model, x, y, attack_model):
-        x_adv = self.adversarial_examples(attack_model, x, y)
+        return self.objective_given(model, x, self.adversarial_examples(attack_model, x, y), y)
+
+    def objective_given(self, model, x, x_adv, y):
         logits_adv = forward_logits(model, x_adv)
         return Objective(F.cross_entropy(logits_adv, y), {"adv_acc": accuracy(logits_adv, y)}, (logits_adv,))

@@ -1,0 +1,76 @@
+"""ADP, adaptive diversity promoting (Pang et al. 2019), adversarial version: seed 003 ch. 4's
+baseline, METHODS.md section 3."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import _validate as check
+from ..ops import logits as L
+from .base import AdversarialMethod, Objective, accuracy, as_ensemble
+
+
+def ensemble_entropy(member_logits: torch.Tensor) -> torch.Tensor:
+    """H(mean_k p_k) per sample of [M, B, C] member logits, from the log of the mean probability
+    (computed in log space: ``logsumexp_k log p_k − log M``)."""
+    log_mean = torch.logsumexp(torch.log_softmax(member_logits, dim=-1), dim=0) - math.log(member_logits.shape[0])
+    return -(log_mean.exp() * log_mean).sum(-1)
+
+
+def log_det_diversity(member_logits: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``log det(M̃ᵀM̃ + ridge·I)`` per sample, M̃'s columns the members' L2-normalised
+    non-true-class probability vectors: M̃ᵀM̃ is ``masked_gram`` of the probabilities. The
+    determinant of the small [M, M] matrix is taken in float64."""
+    gram = L.unchecked.masked_gram(torch.softmax(member_logits, dim=-1), y, True).double()
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    return torch.logdet(gram + ridge * eye).to(member_logits.dtype)
+
+
+def adp_loss(member_logits, y, entropy_weight, beta, ridge):
+    """(loss, Σ_k CE, H(mean_k p_k), log det) of METHODS.md's ADP on [M, B, C] logits:
+    ``Σ_k CE(z_k, y) − α·H(mean_k p_k) − β·log det(M̃ᵀM̃ + ridge·I)``, the last two averaged over
+    the batch."""
+    members, batch, classes = member_logits.shape
+    ce = F.cross_entropy(member_logits.reshape(-1, classes), y.repeat(members), reduction="none")
+    ce = ce.view(members, batch).mean(1).sum()
+    entropy = ensemble_entropy(member_logits).mean()
+    log_det = log_det_diversity(member_logits, y, ridge).mean()
+    return ce - entropy_weight * entropy - beta * log_det, ce, entropy, log_det
+
+
+class ADP(AdversarialMethod):
+    """``Σ_k CE(z_k(x'), y) − α·H(mean_k p_k(x')) − β·log det(M̃ᵀM̃ + 1e-6·I)`` (Pang et al. 2019,
+    Eq. 7), trained on x' = PGD-ce examples of the ensemble (its output the log of the members'
+    mean probability): the adversarial ADP that seed 003 ch. 4 compares against. M̃'s columns are
+    the members' non-true-class probability vectors, each L2-normalised; the ridge 1e-6 is
+    ADP's code's ``det_offset``. α = 2 (``entropy_weight``), β = 0.5 (``beta``), ADP's CIFAR-10
+    setting."""
+
+    name = "adp"
+    ensemble = True
+    min_members = 2
+    ensemble_combine = "prob"
+    default_beta = 0.5
+    option_help = {"beta": "weight β of the log-determinant (diversity) term",
+                   "entropy_weight": "weight α of the ensemble entropy H(mean_k p_k)",
+                   "logdet_ridge": "added to the diagonal of M̃ᵀM̃ before the log-determinant (ADP's det_offset)"}
+
+    def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, beta: float | None = None,
+                 norm: str = "linf", attack_dtype: str | None = None, *, entropy_weight: float = 2.0,
+                 logdet_ridge: float = 1e-6, logit_squeeze: float = 0.0):
+        super().__init__(eps, alpha, steps, norm, attack_dtype, logit_squeeze=logit_squeeze)
+        self.beta = check.number(self.name, "beta", self.default_beta if beta is None else beta, low=0)
+        self.entropy_weight = check.number(self.name, "entropy_weight", entropy_weight, low=0)
+        self.logdet_ridge = check.number(self.name, "logdet_ridge", logdet_ridge, low=0, low_open=True)
+
+    def objective(self, model, x, y, attack_model):
+        ensemble = as_ensemble(self.name, attack_model)
+        x_adv = self.adversarial_examples(ensemble, x, y)
+        member_logits = ensemble.member_logits(x_adv).float()
+        loss, ce, entropy, log_det = adp_loss(member_logits, y, self.entropy_weight, self.beta, self.logdet_ridge)
+        combined = torch.logsumexp(torch.log_softmax(member_logits, -1), 0)
+        metrics = {"member_ce": ce.detach(), "ensemble_entropy": entropy.detach(), "log_det": log_det.detach(),
+                   "adv_acc": accuracy(combined, y)}
+        return Objective(loss, metrics, tuple(member_logits))
