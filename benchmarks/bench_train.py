@@ -1,6 +1,7 @@
 """Benchmark of a whole adversarial training step: `fastadv bench train`.
 
-One step = the attack, the training loss, its backward and the SGD step, for two workloads:
+One step = the attack, the training loss, its backward and the SGD step, for two workloads
+(and one batch of ALS, seed 000, below):
 
 - TRADES on the digits (digits_cnn, batch 256 from the training split, eps 0.2, alpha 0.05,
   10 attack steps, beta 6);
@@ -19,6 +20,11 @@ attack update ops, losses, the optimizer). The only thing the benchmark adds to 
 code is a profiler region around each forward of the model (a forward pre-hook and hook on its
 root module), which says whether the forward ran in eval mode (inside the attack) or train mode
 (the training loss) and whether its input was the clean batch.
+
+ALS (seed 000, Algorithm 1): one batch of three digits_cnn members (I = 3 reference turns),
+fastadv's method against the batch written the way seed 000's code is (TRADES' code run per
+member, the clean forward recomputed inside every attack step, per-member optimisers), with the
+time of the three attacks alone as the breakdown.
 
 Then the accuracy check of the bf16 attack: PGD-20 robust accuracy of a TRADES digits model
 under the float32 attack and the bf16-autocast attack, same random starts.
@@ -187,6 +193,133 @@ def make_steps(spec, model, optimizer, x, y, variants=VARIANTS):
                                      **options)
         steps[name], states[name] = step, (net, opt)
     return steps, states
+
+
+# ----------------------------------------------------------------------------- ALS (seed 000)
+ALS = dict(title="ALS, 3 x digits_cnn on the digits (one batch of 256: I = 3 reference turns, eps 0.2, alpha 0.05, "
+                 "10 attack steps, beta 6, lambda 0.5)",
+           members=3, batch=256, eps=0.2, alpha=0.05, steps=10, beta=6.0, lam=0.5, lr=0.05, weight_decay=5e-4)
+ALS_OFFICIAL, ALS_FASTADV = "official-style (seed 000's code)", "fastadv"
+
+
+def official_trades_attack(model, x, eps, alpha, steps):
+    """TRADES' attack as train_trades_cifar10.py writes it: eval mode, the clean forward
+    recomputed in every step, separate min/max/clamp projection."""
+    criterion_kl = nn.KLDivLoss(reduction="sum")
+    model.eval()
+    x_adv = x.detach() + 0.001 * torch.randn_like(x).detach()
+    for _ in range(steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + alpha * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    model.train()
+    return torch.clamp(x_adv, 0.0, 1.0).detach()
+
+
+def official_als_batch(members, optimizers, x, y, eps, alpha, steps, beta, lam, attack_only=False):
+    """One batch of seed 000's Algorithm 1 written the way its code (adapted from TRADES') is:
+    per reference r the TRADES attack on f_r, then per member o its own TRADES step (clean
+    forward twice, as TRADES' loss does) plus, for o ≠ r, the masked cosine of f_r(x̃) and f_o(x̃)
+    with f_r(x̃) recomputed for each o, and its own optimiser step."""
+    criterion_kl = nn.KLDivLoss(reduction="sum")
+    mask = 1.0 - F.one_hot(y, members[0](x[:1]).shape[1]).float()
+    for r, reference in enumerate(members):
+        x_adv = official_trades_attack(reference, x, eps, alpha, steps)
+        if attack_only:
+            continue
+        for o, member in enumerate(members):
+            optimizers[o].zero_grad()
+            logits = member(x)
+            loss = F.cross_entropy(logits, y) + beta * (1.0 / len(x)) * criterion_kl(
+                F.log_softmax(member(x_adv), dim=1), F.softmax(member(x), dim=1))
+            if o != r:
+                a, b = reference(x_adv).detach() * mask, member(x_adv) * mask
+                loss = loss + lam * (F.cosine_similarity(a, b, dim=1, eps=1e-12)).mean()
+            loss.backward()
+            optimizers[o].step()
+
+
+def fastadv_als_batch(method, ensemble, optimizer, x, y, attack_only=False):
+    """One batch as fastadv's trainer takes it: the method's turns, one optimiser step each."""
+    if attack_only:
+        for member in ensemble.members:
+            method.adversarial_examples(member, x, y)
+        return
+    for loss, _ in method.turns(ensemble, x, y):
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+class _ConstantSchedule:
+    """λ held at the benchmark's value (the schedule's cost is one Python float)."""
+
+    def __init__(self, lam):
+        self.lam, self.steps = lam, 0
+
+    def step(self):
+        self.steps += 1
+        return self.lam
+
+
+def als_benchmark(device, quick: bool) -> dict:
+    """Median ms of one ALS batch, official-style and fastadv, and of its attacks alone (the
+    breakdown: attacks, and the rest: the members' losses, backward passes and optimiser steps),
+    all four timed in interleaved rounds."""
+    from fastadv.ensemble import Ensemble
+
+    spec = ALS
+    x, y, info = make_batch(dict(dataset="digits", batch=spec["batch"]), device)
+    torch.manual_seed(0)
+    members = [build_model("digits_cnn", info).to(device).train() for _ in range(spec["members"])]
+    attack = dict(eps=spec["eps"], alpha=spec["alpha"], steps=spec["steps"])
+    optimiser = dict(lr=spec["lr"], momentum=0.9, weight_decay=spec["weight_decay"])
+
+    official_members = copy.deepcopy(members)
+    official_optimisers = [torch.optim.SGD(m.parameters(), **optimiser) for m in official_members]
+    ensemble = Ensemble(copy.deepcopy(members), combine="logit")
+    method = build_method("als", beta=spec["beta"], **attack)
+    method._schedule = _ConstantSchedule(spec["lam"])
+    optimizer = torch.optim.SGD(ensemble.parameters(), **optimiser)
+    official = dict(eps=spec["eps"], alpha=spec["alpha"], steps=spec["steps"], beta=spec["beta"], lam=spec["lam"])
+    functions = {
+        ALS_OFFICIAL: functools.partial(official_als_batch, official_members, official_optimisers, x, y, **official),
+        ALS_FASTADV: functools.partial(fastadv_als_batch, method, ensemble, optimizer, x, y),
+        f"{ALS_OFFICIAL}: attacks": functools.partial(official_als_batch, official_members, official_optimisers, x, y,
+                                                      attack_only=True, **official),
+        f"{ALS_FASTADV}: attacks": functools.partial(fastadv_als_batch, method, ensemble, optimizer, x, y,
+                                                     attack_only=True),
+    }
+    plan = dict(rounds=2, calls_per_round=1, warmup=1) if quick else dict(rounds=10, calls_per_round=1, warmup=1)
+    stats = common.time_interleaved(functions, device, **plan)
+    return {"title": spec["title"], "plan": plan, "ms": {name: {k: v * 1e3 for k, v in s.items()}
+                                                         for name, s in stats.items()}}
+
+
+def als_report(als) -> list[str]:
+    ms = als["ms"]
+    rows = []
+    base = ms[ALS_OFFICIAL]["median"]
+    for variant in (ALS_OFFICIAL, ALS_FASTADV):
+        total, attacks = ms[variant]["median"], ms[f"{variant}: attacks"]["median"]
+        rows.append([variant, f"{total:.1f}", f"{ms[variant]['p20']:.1f}–{ms[variant]['p80']:.1f}",
+                     f"{base / total:.2f}×", f"{attacks:.1f} ({100 * attacks / total:.0f}%)",
+                     f"{total - attacks:.1f} ({100 * (total - attacks) / total:.0f}%)"])
+    plan = als["plan"]
+    return [f"**{als['title']}** — {plan['rounds']} interleaved rounds per variant", "",
+            common.markdown_table(["variant", "median ms per batch", "p20–p80 ms", "vs official-style",
+                                   "the 3 attacks, ms (share)", "losses, backward, SGD steps, ms (share)"], rows), "",
+            "Official-style: seed 000's code is TRADES' code run per member: per reference turn TRADES' attack on the "
+            "reference (the clean forward recomputed in each of its 10 steps), then each member's own TRADES step "
+            "(two clean forwards) with the masked cosine against the reference's adversarial logits, recomputed for "
+            "each member, and its own SGD step. fastadv: the als method's turns (the clean probabilities computed "
+            "once per attack, fused logits ops and masked_gram, one SGD step per turn over the three members, which "
+            "equals the per-member steps). The attacks column times the three attacks alone (the same calls, "
+            "outside the batch); the rest is the batch's median minus it.", ""]
 
 
 # ----------------------------------------------------------------------------- breakdown
@@ -396,6 +529,12 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
                 records.append({"kind": "breakdown", "workload": workload, "variant": name, "quantity": key,
                                 "median_ms": value, "p20_ms": None, "p80_ms": None, "speedup_vs_official_fp32": None,
                                 "share_percent": 100 * value / result["wall_ms"], "value": None})
+    als = als_benchmark(device, quick)
+    for name, s in als["ms"].items():
+        records.append({"kind": "step", "workload": "als_digits", "variant": name, "quantity": "batch",
+                        "median_ms": s["median"], "p20_ms": s["p20"], "p80_ms": s["p80"],
+                        "speedup_vs_official_fp32": als["ms"][ALS_OFFICIAL]["median"] / s["median"],
+                        "share_percent": None, "value": None})
     accuracy, provenance, samples = [], None, 0
     if not skipped:
         model, provenance = digits_model(device, quick)
@@ -413,7 +552,7 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
         "machine": common.machine_description(device), "device": str(device), "torch": torch.__version__,
         "cpu_bf16_ratio": hardware.cpu_bf16_ratio() if device.type == "cpu" else None, "bf16_skipped": skipped,
         "fastadv": fastadv.__version__, "quick": quick, "timing": timing, "workloads": WORKLOADS,
-        "breakdowns": breakdowns, "accuracy_check": {"model": provenance, "samples": samples, "rows": accuracy},
+        "breakdowns": breakdowns, "als": als, "accuracy_check": {"model": provenance, "samples": samples, "rows": accuracy},
         "losses_finite_after_timing": {f"{w} / {v}": ok for (w, v), ok in finite.items()},
         "seconds": time.perf_counter() - started,
     }
@@ -425,7 +564,7 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
 def _step_stats(records):
     stats = {}
     for r in records:
-        if r["kind"] == "step":
+        if r["kind"] == "step" and r["workload"] in WORKLOADS:
             stats.setdefault(r["workload"], {})[r["variant"]] = r
     return stats
 
@@ -556,6 +695,7 @@ def report(records, meta, titles) -> str:
               "its backward and the optimizer stay float32 in every variant."
               + (f" bf16 on this CPU: a bf16 convolution forward+backward takes {meta['cpu_bf16_ratio']:.2f}x "
                  f"float32's time." if meta.get("cpu_bf16_ratio") else ""), ""]
+    lines += als_report(meta["als"])
     lines += ["Where the time goes: torch.profiler on the real steps (CPU time of each top-level op, "
               "including its children), grouped by what the ops are. The benchmark only adds a profiler region "
               "around each forward of the model (hooks on its root module) to tell forwards inside the attack "
