@@ -1,4 +1,5 @@
-// The logits family's registrations, all generated from FASTADV_LOGITS_OPS (fastadv/logits.h).
+// The logits family's registrations, all generated from FASTADV_LOGITS_OPS and
+// FASTADV_LOGITS_MEMBER_OPS (fastadv/logits.h).
 // One boxed kernel per backend serves every op: it binds the op's arguments and outputs from
 // its registered schema (the convention written above FASTADV_LOGITS_OPS), allocates the
 // outputs, runs the backend's rows and reduces the losses. The Python layer validates every
@@ -216,13 +217,80 @@ void logits_kernel(const c10::OperatorHandle& handle, c10::DispatchKeySet, torch
   for (int i = 0; i < l.returns; ++i) torch::jit::push(*stack, std::move(outputs[i]));
 }
 
-// Registers every op of the family for one backend.
+// The boxed kernel of member op `Op` (its forward, or with `Backward` its backward op) on a
+// backend: binds the arguments by the convention above FASTADV_LOGITS_MEMBER_OPS, checks them,
+// allocates the output and calls `Backend::run_members<Op, Backward>(params, V)`.
+template <typename Backend, MemberOp Op, bool Backward>
+void member_kernel(const c10::OperatorHandle& handle, c10::DispatchKeySet, torch::jit::Stack* stack) {
+  const auto& schema = handle.schema();
+  const auto& op = schema.name();
+  const int n = static_cast<int>(schema.arguments().size());
+  const auto args = torch::jit::last(*stack, n);
+  int i = 0;
+  const at::Tensor grad = Backward ? args[i++].toTensor() : at::Tensor();
+  const at::Tensor& V = args[i++].toTensor();
+  TORCH_CHECK(V.dim() == 3, "fastadv: ", op, ": V must have shape [M, B, C], got ", V.sizes());
+  TORCH_CHECK(V.is_contiguous(), "fastadv: ", op, ": V must be contiguous");
+  scalar_kind_of(V, "V");
+  MemberParams p{};
+  p.V = V.const_data_ptr();
+  p.members = V.size(0);
+  p.rows = V.size(1);
+  p.cols = V.size(2);
+  TORCH_CHECK(p.members >= 1 && p.members <= kMaxMembers && p.cols >= 1, "fastadv: ", op, ": V must have 1 to ",
+              kMaxMembers, " members and at least one class, got shape ", V.sizes());
+  int flags = 0;
+  bool labelled = false;
+  for (; i < n; ++i) {
+    const c10::Argument& argument = schema.arguments()[i];
+    if (argument.type()->kind() == c10::TypeKind::TensorType && argument.name() == "y") {
+      const at::Tensor& y = args[i].toTensor();
+      TORCH_CHECK(y.dim() == 1 && y.size(0) == p.rows, "fastadv: ", op, ": y must have shape [", p.rows, "], got ",
+                  y.sizes());
+      TORCH_CHECK(y.scalar_type() == at::kLong, "fastadv: ", op, ": y must be int64, got ", y.scalar_type());
+      TORCH_CHECK(y.device() == V.device(), "fastadv: ", op, ": y must be on ", V.device());
+      TORCH_CHECK(y.is_contiguous(), "fastadv: ", op, ": y must be contiguous");
+      p.labels = y.const_data_ptr<int64_t>();
+      labelled = true;
+    } else {
+      TORCH_CHECK(argument.type()->kind() == c10::TypeKind::BoolType && flags < kMemberMaxFlags, "fastadv: ", op,
+                  ": argument ", argument.name(), " does not follow the member ops' convention (FASTADV_LOGITS_MEMBER_OPS)");
+      p.flags[flags++] = args[i].toBool();
+    }
+  }
+  TORCH_CHECK(labelled, "fastadv: ", op, ": needs the labels y");
+  at::Tensor out;
+  if (Backward) {
+    TORCH_CHECK(grad.sizes() == at::IntArrayRef({p.rows, p.members, p.members}), "fastadv: ", op,
+                ": the incoming gradient must have shape [", p.rows, ", ", p.members, ", ", p.members, "], got ",
+                grad.sizes());
+    TORCH_CHECK(grad.scalar_type() == V.scalar_type() && grad.device() == V.device() && grad.is_contiguous(),
+                "fastadv: ", op, ": the incoming gradient must be contiguous, with V's dtype and device");
+    p.grad = grad.const_data_ptr();
+    out = at::empty_like(V);
+  } else {
+    out = at::empty({p.rows, p.members, p.members}, V.options());
+  }
+  p.out = out.mutable_data_ptr();
+  Backend::template run_members<Op, Backward>(p, V);
+  torch::jit::drop(*stack, n);
+  torch::jit::push(*stack, std::move(out));
+}
+
+// Registers every op of the family for one backend: the row ops and the member ops with their
+// backward ops.
 template <typename Backend>
 void register_logits_kernels(torch::Library& m) {
 #define FASTADV_LOGITS_IMPL(name, schema) \
   m.impl(#name, torch::CppFunction::makeFromBoxedFunction<&logits_kernel<Backend, LogitsOp::name>>());
   FASTADV_LOGITS_OPS(FASTADV_LOGITS_IMPL)
 #undef FASTADV_LOGITS_IMPL
+#define FASTADV_LOGITS_MEMBER_IMPL(name, schema, backward_schema)                                                  \
+  m.impl(#name, torch::CppFunction::makeFromBoxedFunction<&member_kernel<Backend, MemberOp::name, false>>()); \
+  m.impl("_" #name "_backward",                                                                                 \
+         torch::CppFunction::makeFromBoxedFunction<&member_kernel<Backend, MemberOp::name, true>>());
+  FASTADV_LOGITS_MEMBER_OPS(FASTADV_LOGITS_MEMBER_IMPL)
+#undef FASTADV_LOGITS_MEMBER_IMPL
 }
 
 }  // namespace fastadv

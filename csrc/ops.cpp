@@ -50,4 +50,11 @@ TORCH_LIBRARY(fastadv, m) {
 #define FASTADV_LOGITS_DEF(name, schema) m.def(#name schema);
   FASTADV_LOGITS_OPS(FASTADV_LOGITS_DEF)
 #undef FASTADV_LOGITS_DEF
+  // Its member ops ([M, B, C] in, [B, M, M] out) and their backward ops, from
+  // FASTADV_LOGITS_MEMBER_OPS.
+#define FASTADV_LOGITS_MEMBER_DEF(name, schema, backward_schema) \
+  m.def(#name schema);                                            \
+  m.def("_" #name "_backward" backward_schema);
+  FASTADV_LOGITS_MEMBER_OPS(FASTADV_LOGITS_MEMBER_DEF)
+#undef FASTADV_LOGITS_MEMBER_DEF
 }

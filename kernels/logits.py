@@ -8,6 +8,8 @@ registers each as the custom op `fastadv::<name>_triton` (fastadv.ops._registry.
 Losses are computed in the accumulation type and then converted or reduced
 (`_finish_losses`), as the C++ glue does. The math follows the row algorithms of
 csrc/include/fastadv/logits.h, so that the Triton, CUDA C++ and CPU backends agree to rounding.
+The member op `masked_gram` and its backward `_masked_gram_backward` ([M, B, C] in,
+FASTADV_LOGITS_MEMBER_OPS) are at the end: a program per sample.
 
 Design: a program owns BLOCK_B whole rows (BLOCK_C = the next power of two >= C), so a row
 is read once and its max, log-sum-exp, loss and every asked-for gradient are computed in one
@@ -36,6 +38,9 @@ _TILE = 2048
 _ELEMENTS_PER_THREAD = 8
 
 _HALF_PI = tl.constexpr(math.pi / 2)
+_MASKED_GRAM_EPS = tl.constexpr(1e-12)  # u / max(‖u‖, eps), torch.nn.functional.normalize's
+# A member op's program holds [BLOCK_M, BLOCK_M, BLOCK_C] products at a time.
+_MEMBER_TILE = 4096
 _BOOSTED_FLOOR = tl.constexpr(1e-4)  # MART's code clamps 1 − max_{k≠y} p_k at 1e-4
 
 
@@ -430,3 +435,102 @@ def logit_pairing(z_nat: torch.Tensor, z_adv: torch.Tensor, grad_z_nat: bool, gr
 def logit_squeeze(z: torch.Tensor, grad_z: bool):
     loss, gz, _ = _squared_norm("logit_squeeze", z, None, grad_z, False)
     return loss, gz
+
+
+
+# ----------------------------------------------------------------------------- member ops
+# masked_gram (FASTADV_LOGITS_MEMBER_OPS): a program per sample b holds the sample's M×M matrices
+# ([BLOCK_M, BLOCK_M], BLOCK_M the next power of two >= M, the padding members 0) and runs over
+# its columns BLOCK_C at a time: one pass for the raw Gram R_mn = ⟨v_m ⊙ mask, v_n ⊙ mask⟩ (the
+# norms on its diagonal), the backward a second for dV_m = mask ⊙ Σ_n A_mn (v_n ⊙ mask) with the
+# coefficients A of logits.h (masked_gram_coefficient). Any C; M up to 32 (the public op's limit).
+@triton.jit
+def _member_rows(b, M, B, C, BLOCK_M: tl.constexpr):
+    """The members ([BLOCK_M, 1] and [1, BLOCK_M]) and their rows' offsets in V ([BLOCK_M, 1])."""
+    m = tl.arange(0, BLOCK_M)[:, None]
+    n = tl.arange(0, BLOCK_M)[None, :]
+    return m, n, (m.to(tl.int64) * B + b) * C
+
+
+@triton.jit
+def _masked_gram_raw(v_ptr, y, rows, is_member, C, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    raw = tl.zeros((BLOCK_M, BLOCK_M), ACC)
+    for start in range(0, C, BLOCK_C):
+        cols = start + tl.arange(0, BLOCK_C)[None, :]
+        v = tl.load(v_ptr + rows + cols, mask=is_member & (cols < C), other=0.0).to(ACC)
+        u = v * tl.where(cols == y, 0.0, 1.0)  # v·mask: an inf or NaN of the true class gives NaN, as v ⊙ m
+        raw += tl.sum(u[:, None, :] * u[None, :, :], axis=2)
+    return raw
+
+
+@triton.jit
+def _masked_gram_divisors(raw, m, n):
+    """max(‖u‖, eps) of the members as a column and as a row, and the norms as a column."""
+    diagonal = tl.where(m == n, raw, 0.0)
+    norm_m = tl.sqrt(tl.sum(diagonal, axis=1, keep_dims=True))
+    norm_n = tl.sqrt(tl.sum(diagonal, axis=0, keep_dims=True))  # R is symmetric
+    return tl.maximum(norm_m, _MASKED_GRAM_EPS), tl.maximum(norm_n, _MASKED_GRAM_EPS), norm_m
+
+
+@triton.jit
+def _masked_gram_kernel(v_ptr, y_ptr, gram_ptr, M, B, C,
+                        ACC: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    b = tl.program_id(0)
+    y = tl.load(y_ptr + b)
+    m, n, rows = _member_rows(b, M, B, C, BLOCK_M)
+    gram = _masked_gram_raw(v_ptr, y, rows, m < M, C, ACC, BLOCK_M, BLOCK_C)
+    if NORMALIZE:
+        d_m, d_n, _ = _masked_gram_divisors(gram, m, n)
+        gram = gram / (d_m * d_n)
+    tl.store(gram_ptr + (b.to(tl.int64) * M + m) * M + n, gram, mask=(m < M) & (n < M))
+
+
+@triton.jit
+def _masked_gram_backward_kernel(grad_ptr, v_ptr, y_ptr, out_ptr, M, B, C,
+                                 ACC: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr,
+                                 BLOCK_C: tl.constexpr):
+    b = tl.program_id(0)
+    y = tl.load(y_ptr + b)
+    m, n, rows = _member_rows(b, M, B, C, BLOCK_M)
+    is_member = m < M
+    pair = is_member & (n < M)
+    grad = grad_ptr + b.to(tl.int64) * M * M
+    coefficients = (tl.load(grad + m * M + n, mask=pair, other=0.0).to(ACC)
+                    + tl.load(grad + n * M + m, mask=pair, other=0.0).to(ACC))  # S = dG + dGᵀ
+    if NORMALIZE:
+        raw = _masked_gram_raw(v_ptr, y, rows, is_member, C, ACC, BLOCK_M, BLOCK_C)
+        d_m, d_n, norm_m = _masked_gram_divisors(raw, m, n)
+        along = tl.sum(coefficients * (raw / (d_m * d_n)), axis=1, keep_dims=True)  # û_m·dÛ_m = Σ_k S_mk G_mk
+        coefficients = coefficients / (d_m * d_n) - tl.where((m == n) & (norm_m > _MASKED_GRAM_EPS),
+                                                             along / (d_m * d_m), 0.0)
+    for start in range(0, C, BLOCK_C):
+        cols = start + tl.arange(0, BLOCK_C)[None, :]
+        in_row = is_member & (cols < C)
+        mask = tl.where(cols == y, 0.0, 1.0)
+        u = tl.load(v_ptr + rows + cols, mask=in_row, other=0.0).to(ACC) * mask
+        tl.store(out_ptr + rows + cols, tl.sum(coefficients[:, :, None] * u[None, :, :], axis=1) * mask, mask=in_row)
+
+
+def _member_blocks(members: int, cols: int) -> tuple[int, int]:
+    block_m = max(2, triton.next_power_of_2(members))
+    return block_m, max(16, min(triton.next_power_of_2(cols), _MEMBER_TILE // (block_m * block_m)))
+
+
+def masked_gram(V: torch.Tensor, y: torch.Tensor, normalize: bool):
+    members, rows, cols = V.shape
+    gram = V.new_empty(rows, members, members)
+    if rows:
+        block_m, block_c = _member_blocks(members, cols)
+        _masked_gram_kernel[(rows,)](V, y, gram, members, rows, cols, ACC=_accumulation(V.dtype), NORMALIZE=normalize,
+                                     BLOCK_M=block_m, BLOCK_C=block_c)
+    return gram
+
+
+def _masked_gram_backward(grad_G: torch.Tensor, V: torch.Tensor, y: torch.Tensor, normalize: bool):
+    members, rows, cols = V.shape
+    grad_V = torch.empty_like(V)
+    if rows:
+        block_m, block_c = _member_blocks(members, cols)
+        _masked_gram_backward_kernel[(rows,)](grad_G, V, y, grad_V, members, rows, cols, ACC=_accumulation(V.dtype),
+                                              NORMALIZE=normalize, BLOCK_M=block_m, BLOCK_C=block_c)
+    return grad_V

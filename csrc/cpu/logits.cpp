@@ -8,6 +8,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "../logits_glue.h"
 #include "fastadv/logits.h"
 
@@ -44,7 +46,137 @@ void run_rows(const LogitsParams& p) {
   at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) { rows_kernel<T, Op>(p, begin, end); });
 }
 
+// ----------------------------------------------------------------------------- member ops
+// masked_gram's raw Gram R of one sample, R_mn = ⟨v_m ⊙ mask, v_n ⊙ mask⟩ (row-major M×M): every
+// pair m <= n in one pass over the columns, up to kPairsPerPass pairs at a time (six at M = 3,
+// fifteen at M = 5), their partial sums in blocks of kBlock columns, the last block overlapping
+// the one before (blocked_sum's scheme in logits.h); rows shorter than a block take the shared
+// masked_dot pair by pair.
+constexpr int64_t kPairsPerPass = 16;
+
+template <typename T>
+void masked_gram_raw(const MemberParams& p, int64_t b, int64_t y, T* raw) {
+  const int64_t members = p.members, cols = p.cols;
+  const T* rows[kMaxMembers];
+  for (int64_t m = 0; m < members; ++m) rows[m] = member_row<T>(p, m, b);
+  const int64_t pairs = members * (members + 1) / 2;
+  if (cols < kBlock) {
+    for (int64_t q = 0; q < pairs; ++q) {
+      int64_t m, n;
+      member_pair(q, members, m, n);
+      raw[m * members + n] = raw[n * members + m] = masked_dot<T, 1, T, HostIo<T>>(rows[m], rows[n], cols, y, SingleLane{});
+    }
+    return;
+  }
+  const int64_t whole = cols / kBlock * kBlock;
+  for (int64_t first = 0; first < pairs; first += kPairsPerPass) {
+    const int64_t count = std::min(kPairsPerPass, pairs - first);
+    const T* left[kPairsPerPass];
+    const T* right[kPairsPerPass];
+    int64_t at_m[kPairsPerPass], at_n[kPairsPerPass];
+    for (int64_t q = 0; q < count; ++q) {
+      member_pair(first + q, members, at_m[q], at_n[q]);
+      left[q] = rows[at_m[q]];
+      right[q] = rows[at_n[q]];
+    }
+    T partial[kPairsPerPass][kBlock] = {};
+    // mask[k]: 0 for the label and for the overlapped columns a block has already counted.
+    const auto block = [&](int64_t start, int64_t fresh_from) {
+      T mask[kBlock];
+      FASTADV_SIMD
+      for (int64_t k = 0; k < kBlock; ++k) mask[k] = start + k == y || start + k < fresh_from ? T(0) : T(1);
+      for (int64_t q = 0; q < count; ++q) {
+        const T* a = left[q] + start;
+        const T* c = right[q] + start;
+        FASTADV_SIMD
+        for (int64_t k = 0; k < kBlock; ++k) partial[q][k] += a[k] * c[k] * mask[k];
+      }
+    };
+    for (int64_t start = 0; start < whole; start += kBlock) block(start, 0);
+    if (whole < cols) block(cols - kBlock, whole);
+    for (int64_t q = 0; q < count; ++q) {
+      T sum = 0;
+      FASTADV_SIMD_REDUCE(+, sum)
+      for (int64_t k = 0; k < kBlock; ++k) sum += partial[q][k];
+      raw[at_m[q] * members + at_n[q]] = raw[at_n[q] * members + at_m[q]] = sum;
+    }
+  }
+}
+
+template <typename T>
+FASTADV_CPU_CLONES __attribute__((flatten)) void masked_gram_samples(const MemberParams& p, int64_t begin,
+                                                                       int64_t end) {
+  const int64_t members = p.members;
+  T raw[kMaxMembers * kMaxMembers];
+  for (int64_t b = begin; b < end; ++b) {
+    masked_gram_raw<T>(p, b, p.labels[b], raw);
+    T* gram = static_cast<T*>(p.out) + b * members * members;
+    for (int64_t m = 0; m < members; ++m)
+      for (int64_t n = 0; n < members; ++n) gram[m * members + n] = masked_gram_entry(raw, members, m, n, p.flags[0]);
+  }
+}
+
+// The backward of a sample: R again when normalising (the sample's rows are then in L1 for the
+// second pass), the coefficients A, then dV_m = mask ⊙ Σ_n A_mn v_n, one member's row at a time.
+template <typename T>
+FASTADV_CPU_CLONES __attribute__((flatten)) void masked_gram_backward_samples(const MemberParams& p, int64_t begin,
+                                                                                int64_t end) {
+  const int64_t members = p.members, cols = p.cols;
+  T raw[kMaxMembers * kMaxMembers], sym[kMaxMembers * kMaxMembers], coefficients[kMaxMembers * kMaxMembers];
+  for (int64_t b = begin; b < end; ++b) {
+    const int64_t y = p.labels[b];
+    if (p.flags[0]) masked_gram_raw<T>(p, b, y, raw);  // unnormalised, A = S needs no R
+    const T* grad = static_cast<const T*>(p.grad) + b * members * members;
+    for (int64_t m = 0; m < members; ++m)
+      for (int64_t n = 0; n < members; ++n) sym[m * members + n] = grad[m * members + n] + grad[n * members + m];
+    for (int64_t m = 0; m < members; ++m)
+      for (int64_t n = 0; n < members; ++n)
+        coefficients[m * members + n] = masked_gram_coefficient(raw, sym, members, m, n, p.flags[0]);
+    for (int64_t m = 0; m < members; ++m) {
+      T* out = static_cast<T*>(p.out) + (m * p.rows + b) * cols;
+      const T* a = coefficients + m * members;
+      const T* v0 = member_row<T>(p, 0, b);
+      FASTADV_SIMD
+      for (int64_t c = 0; c < cols; ++c) out[c] = a[0] * v0[c];
+      for (int64_t n = 1; n < members; ++n) {
+        const T* v = member_row<T>(p, n, b);
+        const T weight = a[n];
+        FASTADV_SIMD
+        for (int64_t c = 0; c < cols; ++c) out[c] += weight * v[c];
+      }
+      // The label's column as the shared formula has it (0, or NaN where a v_n,y is not finite).
+      out[y] = masked_gram_gradient<T, T, HostIo<T>>(coefficients, p, b, m, y, y);
+    }
+  }
+}
+
+template <typename T, MemberOp Op, bool Backward>
+void run_member_samples(const MemberParams& p) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(p.members * p.cols, 1));
+  at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
+    switch (Op) {
+#define FASTADV_LOGITS_MEMBER_CASE(name, schema, backward_schema)                        \
+  case MemberOp::name:                                                                  \
+    if (Backward) name##_backward_samples<T>(p, begin, end); else name##_samples<T>(p, begin, end); \
+    break;
+      FASTADV_LOGITS_MEMBER_OPS(FASTADV_LOGITS_MEMBER_CASE)
+#undef FASTADV_LOGITS_MEMBER_CASE
+    }
+  });
+}
+
 struct Cpu {
+  template <MemberOp Op, bool Backward>
+  static void run_members(const MemberParams& p, const at::Tensor& V) {
+    TORCH_CHECK(V.device().is_cpu(), "fastadv: V must be a CPU tensor, got one on ", V.device());
+    switch (V.scalar_type()) {
+      case at::kFloat: run_member_samples<float, Op, Backward>(p); break;
+      case at::kDouble: run_member_samples<double, Op, Backward>(p); break;
+      default:
+        TORCH_CHECK(false, "fastadv: the CPU logits kernels support float32 and float64, got ", V.scalar_type());
+    }
+  }
+
   template <LogitsOp Op>
   static void run(const LogitsParams& p, const at::Tensor& a) {
     TORCH_CHECK(a.device().is_cpu(), "fastadv: logits must be a CPU tensor, got one on ", a.device());

@@ -13,6 +13,15 @@ namespace fastadv {
 namespace {
 
 struct Cuda {
+  template <MemberOp Op, bool Backward>
+  static void run_members(const MemberParams& p, const at::Tensor& V) {
+    TORCH_CHECK(V.is_cuda(), "fastadv: V must be a CUDA tensor, got one on ", V.device());
+    const c10::cuda::CUDAGuard guard(V.device());
+    launch_logits_member_cuda(Op, Backward, p, scalar_kind_of(V, "V"),
+                              c10::cuda::getCurrentCUDAStream(V.get_device()).stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
   template <LogitsOp Op>
   static void run(const LogitsParams& p, const at::Tensor& a) {
     // The dispatcher picks this kernel when any input is on CUDA; the glue has checked that the

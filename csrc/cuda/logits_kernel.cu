@@ -57,7 +57,102 @@ void launch_rows(const LogitsParams& p, ScalarKind kind, cudaStream_t stream, in
   });
 }
 
+// ----------------------------------------------------------------------------- member ops
+// A block per sample (grid-stride over samples): the warps share the M(M+1)/2 pairs of the raw
+// Gram, a warp per pair over the columns (masked_dot; the sample's rows, re-read per pair, stay
+// in L1/L2), into shared memory; then the block's threads finish the M×M entries, or, backward,
+// the coefficients and every (member, column) of the gradient.
+constexpr int kMemberThreads = 256;
+
+template <typename T, typename S>
+__device__ void masked_gram_raw_block(const MemberParams& p, int64_t b, int64_t y, T* raw) {
+  const int64_t members = p.members, pairs = members * (members + 1) / 2;
+  const WarpLane lane{threadIdx.x % kWarpSize};
+  for (int64_t q = threadIdx.x / kWarpSize; q < pairs; q += kMemberThreads / kWarpSize) {
+    int64_t m, n;
+    member_pair(q, members, m, n);
+    const T dot = masked_dot<T, kWarpSize, S, DeviceIo<S, T>>(member_row<S>(p, m, b), member_row<S>(p, n, b), p.cols,
+                                                              y, lane);
+    if (lane.index == 0) raw[m * members + n] = raw[n * members + m] = dot;
+  }
+}
+
+template <typename S>
+__global__ void __launch_bounds__(kMemberThreads) masked_gram_kernel(MemberParams p) {
+  using T = cuda::accumulate_t<S>;
+  extern __shared__ __align__(16) unsigned char shared[];
+  T* raw = reinterpret_cast<T*>(shared);
+  const int64_t members = p.members, entries = members * members;
+  for (int64_t b = blockIdx.x; b < p.rows; b += gridDim.x) {
+    masked_gram_raw_block<T, S>(p, b, p.labels[b], raw);
+    __syncthreads();
+    S* gram = static_cast<S*>(p.out) + b * entries;
+    for (int64_t e = threadIdx.x; e < entries; e += blockDim.x)
+      gram[e] = cuda::from_acc<S>(masked_gram_entry(raw, members, e / members, e % members, p.flags[0]));
+    __syncthreads();  // raw is rewritten by the next sample
+  }
+}
+
+template <typename S>
+__global__ void __launch_bounds__(kMemberThreads) masked_gram_backward_kernel(MemberParams p) {
+  using T = cuda::accumulate_t<S>;
+  extern __shared__ __align__(16) unsigned char shared[];
+  const int64_t members = p.members, entries = members * members, cols = p.cols;
+  T* raw = reinterpret_cast<T*>(shared);
+  T* sym = raw + entries;
+  T* coefficients = sym + entries;
+  for (int64_t b = blockIdx.x; b < p.rows; b += gridDim.x) {
+    const int64_t y = p.labels[b];
+    if (p.flags[0]) masked_gram_raw_block<T, S>(p, b, y, raw);  // unnormalised, A = S needs no R
+    const S* grad = static_cast<const S*>(p.grad) + b * entries;
+    for (int64_t e = threadIdx.x; e < entries; e += blockDim.x) {
+      const int64_t m = e / members, n = e % members;
+      sym[e] = cuda::to_acc(grad[e]) + cuda::to_acc(grad[n * members + m]);
+    }
+    __syncthreads();
+    for (int64_t e = threadIdx.x; e < entries; e += blockDim.x)
+      coefficients[e] = masked_gram_coefficient(raw, sym, members, e / members, e % members, p.flags[0]);
+    __syncthreads();
+    for (int64_t e = threadIdx.x; e < members * cols; e += blockDim.x) {
+      const int64_t m = e / cols, c = e % cols;
+      static_cast<S*>(p.out)[(m * p.rows + b) * cols + c] =
+          cuda::from_acc<S>(masked_gram_gradient<T, S, DeviceIo<S, T>>(coefficients, p, b, m, c, y));
+    }
+    __syncthreads();
+  }
+}
+
+template <MemberOp Op>
+void launch_members(bool backward, const MemberParams& p, ScalarKind kind, cudaStream_t stream, int64_t max_blocks) {
+  const unsigned blocks = cuda::grid_size(p.rows, max_blocks);
+  cuda::dispatch_storage(kind, [&](auto storage) {
+    using S = typename decltype(storage)::type;
+    using T = cuda::accumulate_t<S>;
+    const size_t matrix = static_cast<size_t>(p.members * p.members) * sizeof(T);
+    switch (Op) {
+      case MemberOp::masked_gram:
+        if (backward) {
+          masked_gram_backward_kernel<S><<<blocks, kMemberThreads, 3 * matrix, stream>>>(p);
+        } else {
+          masked_gram_kernel<S><<<blocks, kMemberThreads, matrix, stream>>>(p);
+        }
+        break;
+    }
+  });
+}
+
 }  // namespace
+
+void launch_logits_member_cuda(MemberOp op, bool backward, const MemberParams& p, ScalarKind kind, void* stream) {
+  if (p.rows == 0) return;
+  const int64_t max_blocks = cuda::max_grid_blocks();
+  if (max_blocks == 0) return;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+#define FASTADV_LOGITS_MEMBER_LAUNCH(name, schema, backward_schema) \
+  case MemberOp::name: launch_members<MemberOp::name>(backward, p, kind, s, max_blocks); break;
+  switch (op) { FASTADV_LOGITS_MEMBER_OPS(FASTADV_LOGITS_MEMBER_LAUNCH) }
+#undef FASTADV_LOGITS_MEMBER_LAUNCH
+}
 
 void launch_logits_cuda(LogitsOp op, const LogitsParams& p, ScalarKind kind, void* stream) {
   if (p.rows == 0) return;

@@ -6,7 +6,9 @@
   are losses, extra state and the gradients ``d<loss>_d<input>``. Nothing about an op is
   counted by hand in Python.
 - :func:`loss_fake` and :func:`saved_gradient_autograd` build an op's fake implementation and
-  Python autograd from its layout.
+  Python autograd from its layout; :func:`member_fake`, :func:`member_backward_fake` and
+  :func:`backward_op_autograd` do the same for the member ops (``FASTADV_LOGITS_MEMBER_OPS``:
+  V [M, B, C] in, [B, M, M] out, a backward op of their own).
 - :class:`TritonOps` registers a family's Triton functions (``kernels/<family>.py``, one per op,
   named like it) as the custom ops ``fastadv::<op>_triton`` with the C++ op's schema, on first
   use: importing triton takes seconds.
@@ -122,6 +124,36 @@ def saved_gradient_autograd(name: str) -> tuple[Callable, Callable]:
     return backward, setup_context
 
 
+def member_fake(V, y, *flags):
+    """The fake of a member op (FASTADV_LOGITS_MEMBER_OPS in logits.h): V [M, B, C] in, [B, M, M]
+    of V's dtype out."""
+    return V.new_empty(V.shape[1], V.shape[0], V.shape[0])
+
+
+def member_backward_fake(grad, V, y, *flags):
+    """The fake of a member op's backward op: the gradient with respect to V, like V."""
+    return torch.empty_like(V)
+
+
+def backward_op_autograd(backward_op: Callable) -> tuple[Callable, Callable]:
+    """(backward, setup_context) of a member op in Python, what csrc/autograd/logits.cpp's
+    MemberBackward does for the C++ ops: ``backward_op(grad, *the forward's arguments)`` is the
+    gradient with respect to the first argument, V; the others get none."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.positions = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+        ctx.save_for_backward(*(inputs[i] for i in ctx.positions))
+        ctx.arguments = [None if isinstance(a, torch.Tensor) else a for a in inputs]
+
+    def backward(ctx, grad):
+        arguments = list(ctx.arguments)
+        for position, tensor in zip(ctx.positions, ctx.saved_tensors):
+            arguments[position] = tensor
+        return (backward_op(grad.contiguous(), *arguments),) + (None,) * (len(arguments) - 1)
+
+    return backward, setup_context
+
+
 def triton_name(name: str) -> str:
     """``fastadv::<op>_triton``; an in-place op keeps its trailing underscore last."""
     return f"{name[:-1]}_triton_" if name.endswith("_") else f"{name}_triton"
@@ -150,18 +182,18 @@ class TritonOps:
             op = torch.library.custom_op(f"fastadv::{triton_name(name)}", getattr(kernels, name),
                                          mutates_args=mutated, schema="(" + str(definition).split("(", 1)[1])
             op.register_fake(self._fake(name))
-            if self._autograd is not None:
-                backward, setup = self._autograd(name)
+            autograd = self._autograd(name) if self._autograd is not None else None
+            if autograd is not None:  # None: an op without a gradient (a backward op)
+                backward, setup = autograd
                 op.register_autograd(backward, setup_context=setup)
             ops[name] = op
         return ops
 
     def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
+        # Only the registered names (a backward op's starts with an underscore); never the
+        # instance's own attributes, which a half-built instance may lack.
+        if name not in self.__dict__.get("_names", ()):
+            raise AttributeError(f"the {self.__dict__.get('_family')} family has no op {name!r}")
         if self._ops is None:
             self._ops = self._register()
-        try:
-            return self._ops[name]
-        except KeyError:
-            raise AttributeError(f"the {self._family} family has no op {name!r}") from None
+        return self._ops[name]

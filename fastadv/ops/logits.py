@@ -16,11 +16,15 @@ habit), so the backward is a single multiplication by the incoming gradient.
 ``mhuber_moving_average``  ``mhuber`` between moving averages of u and v, which it updates (LMA)
 ``logit_pairing``          ``‖z_nat − z_adv‖²`` (ALP)
 ``logit_squeeze``          ``‖z‖²``
+``masked_gram``            per sample, the Gram matrix of M members' vectors ``V`` [M, B, C] with the
+                           true class masked out, each normalised first (ALS's masked cosine, ADP's
+                           M̃ᵀM̃): [B, M, M]
 =========================  ============================================================
 
 Backends: C++ (CPU), CUDA C++, Triton and the reference (fastadv.backend). The family's op list,
 schemas and row algorithms are in csrc/include/fastadv/logits.h; the autograd of the C++ ops is
-in C++ (csrc/autograd/logits.cpp). Each op's layout (inputs, flags, outputs) is read from its
+in C++ (csrc/autograd/logits.cpp). ``masked_gram`` is a member op (FASTADV_LOGITS_MEMBER_OPS:
+[M, B, C] in, [B, M, M] out): its backward is an op of its own, ``_masked_gram_backward``. Each op's layout (inputs, flags, outputs) is read from its
 schema (fastadv/ops/_registry.py). Attack loops call :data:`unchecked`: the same ops without
 the checks. The ops are
 differentiable once (the gradient of a gradient is not supported). NaN in the logits
@@ -41,6 +45,11 @@ from . import _registry
 #: The widest rows the Triton kernels take (kernels/logits.py): ``auto`` runs wider ones on the
 #: CUDA C++ kernels.
 TRITON_MAX_COLUMNS = 16384
+#: The most members ``masked_gram`` takes (kMaxMembers in csrc/include/fastadv/logits.h: the
+#: kernels keep a sample's M×M matrices on the stack or in shared memory).
+MAX_MEMBERS = 32
+#: masked_gram's guard: u / max(‖u‖, eps), torch.nn.functional.normalize's convention.
+MASKED_GRAM_EPS = reference.MASKED_GRAM_EPS
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # at::Reduction's numbering
 _ELEMENT_MEAN = 3  # the schemas' reduction code for the mean over all elements (mhuber)
@@ -92,9 +101,10 @@ def _elementwise_rows(shape) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- dispatch
-def _implementation(name: str, device: torch.device, dtype: torch.dtype, columns: int):
+def _implementation(name: str, device: torch.device, dtype: torch.dtype, columns: int = 0):
     """The op that runs ``name`` here, or None for the reference: ``auto`` leaves rows wider than
-    the Triton kernels take to the CUDA C++ kernels."""
+    the Triton kernels take to the CUDA C++ kernels (``columns``: the rows' width; the member
+    ops' Triton kernels loop over the columns and take any)."""
     chosen = backend.select(name, device, dtype, triton_fits=columns <= TRITON_MAX_COLUMNS)
     if chosen == "reference":
         return None
@@ -284,16 +294,65 @@ def logit_squeeze(z: torch.Tensor) -> torch.Tensor:
     return _logit_squeeze(_logits("logit_squeeze", "z", z))
 
 
+@_fused
+def _masked_gram(V: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    op = _implementation("masked_gram", V.device, V.dtype)
+    return reference.masked_gram(V, y, normalize) if op is None else op(V.contiguous(), y, bool(normalize))
+
+
+def masked_gram(V: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Per sample, the Gram matrix of the M members' vectors with the true class masked out:
+    ``V`` [M, B, C] (each member's logits or probabilities), ``y`` [B] → ``G`` [B, M, M],
+    ``G[b, m, n] = ⟨û_m, û_n⟩`` with ``u_m = V[m, b] ⊙ (1 − onehot(y_b))`` and, when
+    ``normalize``, ``û_m = u_m / max(‖u_m‖₂, eps)``, eps = 1e-12
+    (torch.nn.functional.normalize's convention; ``û_m = u_m`` otherwise).
+
+    Off the diagonal this is adversarial logit separation's masked cosine cos_m(a, b) (seed 000)
+    when V are logits; on probabilities it is ADP's M̃ᵀM̃. An all-zero masked vector (C = 2 with
+    the other class at 0, or all-zero logits) normalises to the zero vector: its row and column
+    of G are 0 (the diagonal entry too, not 1), and its gradient is finite, the eps branch of
+    the max (dÛ / eps). Accumulates in float32 (float64 for float64 V); G has V's dtype.
+    Differentiable in V; 1 to :data:`MAX_MEMBERS` members."""
+    op = "masked_gram"
+    _validate.tensor(op, "V", V, dim=3)
+    if not 1 <= V.shape[0] <= MAX_MEMBERS or V.shape[2] < 1:
+        raise ValueError(f"{op}: V must have shape [M, B, C] with 1 to {MAX_MEMBERS} members and at least one "
+                         f"class, got shape {list(V.shape)}")
+    y = _validate.labels(op, y, batch=V.shape[1], classes=V.shape[2], device=V.device)
+    return _masked_gram(V, y, _validate.flag(op, "normalize", normalize))
+
+
 # ----------------------------------------------------------------------------- torch.library
 #: The family's public ops: one per fused op, named like it.
 __all__ = sorted(vars(unchecked))
+#: The member ops (FASTADV_LOGITS_MEMBER_OPS in logits.h: V [M, B, C] in, [B, M, M] out), each with
+#: its backward op ``_<op>_backward``; the other ops are the row ops, laid out by their schemas.
+_MEMBER_OPS = ("masked_gram",)
+_BACKWARD_OPS = tuple(f"_{name}_backward" for name in _MEMBER_OPS)
+_ROW_OPS = tuple(name for name in __all__ if name not in _MEMBER_OPS)
 
-for _name in __all__:
-    torch.library.register_fake(f"fastadv::{_name}")(_registry.loss_fake(_name))
+
+def _fake(name: str):
+    if name in _MEMBER_OPS:
+        return _registry.member_fake
+    if name in _BACKWARD_OPS:
+        return _registry.member_backward_fake
+    return _registry.loss_fake(name)
+
+
+def _triton_autograd(name: str):
+    if name in _MEMBER_OPS:
+        return _registry.backward_op_autograd(lambda *args: getattr(_TRITON, f"_{name}_backward")(*args))
+    if name in _BACKWARD_OPS:
+        return None  # the ops are differentiable once
+    return _registry.saved_gradient_autograd(name)
+
+
+for _name in __all__ + list(_BACKWARD_OPS):
+    torch.library.register_fake(f"fastadv::{_name}")(_fake(_name))
 
 _CPP = {name: getattr(torch.ops.fastadv, name).default for name in __all__}
-# How many outputs the public ops return: the losses and the extras, not the gradients.
-_RETURNED = {name: _registry.layout(name).losses + _registry.layout(name).extras for name in __all__}
+# How many outputs the row ops return: the losses and the extras, not the gradients.
+_RETURNED = {name: _registry.layout(name).losses + _registry.layout(name).extras for name in _ROW_OPS}
 
-_TRITON = _registry.TritonOps("logits", __all__, fake=_registry.loss_fake,
-                              autograd=_registry.saved_gradient_autograd)
+_TRITON = _registry.TritonOps("logits", __all__ + list(_BACKWARD_OPS), fake=_fake, autograd=_triton_autograd)

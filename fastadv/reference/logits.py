@@ -3,7 +3,7 @@
 Each loss is written the obvious way, one torch op per term of its equation, in the
 accumulation dtype (float64 for float64 inputs, float32 otherwise), and returned in the input
 dtype. Every loss is per sample ([B]) except ``mhuber``, whose mean over all elements is part
-of its definition (seed 002). Autograd differentiates these; the fused ops are tested against
+of its definition (seed 002), and ``masked_gram``, an M×M matrix per sample ([B, M, M]). Autograd differentiates these; the fused ops are tested against
 both the values and the gradients. They are never changed to agree with a kernel.
 """
 from __future__ import annotations
@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["soft_cross_entropy", "smoothed_cross_entropy", "boosted_cross_entropy", "trades_kl", "mart_loss",
-           "margin_sq_hinge", "mhuber", "mhuber_moving_average", "logit_pairing", "logit_squeeze"]
+           "margin_sq_hinge", "mhuber", "mhuber_moving_average", "logit_pairing", "logit_squeeze", "masked_gram"]
 
 # MART's code clamps 1 − max_{k≠y} p_k(x') at 1e-4 before the log (its `+ 1e-4`, resolved here
 # as a clamp so that the loss is exact away from the clamp).
 BOOSTED_CE_FLOOR = 1e-4
+# masked_gram normalises u / max(‖u‖, eps), torch.nn.functional.normalize's convention.
+MASKED_GRAM_EPS = 1e-12
 
 
 def _accumulate(*tensors):
@@ -122,3 +124,25 @@ def logit_squeeze(z):
     """``‖z‖²`` per sample (logit squeezing, seed 001)."""
     (z_acc,) = _accumulate(z)
     return (z_acc ** 2).sum(dim=1).to(z.dtype)
+
+
+def masked_gram(V, y, normalize=True):
+    """The Gram matrix of each sample's M member vectors with the true class masked out:
+    ``V`` [M, B, C], ``y`` [B] → ``G`` [B, M, M], ``G[b, m, n] = ⟨û_m, û_n⟩`` with
+    ``u_m = V[m, b] ⊙ (1 − onehot(y_b))`` and ``û_m = u_m / max(‖u_m‖₂, 1e-12)`` when ``normalize``
+    (``û_m = u_m`` otherwise). Off the diagonal that is adversarial logit separation's masked
+    cosine cos_m (seed 000); on probabilities, ADP's M̃ᵀM̃. An all-zero masked vector normalises
+    to zero: its row and column of G, diagonal included, are 0, and its gradient is finite
+    (the eps branch of the max: dÛ / eps)."""
+    (v,) = _accumulate(V)
+    members, batch, classes = v.shape
+    mask = 1 - F.one_hot(y, classes).to(v.dtype)
+    u = v * mask
+    if normalize:
+        norms = torch.linalg.vector_norm(u, dim=2, keepdim=True)
+        u = u / norms.clamp_min(MASKED_GRAM_EPS)
+    rows = []
+    for m in range(members):
+        rows.append(torch.stack([(u[m] * u[n]).sum(dim=1) for n in range(members)], dim=1))
+    gram = torch.stack(rows, dim=1) if members else v.new_zeros(batch, 0, 0)
+    return gram.to(V.dtype)

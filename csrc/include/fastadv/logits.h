@@ -822,4 +822,138 @@ FASTADV_HOST_DEVICE void logits_row(LogitsOp op, const LogitsParams& p, int64_t 
 // Launches the kernel of `op` on `stream` (a cudaStream_t); defined in cuda/logits_kernel.cu.
 void launch_logits_cuda(LogitsOp op, const LogitsParams& p, ScalarKind kind, void* stream);
 
+// ============================================================================= member ops
+// The family's ops over the members of an ensemble: V [M, B, C] (member m's logits, or
+// probabilities, of sample b; contiguous) in, one M×M matrix per sample out ([B, M, M]). They
+// do not fit the [rows, cols] convention of FASTADV_LOGITS_OPS, and their backward cannot be a
+// gradient saved by the forward (what flows back is a [B, M, M] matrix, and the Jacobian is
+// [B, M, M, M, C]), so they have a list of their own, X(name, schema, backward schema), and a
+// backward op `_<name>_backward` each (DESIGN.md, op contract item 2). Generated from the
+// list: the MemberOp enum, the CPU and CUDA switches, the schemas (ops.cpp) and the CPU, CUDA
+// and Autograd registrations (logits_glue.h, autograd/logits.cpp).
+//
+// The schema convention: arguments `Tensor V` (the one differentiable input), `Tensor y` (the
+// labels, [B]), then `bool`s (MemberParams::flags, in order); one return, [B, M, M] in V's dtype.
+// The backward takes `(Tensor grad_<return>, <the forward's arguments>)` and returns the gradient
+// with respect to V ([M, B, C]). A sample, all its M vectors, is the unit of work: one CPU task
+// step, one CUDA thread block, one Triton program.
+#define FASTADV_LOGITS_MEMBER_OPS(X)                                       \
+  X(masked_gram, "(Tensor V, Tensor y, bool normalize) -> Tensor G",      \
+    "(Tensor grad_G, Tensor V, Tensor y, bool normalize) -> Tensor grad_V")
+
+#define FASTADV_LOGITS_MEMBER_ENUM(name, schema, backward_schema) name,
+enum class MemberOp : int { FASTADV_LOGITS_MEMBER_OPS(FASTADV_LOGITS_MEMBER_ENUM) };
+#undef FASTADV_LOGITS_MEMBER_ENUM
+
+// The most members a member op takes (fastadv.ops.logits.MAX_MEMBERS checks it first): the
+// kernels keep a sample's M×M matrices on the stack (CPU) or in shared memory (CUDA: three
+// of them, 24 KiB in float64 at 32 members).
+constexpr int64_t kMaxMembers = 32;
+constexpr int kMemberMaxFlags = 2;
+
+// One call of a member op, bound from its schema.
+struct MemberParams {
+  const void* V;           // [M, B, C], contiguous
+  const int64_t* labels;   // y: [B], in [0, C)
+  const void* grad;        // the backward's incoming gradient [B, M, M], contiguous; null in the forward
+  void* out;               // the forward's [B, M, M], or the backward's gradient [M, B, C]; V's dtype
+  int64_t members;
+  int64_t rows;            // B
+  int64_t cols;            // C
+  bool flags[kMemberMaxFlags];
+};
+
+// Member m's row of sample b.
+template <typename S>
+FASTADV_HOST_DEVICE const S* member_row(const MemberParams& p, int64_t m, int64_t b) {
+  return static_cast<const S*>(p.V) + (m * p.rows + b) * p.cols;
+}
+
+// ----------------------------------------------------------------------------- masked_gram
+// G_mn = ⟨û_m, û_n⟩ with u_m = v_m ⊙ mask, mask_c = 1 − [c = y], and û_m = u_m / max(‖u_m‖, eps)
+// when normalising (torch.nn.functional.normalize's convention, eps = 1e-12), û_m = u_m otherwise.
+// An all-zero masked vector normalises to zero: its row and column of G are 0, its diagonal
+// entry too. The raw Gram R_mn = ⟨u_m, u_n⟩ (the norms on its diagonal) is all a sample needs:
+// G, and the backward's coefficients, are M×M formulas of it.
+//
+// Backward: with S = dG + dGᵀ, dÛ_m = Σ_n S_mn û_n; through the normalisation
+// dU_m = (dÛ_m − û_m (û_m·dÛ_m)) / ‖u_m‖ where ‖u_m‖ > eps, else dÛ_m / eps (the eps branch of the
+// max); û_m·dÛ_m = Σ_n S_mn G_mn; dV_m = dU_m ⊙ mask. So dV_m = mask ⊙ Σ_n A_mn u_n, with
+// A_mn = S_mn / (d_m d_n) − [m = n, ‖u_m‖ > eps]·(Σ_k S_mk G_mk) / d_m², d = max(‖u‖, eps)
+// (A = S without normalisation): the backward recomputes R in one pass over the sample's columns
+// and writes dV in a second, and nothing but V and y is saved.
+constexpr double kMaskedGramEps = 1e-12;
+
+// The mask as a factor: v·mask keeps an inf or NaN of the true class NaN, as v ⊙ m does.
+template <typename T>
+FASTADV_HOST_DEVICE T class_mask(int64_t c, int64_t y) {
+  return c == y ? T(0) : T(1);
+}
+
+// ⟨a ⊙ mask, b ⊙ mask⟩ over a row's columns on `Lanes` lanes (the CUDA kernels: a warp per pair
+// of members; the CPU: rows shorter than a block).
+template <typename T, int Lanes, typename S, typename Io, typename Lane>
+FASTADV_HOST_DEVICE T masked_dot(const S* a, const S* b, int64_t cols, int64_t y, const Lane& lane) {
+  T sum = 0;
+  FASTADV_SIMD_REDUCE(+, sum)
+  for (int64_t c = lane.index; c < cols; c += Lanes) sum += Io::load(a, c) * Io::load(b, c) * class_mask<T>(c, y);
+  return lane.sum(sum);
+}
+
+// max(‖u_m‖, eps) from R_mm = ‖u_m‖²; a NaN norm stays NaN (clamp_min's behaviour).
+template <typename T>
+FASTADV_HOST_DEVICE T masked_gram_divisor(T norm) {
+  return larger(static_cast<T>(kMaskedGramEps), norm);
+}
+
+// G_mn from the raw Gram R (row-major M×M).
+template <typename T>
+FASTADV_HOST_DEVICE T masked_gram_entry(const T* raw, int64_t members, int64_t m, int64_t n, bool normalize) {
+  const T r = raw[m * members + n];
+  if (!normalize) return r;
+  return r / (masked_gram_divisor(sqrt(raw[m * members + m])) * masked_gram_divisor(sqrt(raw[n * members + n])));
+}
+
+// A_mn (see above) from R and S = dG + dGᵀ (both row-major M×M, accumulation type).
+template <typename T>
+FASTADV_HOST_DEVICE T masked_gram_coefficient(const T* raw, const T* sym, int64_t members, int64_t m, int64_t n,
+                                              bool normalize) {
+  const T s = sym[m * members + n];
+  if (!normalize) return s;
+  const T norm_m = sqrt(raw[m * members + m]);
+  const T d_m = masked_gram_divisor(norm_m), d_n = masked_gram_divisor(sqrt(raw[n * members + n]));
+  T a = s / (d_m * d_n);
+  if (m == n && norm_m > static_cast<T>(kMaskedGramEps)) {
+    T along = 0;  // û_m·dÛ_m
+    for (int64_t k = 0; k < members; ++k) along += sym[m * members + k] * masked_gram_entry(raw, members, m, k, true);
+    a -= along / (d_m * d_m);
+  }
+  return a;
+}
+
+// dV_m at column c: mask_c · Σ_n A_mn (v_n,c · mask_c), A row-major M×M.
+template <typename T, typename S, typename Io>
+FASTADV_HOST_DEVICE T masked_gram_gradient(const T* coefficients, const MemberParams& p, int64_t b, int64_t m,
+                                           int64_t c, int64_t y) {
+  const T mask = class_mask<T>(c, y);
+  T sum = 0;
+  for (int64_t n = 0; n < p.members; ++n)
+    sum += coefficients[m * p.members + n] * (Io::load(member_row<S>(p, n, b), c) * mask);
+  return sum * mask;
+}
+
+// Pair index q of the M(M+1)/2 pairs m <= n, row by row: (0,0), (0,1), ..., (1,1), ...
+FASTADV_HOST_DEVICE void member_pair(int64_t q, int64_t members, int64_t& m, int64_t& n) {
+  m = 0;
+  while (q >= members - m) {
+    q -= members - m;
+    ++m;
+  }
+  n = m + q;
+}
+
+// Launches member op `op` (its forward, or its backward) on `stream` (a cudaStream_t); defined
+// in cuda/logits_kernel.cu.
+void launch_logits_member_cuda(MemberOp op, bool backward, const MemberParams& p, ScalarKind kind, void* stream);
+
 }  // namespace fastadv
