@@ -88,11 +88,22 @@ class Ensemble(nn.Module):
         """Every member's logits, stacked: [M, B, C] in member order."""
         logits: List[Optional[torch.Tensor]] = [None] * len(self.members)
         for group in self._groups():
-            if len(group) == 1:
-                logits[group[0]] = self.members[group[0]](x)
-            else:
-                for index, z in zip(group, self._batched_logits(group, x)):
-                    logits[index] = z
+            try:
+                if len(group) == 1:
+                    logits[group[0]] = self.members[group[0]](x)
+                else:
+                    for index, z in zip(group, self._batched_logits(group, x)):
+                        logits[index] = z
+            except RuntimeError as error:
+                # A member built for other inputs fails deep inside (a convolution's channel
+                # count, a linear layer's width): say which member, and what it was given.
+                # Other errors (out of memory, autograd's) pass unchanged.
+                if isinstance(error, torch.OutOfMemoryError) or not any(
+                        word in str(error) for word in ("shape", "size", "channels")):
+                    raise
+                names = ", ".join(f"members[{i}]" for i in group)
+                raise ValueError(f"Ensemble: {names} cannot take inputs of shape {list(x.shape)} (members must "
+                                 f"take the same inputs): {' '.join(str(error).split())}") from error
         shapes = [tuple(z.shape) for z in logits]
         if len(shapes[0]) != 2 or any(shape != shapes[0] for shape in shapes):
             listed = ", ".join(f"members[{i}] {list(shape)}" for i, shape in enumerate(shapes))

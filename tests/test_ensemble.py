@@ -180,6 +180,14 @@ def test_members_with_different_class_counts_are_refused_at_the_forward(batched)
         ensemble(torch.rand(4, 1, 8, 8))
 
 
+@pytest.mark.parametrize("batched", PATHS)
+def test_members_built_for_other_inputs_are_named(batched):
+    torch.manual_seed(0)
+    nets = [DigitsCNN(10), DigitsCNN(10, input_shape=(3, 8, 8))]
+    with pytest.raises(ValueError, match=r"^Ensemble: members\[1\] cannot take inputs of shape \[4, 1, 8, 8\]"):
+        Ensemble(nets, batched=batched)(torch.rand(4, 1, 8, 8))
+
+
 # ----------------------------------------------------------------------------- as one model
 @pytest.mark.parametrize("combine", ["prob", "logit"])
 def test_attack_steps_on_the_combined_output(combine):
