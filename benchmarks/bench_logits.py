@@ -13,6 +13,10 @@ otherwise write it differently, against that code:
   logits (``margin_sq_hinge``, ``boosted_cross_entropy``, ``mhuber_moving_average``), written
   once and run on the reference ops, the fused ops, and compiled;
 - every other op of the family, fused against eager and compiled reference;
+- ``masked_gram`` (the member op: V [M, B, C] → [B, M, M]) at M = 3, B = 4096, C = 100 against
+  the eager formula ``U = F.normalize(V * (1 − F.one_hot(y, C)), dim=-1);
+  G = torch.einsum("mbc,nbc->bmn", U, U)`` and torch.compile of it, the backward reached with a
+  random [B, M, M] gradient (the loss ``(G·W).sum()``), compile time with an empty inductor cache;
 - the per-call cost of ``trades_kl(z_nat, z_adv, "mean")`` forward and backward (the public op,
   validation included) against the eager formula ``(p·(log_softmax(z_nat) − log_softmax(z_adv)))
   .sum(1).mean()`` and torch.compile of it at [128, 10], [512, 10] and [4096, 100]: at
@@ -82,6 +86,48 @@ CASES = {
     "logit_squeeze": lambda L, a, b, ea, eb, y: L.logit_squeeze(b).mean(),
 }
 HEADLINE = ("trades_kl", "LMA-AT loss")
+
+
+# masked_gram: three members (an ensemble of three, as in ALS and ADP) of B = 4096 logits rows.
+MEMBERS = 3
+
+
+def eager_masked_gram(V, y):
+    """The masked Gram as a user writes it in eager PyTorch (the issue's formula)."""
+    U = F.normalize(V * (1 - F.one_hot(y, V.shape[2])), dim=-1)
+    return torch.einsum("mbc,nbc->bmn", U, U)
+
+
+def measure_masked_gram(device, fused_backend, rounds):
+    """Forward and forward+backward timings of masked_gram: the fused public op, the eager formula
+    and torch.compile of it (its first forward+backward timed with an empty inductor cache)."""
+    g = torch.Generator().manual_seed(3)
+    V = (torch.randn(MEMBERS, BATCH, CLASSES, generator=g) * 3).to(device).requires_grad_()
+    y = torch.randint(0, CLASSES, (BATCH,), generator=g).to(device)
+    weights = torch.randn(BATCH, MEMBERS, MEMBERS, generator=g).to(device)
+
+    def fused(V, y):
+        with fastadv.use_backend(fused_backend):
+            return ops.masked_gram(V, y)
+
+    def with_gradient(fn):
+        return lambda: torch.autograd.grad((fn(V, y) * weights).sum(), [V])
+
+    with common.fresh_inductor_cache():
+        compiled = torch.compile(eager_masked_gram)
+        start = time.perf_counter()
+        with_gradient(compiled)()
+        compile_s = time.perf_counter() - start
+    implementations = {"eager formula": eager_masked_gram, "torch.compile(eager formula)": compiled,
+                       "fastadv masked_gram": fused}
+    results = {}
+    for mode, wrap in (("forward", lambda fn: lambda: fn(V, y)), ("forward+backward", with_gradient)):
+        functions = {name: wrap(fn) for name, fn in implementations.items()}
+        stats = common.time_interleaved(functions, device, rounds=rounds)
+        for name, fn in functions.items():
+            stats[name]["allocated_MiB"] = common.allocated_mib(fn, device)
+        results[mode] = stats
+    return results, compile_s
 
 
 # (rows, classes) of the per-call rows; at the first the work is negligible next to the overhead.
@@ -206,6 +252,16 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
                     "p20_ms": s["p20"] * 1e3, "p80_ms": s["p80"] * 1e3, "speedup_vs_eager": eager_s / s["median"],
                     "speedup_vs_compile": compiled_s / s["median"], "allocated_MiB": s["allocated_MiB"],
                     "compile_s": compile_s if name == "torch.compile(reference)" else None})
+    gram_results, gram_compile_s = measure_masked_gram(device, fused_backend, rounds=8 if quick else 40)
+    for mode, stats in gram_results.items():
+        eager_s = stats["eager formula"]["median"]
+        compiled_s = stats["torch.compile(eager formula)"]["median"]
+        for name, s in stats.items():
+            records.append({
+                "case": MASKED_GRAM_CASE, "mode": mode, "implementation": name, "median_ms": s["median"] * 1e3,
+                "p20_ms": s["p20"] * 1e3, "p80_ms": s["p80"] * 1e3, "speedup_vs_eager": eager_s / s["median"],
+                "speedup_vs_compile": compiled_s / s["median"], "allocated_MiB": s["allocated_MiB"],
+                "compile_s": gram_compile_s if name == "torch.compile(eager formula)" else None})
     for (rows, classes), stats in measure_per_call(device, fused_backend, rounds=10 if quick else 30):
         eager_s = stats["eager formula"]["median"]
         compiled_s = stats["torch.compile(eager formula)"]["median"]
@@ -221,6 +277,22 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
             "inductor_cpp_compiler": common.cxx_compiler_for_inductor() if device.type == "cpu" else None}
     common.write_results("logits", records, meta, out_dir)
     return report(records, meta)
+
+
+MASKED_GRAM_CASE = f"masked_gram [{MEMBERS}, {BATCH}, {CLASSES}]"
+
+
+def masked_gram_summary(records) -> str:
+    """The masked_gram rows: milliseconds of each implementation and the fused op's ratios."""
+    rows = []
+    for r in records:
+        if r["case"] == MASKED_GRAM_CASE and r["implementation"] == "fastadv masked_gram":
+            by_name = {q["implementation"]: q for q in records if q["case"] == r["case"] and q["mode"] == r["mode"]}
+            rows.append([r["mode"], f"{by_name['eager formula']['median_ms']:.3f}",
+                         f"{by_name['torch.compile(eager formula)']['median_ms']:.3f}", f"{r['median_ms']:.3f}",
+                         f"{r['speedup_vs_eager']:.2f}×", f"{r['speedup_vs_compile']:.2f}×"])
+    return common.markdown_table(["mode", "eager formula ms", "compiled ms", "fastadv ms", "vs eager", "vs compiled"],
+                                 rows)
 
 
 def per_call(records) -> str:
@@ -241,7 +313,7 @@ def summary(records) -> str:
     """One row per case and mode: the baselines' times, then the fused op's with its ratios."""
     cases = {}
     for r in records:
-        if r["case"].startswith("trades_kl per call"):
+        if r["case"].startswith("trades_kl per call") or r["case"] == MASKED_GRAM_CASE:
             continue
         cases.setdefault((r["case"], r["mode"]), {})[r["implementation"]] = r
     rows = []
@@ -262,6 +334,10 @@ def report(records, meta) -> str:
     table = common.markdown_table(["loss", "mode", "implementation", "median ms", "p20–p80 ms", "vs eager reference",
                                    "vs compiled reference", "allocated MiB"], rows)
     lines = [f"logits family, B={BATCH}, C={CLASSES}, float32, {meta['machine']}", "", summary(records), "",
+             f"{MASKED_GRAM_CASE} ([M, B, C], float32): the fused public op against the eager formula "
+             "U = F.normalize(V * (1 - F.one_hot(y, C)), dim=-1); G = einsum(\"mbc,nbc->bmn\", U, U) and "
+             "torch.compile of it; forward+backward: plus torch.autograd.grad of (G·W).sum() with respect to V:", "",
+             masked_gram_summary(records), "",
              "Per call: trades_kl(z_nat, z_adv, \"mean\") forward+backward (public op, validation included) "
              "against the eager formula and torch.compile of it, one torch thread; at [128, 10] the time is the "
              "per-call overhead:", "",
