@@ -81,14 +81,19 @@ template <typename S>
 __global__ void __launch_bounds__(kMemberThreads) masked_gram_kernel(MemberParams p) {
   using T = cuda::accumulate_t<S>;
   extern __shared__ __align__(16) unsigned char shared[];
-  T* raw = reinterpret_cast<T*>(shared);
   const int64_t members = p.members, entries = members * members;
+  T* raw = reinterpret_cast<T*>(shared);
+  T* divisors = raw + entries;
   for (int64_t b = blockIdx.x; b < p.rows; b += gridDim.x) {
     masked_gram_raw_block<T, S>(p, b, p.labels[b], raw);
     __syncthreads();
+    for (int64_t m = threadIdx.x; m < members; m += blockDim.x) divisors[m] = masked_gram_divisor(raw[m * members + m]);
+    __syncthreads();
     S* gram = static_cast<S*>(p.out) + b * entries;
-    for (int64_t e = threadIdx.x; e < entries; e += blockDim.x)
-      gram[e] = cuda::from_acc<S>(masked_gram_entry(raw, members, e / members, e % members, p.flags[0]));
+    for (int64_t e = threadIdx.x; e < entries; e += blockDim.x) {
+      const int64_t m = e / members, n = e % members;
+      gram[e] = cuda::from_acc<S>(masked_gram_entry(raw[e], divisors[m], divisors[n], p.flags[0]));
+    }
     __syncthreads();  // raw is rewritten by the next sample
   }
 }
@@ -101,6 +106,7 @@ __global__ void __launch_bounds__(kMemberThreads) masked_gram_backward_kernel(Me
   T* raw = reinterpret_cast<T*>(shared);
   T* sym = raw + entries;
   T* coefficients = sym + entries;
+  T* divisors = coefficients + entries;
   for (int64_t b = blockIdx.x; b < p.rows; b += gridDim.x) {
     const int64_t y = p.labels[b];
     if (p.flags[0]) masked_gram_raw_block<T, S>(p, b, y, raw);  // unnormalised, A = S needs no R
@@ -110,8 +116,12 @@ __global__ void __launch_bounds__(kMemberThreads) masked_gram_backward_kernel(Me
       sym[e] = cuda::to_acc(grad[e]) + cuda::to_acc(grad[n * members + m]);
     }
     __syncthreads();
+    if (p.flags[0]) {
+      for (int64_t m = threadIdx.x; m < members; m += blockDim.x) divisors[m] = masked_gram_divisor(raw[m * members + m]);
+      __syncthreads();
+    }
     for (int64_t e = threadIdx.x; e < entries; e += blockDim.x)
-      coefficients[e] = masked_gram_coefficient(raw, sym, members, e / members, e % members, p.flags[0]);
+      coefficients[e] = masked_gram_coefficient(raw, sym, divisors, members, e / members, e % members, p.flags[0]);
     __syncthreads();
     for (int64_t e = threadIdx.x; e < members * cols; e += blockDim.x) {
       const int64_t m = e / cols, c = e % cols;
@@ -129,12 +139,13 @@ void launch_members(bool backward, const MemberParams& p, ScalarKind kind, cudaS
     using S = typename decltype(storage)::type;
     using T = cuda::accumulate_t<S>;
     const size_t matrix = static_cast<size_t>(p.members * p.members) * sizeof(T);
+    const size_t vector = static_cast<size_t>(p.members) * sizeof(T);
     switch (Op) {
-      case MemberOp::masked_gram:
+      case MemberOp::masked_gram:  // R (S and A backward) and the divisors in shared memory
         if (backward) {
-          masked_gram_backward_kernel<S><<<blocks, kMemberThreads, 3 * matrix, stream>>>(p);
+          masked_gram_backward_kernel<S><<<blocks, kMemberThreads, 3 * matrix + vector, stream>>>(p);
         } else {
-          masked_gram_kernel<S><<<blocks, kMemberThreads, matrix, stream>>>(p);
+          masked_gram_kernel<S><<<blocks, kMemberThreads, matrix + vector, stream>>>(p);
         }
         break;
     }

@@ -101,6 +101,24 @@ def test_matches_reference(backend, members, batch, classes, normalize):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("members", [1, 2, 3, 4, 5, 6, 32])
+@pytest.mark.parametrize("classes", [7, 37])
+def test_every_member_count(backend, members, classes):
+    """Each path by number of members: the CPU's code compiled for 1 to 4 members and its pairs
+    in passes of 16 beyond (32 members: 528 pairs, 33 passes), rows shorter than a block (7) and
+    ending in an overlapped block (37); the Triton program's padded members (BLOCK_M up to 32)."""
+    device = device_of(backend)
+    V, y = make_inputs(members, 5, classes, device=device, seed=members)
+    weights = weights_like(members, 5)
+    for normalize in (True, False):
+        exact, exact_grad = gram_and_gradient(reference.masked_gram, V.double().cpu(), y.cpu(), normalize, weights)
+        with fastadv.use_backend(backend):
+            got, got_grad = gram_and_gradient(ops.masked_gram, V, y, normalize, weights)
+        assert_close_to_exact(got, exact)
+        assert_gradient_close(got_grad, exact_grad, V, y, normalize, weights)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_probabilities_adp(backend):
     """On softmax outputs (ADP's M̃ᵀM̃), where the true class holds almost all the mass and the
     masked vectors are small: masking by a factor (not by subtracting the true class's term)

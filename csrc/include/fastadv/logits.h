@@ -900,33 +900,30 @@ FASTADV_HOST_DEVICE T masked_dot(const S* a, const S* b, int64_t cols, int64_t y
   return lane.sum(sum);
 }
 
-// max(‖u_m‖, eps) from R_mm = ‖u_m‖²; a NaN norm stays NaN (clamp_min's behaviour).
+// d_m = max(‖u_m‖, eps) from R_mm = ‖u_m‖²; a NaN norm stays NaN (clamp_min's behaviour).
 template <typename T>
-FASTADV_HOST_DEVICE T masked_gram_divisor(T norm) {
-  return larger(static_cast<T>(kMaskedGramEps), norm);
+FASTADV_HOST_DEVICE T masked_gram_divisor(T squared_norm) {
+  return larger(static_cast<T>(kMaskedGramEps), sqrt(squared_norm));
 }
 
-// G_mn from the raw Gram R (row-major M×M).
+// G_mn from R_mn and the divisors d_m, d_n.
 template <typename T>
-FASTADV_HOST_DEVICE T masked_gram_entry(const T* raw, int64_t members, int64_t m, int64_t n, bool normalize) {
-  const T r = raw[m * members + n];
-  if (!normalize) return r;
-  return r / (masked_gram_divisor(sqrt(raw[m * members + m])) * masked_gram_divisor(sqrt(raw[n * members + n])));
+FASTADV_HOST_DEVICE T masked_gram_entry(T raw, T divisor_m, T divisor_n, bool normalize) {
+  return normalize ? raw / (divisor_m * divisor_n) : raw;
 }
 
-// A_mn (see above) from R and S = dG + dGᵀ (both row-major M×M, accumulation type).
+// A_mn (see above) from R, S = dG + dGᵀ (both row-major M×M, accumulation type) and the divisors.
 template <typename T>
-FASTADV_HOST_DEVICE T masked_gram_coefficient(const T* raw, const T* sym, int64_t members, int64_t m, int64_t n,
-                                              bool normalize) {
+FASTADV_HOST_DEVICE T masked_gram_coefficient(const T* raw, const T* sym, const T* divisors, int64_t members,
+                                              int64_t m, int64_t n, bool normalize) {
   const T s = sym[m * members + n];
   if (!normalize) return s;
-  const T norm_m = sqrt(raw[m * members + m]);
-  const T d_m = masked_gram_divisor(norm_m), d_n = masked_gram_divisor(sqrt(raw[n * members + n]));
-  T a = s / (d_m * d_n);
-  if (m == n && norm_m > static_cast<T>(kMaskedGramEps)) {
+  T a = s / (divisors[m] * divisors[n]);
+  if (m == n && sqrt(raw[m * members + m]) > static_cast<T>(kMaskedGramEps)) {
     T along = 0;  // û_m·dÛ_m
-    for (int64_t k = 0; k < members; ++k) along += sym[m * members + k] * masked_gram_entry(raw, members, m, k, true);
-    a -= along / (d_m * d_m);
+    for (int64_t k = 0; k < members; ++k)
+      along += sym[m * members + k] * masked_gram_entry(raw[m * members + k], divisors[m], divisors[k], true);
+    a -= along / (divisors[m] * divisors[m]);
   }
   return a;
 }
