@@ -135,7 +135,7 @@ def masked_gram(V, y, normalize=True):
     to zero: its row and column of G, diagonal included, are 0, and its gradient is finite
     (the eps branch of the max: dÛ / eps)."""
     (v,) = _accumulate(V)
-    members, batch, classes = v.shape
+    members, _, classes = v.shape
     mask = 1 - F.one_hot(y, classes).to(v.dtype)
     u = v * mask
     if normalize:
@@ -144,5 +144,4 @@ def masked_gram(V, y, normalize=True):
     rows = []
     for m in range(members):
         rows.append(torch.stack([(u[m] * u[n]).sum(dim=1) for n in range(members)], dim=1))
-    gram = torch.stack(rows, dim=1) if members else v.new_zeros(batch, 0, 0)
-    return gram.to(V.dtype)
+    return torch.stack(rows, dim=1).to(V.dtype)
