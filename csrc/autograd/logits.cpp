@@ -10,6 +10,7 @@
 #include <ATen/core/stack.h>
 #include <ATen/ops/addcmul.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
@@ -181,8 +182,11 @@ TORCH_LIBRARY_IMPL(fastadv, Autograd, m) {
   m.impl(#name, torch::CppFunction::makeFromBoxedFunction<&logits_autograd<LogitsOp::name>>());
   FASTADV_LOGITS_OPS(FASTADV_LOGITS_AUTOGRAD)
 #undef FASTADV_LOGITS_AUTOGRAD
-#define FASTADV_LOGITS_MEMBER_AUTOGRAD(name, schema, backward_schema) \
-  m.impl(#name, torch::CppFunction::makeFromBoxedFunction<&member_autograd<MemberOp::name>>());
+// A member op's backward op has no gradient (the ops are differentiable once): differentiating
+// through it, a double backward, raises "derivative for ... is not implemented".
+#define FASTADV_LOGITS_MEMBER_AUTOGRAD(name, schema, backward_schema)                             \
+  m.impl(#name, torch::CppFunction::makeFromBoxedFunction<&member_autograd<MemberOp::name>>()); \
+  m.impl("_" #name "_backward", torch::autograd::autogradNotImplementedFallback());
   FASTADV_LOGITS_MEMBER_OPS(FASTADV_LOGITS_MEMBER_AUTOGRAD)
 #undef FASTADV_LOGITS_MEMBER_AUTOGRAD
 }

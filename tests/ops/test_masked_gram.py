@@ -282,6 +282,35 @@ def test_backward_twice_with_retain_graph():
         assert_close_to_exact(grad, exact_grad)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_differentiable_once(backend):
+    """A double backward through the backward op raises rather than giving a wrong (zero) second
+    derivative; create_graph alone still gives the right first derivative."""
+    device = device_of(backend)
+    V, y = make_inputs(3, 4, 5, device=device)
+    weights = weights_like(3, 4)
+    _, exact_grad = gram_and_gradient(reference.masked_gram, V.double().cpu(), y.cpu(), True, weights)
+    leaf = V.clone().requires_grad_()
+    with fastadv.use_backend(backend):
+        (grad,) = torch.autograd.grad((ops.masked_gram(leaf, y) * weights.float().to(device)).sum(), [leaf],
+                                      create_graph=True)
+        assert_close_to_exact(grad.detach(), exact_grad)
+        with pytest.raises(RuntimeError, match="not implemented|no autograd formula"):
+            torch.autograd.grad(grad.sum(), [leaf])
+
+
+def test_registrations():
+    """The op and its backward op on the CPU and, where compiled, on CUDA; the op's autograd is the
+    C++ node of csrc/autograd/logits.cpp; the backward op's refuses to be differentiated."""
+    keys = ["CPU"] + (["CUDA"] if fastadv.backend.cuda_compiled() else [])
+    for op in ("fastadv::masked_gram", "fastadv::_masked_gram_backward"):
+        for key in keys + ["Autograd"]:
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(op, key), (op, key)
+    table = torch._C._dispatch_dump_table("fastadv::masked_gram")
+    autograd = next(line for line in table.splitlines() if line.startswith("AutogradCPU:"))
+    assert "csrc/autograd/logits.cpp" in autograd.replace("\\", "/")
+
+
 def test_auto_picks_the_cpu_kernel_and_half_falls_back_to_reference():
     V, y = make_inputs(3, 4, 10)
     assert fastadv.backend.select("masked_gram", V.device, V.dtype) == "cpu"
