@@ -148,6 +148,9 @@ class TrainConfig:
         if len(self.models) < method.min_members:
             raise ValueError(f"members: {self.method} trains an ensemble of at least {method.min_members} members, "
                              f"got {len(self.models)}")
+        if method.max_members is not None and len(self.models) > method.max_members:
+            raise ValueError(f"members: {self.method} trains an ensemble of at most {method.max_members} members, "
+                             f"got {len(self.models)}")
         if not method.ensemble and not method.trains_members:
             raise ValueError(f"members: {self.method} cannot train an ensemble's members (seed 000's protocol, each "
                              "member the reference in turn, needs the method's loss apart from its attack and no "

@@ -210,7 +210,8 @@ def ensemble_accuracy(ensemble: Ensemble, dataset, attacks: dict[str, Callable],
     on the PGD-20 examples crafted on member i (those of member i's PGD-20 row; the diagonal is
     each member's PGD-20 accuracy); and ``masked_cosine``: the mean over samples and member
     pairs i < j of cos_m(z_i, z_j) on the clean inputs (``clean``) and on the PGD-20 examples of
-    the ensemble (``pgd20``), None with one member. Every suite must hold ``"pgd20"``."""
+    the ensemble (``pgd20``), None with one member or more than ``MAX_MEMBERS`` (the most
+    ``masked_gram`` takes). Every suite must hold ``"pgd20"``."""
     if not isinstance(ensemble, Ensemble):
         raise TypeError(f"ensemble_accuracy: ensemble must be a fastadv.ensemble.Ensemble, got "
                         f"{type(ensemble).__name__}")
@@ -240,7 +241,7 @@ def ensemble_accuracy(ensemble: Ensemble, dataset, attacks: dict[str, Callable],
                 for j, member in enumerate(members):
                     if j != i:  # the diagonal is member i's own PGD-20 row
                         transfer[i, j] += (member(x_adv).argmax(dim=1) == y).sum()
-            if count > 1:
+            if 1 < count <= logits_ops.MAX_MEMBERS:
                 # The attacks above checked y against the logits' classes.
                 cosine["clean"] += pairwise_masked_cosine_sum(ensemble.member_logits(x), y)
                 cosine[TRANSFER_ATTACK] += pairwise_masked_cosine_sum(ensemble.member_logits(ensemble_adv), y)
@@ -255,7 +256,8 @@ def ensemble_accuracy(ensemble: Ensemble, dataset, attacks: dict[str, Callable],
         matrix[i][i] = member["correct"][TRANSFER_ATTACK]
     results["transfer"] = {"attack": TRANSFER_ATTACK, "correct": matrix,
                            "accuracy": [[c / samples if samples else math.nan for c in row] for row in matrix]}
-    pairs = samples * count * (count - 1) // 2
+    # masked_gram takes up to MAX_MEMBERS members; beyond, the cosine is not measured (None).
+    pairs = samples * count * (count - 1) // 2 if count <= logits_ops.MAX_MEMBERS else 0
     results["masked_cosine"] = {name: total / pairs if pairs else None for name, total in zip(cosine, read[-1])}
     return results
 

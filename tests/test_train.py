@@ -72,6 +72,7 @@ def test_run_folder_and_checkpoints(tmp_path):
     (dict(method_options={"eps": 0.1}), r"^method_options: eps is a setting of the trainer \(TrainConfig.eps\)"),
     (dict(members=0), "^members must be an integer >= 1, got 0"),
     (dict(method="als", members=1), "^members: als trains an ensemble of at least 2 members, got 1"),
+    (dict(method="als", members=33), "^members: als trains an ensemble of at most 32 members, got 33"),
     (dict(method="cce", method_options={"mode": "pm"}), "^cce: mode must be one of 'rm', 'dm', got 'pm'"),
     (dict(method="mart_lma", members=3), "^members: mart_lma cannot train an ensemble's members"),
     (dict(members=2, models="digits_cnn,cnn_4c3f,digits_cnn"), "^members: 2 does not match the 3 models"),

@@ -51,6 +51,7 @@ class ADP(AdversarialMethod):
     name = "adp"
     ensemble = True
     min_members = 2
+    max_members = L.MAX_MEMBERS  # masked_gram's
     ensemble_combine = "prob"
     default_beta = 0.5
     option_help = {"beta": "weight β of the log-determinant (diversity) term",

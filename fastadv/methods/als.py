@@ -65,6 +65,7 @@ class ALS(TRADES):
     name = "als"
     ensemble = True
     min_members = 2
+    max_members = L.MAX_MEMBERS  # masked_gram's
     ensemble_combine = "logit"
     trains_members = False
     option_help = {"lam_max": "λ's peak, reached at the end of the warm-up (seed 000: 1)",

@@ -72,8 +72,9 @@ class Method:
     #: unless --members or --models say otherwise)
     ensemble: ClassVar[bool] = False
     default_members: ClassVar[int] = 3
-    #: the fewest members the method is defined for
+    #: the fewest and the most members the method is defined for (None: no limit)
     min_members: ClassVar[int] = 1
+    max_members: ClassVar[int | None] = None
     #: how the trained ensemble combines its members' outputs (METHODS.md section 3); for a
     #: single-model method trained on an ensemble, seed 000's averaged logits
     ensemble_combine: ClassVar[str] = "logit"
