@@ -294,3 +294,20 @@ def test_bad_options_are_refused_by_name():
         build_method("als", lam_min=2.0)
     with pytest.raises(ValueError, match="^adp: logdet_ridge must be > 0"):
         build_method("adp", logdet_ridge=0.0)
+
+
+def test_adv_en_is_cross_entropy_of_the_mean_probability_on_its_examples():
+    """CE(log mean_k p_k(x'), y), x' = PGD-ce on that output (no random start here, so the
+    examples can be crafted again)."""
+    ensemble = Ensemble([Tiny(s) for s in range(3)], combine="prob").double()
+    method = build_method("adv_en", **ATTACK)
+    method.attack_init = None
+    x, y = batches(1)[0]
+    loss, _ = method(ensemble, x, y)
+    x_adv = PGD(ensemble, init=None, loss="ce", **ATTACK)(x, y)
+    total = 0.0
+    for b in range(len(y)):
+        probs = [softmax_row(member(x_adv[b:b + 1])[0].tolist()) for member in ensemble.members]
+        mean = sum(p[y[b].item()] for p in probs) / len(probs)
+        total += -math.log(mean)
+    assert loss.item() == pytest.approx(total / len(y), rel=1e-10)
