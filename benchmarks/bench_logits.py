@@ -240,28 +240,24 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
     device = torch.device(device)
     fused_backend = "cpu" if device.type == "cpu" else "auto"
     records = []
-    for case in (HEADLINE if quick else CASES):
-        rounds = 8 if quick else (40 if case in HEADLINE else 12)
-        results, compile_s = measure(case, device, fused_backend, rounds)
+
+    def add(case, results, compile_s, eager, compiled):
+        """One record per (mode, implementation), its speedups against ``eager`` and ``compiled``."""
         for mode, stats in results.items():
-            eager_s = stats["eager reference"]["median"]
-            compiled_s = stats["torch.compile(reference)"]["median"]
+            eager_s, compiled_s = stats[eager]["median"], stats[compiled]["median"]
             for name, s in stats.items():
                 records.append({
                     "case": case, "mode": mode, "implementation": name, "median_ms": s["median"] * 1e3,
                     "p20_ms": s["p20"] * 1e3, "p80_ms": s["p80"] * 1e3, "speedup_vs_eager": eager_s / s["median"],
                     "speedup_vs_compile": compiled_s / s["median"], "allocated_MiB": s["allocated_MiB"],
-                    "compile_s": compile_s if name == "torch.compile(reference)" else None})
+                    "compile_s": compile_s if name == compiled else None})
+
+    for case in (HEADLINE if quick else CASES):
+        rounds = 8 if quick else (40 if case in HEADLINE else 12)
+        results, compile_s = measure(case, device, fused_backend, rounds)
+        add(case, results, compile_s, "eager reference", "torch.compile(reference)")
     gram_results, gram_compile_s = measure_masked_gram(device, fused_backend, rounds=8 if quick else 40)
-    for mode, stats in gram_results.items():
-        eager_s = stats["eager formula"]["median"]
-        compiled_s = stats["torch.compile(eager formula)"]["median"]
-        for name, s in stats.items():
-            records.append({
-                "case": MASKED_GRAM_CASE, "mode": mode, "implementation": name, "median_ms": s["median"] * 1e3,
-                "p20_ms": s["p20"] * 1e3, "p80_ms": s["p80"] * 1e3, "speedup_vs_eager": eager_s / s["median"],
-                "speedup_vs_compile": compiled_s / s["median"], "allocated_MiB": s["allocated_MiB"],
-                "compile_s": gram_compile_s if name == "torch.compile(eager formula)" else None})
+    add(MASKED_GRAM_CASE, gram_results, gram_compile_s, "eager formula", "torch.compile(eager formula)")
     for (rows, classes), stats in measure_per_call(device, fused_backend, rounds=10 if quick else 30):
         eager_s = stats["eager formula"]["median"]
         compiled_s = stats["torch.compile(eager formula)"]["median"]
