@@ -67,7 +67,10 @@ wheel-check: wheel
 		&& ../venv/bin/python -c "import sys, fastadv; assert fastadv.__file__.startswith(sys.argv[1]), fastadv.__file__; print('fastadv imported from', fastadv.__file__)" $$PYTHONPATH \
 		&& ../venv/bin/python ../target/bin/fastadv info \
 		&& ../venv/bin/python ../target/bin/fastadv train --epochs 1 --run-dir run --no-progress \
-		&& ../venv/bin/python ../target/bin/fastadv eval run --attacks pgd20 --no-progress
+		&& ../venv/bin/python ../target/bin/fastadv eval run --attacks pgd20 --no-progress \
+		&& ../venv/bin/python ../target/bin/fastadv train --method als --members 2 --epochs 1 --eval-size 64 \
+			--run-dir ensemble --no-progress \
+		&& ../venv/bin/python ../target/bin/fastadv eval ensemble --attacks pgd20 --size 64 --no-progress
 	@echo "wheel check passed: $$(ls dist/fastadv-*.whl)"
 
 clean:
