@@ -29,7 +29,7 @@ from torch.func import functional_call
 
 from . import _validate as check
 
-__all__ = ["Ensemble", "COMBINES", "BATCHED_DEFAULT"]
+__all__ = ["Ensemble", "COMBINES", "BATCHED_DEFAULT", "log_mean_probability"]
 
 COMBINES = ("prob", "logit")
 
@@ -37,6 +37,12 @@ COMBINES = ("prob", "logit")
 # every case, batched taking 1.09-1.25x the loop's time on digits_cnn x 3 and 1.36-1.50x on
 # PreActResNet-18 x 3 (figures in benchmarks/bench_ensemble.py's docstring). Not measured on a GPU.
 BATCHED_DEFAULT = False
+
+
+def log_mean_probability(member_logits: torch.Tensor) -> torch.Tensor:
+    """``log((1/M) Σ_m softmax(z_m))`` of [M, B, C] member logits, without leaving log space: the
+    output of a ``combine="prob"`` ensemble."""
+    return torch.logsumexp(torch.log_softmax(member_logits, dim=-1), dim=0) - math.log(member_logits.shape[0])
 
 
 def _signature(module: nn.Module):
@@ -79,10 +85,7 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.member_logits(x)
-        if self.combine == "logit":
-            return z.mean(0)
-        # log((1/M) Σ_m softmax(z_m)) without leaving log space.
-        return torch.logsumexp(torch.log_softmax(z, dim=-1), dim=0) - math.log(len(self.members))
+        return z.mean(0) if self.combine == "logit" else log_mean_probability(z)
 
     def member_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's logits, stacked: [M, B, C] in member order."""

@@ -2,21 +2,18 @@
 baseline, METHODS.md section 3."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from .. import _validate as check
+from ..ensemble import log_mean_probability
 from ..ops import logits as L
 from .base import AdversarialMethod, Objective, accuracy, as_ensemble
 
 
-def ensemble_entropy(member_logits: torch.Tensor) -> torch.Tensor:
-    """H(mean_k p_k) per sample of [M, B, C] member logits, from the log of the mean probability
-    (computed in log space: ``logsumexp_k log p_k − log M``)."""
-    log_mean = torch.logsumexp(torch.log_softmax(member_logits, dim=-1), dim=0) - math.log(member_logits.shape[0])
-    return -(log_mean.exp() * log_mean).sum(-1)
+def entropy_of(log_p: torch.Tensor) -> torch.Tensor:
+    """H(p) per sample, from log p (the ensemble's :func:`log_mean_probability`)."""
+    return -(log_p.exp() * log_p).sum(-1)
 
 
 def log_det_diversity(member_logits: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -28,14 +25,16 @@ def log_det_diversity(member_logits: torch.Tensor, y: torch.Tensor, ridge: float
     return torch.logdet(gram + ridge * eye).to(member_logits.dtype)
 
 
-def adp_loss(member_logits, y, entropy_weight, beta, ridge):
+def adp_loss(member_logits, y, entropy_weight, beta, ridge, log_mean=None):
     """(loss, Σ_k CE, H(mean_k p_k), log det) of METHODS.md's ADP on [M, B, C] logits:
     ``Σ_k CE(z_k, y) − α·H(mean_k p_k) − β·log det(M̃ᵀM̃ + ridge·I)``, the last two averaged over
-    the batch."""
+    the batch; ``log_mean``, the ensemble's log mean probability, when the caller has it."""
     members, batch, classes = member_logits.shape
     ce = F.cross_entropy(member_logits.reshape(-1, classes), y.repeat(members), reduction="none")
     ce = ce.view(members, batch).mean(1).sum()
-    entropy = ensemble_entropy(member_logits).mean()
+    if log_mean is None:
+        log_mean = log_mean_probability(member_logits)
+    entropy = entropy_of(log_mean).mean()
     log_det = log_det_diversity(member_logits, y, ridge).mean()
     return ce - entropy_weight * entropy - beta * log_det, ce, entropy, log_det
 
@@ -70,8 +69,9 @@ class ADP(AdversarialMethod):
         ensemble = as_ensemble(self.name, attack_model)
         x_adv = self.adversarial_examples(ensemble, x, y)
         member_logits = ensemble.member_logits(x_adv).float()
-        loss, ce, entropy, log_det = adp_loss(member_logits, y, self.entropy_weight, self.beta, self.logdet_ridge)
-        combined = torch.logsumexp(torch.log_softmax(member_logits, -1), 0)
+        log_mean = log_mean_probability(member_logits)
+        loss, ce, entropy, log_det = adp_loss(member_logits, y, self.entropy_weight, self.beta, self.logdet_ridge,
+                                              log_mean)
         metrics = {"member_ce": ce.detach(), "ensemble_entropy": entropy.detach(), "log_det": log_det.detach(),
-                   "adv_acc": accuracy(combined, y)}
+                   "adv_acc": accuracy(log_mean, y)}
         return Objective(loss, metrics, tuple(member_logits))
