@@ -96,13 +96,11 @@ def _autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def official_trades_step(model, optimizer, x, y, eps, alpha, steps, beta, amp_dtype=None):
-    """A TRADES step as train_trades_cifar10.py (Zhang et al.) writes it: the clean forward is
-    recomputed inside every attack step and twice more in the loss; the projection is separate
-    min/max/clamp ops. ``amp_dtype`` puts the attack's model calls under autocast (logits cast
-    back to float32, as fastadv's attacks do)."""
+def official_trades_attack(model, x, eps, alpha, steps, amp_dtype=None):
+    """TRADES' attack as train_trades_cifar10.py writes it: eval mode, the clean forward
+    recomputed in every step, separate min/max/clamp projection. ``amp_dtype`` puts the model
+    calls under autocast (logits cast back to float32, as fastadv's attacks do)."""
     criterion_kl = nn.KLDivLoss(reduction="sum")
-    batch_size = len(x)
     model.eval()
     x_adv = x.detach() + 0.001 * torch.randn_like(x).detach()
     for _ in range(steps):
@@ -116,7 +114,17 @@ def official_trades_step(model, optimizer, x, y, eps, alpha, steps, beta, amp_dt
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
         x_adv = torch.clamp(x_adv, 0.0, 1.0)
     model.train()
-    x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
+    return torch.clamp(x_adv, 0.0, 1.0).detach()
+
+
+def official_trades_step(model, optimizer, x, y, eps, alpha, steps, beta, amp_dtype=None):
+    """A TRADES step as train_trades_cifar10.py (Zhang et al.) writes it: the clean forward is
+    recomputed inside every attack step and twice more in the loss; the projection is separate
+    min/max/clamp ops. ``amp_dtype`` puts the attack's model calls under autocast (logits cast
+    back to float32, as fastadv's attacks do)."""
+    criterion_kl = nn.KLDivLoss(reduction="sum")
+    batch_size = len(x)
+    x_adv = official_trades_attack(model, x, eps, alpha, steps, amp_dtype)
     optimizer.zero_grad()
     logits = model(x)
     loss_natural = F.cross_entropy(logits, y)
@@ -202,24 +210,6 @@ ALS = dict(title="ALS, 3 x digits_cnn on the digits (one batch of 256: I = 3 ref
 ALS_OFFICIAL, ALS_FASTADV = "official-style (seed 000's code)", "fastadv"
 
 
-def official_trades_attack(model, x, eps, alpha, steps):
-    """TRADES' attack as train_trades_cifar10.py writes it: eval mode, the clean forward
-    recomputed in every step, separate min/max/clamp projection."""
-    criterion_kl = nn.KLDivLoss(reduction="sum")
-    model.eval()
-    x_adv = x.detach() + 0.001 * torch.randn_like(x).detach()
-    for _ in range(steps):
-        x_adv.requires_grad_()
-        with torch.enable_grad():
-            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
-        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
-        x_adv = x_adv.detach() + alpha * torch.sign(grad.detach())
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
-        x_adv = torch.clamp(x_adv, 0.0, 1.0)
-    model.train()
-    return torch.clamp(x_adv, 0.0, 1.0).detach()
-
-
 def official_als_batch(members, optimizers, x, y, eps, alpha, steps, beta, lam, attack_only=False):
     """One batch of seed 000's Algorithm 1 written the way its code (adapted from TRADES') is:
     per reference r the TRADES attack on f_r, then per member o its own TRADES step (clean
@@ -255,17 +245,6 @@ def fastadv_als_batch(method, ensemble, optimizer, x, y, attack_only=False):
         optimizer.step()
 
 
-class _ConstantSchedule:
-    """λ held at the benchmark's value (the schedule's cost is one Python float)."""
-
-    def __init__(self, lam):
-        self.lam, self.steps = lam, 0
-
-    def step(self):
-        self.steps += 1
-        return self.lam
-
-
 def als_benchmark(device, quick: bool) -> dict:
     """Median ms of one ALS batch, official-style and fastadv, and of its attacks alone (the
     breakdown: attacks, and the rest: the members' losses, backward passes and optimiser steps),
@@ -282,8 +261,8 @@ def als_benchmark(device, quick: bool) -> dict:
     official_members = copy.deepcopy(members)
     official_optimisers = [torch.optim.SGD(m.parameters(), **optimiser) for m in official_members]
     ensemble = Ensemble(copy.deepcopy(members), combine="logit")
-    method = build_method("als", beta=spec["beta"], **attack)
-    method._schedule = _ConstantSchedule(spec["lam"])
+    # λ held at the benchmark's value: a schedule from lam to lam (computing it costs a Python float).
+    method = build_method("als", beta=spec["beta"], lam_max=spec["lam"], lam_min=spec["lam"], warmup=0.0, **attack)
     optimizer = torch.optim.SGD(ensemble.parameters(), **optimiser)
     official = dict(eps=spec["eps"], alpha=spec["alpha"], steps=spec["steps"], beta=spec["beta"], lam=spec["lam"])
     functions = {
