@@ -166,11 +166,11 @@ class Trainer:
         # robust accuracy is noise around zero and would pick an undertrained early epoch.
         self.selection = "test_robust_acc" if self.method.adversarial else "test_clean_acc"
         seed_everything(config.seed)  # identical initial weights on every rank
-        self.model = build_run_model(self.info, config.model, config.models, config.combine).to(self.device)
-        self.trained_model = self.model
         if distributed.enabled and config.models is not None:
             raise ValueError("members: ensembles train in one process for now (a method steps through the members "
                              "outside DistributedDataParallel's forward); run without torchrun")
+        self.model = build_run_model(self.info, config.model, config.models, config.combine).to(self.device)
+        self.trained_model = self.model
         if distributed.enabled:
             self.trained_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
