@@ -8,17 +8,7 @@ import torch
 
 from fastadv import evaluate
 from fastadv.train import TrainConfig, train
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The model and attacks here work on batches of a few dozen 8x8 digits, where a second
-    thread costs more than it brings: AutoAttack on 200 digits took 20 s on one thread and 85 s
-    on two, on this 2-core machine shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.helpers import one_thread  # noqa: F401  (autouse: one torch thread here)
 
 
 @pytest.fixture(scope="module")

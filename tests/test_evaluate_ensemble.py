@@ -18,21 +18,12 @@ from fastadv.data import load_dataset
 from fastadv.ensemble import Ensemble
 from fastadv.runs import load_checkpoint, load_model
 from fastadv.train import TrainConfig, train
+from tests.helpers import one_thread  # noqa: F401  (autouse: one torch thread here)
 
 SIZE = 40
 BATCH = 16  # three batches: the attacks' random starts must follow each other across batches as when run alone
 ATTACKS = ["fgsm", "pgd20"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Batches of a few dozen 8x8 digits, where a second thread costs more than it brings (see
-    tests/test_evaluate.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
