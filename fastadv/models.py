@@ -23,7 +23,7 @@ from .ensemble import Ensemble
 
 TORCHVISION_PREFIX = "torchvision:"
 
-__all__ = ["MODELS", "TORCHVISION_PREFIX", "Normalize", "NormalizedModel", "DigitsCNN",
+__all__ = ["MODELS", "TORCHVISION_PREFIX", "Normalize", "NormalizedModel", "DigitsCNN", "DigitsMLP", "DigitsResNet",
            "PreActBlock", "PreActResNet", "WideBasicBlock", "WideResNet", "CNN4C3F",
            "preact_resnet18", "wide_resnet34_10", "build_model", "default_model", "Ensemble"]
 
@@ -330,9 +330,54 @@ class CNN4C3F(nn.Module):
         return self.classifier(self.features(x))
 
 
+class DigitsMLP(nn.Module):
+    """A multilayer perceptron for the 8x8 digits: flatten -> fc 256 -> ReLU -> fc 128 -> ReLU
+    -> fc num_classes. With :class:`DigitsResNet` and :class:`DigitsCNN` it makes an ensemble
+    of different architectures on the digits (seed 003 ch. 4 attacks an ensemble of four
+    different CIFAR architectures; these are their small stand-ins)."""
+
+    def __init__(self, num_classes: int = 10, input_shape: Sequence[int] = (1, 8, 8), hidden: int = 256):
+        super().__init__()
+        num_classes = _num_classes("digits_mlp", num_classes)
+        channels, height, width = _input_shape("digits_mlp", input_shape)
+        self.encoder = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels * height * width, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden // 2), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(hidden // 2, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class DigitsResNet(nn.Module):
+    """A small residual network for the 8x8 digits: conv 32 (3x3) -> two pre-activation blocks
+    of 32 channels (:class:`PreActBlock`, the second with stride 2) -> BN -> ReLU -> global
+    average pool -> fc num_classes."""
+
+    def __init__(self, num_classes: int = 10, input_shape: Sequence[int] = (1, 8, 8), width: int = 32):
+        super().__init__()
+        num_classes = _num_classes("digits_resnet", num_classes)
+        channels, _, _ = _input_shape("digits_resnet", input_shape)
+        self.stem = nn.Conv2d(channels, width, 3, padding=1, bias=False)
+        self.blocks = nn.Sequential(PreActBlock(width, width, 1), PreActBlock(width, width, 2))
+        self.head = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(width, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 # ----------------------------------------------------------------------------- registry
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "digits_cnn": DigitsCNN,
+    "digits_mlp": DigitsMLP,
+    "digits_resnet": DigitsResNet,
     "preact_resnet18": preact_resnet18,
     "wide_resnet34_10": wide_resnet34_10,
     "cnn_4c3f": CNN4C3F,

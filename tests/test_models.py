@@ -8,6 +8,8 @@ from fastadv.models import (MODELS, CNN4C3F, Normalize, NormalizedModel, build_m
 # Each network on the data set it is meant for, and the width of its penultimate layer.
 CASES = [
     ("digits_cnn", "digits", 128),
+    ("digits_mlp", "digits", 128),
+    ("digits_resnet", "digits", 32),
     ("preact_resnet18", "cifar10", 512),
     ("preact_resnet18", "cifar100", 512),
     ("wide_resnet34_10", "cifar10", 640),
@@ -109,7 +111,7 @@ def test_torchvision_model_that_cannot_take_the_input_is_rejected():
 
 
 def test_unknown_model_lists_the_choices():
-    with pytest.raises(ValueError, match="digits_cnn.*preact_resnet18.*wide_resnet34_10.*cnn_4c3f.*torchvision:"):
+    with pytest.raises(ValueError, match="digits_cnn.*digits_mlp.*digits_resnet.*preact_resnet18.*wide_resnet34_10.*cnn_4c3f.*torchvision:"):
         build_model("resnet1000", dataset_info("cifar10"))
 
 
