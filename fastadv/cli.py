@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 
-BENCH_FAMILIES = ("pgd", "logits", "train", "ensemble")
+BENCH_FAMILIES = ("pgd", "logits", "simplex", "train", "ensemble")
 # What a user can get wrong (settings, files, data folders, checkpoints, the optional extra):
 # reported as one line and exit status 2. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, RuntimeError, ImportError)
@@ -99,6 +99,22 @@ def _eval(args) -> int:
     except USER_ERRORS as error:
         return _report("eval", error)
     print(format_table(results))
+    print(f"written to {results['written_to']}")
+    return 0
+
+
+def _attack(args) -> int:
+    from fastadv.evaluate import format_multi_objective, multi_objective_attack
+
+    try:
+        results = multi_objective_attack(
+            args.paths, tasks=args.tasks, weightings=args.weightings, losses=args.losses, solvers=args.solvers,
+            eps=args.eps, alpha=args.alpha, steps=args.steps, lam=args.lam, group=args.group,
+            transforms=args.transforms, stochastic=args.stochastic, size=args.size, batch_size=args.batch_size,
+            device=args.device, data_root=args.data_root, seed=args.seed, progress=not args.no_progress, out=args.out)
+    except USER_ERRORS as error:
+        return _report("attack", error)
+    print(format_multi_objective(results))
     print(f"written to {results['written_to']}")
     return 0
 
@@ -275,6 +291,39 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(run=_eval)
+    from fastadv.attacks.multi_objective import MOO_LOSSES, TRANSFORMS, WEIGHTINGS
+    from fastadv.evaluate import TASK_SETS
+    from fastadv.ops.simplex import SOLVERS
+
+    attack = commands.add_parser(
+        "attack", help="multi-objective attacks (TA-MOO, MOO, MinMax, Uniform): A-All, A-Avg, A-i",
+        formatter_class=_HelpFormatter,
+        description="Seed 003 ch. 4's attacks on the held-out split: ENS fools every member of an ensemble (one "
+                    "ensemble run, or several runs as its members), UNI finds one perturbation per group of images, "
+                    "EoT one that survives every transformation family. Prints A-All (every task fooled), A-Avg and "
+                    "A-i per loss, weighting and solver, and writes them as JSON.")
+    attack.add_argument("paths", nargs="+", help="run folders or checkpoints (ENS: one ensemble run or its members' runs)")
+    attack.add_argument("--tasks", choices=TASK_SETS, default="ens", help="the task set")
+    attack.add_argument("--weightings", nargs="+", choices=WEIGHTINGS, default=list(WEIGHTINGS))
+    attack.add_argument("--losses", nargs="+", choices=MOO_LOSSES, default=["ce"])
+    attack.add_argument("--solvers", nargs="+", choices=SOLVERS, default=["softmax-gd"],
+                        help="how moo and tamoo find their weights (softmax-gd is the seed's)")
+    attack.add_argument("--eps", type=float, default=None, help="default: the runs' training ε")
+    attack.add_argument("--alpha", type=float, default=None, help="step size (default: ε/4)")
+    attack.add_argument("--steps", type=int, default=100)
+    attack.add_argument("--lam", type=float, default=100.0, help="λ of TA-MOO")
+    attack.add_argument("--group", type=int, default=4, help="UNI: images sharing one perturbation")
+    attack.add_argument("--transforms", nargs="+", choices=tuple(TRANSFORMS), default=None,
+                        help="EoT: the transformation families (default: all, seed 003 Table 9)")
+    attack.add_argument("--stochastic", action="store_true", help="EoT: sample each family's parameter (Table 9)")
+    attack.add_argument("--size", type=int, default=None, help="first N held-out samples (default: all)")
+    attack.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    attack.add_argument("--device", default=None)
+    attack.add_argument("--data-root", dest="data_root", default=None)
+    attack.add_argument("--seed", type=int, default=0)
+    attack.add_argument("--out", default=None, help="JSON file (default: attack-TASKS.json beside the first checkpoint)")
+    attack.add_argument("--no-progress", action="store_true")
+    attack.set_defaults(run=_attack)
     info = commands.add_parser("info", help="versions, available backends and the machine's memory bandwidth")
     info.set_defaults(run=_info)
     bench = commands.add_parser("bench", help="benchmark the fused ops against eager and torch.compile",

@@ -175,6 +175,22 @@ def test_a_channels_last_batch_reads_only_the_labels(batch):
         assert reads(lambda: PGD(model, steps=steps)(x, y)) == LABELS, f"{steps} steps"
 
 
+@pytest.mark.parametrize("weighting", ["uniform", "minmax", "moo", "tamoo"])
+@pytest.mark.parametrize("solver", ["softmax-gd", "apgd"])
+@pytest.mark.parametrize("kind", ["ens", "uni", "eot"])
+def test_multi_objective_attacks_read_only_the_labels(batch, weighting, solver, kind):
+    """Every problem's weights are solved on the device: no read per step, whatever the task set."""
+    from fastadv.attacks.multi_objective import EnsembleTasks, MultiObjectivePGD, TransformTasks, UniversalTasks
+
+    model, x, y = batch
+    tasks = {"ens": lambda: EnsembleTasks([model, tiny_model(), tiny_model()]),
+             "uni": lambda: UniversalTasks(model, group=2),
+             "eot": lambda: TransformTasks(model, ("identity", "hflip", "rotation"), stochastic=True)}[kind]()
+    for steps in (1, 10):
+        attack = MultiObjectivePGD(tasks, weighting=weighting, solver=solver, steps=steps, seed=0)
+        assert reads(lambda: attack(x, y)) == LABELS, f"{steps} steps"
+
+
 @pytest.mark.parametrize("loss", ["ce", "kl"])
 def test_early_stop_reads_once_per_step(batch, loss):
     """The batch is labelled with the model's own predictions and the radius is tiny, so no
@@ -213,6 +229,7 @@ METHOD_READS = {
     "adp": LABELS,
     "cce": LABELS,
     "adv_en": LABELS,
+    "tamoo_at": LABELS,
 }
 # A single-model method training an ensemble's 3 members (seed 000's protocol): one attack per
 # reference turn.

@@ -22,11 +22,12 @@ from .ltd import LTD
 from .mart import MART
 from .pgd_at import PGDAT
 from .standard import Standard
+from .tamoo_at import TAMOOAT
 from .trades import TRADES
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     Standard, PGDAT, TRADES, MART, ALP, LabelSmoothing, LRM, PGDATLMA, TRADESLMA, MARTLMA, LMAAT, LTD,
-    ADVEN, ADP, ALS, CCE)}
+    ADVEN, ADP, ALS, CCE, TAMOOAT)}
 
 
 def method_signature(name: str) -> dict[str, inspect.Parameter]:
@@ -86,5 +87,5 @@ def build_method(name: str, **options) -> Method:
 
 
 __all__ = ["Method", "METHODS", "build_method", "check_options", "method_parameters", "method_signature",
-           "option_help", "Standard", "PGDAT", "TRADES", "MART", "ALP", "LabelSmoothing", "LRM", "PGDATLMA",
+           "option_help", "TAMOOAT", "Standard", "PGDAT", "TRADES", "MART", "ALP", "LabelSmoothing", "LRM", "PGDATLMA",
            "TRADESLMA", "MARTLMA", "LMAAT", "LTD", "ADVEN", "ADP", "ALS", "CCE"]
