@@ -133,3 +133,46 @@ def test_info_says_whether_bf16_is_native(capsys, monkeypatch):
     assert cli.main(["info"]) == 0
     assert "CPU bfloat16                 emulated: use float32 here (a bf16 convolution forward+backward takes " \
            "19.90x float32's time)" in capsys.readouterr().out
+
+
+def test_attack_reports_a_all_a_avg_and_a_i(in_tmp, capsys):
+    """Two standard runs as the members of an ENS attack, one of them alone under UNI and EoT;
+    the table's figures are the JSON's, and the JSON's are recomputed from nothing else."""
+    import json
+
+    for model in ("digits_cnn", "digits_mlp"):
+        assert cli.main(["train", "--method", "standard", "--model", model, "--run-dir", f"runs/{model}", *QUICK]) == 0
+    capsys.readouterr()
+    common = ["--steps", "3", "--size", "16", "--batch-size", "8", "--no-progress"]
+    assert cli.main(["attack", "runs/digits_cnn", "runs/digits_mlp", "--weightings", "uniform", "tamoo",
+                     "--losses", "ce", "cw", "--solvers", "softmax-gd", "exact2", *common]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((in_tmp / "runs" / "digits_cnn" / "attack-ens.json").read_text())
+    assert results["task_names"] == ["digits_cnn", "digits_mlp"] and results["samples"] == 16
+    assert results["eps"] == pytest.approx(0.2) and results["alpha"] == pytest.approx(0.05)
+    # uniform once per loss, tamoo once per solver
+    assert [(r["loss"], r["weighting"], r["solver"]) for r in results["rows"]] == [
+        ("ce", "uniform", None), ("ce", "tamoo", "softmax-gd"), ("ce", "tamoo", "exact2"),
+        ("cw", "uniform", None), ("cw", "tamoo", "softmax-gd"), ("cw", "tamoo", "exact2")]
+    for row in results["rows"]:
+        assert min(row["a_i"]) - 1e-9 <= row["a_avg"] <= max(row["a_i"]) + 1e-9
+        assert row["a_all"] <= min(row["a_i"]) + 1e-9
+        assert f"| {row['loss'].upper()} | {row['weighting']} |" in out
+    for tasks, extra in (("uni", ["--group", "4"]), ("eot", ["--transforms", "identity", "hflip"])):
+        assert cli.main(["attack", "runs/digits_cnn", "--tasks", tasks, "--weightings", "moo", *extra, *common]) == 0
+        results = json.loads((in_tmp / "runs" / "digits_cnn" / f"attack-{tasks}.json").read_text())
+        assert len(results["rows"][0]["a_i"]) == (4 if tasks == "uni" else 2)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["attack", "runs/digits_cnn"], "ENS attacks the members of an ensemble"),
+    (["attack", "runs/digits_cnn", "runs/digits_cnn", "--tasks", "uni"], "UNI attacks one model, got 2 runs"),
+    (["attack", "runs/digits_cnn", "--tasks", "uni", "--batch-size", "6"], "batch_size must be a multiple of group=4"),
+    (["attack", "missing"], "no run folder or checkpoint at missing"),
+])
+def test_attack_user_errors_are_one_line(arguments, message, in_tmp, capsys):
+    assert cli.main(["train", "--method", "standard", "--run-dir", "runs/digits_cnn", *QUICK]) == 0
+    capsys.readouterr()
+    status, err = run_main(arguments + ["--no-progress"], capsys)
+    assert status == 2 and err.count("\n") == 1 and err.startswith("fastadv attack: "), err
+    assert message in err, err

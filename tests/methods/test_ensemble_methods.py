@@ -279,7 +279,7 @@ def test_adp_and_adv_en_train_the_combined_output():
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ensemble.parameters()), name
 
 
-@pytest.mark.parametrize("name", ["adv_en", "adp", "als", "cce"])
+@pytest.mark.parametrize("name", ["adv_en", "adp", "als", "cce", "tamoo_at"])
 def test_ensemble_methods_refuse_a_single_model(name):
     x, y = batches(1)[0]
     with pytest.raises(TypeError, match=f"^{name}: model must be a fastadv.models.Ensemble"):
@@ -311,3 +311,34 @@ def test_adv_en_is_cross_entropy_of_the_mean_probability_on_its_examples():
         mean = sum(p[y[b].item()] for p in probs) / len(probs)
         total += -math.log(mean)
     assert loss.item() == pytest.approx(total / len(y), rel=1e-10)
+
+
+# ----------------------------------------------------------------------------- TA-MOO-AT
+def test_tamoo_at_is_adv_en_on_tamoo_examples():
+    """CE(log mean_k p_k(x'), y) with x' = TA-MOO (ENS, CE) on the members, seeded alike."""
+    from fastadv.attacks import EnsembleTasks, MultiObjectivePGD
+
+    ensemble = Ensemble([Tiny(s) for s in range(3)], combine="prob").double()
+    method = build_method("tamoo_at", **ATTACK)
+    x, y = batches(1)[0]
+    torch.manual_seed(11)
+    loss, _ = method(ensemble, x, y)
+    torch.manual_seed(11)
+    x_adv = MultiObjectivePGD(EnsembleTasks(ensemble), weighting="tamoo", loss="ce", lam=100.0, **ATTACK)(x, y)
+    expected = torch.nn.functional.cross_entropy(ensemble(x_adv), y)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
+    ensemble.zero_grad()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ensemble.parameters())
+
+
+def test_tamoo_at_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="^tamoo_at: norm must be 'linf'"):
+        build_method("tamoo_at", norm="l2")
+    with pytest.raises(ValueError, match="^tamoo_at: lam must be"):
+        build_method("tamoo_at", lam=-1.0)
+    with pytest.raises(ValueError, match="^tamoo_at: solver must be one of"):
+        build_method("tamoo_at", solver="newton")
+    x, y = batches(1)[0]
+    with pytest.raises(TypeError, match="^tamoo_at: model must be a fastadv.models.Ensemble"):
+        next(iter(build_method("tamoo_at", **ATTACK).turns(Tiny(0).double(), x, y)))
