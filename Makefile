@@ -70,7 +70,8 @@ wheel-check: wheel
 		&& ../venv/bin/python ../target/bin/fastadv eval run --attacks pgd20 --no-progress \
 		&& ../venv/bin/python ../target/bin/fastadv train --method als --members 2 --epochs 1 --eval-size 64 \
 			--run-dir ensemble --no-progress \
-		&& ../venv/bin/python ../target/bin/fastadv eval ensemble --attacks pgd20 --size 64 --no-progress
+		&& ../venv/bin/python ../target/bin/fastadv eval ensemble --attacks pgd20 --size 64 --no-progress \
+		&& ../venv/bin/python ../target/bin/fastadv attack ensemble --losses ce --steps 5 --size 64 --no-progress
 	@echo "wheel check passed: $$(ls dist/fastadv-*.whl)"
 
 clean:
