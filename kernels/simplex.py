@@ -200,7 +200,7 @@ def _min_norm_weights_kernel(Q_ptr, achieved_ptr, init_ptr, w_ptr, objective_ptr
         init = tl.where(bad, 0.0, init)
 
     if SOLVER == _SOFTMAX_GD:
-        # Algorithm 1, lines 6–10: α ← α − η ∇_α L, ∇_α L = σ ⊙ (g − ⟨σ, g⟩), g = ∇L at w = σ(α).
+        # Algorithm 1, lines 6–10: α ← α − η∇_α L with ∇_α L = σ ⊙ (g − ⟨σ, g⟩), g = ∇L(σ(α)).
         lr = tl.full((), lr_value, ACC)
         if HAS_INIT:
             positive = in_row & (init > 0)
@@ -300,7 +300,8 @@ def simplex_distance_sq(w: torch.Tensor, achieved, grad_w: bool):
 def min_norm_weights(Q: torch.Tensor, achieved, init, lam: float, solver: int, steps: int, lr: float):
     rows, m = Q.shape[0], Q.shape[1]
     if solver not in (_SOFTMAX_GD, _PGD, _APGD, _EXACT2):
-        raise ValueError(f"min_norm_weights: solver must be a code 0 to 3 (softmax-gd, pgd, apgd, exact2), got {solver}")
+        raise ValueError(f"min_norm_weights: solver must be a code 0 to 3 (softmax-gd, pgd, apgd, exact2), "
+                         f"got {solver}")
     if solver == _EXACT2 and m != 2:
         raise ValueError(f"min_norm_weights: solver 'exact2' needs m = 2 tasks, got m = {m}")
     if steps < 1:

@@ -1,0 +1,471 @@
+"""Benchmark of the simplex family: `fastadv bench simplex`.
+
+Timed, float32, each fused op through its public function (validation included), against what a
+user would otherwise write and torch.compile of it (compile time reported apart, with an empty
+inductor cache):
+
+- ``simplex_project`` at B = 65,536 rows of m = 8 against the sort-based projection of Duchi et
+  al. (2008, Fig. 1) written batched in eager PyTorch (``duchi_projection``: sort descending,
+  cumsum, ρ from the condition u_k − (Σ_{j≤k} u_j − 1)/k > 0, gather τ, clamp), and with a mask
+  (TA-MOO's extended simplex, ``mask = ~achieved``), where the formula sets the masked entries
+  to −inf before sorting. The projection moves few bytes per row (v and w, plus the mask), so
+  its time is also given as a percentage of the roofline of a ``copy_`` of the same bytes timed
+  in the same rounds.
+- ``min_norm_weights``, TA-MOO's per-sample min-norm problem ``min_{w ∈ Δ} wᵀQw + λΩ(w)`` at
+  B = 4096 samples of m = 4 tasks (Q = G Gᵀ, G [B, 4, 64] of random gradients whose norms differ
+  by task, λ = 100, a random pattern of achieved tasks, warm-started from the previous step's
+  weights), K = 10 steps: the paper's solver (``softmax-gd``, seed 003 ch. 4, Algorithm 1 lines
+  6–10, lr 0.005) against the same loop batched in eager PyTorch with the analytic gradient
+  (``softmax_gd_loop``: α ← α − η σ ⊙ (g − ⟨σ, g⟩), g = (Q + Qᵀ)σ + λ∇Ω(σ), what a user writes
+  without autograd), against the autograd form of the paper's reference code
+  (``softmax_gd_autograd``: ``loss.backward()`` on α and an SGD step) and torch.compile of the
+  analytic loop; and the exact solvers ``pgd`` / ``apgd`` (projected / FISTA-accelerated
+  projected gradient, step 1/L) at K = 10 against their eager loop on ``duchi_projection``
+  (``projected_gradient_loop``) and torch.compile of it. Every baseline's weights are compared
+  with the fused op's before timing (the table's "max |Δw|").
+
+Not timed: the solution quality at equal steps. On 10,000 random problems per λ ∈ {0, 100}
+(m = 4; Q = G Gᵀ, G [4, D] with D ∈ {1, 2, 4, 16, 64, 256} and entries of variance 1/D, each
+task's row scaled by 10^U(−1, 1) and Q by 10^U(−3, 3); each task achieved with probability 0.3;
+every solver from the uniform weights), the objective gap F(softmax-gd) − F(solver) of pgd and
+apgd at K = 10 (and of exact2 on as many m = 2 problems): the fractions of problems where the
+exact solver is lower, equal (within a relative 1e-6, the rounding of float32 weights) and
+higher, quantiles of the gap and of the relative gap (the gap over F(softmax-gd)), and every
+solver's excess over the exact optimum F* (``fastadv.reference.simplex.min_norm_exact``,
+float64), absolute and as the part of the uniform start's suboptimality left. All problems and
+by the size of Q (‖Q‖_F ≤ 1, ≤ 100, > 100): with lr 0.005 the paper's solver hardly moves when Q
+is small and takes large steps when it is large. Objectives are evaluated in float64 at the
+weights the float32 ops return.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+import fastadv
+from fastadv.ops import simplex as simplex_ops
+from fastadv.reference import simplex as reference
+
+from . import common
+
+PROJECT_BATCH, PROJECT_TASKS = 65_536, 8
+SOLVER_BATCH, SOLVER_TASKS, GRADIENT_SIZE = 4096, 4, 64
+LAM = 100.0  # TA-MOO (METHODS.md section 4)
+STEPS = reference.SOFTMAX_GD_STEPS
+LR = reference.SOFTMAX_GD_LR
+QUALITY_PROBLEMS = 10_000
+QUALITY_SIZES = (1, 2, 4, 16, 64, 256)
+ROOFLINE = "copy_ of the same bytes"
+DUCHI = "Duchi et al. 2008 sort-based formula, eager"
+DUCHI_COMPILED = "torch.compile(Duchi et al. 2008 formula)"
+PROJECTION_CASES = (f"simplex_project [{PROJECT_BATCH}, {PROJECT_TASKS}]",
+                    f"simplex_project [{PROJECT_BATCH}, {PROJECT_TASKS}], masked")
+
+
+# ----------------------------------------------------------------------------- the baselines
+def duchi_projection(v, mask=None):
+    """The Euclidean projection of each row onto the simplex as a user writes it batched in eager
+    PyTorch (Duchi et al. 2008, Fig. 1); with a mask, the masked entries are set to −inf first
+    (their u − (cumsum − 1)/k is NaN, which the condition counts as false)."""
+    if mask is not None:
+        v = v.masked_fill(~mask, float("-inf"))
+    u, _ = torch.sort(v, dim=1, descending=True)
+    cumulative = torch.cumsum(u, dim=1) - 1
+    k = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+    rho = (u - cumulative / k > 0).sum(dim=1, keepdim=True)
+    tau = cumulative.gather(1, rho - 1) / rho
+    return torch.clamp(v - tau, min=0)
+
+
+def _omega_and_gradient(w, unachieved, free):
+    """Ω(w) [B] and ∇Ω(w): 2w on the achieved tasks, −(2/(m − s))(1 − Σ_unachieved w) on the others."""
+    deficit = 1 - (w * unachieved).sum(dim=1, keepdim=True)
+    omega = (torch.where(unachieved, 0, w * w).sum(dim=1, keepdim=True) + deficit * deficit / free).squeeze(1)
+    return omega, torch.where(unachieved, -2 * deficit / free, 2 * w)
+
+
+def _unachieved(achieved):
+    """The tasks Ω counts as unachieved (every task, in a row with every task achieved)."""
+    unachieved = ~achieved
+    return unachieved | ~unachieved.any(dim=1, keepdim=True)
+
+
+def _objective(Q, w, unachieved, free, lam):
+    omega, _ = _omega_and_gradient(w, unachieved, free)
+    return torch.einsum("bi,bij,bj->b", w, Q, w) + lam * omega
+
+
+def softmax_gd_loop(Q, achieved, init, lam, steps, lr):
+    """Algorithm 1, lines 6–10 (seed 003 ch. 4) batched in eager PyTorch with the analytic
+    gradient: α ← α − η σ ⊙ (g − ⟨σ, g⟩), g = (Q + Qᵀ)σ + λ∇Ω(σ). Returns (w, objective)."""
+    unachieved = _unachieved(achieved)
+    free = unachieved.sum(dim=1, keepdim=True)
+    S = Q + Q.transpose(1, 2)
+    alpha = torch.log(init.clamp(min=0))
+    for _ in range(steps):
+        w = torch.softmax(alpha, dim=1)
+        _, omega_gradient = _omega_and_gradient(w, unachieved, free)
+        g = torch.bmm(S, w.unsqueeze(2)).squeeze(2) + lam * omega_gradient
+        alpha = alpha - lr * w * (g - (w * g).sum(dim=1, keepdim=True))
+    w = torch.softmax(alpha, dim=1)
+    return w, _objective(Q, w, unachieved, free, lam)
+
+
+def softmax_gd_autograd(Q, achieved, init, lam, steps, lr):
+    """The same steps in the form of the paper's reference code: the loss's ``backward()`` on α
+    and an SGD step."""
+    unachieved = _unachieved(achieved)
+    free = unachieved.sum(dim=1, keepdim=True)
+    alpha = torch.log(init.clamp(min=0)).requires_grad_()
+    optimizer = torch.optim.SGD([alpha], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            _objective(Q, torch.softmax(alpha, dim=1), unachieved, free, lam).sum().backward()
+            optimizer.step()
+    w = torch.softmax(alpha.detach(), dim=1)
+    return w, _objective(Q, w, unachieved, free, lam)
+
+
+def projected_gradient_loop(Q, achieved, init, lam, steps, accelerated):
+    """Projected gradient with step 1/L, L = 2‖(Q + Qᵀ)/2‖_F + 2λ, on ``duchi_projection``;
+    accelerated: FISTA, the last iterate. Returns (w, objective)."""
+    unachieved = _unachieved(achieved)
+    free = unachieved.sum(dim=1, keepdim=True)
+    S = Q + Q.transpose(1, 2)
+    L = (2 * torch.linalg.matrix_norm(S / 2) + 2 * lam).unsqueeze(1)
+    step = torch.where(L > 0, 1 / L, 0)
+    w = duchi_projection(init)
+    y, t = w, 1.0
+    for _ in range(steps):
+        point = y if accelerated else w
+        _, omega_gradient = _omega_and_gradient(point, unachieved, free)
+        gradient = torch.bmm(S, point.unsqueeze(2)).squeeze(2) + lam * omega_gradient
+        w_next = duchi_projection(point - step * gradient)
+        if accelerated:
+            t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+            y = w_next + ((t - 1) / t_next) * (w_next - w)
+            t = t_next
+        w = w_next
+    return w, _objective(Q, w, unachieved, free, lam)
+
+
+# ----------------------------------------------------------------------------- inputs
+def make_problems(batch, tasks, size, device, seed):
+    """Q = G Gᵀ [batch, tasks, tasks] (G [batch, tasks, size]: random gradients, each task's
+    scaled by 10^U(−1, 1): tasks whose gradients differ in norm), achieved (probability 0.3 each)
+    and init (softmax weights, a warm start)."""
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(batch, tasks, size, generator=g) * 10 ** (2 * torch.rand(batch, tasks, 1, generator=g) - 1)
+    achieved = torch.rand(batch, tasks, generator=g) < 0.3
+    init = torch.softmax(torch.randn(batch, tasks, generator=g), dim=1)
+    return (G @ G.transpose(1, 2)).to(device), achieved.to(device), init.to(device)
+
+
+def make_quality_problems(batch, tasks, device, seed):
+    """Problems of every rank and scale: G [tasks, D] with D drawn from QUALITY_SIZES (entries of
+    variance 1/D, so that D changes the rank, not the scale), each task's gradient scaled by
+    10^U(−1, 1), and Q = G Gᵀ scaled by 10^U(−3, 3); achieved as in make_problems."""
+    g = torch.Generator().manual_seed(seed)
+    size = max(QUALITY_SIZES)
+    used = torch.tensor(QUALITY_SIZES)[torch.randint(0, len(QUALITY_SIZES), (batch,), generator=g)].view(-1, 1, 1)
+    G = torch.randn(batch, tasks, size, generator=g) * (torch.arange(size) < used) / used.sqrt()
+    G = G * 10 ** (2 * torch.rand(batch, tasks, 1, generator=g) - 1)
+    Q = G @ G.transpose(1, 2) * 10 ** (6 * torch.rand(batch, 1, 1, generator=g) - 3)
+    achieved = torch.rand(batch, tasks, generator=g) < 0.3
+    return Q.to(device), achieved.to(device)
+
+
+def make_projection_inputs(device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(PROJECT_BATCH, PROJECT_TASKS, generator=g)
+    mask = torch.rand(PROJECT_BATCH, PROJECT_TASKS, generator=g) < 0.7
+    mask[:, 0] |= ~mask.any(dim=1)  # the formula needs an allowed entry in every row
+    return v.to(device), mask.to(device)
+
+
+def _compiled(fn, *args):
+    """torch.compile(fn) and the seconds of its first call with an empty inductor cache."""
+    with common.fresh_inductor_cache():
+        compiled = torch.compile(fn, dynamic=False)
+        start = time.perf_counter()
+        compiled(*args)
+        return compiled, time.perf_counter() - start
+
+
+def _max_difference(a, b) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+# ----------------------------------------------------------------------------- timings
+def measure_projection(device, fused_backend, timing, masked, compile_baseline):
+    """Timings of the fused projection, the eager formula, its compilation and the copy_
+    roofline; (stats, compile seconds, max |Δw| of each baseline, bytes moved)."""
+    v, mask = make_projection_inputs(device)
+    mask = mask if masked else None
+
+    def fused():
+        with fastadv.use_backend(fused_backend):
+            return simplex_ops.simplex_project(v, mask)
+
+    moved = 2 * v.numel() * v.element_size() + (0 if mask is None else mask.numel())
+    source = torch.rand(moved // 8, device=device)  # a float32 copy_ reads and writes 8 bytes an element
+    destination = torch.empty_like(source)
+    baselines = {DUCHI: lambda: duchi_projection(v, mask)}
+    compile_s = None
+    if compile_baseline:
+        compiled, compile_s = _compiled(duchi_projection, v, mask)
+        baselines[DUCHI_COMPILED] = lambda: compiled(v, mask)
+    expected = fused()
+    differences = {name: _max_difference(fn(), expected) for name, fn in baselines.items()}
+    functions = dict(baselines, **{"fastadv simplex_project": fused, ROOFLINE: lambda: destination.copy_(source)})
+    stats = common.time_interleaved(functions, device, **timing)
+    for name, fn in functions.items():
+        if name != ROOFLINE:
+            stats[name]["allocated_MiB"] = common.allocated_mib(fn, device)
+    return stats, compile_s, differences, moved
+
+
+def measure_solver(solver, device, fused_backend, timing, compile_baseline):
+    """Timings of min_norm_weights(solver, K = 10) and its baselines; (stats, compile seconds,
+    max |Δw| of each baseline, the eager baseline's name, the compiled baseline's name or None)."""
+    Q, achieved, init = make_problems(SOLVER_BATCH, SOLVER_TASKS, GRADIENT_SIZE, device, seed=1)
+    lr = LR if solver == "softmax-gd" else None
+
+    def fused():
+        with fastadv.use_backend(fused_backend):
+            return simplex_ops.min_norm_weights(Q, achieved, LAM, solver, STEPS, lr, init)
+
+    if solver == "softmax-gd":
+        baselines = {"analytic loop, eager": lambda: softmax_gd_loop(Q, achieved, init, LAM, STEPS, LR),
+                     "autograd loop (loss.backward() on α), eager": lambda: softmax_gd_autograd(
+                         Q, achieved, init, LAM, STEPS, LR)}
+        to_compile = (softmax_gd_loop, (Q, achieved, init, LAM, STEPS, LR))
+    else:
+        accelerated = solver == "apgd"
+        baselines = {"projected gradient loop, eager": lambda: projected_gradient_loop(
+            Q, achieved, init, LAM, STEPS, accelerated)}
+        to_compile = (projected_gradient_loop, (Q, achieved, init, LAM, STEPS, accelerated))
+    eager_name = next(iter(baselines))
+    compiled_name, compile_s = None, None
+    if compile_baseline:
+        compiled, compile_s = _compiled(to_compile[0], *to_compile[1])
+        compiled_name = f"torch.compile({eager_name.removesuffix(', eager')})"
+        baselines[compiled_name] = lambda: compiled(*to_compile[1])
+    expected = fused()[0]
+    differences = {name: _max_difference(fn()[0], expected) for name, fn in baselines.items()}
+    functions = dict(baselines, **{f"fastadv min_norm_weights ({solver})": fused})
+    stats = common.time_interleaved(functions, device, **timing)
+    for name, fn in functions.items():
+        stats[name]["allocated_MiB"] = common.allocated_mib(fn, device)
+    return stats, compile_s, differences, eager_name, compiled_name
+
+
+# ----------------------------------------------------------------------------- quality
+QUANTILES = (("min", 0.0), ("p01", 0.01), ("p50", 0.5), ("p99", 0.99), ("max", 1.0))
+
+
+def _quantiles(prefix, values):
+    q = torch.quantile(values, torch.tensor([p for _, p in QUANTILES], dtype=values.dtype))
+    return {f"{prefix}_{name}": value for (name, _), value in zip(QUANTILES, q.tolist())}
+
+
+# The problems by the size of Q (its Frobenius norm): at lr 0.005 the paper's solver barely moves
+# from the uniform weights when Q is small and takes large steps when it is large.
+BANDS = (("all", 0.0, math.inf), ("‖Q‖ ≤ 1", 0.0, 1.0), ("1 < ‖Q‖ ≤ 100", 1.0, 100.0),
+         ("‖Q‖ > 100", 100.0, math.inf))
+TIE = 1e-6  # objectives this close (relatively) count as equal: float32 weights round them
+
+
+def _quality_record(problems, band, solver, count, comparison, excess, remaining):
+    record = {"problems": problems, "band": band, "solver": solver, "count": count,
+              "lower_fraction": None, "equal_fraction": None, "higher_fraction": None}
+    for prefix in ("gap", "relative_gap"):
+        record.update({f"{prefix}_{name}": None for name, _ in QUANTILES})
+    if comparison is not None:
+        gap, relative, tie = comparison
+        record.update(lower_fraction=(~tie & (gap > 0)).double().mean().item(),
+                      equal_fraction=tie.double().mean().item(),
+                      higher_fraction=(~tie & (gap < 0)).double().mean().item(),
+                      **_quantiles("gap", gap), **_quantiles("relative_gap", relative))
+    return dict(record, **_quantiles("excess", excess), **_quantiles("remaining", remaining))
+
+
+def solution_quality(device, fused_backend, problems):
+    """One record per (problem set, band of ‖Q‖, solver): the gap against softmax-gd and the
+    excess over the exact optimum (see the module docstring)."""
+    records = []
+    for tasks, lam, solvers in ((4, 0.0, ("pgd", "apgd")), (4, LAM, ("pgd", "apgd")), (2, 0.0, ("exact2",)),
+                                (2, LAM, ("exact2",))):
+        Q, achieved = make_quality_problems(problems, tasks, device, seed=10 + tasks)
+        Q64, achieved_cpu = Q.double().cpu(), achieved.cpu()
+        optimum = reference.min_norm_exact(Q64, achieved_cpu, lam)
+        # How much of the cold start's suboptimality is left: (F − F*) / (F(uniform) − F*).
+        start = reference.min_norm_objective(Q64, torch.full_like(Q64[:, :, 0], 1 / tasks), achieved_cpu, lam) - optimum
+        norm = torch.linalg.matrix_norm(Q64)
+
+        def objective(solver):
+            with fastadv.use_backend(fused_backend):
+                w, _ = simplex_ops.min_norm_weights(Q, achieved, lam, solver, STEPS)
+            return reference.min_norm_objective(Q64, w.double().cpu(), achieved_cpu, lam)
+
+        def remaining(value):
+            return torch.where(start > 0, (value - optimum) / start, torch.zeros_like(value))
+
+        paper = objective("softmax-gd")
+        values = {solver: objective(solver) for solver in solvers}
+        for band, low, high in BANDS:
+            inside = (norm > low) & (norm <= high) if band != "all" else torch.ones_like(norm, dtype=torch.bool)
+            count = int(inside.sum())
+            if count == 0:
+                continue
+            case = f"m={tasks}, λ={lam:g}"
+            records.append(_quality_record(case, band, "softmax-gd", count, None, (paper - optimum)[inside],
+                                           remaining(paper)[inside]))
+            for solver, value in values.items():
+                gap = paper - value
+                tie = gap.abs() <= TIE * torch.maximum(paper.abs(), value.abs())
+                relative = torch.where(paper != 0, gap / paper.abs(), torch.zeros_like(gap))
+                records.append(_quality_record(case, band, solver, count,
+                                               (gap[inside], relative[inside], tie[inside]),
+                                               (value - optimum)[inside], remaining(value)[inside]))
+    return records
+
+
+# ----------------------------------------------------------------------------- the run
+def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
+    device = torch.device(device)
+    fused_backend = "cpu" if device.type == "cpu" else "auto"
+    # --quick: a smoke run, well under a minute on 2 cores; torch.compile alone costs 10 to 30 s a
+    # function there, so it has no compiled rows.
+    timing = dict(rounds=3, calls_per_round=1, warmup=1) if quick else dict(rounds=40)
+    records = []
+
+    def add(case, stats, compile_s, differences, eager, compiled, roofline_s=None):
+        eager_s = stats[eager]["median"]
+        compiled_s = stats[compiled]["median"] if compiled is not None else None
+        for name, s in stats.items():
+            records.append({
+                "case": case, "implementation": name, "median_ms": s["median"] * 1e3, "p20_ms": s["p20"] * 1e3,
+                "p80_ms": s["p80"] * 1e3, "speedup_vs_eager": eager_s / s["median"],
+                "speedup_vs_compile": None if compiled_s is None else compiled_s / s["median"],
+                "roofline_percent": None if roofline_s is None else 100 * roofline_s / s["median"],
+                "max_abs_diff_w": differences.get(name), "allocated_MiB": s["allocated_MiB"],
+                "compile_s": compile_s if name == compiled else None})
+
+    bandwidth = {}
+    for case, masked in zip(PROJECTION_CASES, (False, True)):
+        stats, compile_s, differences, moved = measure_projection(device, fused_backend, timing, masked,
+                                                                  compile_baseline=not quick)
+        roofline_s = stats.pop(ROOFLINE)["median"]
+        bandwidth[case] = moved / roofline_s / 1e9
+        add(case, stats, compile_s, differences, DUCHI, None if quick else DUCHI_COMPILED, roofline_s)
+    for solver in ("softmax-gd", "pgd", "apgd"):
+        stats, compile_s, differences, eager, compiled = measure_solver(
+            solver, device, fused_backend, timing, compile_baseline=not quick)
+        add(f"min_norm_weights {solver} K={STEPS} [{SOLVER_BATCH}, {SOLVER_TASKS}]", stats, compile_s, differences,
+            eager, compiled)
+    problems = 1000 if quick else QUALITY_PROBLEMS
+    quality = solution_quality(device, fused_backend, problems)
+    meta = {"machine": common.machine_description(device), "device": str(device), "torch": torch.__version__,
+            "fastadv": fastadv.__version__, "dtype": "float32", "timing": timing, "quick": quick,
+            "projection": [PROJECT_BATCH, PROJECT_TASKS], "solver": [SOLVER_BATCH, SOLVER_TASKS, GRADIENT_SIZE],
+            "lam": LAM, "steps": STEPS, "lr": LR, "copy_GBps": bandwidth,
+            "quality_problems": problems, "quality_sizes": list(QUALITY_SIZES),
+            "inductor_cpp_compiler": common.cxx_compiler_for_inductor() if device.type == "cpu" else None}
+    common.write_results("simplex", records, meta, out_dir)
+    common.write_results("simplex_quality", quality, meta, out_dir)
+    return report(records, quality, meta)
+
+
+# ----------------------------------------------------------------------------- the report
+def _fused(records, case):
+    return next(r for r in records if r["case"] == case and r["implementation"].startswith("fastadv"))
+
+
+def _ratio(value):
+    return "" if value is None else f"{value:.2f}×"
+
+
+def summary(records) -> str:
+    """One row per case: the baselines' times, then the fused op's with its ratios."""
+    rows = []
+    for case in dict.fromkeys(r["case"] for r in records):
+        fused = _fused(records, case)
+        baselines = [r for r in records if r["case"] == case and r is not fused]
+        rows.append([case, "; ".join(f"{r['implementation']}: {r['median_ms']:.3f}" for r in baselines),
+                     f"{fused['median_ms']:.3f}", _ratio(fused["speedup_vs_eager"]),
+                     _ratio(fused["speedup_vs_compile"]),
+                     "" if fused["roofline_percent"] is None else f"{fused['roofline_percent']:.0f}%"])
+    return common.markdown_table(["case", "baselines ms", "fastadv ms", "vs eager", "vs compiled", "roofline"], rows)
+
+
+def _number(value):
+    return f"{value:.3g}"
+
+
+def quality_table(quality) -> str:
+    rows = []
+    for r in quality:
+        if r["solver"] == "softmax-gd":
+            continue
+        rows.append([r["problems"], r["band"], str(r["count"]), r["solver"], f"{100 * r['lower_fraction']:.2f}%",
+                     f"{100 * r['equal_fraction']:.2f}%", f"{100 * r['higher_fraction']:.2f}%",
+                     " / ".join(_number(r[f"gap_{name}"]) for name, _ in QUANTILES),
+                     " / ".join(_number(r[f"relative_gap_{name}"]) for name, _ in QUANTILES),
+                     "yes" if r["lower_fraction"] >= 0.99 else "no"])
+    return common.markdown_table(["problems", "‖Q‖_F", "count", "solver", "lower", "equal", "higher",
+                                  "gap min / 1% / 50% / 99% / max", "relative gap min / 1% / 50% / 99% / max",
+                                  "≥ 99% lower"], rows)
+
+
+def excess_table(quality) -> str:
+    rows = [[r["problems"], r["band"], r["solver"], " / ".join(_number(r[f"excess_{name}"]) for name, _ in QUANTILES),
+             " / ".join(_number(r[f"remaining_{name}"]) for name, _ in QUANTILES)] for r in quality]
+    return common.markdown_table(["problems", "‖Q‖_F", "solver", "F − F* min / 1% / 50% / 99% / max",
+                                  "(F − F*) / (F(uniform) − F*) min / 1% / 50% / 99% / max"], rows)
+
+
+def report(records, quality, meta) -> str:
+    rows = [[r["case"], r["implementation"], f"{r['median_ms']:.3f}", f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}",
+             _ratio(r["speedup_vs_eager"]), _ratio(r["speedup_vs_compile"]),
+             "" if r["roofline_percent"] is None else f"{r['roofline_percent']:.0f}%",
+             "" if r["max_abs_diff_w"] is None else f"{r['max_abs_diff_w']:.1e}", f"{r['allocated_MiB']:.1f}"]
+            for r in records]
+    table = common.markdown_table(["case", "implementation", "median ms", "p20–p80 ms", "vs eager", "vs compiled",
+                                   "roofline", "max |Δw| vs fastadv", "allocated MiB"], rows)
+    bandwidth = "; ".join(f"{case}: {gbps:.1f} GB/s" for case, gbps in meta["copy_GBps"].items())
+    count = meta["quality_problems"]
+    lines = [f"simplex family, float32, {meta['machine']}", "", summary(records), "",
+             "All timings:", "", table, "",
+             f"simplex_project: the public op against the sort-based formula of Duchi et al. (2008) batched in eager "
+             "PyTorch (sort, cumsum, ρ, gather, clamp; masked entries set to −inf) and torch.compile of it. "
+             f"roofline: the bytes the op moves (v read, w written, the mask read) at the bandwidth of a copy_ of as "
+             f"many bytes timed in the same rounds ({bandwidth}).",
+             f"min_norm_weights: Q [B, m, m] = G Gᵀ, G [{SOLVER_BATCH}, {SOLVER_TASKS}, {GRADIENT_SIZE}], "
+             f"λ = {meta['lam']:g}, K = {meta['steps']} steps, warm start; softmax-gd (lr {meta['lr']:g}) against the "
+             "analytic loop of Algorithm 1 lines 6–10 in eager PyTorch, its autograd form (loss.backward() on α, an "
+             "SGD step) and torch.compile of the analytic loop; pgd / apgd against their eager loop on the "
+             "Duchi projection and torch.compile of it.",
+             "max |Δw| vs fastadv: the largest difference between a baseline's weights and the fused op's.",
+             "allocated MiB: memory one call allocates (CPU: the sum of its allocations from torch.profiler; "
+             "CUDA: the peak above the memory held before the call).",
+             "torch.compile's first call, each with an empty inductor cache:"]
+    for r in records:
+        if r["compile_s"] is not None:
+            lines.append(f"- {r['case']}, {r['implementation']}: {r['compile_s']:.1f} s")
+    if meta["quick"]:
+        lines.append("- none: --quick has no torch.compile rows (a smoke run: 3 rounds of 1 call, noisy figures)")
+    lines += ["", f"Solution quality at K = {meta['steps']} steps, {count} random problems per problem set (float32 "
+              "ops, objectives in float64 at the returned weights, cold start: every solver starts from the uniform "
+              "weights), by the Frobenius norm of Q: gap = F(softmax-gd) − F(solver); lower: the exact solver's "
+              f"objective is lower than softmax-gd's; equal: within {TIE:g} relatively (the rounding of float32 "
+              "weights); relative gap = gap / F(softmax-gd).", "",
+              quality_table(quality), "",
+              "Excess over the exact optimum F* (fastadv.reference.simplex.min_norm_exact, float64), absolute and as "
+              "the part of the cold start's suboptimality left after K steps (a negative excess: float32 weights "
+              "off the simplex by a rounding):", "",
+              excess_table(quality)]
+    return "\n".join(lines)
