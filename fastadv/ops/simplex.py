@@ -83,15 +83,10 @@ def _gram(op: str, Q) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- dispatch
-def _has_cpp() -> bool:
-    """Whether this build of fastadv._C has the family's C++ ops."""
-    return hasattr(torch.ops.fastadv, "simplex_project")
-
-
 def _implementation(name: str, device: torch.device, dtype: torch.dtype):
     """The op that runs ``name`` here, or None for the reference."""
     chosen = backend.select(name, device, dtype)
-    if chosen == "reference" or (chosen != "triton" and not _has_cpp()):  # TEMPORARY: before the C++ lands
+    if chosen == "reference":
         return None
     if chosen == "triton":
         return getattr(_TRITON, name)
@@ -104,6 +99,7 @@ def _optional(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 # ----------------------------------------------------------------------------- the ops
 def _simplex_project(v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    v = v.detach()
     op = _implementation("simplex_project", v.device, v.dtype)
     if op is None:
         return reference.simplex_project(v, mask)
@@ -146,6 +142,7 @@ def simplex_distance_sq(w: torch.Tensor, achieved: Optional[torch.Tensor] = None
 def _min_norm_weights(Q: torch.Tensor, achieved: Optional[torch.Tensor] = None, lam: float = 0.0,
                       solver: str = "softmax-gd", steps: Optional[int] = None, lr: Optional[float] = None,
                       init: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    Q, init = Q.detach(), None if init is None else init.detach()
     steps = DEFAULT_STEPS if steps is None else steps
     if solver == "softmax-gd" and lr is None:
         lr = DEFAULT_LR
@@ -204,11 +201,10 @@ def _autograd(name: str):
     return _registry.saved_gradient_autograd(name) if name == "simplex_distance_sq" else None
 
 
-if _has_cpp():
-    for _name in _OPS:
-        torch.library.register_fake(f"fastadv::{_name}")(_fake(_name))
-    _backward, _setup_context = _autograd("simplex_distance_sq")
-    torch.library.register_autograd("fastadv::simplex_distance_sq", _backward, setup_context=_setup_context)
+for _name in _OPS:
+    torch.library.register_fake(f"fastadv::{_name}")(_fake(_name))
+_backward, _setup_context = _autograd("simplex_distance_sq")
+torch.library.register_autograd("fastadv::simplex_distance_sq", _backward, setup_context=_setup_context)
 
 _TRITON = _registry.TritonOps("simplex", _OPS, fake=_fake, autograd=_autograd)
 
