@@ -28,10 +28,13 @@ import triton.language as tl
 
 from ..ops.simplex import MAX_TASKS as _MAX_TASKS
 
-# Elements of the largest tile a program holds, [BLOCK_B, M, M]: 128 rows of Q at m = 4,
-# 32 at m = 8, 2 at m = 32; 16 float32 registers a thread per tile at 4 warps.
-_TILE = 2048
-_SOFTMAX_GD, _PGD, _APGD, _EXACT2 = 0, 1, 2, 3  # the schema's solver codes (fastadv.ops.simplex.SOLVERS)
+# Elements of the largest tile a program holds, [BLOCK_B, M, M]: 32 rows of Q at m = 4, 8 at
+# m = 8, one row from m = 32 on (1024). Small programs, since a row's K steps are a chain of
+# dependent reductions: 4096 rows of m = 4 make 128 programs, a wave of an H100's 132 SMs.
+# Not tuned on a GPU yet.
+_TILE = 512
+# The schema's solver codes (the order of fastadv.ops.simplex.SOLVERS), constexpr for the kernel.
+_SOFTMAX_GD, _PGD, _APGD, _EXACT2 = (tl.constexpr(code) for code in range(4))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -299,10 +302,10 @@ def simplex_distance_sq(w: torch.Tensor, achieved, grad_w: bool):
 
 def min_norm_weights(Q: torch.Tensor, achieved, init, lam: float, solver: int, steps: int, lr: float):
     rows, m = Q.shape[0], Q.shape[1]
-    if solver not in (_SOFTMAX_GD, _PGD, _APGD, _EXACT2):
+    if solver not in range(4):
         raise ValueError(f"min_norm_weights: solver must be a code 0 to 3 (softmax-gd, pgd, apgd, exact2), "
                          f"got {solver}")
-    if solver == _EXACT2 and m != 2:
+    if solver == _EXACT2.value and m != 2:
         raise ValueError(f"min_norm_weights: solver 'exact2' needs m = 2 tasks, got m = {m}")
     if steps < 1:
         raise ValueError(f"min_norm_weights: steps must be at least 1, got {steps}")
