@@ -60,8 +60,6 @@ QUALITY_SIZES = (1, 2, 4, 16, 64, 256)
 ROOFLINE = "copy_ of the same bytes"
 DUCHI = "Duchi et al. 2008 sort-based formula, eager"
 DUCHI_COMPILED = "torch.compile(Duchi et al. 2008 formula)"
-PROJECTION_CASES = (f"simplex_project [{PROJECT_BATCH}, {PROJECT_TASKS}]",
-                    f"simplex_project [{PROJECT_BATCH}, {PROJECT_TASKS}], masked")
 
 
 # ----------------------------------------------------------------------------- the baselines
@@ -356,7 +354,8 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
                 "compile_s": compile_s if name == compiled else None})
 
     bandwidth = {}
-    for case, masked in zip(PROJECTION_CASES, (False, True)):
+    projection = f"simplex_project [{PROJECT_BATCH}, {PROJECT_TASKS}]"
+    for case, masked in ((projection, False), (f"{projection}, masked", True)):
         stats, compile_s, differences, moved = measure_projection(device, fused_backend, timing, masked,
                                                                   compile_baseline=not quick)
         roofline_s = stats.pop(ROOFLINE)["median"]
