@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import row_max as _row_max, row_sum as _row_sum
 from ..ops.logits import TRITON_MAX_COLUMNS as _MAX_COLUMNS
 # At least 2048 elements per program (short rows are batched, which also keeps the
 # interpreter's program count low) and 8 per thread up to 32 warps: with 16 per thread,
@@ -60,14 +61,6 @@ def _load(ptr, offsets, mask, ACC: tl.constexpr):
     return tl.load(ptr + offsets, mask=mask, other=0.0).to(ACC)
 
 
-@triton.jit
-def _row_sum(x):
-    return tl.sum(x, axis=1, keep_dims=True)
-
-
-@triton.jit
-def _row_max(x):
-    return tl.max(x, axis=1, keep_dims=True)
 
 
 @triton.jit

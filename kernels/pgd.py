@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import divide as _divide, sqrt as _sqrt
+
 # L-infinity is elementwise: 1024 elements (4 warps) per program is the usual memory-bound
 # choice. L2 runs one program per row and keeps three partial sums of BLOCK elements in
 # registers across its loop; 2048 caps that register footprint while still covering a
@@ -35,22 +37,6 @@ def _sign_propagating_nan(g):
     return tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, g))
 
 
-@triton.jit
-def _sqrt(v, ACC: tl.constexpr):
-    # Triton's float32 sqrt and `/` are approximate on the GPU; the C++ kernels use IEEE ones.
-    # float64 has no approximate variants, so the plain operations are already exact there.
-    if ACC == tl.float32:
-        return tl.sqrt_rn(v)
-    else:
-        return tl.sqrt(v)
-
-
-@triton.jit
-def _divide(a, b, ACC: tl.constexpr):
-    if ACC == tl.float32:
-        return tl.div_rn(a, b)
-    else:
-        return a / b
 
 
 @triton.jit

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import divide as _divide, row_max as _row_max, row_sum as _row_sum, sqrt as _sqrt
 from ..ops.simplex import MAX_TASKS as _MAX_TASKS
 
 # Elements of the largest tile a program holds, [BLOCK_B, M, M]: 32 rows of Q at m = 4, 8 at
@@ -38,33 +39,6 @@ _SOFTMAX_GD, _PGD, _APGD, _EXACT2 = (tl.constexpr(code) for code in range(4))
 
 
 # ----------------------------------------------------------------------------- helpers
-@triton.jit
-def _divide(a, b, ACC: tl.constexpr):
-    # Triton's float32 `/` and sqrt are approximate on the GPU; the C++ kernels use IEEE ones.
-    if ACC == tl.float32:
-        return tl.div_rn(a, b)
-    else:
-        return a / b
-
-
-@triton.jit
-def _sqrt(v, ACC: tl.constexpr):
-    if ACC == tl.float32:
-        return tl.sqrt_rn(v)
-    else:
-        return tl.sqrt(v)
-
-
-@triton.jit
-def _row_sum(x):
-    return tl.sum(x, axis=1, keep_dims=True)
-
-
-@triton.jit
-def _row_max(x):
-    return tl.max(x, axis=1, keep_dims=True)
-
-
 @triton.jit
 def _rows(B, m, BLOCK_B: tl.constexpr, M: tl.constexpr):
     """The program's rows ([BLOCK_B, 1]), coordinates ([1, M]), row-major offsets into [B, m]

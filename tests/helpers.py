@@ -1,6 +1,9 @@
-"""Shared parametrisation of the tests."""
+"""Shared parametrisation and instruments of the tests."""
+from unittest import mock
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def device_of(backend: str) -> torch.device:
@@ -28,3 +31,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class ValueReads(TorchDispatchMode):
+    """Counts the reads of a tensor's value by the host (what synchronises with a GPU): a scalar
+    read, a value-shaped op, and ``.tolist()``, which reads a CPU tensor's storage without a
+    dispatch (tests/test_synchronisation.py counts the same way)."""
+
+    _VALUE_SHAPED = {torch.ops.aten.nonzero, torch.ops.aten.masked_select, torch.ops.aten._unique2}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default or func.overloadpacket in self._VALUE_SHAPED:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        tolist = torch.Tensor.tolist
+
+        def counted(tensor, *args, **kwargs):
+            self.reads += 1
+            return tolist(tensor, *args, **kwargs)
+        self._patch = mock.patch.object(torch.Tensor, "tolist", counted)
+        self._patch.start()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self._patch.stop()
+        return super().__exit__(*exc)

@@ -3,17 +3,15 @@ the float64 reference (values and gradients) on odd shapes, the eps guard, float
 opcheck of the op and of its backward op, torch.compile, bad input, half types (GPU)."""
 import inspect
 import math
-from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastadv
 from fastadv.ops import logits as ops
 from fastadv.reference import logits as reference
-from tests.helpers import BACKENDS, device_of
+from tests.helpers import BACKENDS, ValueReads, device_of
 
 # The C++ kernels on every shape the issue names; the Triton interpreter (a program per sample)
 # on shapes that still reach every path: one member (padded to two), non-powers of two, one
@@ -329,46 +327,15 @@ def test_public_names_and_signatures():
         assert list(parameters) == ["V", "y", "normalize"] and parameters["normalize"].default is True
 
 
-class _ValueReads(TorchDispatchMode):
-    """Counts the reads of a tensor's value by the host (what synchronises with a GPU): a scalar
-    read, a value-shaped op, and ``.tolist()``, which reads a CPU tensor's storage without a
-    dispatch (tests/test_synchronisation.py counts the same way)."""
-
-    _VALUE_SHAPED = {torch.ops.aten.nonzero, torch.ops.aten.masked_select, torch.ops.aten._unique2}
-
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default or func.overloadpacket in self._VALUE_SHAPED:
-            self.reads += 1
-        return func(*args, **(kwargs or {}))
-
-    def __enter__(self):
-        tolist = torch.Tensor.tolist
-
-        def counted(tensor, *args, **kwargs):
-            self.reads += 1
-            return tolist(tensor, *args, **kwargs)
-        self._patch = mock.patch.object(torch.Tensor, "tolist", counted)
-        self._patch.start()
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        self._patch.stop()
-        return super().__exit__(*exc)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_unchecked_reads_no_value_and_the_public_op_one(backend):
     """The fused paths (the reference, the fallback, uses one_hot, which checks the labels)."""
     V, y = make_inputs(3, 8, 10, device=device_of(backend))
     V.requires_grad_()
     with fastadv.use_backend(backend):
-        with _ValueReads() as unchecked_reads:
+        with ValueReads() as unchecked_reads:
             torch.autograd.grad(ops.unchecked.masked_gram(V, y, True).sum(), [V])
-        with _ValueReads() as public_reads:
+        with ValueReads() as public_reads:
             ops.masked_gram(V, y)
     assert unchecked_reads.reads == 0
     assert public_reads.reads == 1  # the labels' range, once

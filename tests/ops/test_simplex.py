@@ -4,18 +4,16 @@ properties of the projection, the solvers iterate for iterate and against the ex
 gradcheck, opcheck, torch.compile, no value read, bad input."""
 import inspect
 import math
-from unittest import mock
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastadv
 from fastadv.ops import simplex as ops
 from fastadv.reference import simplex as reference
-from tests.helpers import BACKENDS, device_of, one_thread  # noqa: F401  (one_thread: autouse)
+from tests.helpers import BACKENDS, ValueReads, device_of, one_thread  # noqa: F401  (one_thread: autouse)
 
 BATCHES = (1, 7, 4097)
 TASKS = (1, 2, 3, 4, 8, 17, 32)
@@ -476,35 +474,6 @@ def test_public_names_and_signatures():
     assert defaults["steps"].default is None and defaults["lr"].default is None
 
 
-class _ValueReads(TorchDispatchMode):
-    """Counts the host's reads of tensor values (tests/test_synchronisation.py counts the same way)."""
-
-    _VALUE_SHAPED = {torch.ops.aten.nonzero, torch.ops.aten.masked_select, torch.ops.aten._unique2}
-
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default or func.overloadpacket in self._VALUE_SHAPED:
-            self.reads += 1
-        return func(*args, **(kwargs or {}))
-
-    def __enter__(self):
-        tolist = torch.Tensor.tolist
-
-        def counted(tensor, *args, **kwargs):
-            self.reads += 1
-            return tolist(tensor, *args, **kwargs)
-        self._patch = mock.patch.object(torch.Tensor, "tolist", counted)
-        self._patch.start()
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        self._patch.stop()
-        return super().__exit__(*exc)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_value_is_read(backend):
     """Neither the unchecked ops nor the public ones (metadata checks only) read a value."""
@@ -514,7 +483,7 @@ def test_no_value_is_read(backend):
     w = simplex_points(8, 3, device=device).requires_grad_()
     with fastadv.use_backend(backend):
         for namespace in (ops.unchecked, ops):
-            with _ValueReads() as reads:
+            with ValueReads() as reads:
                 namespace.simplex_project(w.detach(), ~achieved)
                 torch.autograd.grad(namespace.simplex_distance_sq(w, achieved).sum(), [w])
                 for solver in ("softmax-gd", "apgd"):
