@@ -155,15 +155,17 @@ class EnsembleTasks(TaskSet):
         return [f"member {i}" for i in range(self.tasks)]
 
     def prepare(self, attack, x, y):
+        # Every member's clean logits only for KL (the labels are checked on the first's).
+        members = self.members if attack.loss == "kl" else self.members[:1]
         with torch.no_grad():
-            clean = [attack.forward(member, x) for member in self.members]
-        return {"logits": clean[0], "clean": clean}
+            clean = [attack.forward(member, x) for member in members]
+        return {"logits": clean[0], "clean": clean if attack.loss == "kl" else None}
 
     def evaluate(self, attack, x, y, copies, state, generator):
         losses, achieved = [], []
         for i, member in enumerate(self.members):
             z = attack.forward(member, x + copies[i])
-            losses.append(_loss(attack, z, y, state["clean"][i]))
+            losses.append(_loss(attack, z, y, state["clean"][i] if state["clean"] else None))
             achieved.append(z.argmax(dim=1) != y)
         return torch.stack(losses, dim=1), torch.stack(achieved, dim=1)
 
@@ -237,31 +239,56 @@ def _affine(x: torch.Tensor, angle_deg: torch.Tensor, scale: torch.Tensor) -> to
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _uniform(low: float, high: float, n: int, like: torch.Tensor, generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, device=like.device, dtype=like.dtype, generator=generator)
+def _parameter(x: torch.Tensor, fixed: float, low: float, high: float, stochastic: bool, generator) -> torch.Tensor:
+    """One value per sample [N]: ``fixed`` (the deterministic setting) or U(low, high)."""
+    if not stochastic:
+        return torch.full((len(x),), fixed, device=x.device, dtype=x.dtype)
+    return low + (high - low) * torch.rand(len(x), device=x.device, dtype=x.dtype, generator=generator)
 
 
-def _coin(n: int, like: torch.Tensor, generator) -> torch.Tensor:
-    return (torch.rand(n, device=like.device, generator=generator) < 0.5).view((n,) + (1,) * (like.dim() - 1))
+def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return values.view((-1,) + (1,) * (x.dim() - 1))
 
 
-# Seed 003 Table 9: (deterministic, stochastic) transformation of inputs in [0, 1].
-# Gamma: x^γ with x clamped at 1e-6 first, since d(x^γ)/dx is infinite at 0 for γ < 1 (the seed
-# reports that infinite gradient in its stochastic setting).
+def _flip(x, dim, stochastic, generator):
+    """Always (p = 1), or with probability ½ per sample."""
+    flipped = x.flip(dim)
+    if not stochastic:
+        return flipped
+    return torch.where(_per_sample(_parameter(x, 0.0, 0.0, 1.0, True, generator) < 0.5, x), flipped, x)
+
+
+def _crop(x, stochastic, generator):
+    """Centre crop of scale s resized back: a zoom by 1/s."""
+    no_rotation = torch.zeros(len(x), device=x.device, dtype=x.dtype)
+    return _affine(x, no_rotation, _parameter(x, 0.6, 0.6, 1.0, stochastic, generator))
+
+
+def _brightness(x, stochastic, generator):
+    return torch.clamp(x * _per_sample(_parameter(x, 1.3, 1.0, 1.3, stochastic, generator), x), 0, 1)
+
+
+def _rotation(x, stochastic, generator):
+    no_zoom = torch.ones(len(x), device=x.device, dtype=x.dtype)
+    return _affine(x, _parameter(x, 10.0, -10.0, 10.0, stochastic, generator), no_zoom)
+
+
+def _gamma(x, stochastic, generator):
+    # x is clamped at 1e-6 first: d(x^γ)/dx is infinite at 0 for γ < 1 (the seed reports that
+    # infinite gradient in its stochastic setting).
+    return torch.clamp(x, min=1e-6) ** _per_sample(_parameter(x, 1.3, 0.7, 1.3, stochastic, generator), x)
+
+
+# Seed 003 Table 9: each family as ``transform(x, stochastic, generator)`` on inputs in [0, 1],
+# its fixed parameter or its sampled one.
 TRANSFORMS: Dict[str, Callable] = {
-    "identity": lambda x, stochastic, g: x,
-    "hflip": lambda x, stochastic, g: (torch.where(_coin(len(x), x, g), x.flip(-1), x) if stochastic else x.flip(-1)),
-    "vflip": lambda x, stochastic, g: (torch.where(_coin(len(x), x, g), x.flip(-2), x) if stochastic else x.flip(-2)),
-    "crop": lambda x, stochastic, g: _affine(
-        x, torch.zeros(len(x), device=x.device, dtype=x.dtype),
-        _uniform(0.6, 1.0, len(x), x, g) if stochastic else torch.full((len(x),), 0.6, device=x.device, dtype=x.dtype)),
-    "brightness": lambda x, stochastic, g: torch.clamp(
-        x * (_uniform(1.0, 1.3, len(x), x, g).view((-1,) + (1,) * (x.dim() - 1)) if stochastic else 1.3), 0, 1),
-    "rotation": lambda x, stochastic, g: _affine(
-        x, _uniform(-10.0, 10.0, len(x), x, g) if stochastic else torch.full((len(x),), 10.0, device=x.device, dtype=x.dtype),
-        torch.ones(len(x), device=x.device, dtype=x.dtype)),
-    "gamma": lambda x, stochastic, g: torch.clamp(x, min=1e-6) ** (
-        _uniform(0.7, 1.3, len(x), x, g).view((-1,) + (1,) * (x.dim() - 1)) if stochastic else 1.3),
+    "identity": lambda x, stochastic, generator: x,
+    "hflip": lambda x, stochastic, generator: _flip(x, -1, stochastic, generator),
+    "vflip": lambda x, stochastic, generator: _flip(x, -2, stochastic, generator),
+    "crop": _crop,
+    "brightness": _brightness,
+    "rotation": _rotation,
+    "gamma": _gamma,
 }
 
 
