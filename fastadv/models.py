@@ -4,15 +4,26 @@ Inputs stay in [0, 1] everywhere (the attacks' epsilon-balls and clipping live t
 :class:`NormalizedModel` subtracts the dataset's mean and divides by its std as its first
 layer, so an attack differentiates through the normalisation like through any other layer.
 
-Every fastadv network is ``classifier(features(x))``: ``features`` returns the penultimate
-representation f(x) (what ADR, ASCL and the compactness losses of METHODS.md act on) and
-``classifier`` is the last ``nn.Linear`` g. Torchvision models, built by name with the prefix
-``torchvision:``, have no such split.
+Every fastadv network is a :class:`FeatureNetwork`, ``classifier(features(x))``: ``features``
+returns the penultimate representation f(x), the input of the last ``nn.Linear`` g =
+``classifier`` (what ADR, ASCL and the compactness losses of METHODS.md act on), and
+``forward_with_features(x)`` returns ``(f(x), g(f(x)))`` from one forward pass.
+
+Torchvision models, built by name with the prefix ``torchvision:``, have no such split. For
+them (and any other network without a ``forward_with_features`` method) :class:`NormalizedModel`
+reads the representation through a hook: the input of the network's final classification
+``nn.Linear`` (the last one in ``net.modules()`` order with ``num_classes`` outputs, found by
+:func:`penultimate_layer`: resnet's ``fc``, vgg's and mobilenet's ``classifier[-1]``, vit's
+``heads.head``), captured by a forward pre-hook during one ordinary forward call and flattened to
+[B, D]. The hook lives only for that call, so nothing is kept between calls and the features
+carry gradients like the logits. ``NormalizedModel(net, mean, std, feature_layer="<module
+path>")`` names the layer where the rule picks the wrong one (or none, as for squeezenet, whose
+classifier is a convolution).
 """
 from __future__ import annotations
 
 from numbers import Integral, Real
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,7 +34,8 @@ from .ensemble import Ensemble
 
 TORCHVISION_PREFIX = "torchvision:"
 
-__all__ = ["MODELS", "TORCHVISION_PREFIX", "Normalize", "NormalizedModel", "DigitsCNN", "DigitsMLP", "DigitsResNet",
+__all__ = ["MODELS", "TORCHVISION_PREFIX", "Normalize", "NormalizedModel", "FeatureNetwork", "penultimate_layer",
+           "DigitsCNN", "DigitsMLP", "DigitsResNet",
            "PreActBlock", "PreActResNet", "WideBasicBlock", "WideResNet", "CNN4C3F",
            "preact_resnet18", "wide_resnet34_10", "build_model", "default_model", "Ensemble"]
 
@@ -72,31 +84,101 @@ class Normalize(nn.Module):
 class NormalizedModel(nn.Module):
     """A network behind :class:`Normalize`: takes [0, 1] images, returns logits.
 
-    ``.normalize`` and ``.net`` are the two parts; ``features(x)`` is the network's penultimate
-    representation of the normalised input (``.net.classifier`` maps it to the logits).
+    ``.normalize`` and ``.net`` are the two parts. ``features(x)`` is the network's penultimate
+    representation of the normalised input, the input of its final classification layer, and
+    ``forward_with_features(x)`` returns ``(features, logits)`` from one forward pass. A
+    :class:`FeatureNetwork` gives both itself (``.net.classifier`` maps the features to the
+    logits); any other network (torchvision's) through the hook of the module docstring, on the
+    layer ``feature_layer`` (a module path of ``net``, e.g. ``"fc"`` or ``"classifier.3"``) or,
+    when that is None, on the last ``nn.Linear`` of the network, which must then have as many
+    outputs as the network has logits.
     """
 
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 feature_layer: Optional[str] = None):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.net = net
+        if feature_layer is not None:
+            try:
+                net.get_submodule(feature_layer)
+            except AttributeError as error:
+                raise ValueError(f"NormalizedModel: feature_layer {feature_layer!r} is not a module "
+                                 f"of {type(net).__name__}: {error}") from None
+        self.feature_layer = feature_layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def _net_has(self, method: str) -> bool:
         # A method defined on the network's class, not an attribute: torchvision's VGG,
         # MobileNet, EfficientNet... have a *module* called `features` (their convolutional
         # trunk), which is not the penultimate representation.
-        if not callable(getattr(type(self.net), "features", None)):
-            raise TypeError(f"{type(self.net).__name__} has no features() method; the methods "
-                            f"that need the penultimate representation run on fastadv's own "
-                            f"networks ({', '.join(MODELS)})")
-        return self.net.features(self.normalize(x))
+        return self.feature_layer is None and callable(getattr(type(self.net), method, None))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self._net_has("features"):
+            return self.net.features(self.normalize(x))
+        return self.forward_with_features(x)[0]
+
+    def forward_with_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalize(x)
+        if self._net_has("forward_with_features"):
+            return self.net.forward_with_features(x)
+        path = self.feature_layer if self.feature_layer is not None else penultimate_layer(self.net)
+        layer = self.net.get_submodule(path)
+        inputs = []
+        handle = layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+        try:
+            logits = self.net(x)
+        finally:
+            handle.remove()
+        if len(inputs) != 1:
+            raise ValueError(f"{type(self.net).__name__}: the feature layer {path!r} ran {len(inputs)} "
+                             f"times in one forward pass, not once; name another with feature_layer=")
+        if self.feature_layer is None and layer.out_features != logits.shape[-1]:
+            raise ValueError(f"{type(self.net).__name__}: its last nn.Linear {path!r} has "
+                             f"{layer.out_features} outputs, not the {logits.shape[-1]} logits, so it "
+                             f"is not the classifier; name the layer with feature_layer=")
+        return torch.flatten(inputs[0], 1), logits
+
+    def extra_repr(self) -> str:
+        return "" if self.feature_layer is None else f"feature_layer={self.feature_layer!r}"
+
+
+def penultimate_layer(net: nn.Module, num_classes: Optional[int] = None) -> str:
+    """The module path (for ``net.get_submodule``) of ``net``'s final classification layer,
+    whose input is the penultimate representation: the last ``nn.Linear`` in ``net.modules()``
+    order with ``num_classes`` outputs (any number when None). ValueError where there is none."""
+    linears = [name for name, module in net.named_modules()
+               if isinstance(module, nn.Linear) and (num_classes is None or module.out_features == num_classes)]
+    if not linears:
+        outputs = "" if num_classes is None else f" with {num_classes} outputs"
+        raise ValueError(f"{type(net).__name__} has no final classification nn.Linear{outputs} whose "
+                         f"input would be its features; name the layer whose input is the "
+                         f"representation: NormalizedModel(net, mean, std, feature_layer='<module path>')")
+    return linears[-1]
+
+
+class FeatureNetwork(nn.Module):
+    """A network ``classifier(features(x))``, the split of every fastadv network: a subclass
+    defines ``features(x)``, the penultimate representation [B, D], and ``classifier``, the
+    ``nn.Linear`` from it to the logits."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_with_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(features(x), logits)`` from one forward pass."""
+        features = self.features(x)
+        return features, self.classifier(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
 
 
 # ----------------------------------------------------------------------------- digits CNN
-class DigitsCNN(nn.Module):
+class DigitsCNN(FeatureNetwork):
     """A small CNN for scikit-learn's 8x8 digits: conv 32 -> conv 64 (3x3, padding 1, ReLU) ->
     max-pool 2 -> fc 128 -> ReLU -> fc num_classes.
 
@@ -119,10 +201,8 @@ class DigitsCNN(nn.Module):
         self.classifier = nn.Linear(128, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer, the classifier's input: fc 128 after its ReLU, [B, 128]."""
         return self.encoder(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 # ----------------------------------------------------------------------------- PreActResNet
@@ -148,7 +228,7 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(FeatureNetwork):
     """PreActResNet as used throughout the adversarial-training literature, following Rice, Wong
     and Kolter 2020, "Overfitting in adversarially robust deep learning" (locuslab/robust_overfitting,
     preactresnet.py): conv3x3(64), four stages of pre-activation blocks with 64-128-256-512
@@ -177,12 +257,10 @@ class PreActResNet(nn.Module):
         self.classifier = nn.Linear(512, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer, the classifier's input: the globally pooled final BN-ReLU, [B, 512]."""
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
         out = F.relu(self.bn(out))
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 def preact_resnet18(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> PreActResNet:
@@ -217,7 +295,7 @@ class WideBasicBlock(nn.Module):
         return self.conv2(out) + shortcut
 
 
-class WideResNet(nn.Module):
+class WideResNet(FeatureNetwork):
     """WideResNet (Zagoruyko and Komodakis 2016, "Wide residual networks") as in the code of
     Madry et al. and TRADES (yaodongyu/TRADES, models/wideresnet.py): conv3x3(16), three stages
     of (depth - 4) / 6 wide blocks with 16k, 32k, 64k channels (strides 1, 2, 2), final BN + ReLU,
@@ -262,12 +340,10 @@ class WideResNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer, the classifier's input: the globally pooled final BN-ReLU, [B, 64k]."""
         out = self.block3(self.block2(self.block1(self.conv1(x))))
         out = F.relu(self.bn(out))
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 def wide_resnet34_10(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> WideResNet:
@@ -276,7 +352,7 @@ def wide_resnet34_10(num_classes: int = 10, input_shape: Sequence[int] = (3, 32,
 
 
 # ----------------------------------------------------------------------------- CNN-4C3F
-class CNN4C3F(nn.Module):
+class CNN4C3F(FeatureNetwork):
     """CNN-4C3F(32) of seed 003 (Bui's thesis, supplementary of the ADR chapter, "Model
     architectures"): generator ``2 x Conv(32) -> MaxPool -> 2 x Conv(32) -> MaxPool -> Flatten``,
     classifier ``FC(200) -> ReLU -> Dropout(0.5) -> FC(200) -> ReLU -> FC(num_classes)``.
@@ -324,13 +400,11 @@ class CNN4C3F(nn.Module):
         self.classifier = nn.Linear(hidden, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer, the classifier's input: the second FC(hidden) after its ReLU, [B, hidden]."""
         return self.hidden(self.generator(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
-
-class DigitsMLP(nn.Module):
+class DigitsMLP(FeatureNetwork):
     """A multilayer perceptron for the 8x8 digits: flatten -> fc 256 -> ReLU -> fc 128 -> ReLU
     -> fc num_classes. With :class:`DigitsResNet` and :class:`DigitsCNN` it makes an ensemble
     of different architectures on the digits (seed 003 ch. 4 attacks an ensemble of four
@@ -346,13 +420,11 @@ class DigitsMLP(nn.Module):
         self.classifier = nn.Linear(hidden // 2, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer, the classifier's input: fc hidden/2 after its ReLU, [B, hidden/2]."""
         return self.encoder(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
-
-class DigitsResNet(nn.Module):
+class DigitsResNet(FeatureNetwork):
     """A small residual network for the 8x8 digits: conv 32 (3x3) -> two pre-activation blocks
     of 32 channels (:class:`PreActBlock`, the second with stride 2) -> BN -> ReLU -> global
     average pool -> fc num_classes."""
@@ -367,10 +439,8 @@ class DigitsResNet(nn.Module):
         self.classifier = nn.Linear(width, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer, the classifier's input: the globally pooled final BN-ReLU, [B, width]."""
         return self.head(self.blocks(self.stem(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -411,20 +481,26 @@ def build_model(name: str, info: DatasetInfo) -> NormalizedModel:
 
     ``name`` is a key of :data:`MODELS` or ``"torchvision:<model>"`` for any torchvision
     classifier (built untrained with ``torchvision.models.get_model(model, weights=None,
-    num_classes=...)``). ``info`` gives the number of classes, the input shape and the mean/std.
+    num_classes=...)``; its features are the input of :func:`penultimate_layer`, read through the
+    hook of the module docstring). ``info`` gives the number of classes, the input shape and the mean/std.
     """
     if not isinstance(info, DatasetInfo):
         raise TypeError(f"build_model: info must be a DatasetInfo, got {type(info).__name__}")
     if not isinstance(name, str):
         raise TypeError(f"build_model: name must be a string, got {type(name).__name__}")
+    feature_layer = None
     if name.startswith(TORCHVISION_PREFIX):
         net = _torchvision_model(name[len(TORCHVISION_PREFIX):], info.num_classes, tuple(info.input_shape))
+        try:
+            feature_layer = penultimate_layer(net, info.num_classes)
+        except ValueError:
+            pass  # a convolutional classifier (squeezenet): it trains; asking for its features raises
     elif name in MODELS:
         net = MODELS[name](num_classes=info.num_classes, input_shape=info.input_shape)
     else:
         raise ValueError(f"build_model: model must be one of {tuple(MODELS)} or "
                          f"'{TORCHVISION_PREFIX}<name>' (e.g. '{TORCHVISION_PREFIX}resnet18'), got {name!r}")
-    return NormalizedModel(net, info.mean, info.std)
+    return NormalizedModel(net, info.mean, info.std, feature_layer)
 
 
 def default_model(dataset_name: str) -> str:

@@ -1,9 +1,12 @@
+import gc
+import weakref
+
 import pytest
 import torch
 
 from fastadv.data import dataset_info
 from fastadv.models import (MODELS, CNN4C3F, Normalize, NormalizedModel, build_model, default_model,
-                            preact_resnet18, wide_resnet34_10)
+                            penultimate_layer, preact_resnet18, wide_resnet34_10)
 
 # Each network on the data set it is meant for, and the width of its penultimate layer.
 CASES = [
@@ -99,8 +102,7 @@ def test_torchvision_model_by_name():
     assert isinstance(model, NormalizedModel)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     assert model.training
-    with pytest.raises(TypeError, match="features"):
-        model.features(torch.rand(2, 3, 32, 32))
+    assert model.feature_layer == "fc"
 
 
 def test_torchvision_model_that_cannot_take_the_input_is_rejected():
@@ -135,3 +137,115 @@ def test_normalize_buffers_and_validation():
         Normalize((0.5,), (0.0,))
     with pytest.raises(ValueError, match="one entry per channel"):
         Normalize((0.5, 0.5), (0.5,))
+
+
+@pytest.mark.parametrize("name, data, width", CASES)
+def test_forward_with_features_is_one_pass_of_features_and_logits(built, name, data, width):
+    model, info = built[name, data], dataset_info(data)
+    x = torch.rand(2, *info.input_shape)
+    with torch.no_grad():
+        features, logits = model.forward_with_features(x)
+        assert features.shape == (2, width) and logits.shape == (2, info.num_classes)
+        torch.testing.assert_close(logits, model(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(features, model.features(x), rtol=0, atol=1e-6)
+    # The features carry gradients to the input (through the normalisation) and the weights.
+    x.requires_grad_(True)
+    first_weight = next(model.net.parameters())
+    features, _ = model.forward_with_features(x)
+    x_grad, weight_grad = torch.autograd.grad(features.square().sum(), (x, first_weight))
+    assert x_grad.abs().sum() > 0 and weight_grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def torchvision_models():
+    torch.manual_seed(0)
+    return {name: build_model(f"torchvision:{name}", dataset_info("cifar10")).eval()
+            for name in ("resnet18", "mobilenet_v3_small")}
+
+
+@pytest.mark.parametrize("name, layer", [("resnet18", "fc"), ("mobilenet_v3_small", "classifier.3")])
+def test_torchvision_features_are_the_input_of_the_final_linear(torchvision_models, name, layer):
+    model = torchvision_models[name]
+    assert model.feature_layer == layer
+    final = model.net.get_submodule(layer)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        features, logits = model.forward_with_features(x)
+        assert features.shape == (2, final.in_features)
+        torch.testing.assert_close(logits, model(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(model.features(x), features, rtol=0, atol=1e-6)
+        torch.testing.assert_close(final(features), logits)
+    # The hook lives only for the call.
+    assert not final._forward_pre_hooks
+    x.requires_grad_(True)
+    features = model.features(x)
+    first_weight = next(model.net.parameters())
+    x_grad, weight_grad = torch.autograd.grad(features.square().sum(), (x, first_weight))
+    assert x_grad.abs().sum() > 0 and weight_grad.abs().sum() > 0
+
+
+def test_the_hook_keeps_no_tensor_after_the_call(torchvision_models):
+    model = torchvision_models["resnet18"]
+    with torch.no_grad():
+        features, logits = model.forward_with_features(torch.rand(2, 3, 32, 32))
+    references = weakref.ref(features), weakref.ref(logits)
+    del features, logits
+    gc.collect()
+    assert all(reference() is None for reference in references)
+
+
+def test_resnet18_classifier_reproduces_the_logits_from_the_features(torchvision_models):
+    model = torchvision_models["resnet18"]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        features, logits = model.forward_with_features(x)
+    torch.testing.assert_close(model.net.fc(features), logits)
+
+
+def test_feature_layer_by_name():
+    torch.manual_seed(0)
+    info = dataset_info("digits")
+    net = MODELS["digits_cnn"](num_classes=10, input_shape=info.input_shape).eval()
+    model = NormalizedModel(net, info.mean, info.std)
+    # The hook on a fastadv network's classifier reads its own features.
+    hooked = NormalizedModel(net, info.mean, info.std, feature_layer="classifier")
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        for expected, found in zip(model.forward_with_features(x), hooked.forward_with_features(x)):
+            torch.testing.assert_close(found, expected, rtol=0, atol=1e-6)
+        # An earlier layer: the input of the first convolution is the normalised image, flattened.
+        early = NormalizedModel(net, info.mean, info.std, feature_layer="encoder.0")
+        torch.testing.assert_close(early.features(x), early.normalize(x).flatten(1))
+    assert penultimate_layer(net, 10) == "classifier"
+    with pytest.raises(ValueError, match="feature_layer 'nowhere' is not a module of DigitsCNN"):
+        NormalizedModel(net, info.mean, info.std, feature_layer="nowhere")
+
+
+class ConvolutionalHead(torch.nn.Module):
+    """A classifier without an nn.Linear (like squeezenet's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 10, 3)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3))
+
+
+def test_network_without_a_final_linear_is_a_clear_error():
+    model = NormalizedModel(ConvolutionalHead(), (0.5,) * 3, (0.25,) * 3)
+    assert model(torch.rand(2, 3, 8, 8)).shape == (2, 10)
+    for read in (model.features, model.forward_with_features):
+        with pytest.raises(ValueError, match="ConvolutionalHead has no final classification nn.Linear"):
+            read(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="ConvolutionalHead has no final classification nn.Linear with 10 outputs"):
+        penultimate_layer(ConvolutionalHead(), 10)
+
+
+def test_a_last_linear_that_is_not_the_classifier_is_a_clear_error():
+    # A projection after a convolutional classifier: the last nn.Linear does not give the logits.
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4), torch.nn.Unflatten(1, (4, 1, 1)),
+                              torch.nn.Conv2d(4, 10, 1), torch.nn.Flatten())
+    model = NormalizedModel(net, (0.5,) * 3, (0.25,) * 3)
+    with pytest.raises(ValueError, match="last nn.Linear '1' has 4 outputs, not the 10 logits"):
+        model.features(torch.rand(2, 3, 2, 2))
