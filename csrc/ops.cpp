@@ -66,4 +66,18 @@ TORCH_LIBRARY(fastadv, m) {
   m.def(
       "min_norm_weights(Tensor Q, Tensor? achieved, Tensor? init, float lam, int solver, int steps, "
       "float lr) -> (Tensor w, Tensor objective)");
+
+  // contrastive family (fastadv/ops/contrastive.py): z / f [N, D]; labels, preds, pair int64 [N]
+  // (pair[i] is anchor i's other view, an involution). strategy: 0 global, 1 hard-ls, 2 soft-ls,
+  // 3 leaked-ls; sim: 0 cosine, 1 l1, 2 l2; reduction: 0 none, 1 mean, 2 sum (ATen's numbers).
+  // supcon_loss also returns each anchor's log-sum-exp and number of positives, which its
+  // backward op reads instead of an N × N matrix; pairwise_compactness's p is 1 or 2.
+  m.def(
+      "supcon_loss(Tensor z, Tensor labels, Tensor preds, Tensor pair, float tau, int strategy, int sim, "
+      "int reduction) -> (Tensor loss, Tensor row_lse, Tensor row_positives)");
+  m.def(
+      "_supcon_loss_backward(Tensor grad_loss, Tensor z, Tensor labels, Tensor preds, Tensor pair, "
+      "Tensor row_lse, Tensor row_positives, float tau, int strategy, int sim, int reduction) -> Tensor grad_z");
+  m.def("pairwise_compactness(Tensor f, Tensor labels, float a, int p) -> Tensor");
+  m.def("_pairwise_compactness_backward(Tensor grad, Tensor f, Tensor labels, float a, int p) -> Tensor grad_f");
 }

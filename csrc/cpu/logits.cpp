@@ -16,15 +16,6 @@
 namespace fastadv {
 namespace {
 
-// A row is one lane on the CPU: the combining functions are the identity.
-struct SingleLane {
-  static constexpr int64_t index = 0;
-  template <typename T>
-  T sum(T v) const { return v; }
-  template <typename T>
-  T max(T v) const { return v; }
-};
-
 template <typename T>
 struct HostIo {
   static T load(const T* p, int64_t j) { return p[j]; }

@@ -77,6 +77,21 @@ __device__ __forceinline__ T warp_max(T v) {
   return v;
 }
 
+// A row's 32 lanes (the shared row functions' `lane`; the CPU's is fastadv::SingleLane).
+struct WarpLane {
+  int64_t index;
+
+  template <typename T>
+  __device__ __forceinline__ T sum(T v) const {
+    return warp_sum(v);
+  }
+
+  template <typename T>
+  __device__ __forceinline__ T max(T v) const {
+    return warp_max(v);
+  }
+};
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The most blocks a grid-stride kernel gets on the current device, or 0 when the device query

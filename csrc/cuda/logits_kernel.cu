@@ -20,27 +20,12 @@ struct DeviceIo {
   static __device__ __forceinline__ void store(S* ptr, int64_t j, T v) { ptr[j] = cuda::from_acc<S>(v); }
 };
 
-// A row's 32 lanes.
-struct WarpLane {
-  int64_t index;
-
-  template <typename T>
-  __device__ __forceinline__ T sum(T v) const {
-    return cuda::warp_sum(v);
-  }
-
-  template <typename T>
-  __device__ __forceinline__ T max(T v) const {
-    return cuda::warp_max(v);
-  }
-};
-
 // A warp per row, grid-stride over rows. The row index is uniform across the warp, so every
 // lane reaches the row's collective reductions.
 template <typename S, LogitsOp Op>
 __global__ void __launch_bounds__(kThreadsPerBlock) logits_kernel(LogitsParams p) {
   using T = cuda::accumulate_t<S>;
-  const WarpLane lane{threadIdx.x % kWarpSize};
+  const cuda::WarpLane lane{threadIdx.x % kWarpSize};
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarpSize);
   for (int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize; r < p.rows; r += warps) {
     logits_row<T, kWarpSize, S, DeviceIo<S, T>>(Op, p, r, lane);
@@ -67,7 +52,7 @@ constexpr int kMemberThreads = 256;
 template <typename T, typename S>
 __device__ void masked_gram_raw_block(const MemberParams& p, int64_t b, int64_t y, T* raw) {
   const int64_t members = p.members, pairs = members * (members + 1) / 2;
-  const WarpLane lane{threadIdx.x % kWarpSize};
+  const cuda::WarpLane lane{threadIdx.x % kWarpSize};
   for (int64_t q = threadIdx.x / kWarpSize; q < pairs; q += kMemberThreads / kWarpSize) {
     int64_t m, n;
     member_pair(q, members, m, n);

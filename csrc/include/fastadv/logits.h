@@ -30,9 +30,7 @@
 
 namespace fastadv {
 
-using std::exp;  // float and double overloads, on the host and in CUDA device code
-using std::log;
-using std::sin;
+using std::sin;  // float and double overloads, on the host and in CUDA device code
 
 // The family's ops, one line each: X(name, "(arguments) -> (returns)"). Everything that lists the
 // ops is generated from this: the LogitsOp enum and the row switch below, the CUDA launcher's
@@ -109,61 +107,6 @@ inline const char* logits_argument_error(const LogitsParams&) {
   return nullptr;
 }
 
-// ----------------------------------------------------------------------------- scalar math
-template <typename T>
-FASTADV_HOST_DEVICE T larger(T a, T b) {
-  return a > b ? a : b;
-}
-
-template <typename T>
-FASTADV_HOST_DEVICE T smaller(T a, T b) {
-  return a < b ? a : b;
-}
-
-// The float whose bits are `bits`. __builtin_bit_cast keeps the CPU loops vectorisable (a
-// memcpy there blocks GCC's vectoriser); nvcc's host pass, which never runs hot, uses memcpy.
-FASTADV_HOST_DEVICE float float_from_bits(int32_t bits) {
-#if defined(__CUDA_ARCH__)
-  return __int_as_float(bits);
-#elif defined(__CUDACC__)
-  float value;
-  std::memcpy(&value, &bits, sizeof(value));
-  return value;
-#else
-  return __builtin_bit_cast(float, bits);
-#endif
-}
-
-// exp of x <= 0, for float: every exponential of the family is of z − max or z − lse, which is
-// at most 0. Cody–Waite range reduction to r in [-ln2/2, ln2/2], a degree-7 Taylor polynomial
-// (relative error below 1e-7 there), and the power of two 2^k, k in [-126, 0], built from its
-// bits. Branch-free, so a loop calling it vectorises; the CUDA kernels call the same function.
-// Results below FLT_MIN are flushed to 0 and NaN propagates. (Positive x stays exact up to
-// about 88, where 2^k would leave the exponent range; nothing calls it there.)
-FASTADV_HOST_DEVICE float exp_nonpositive(float x) {
-  const float lo = -87.33654475f;
-  const float xc = larger(x, lo);
-  // k = round(xc / ln 2) by adding and removing 1.5·2^23 (an arithmetic rounding: floor() is
-  // a library call that blocks vectorisation unless -fno-trapping-math is given).
-  const float round_shift = 12582912.0f;
-  const float k = (xc * 1.44269504088896341f + round_shift) - round_shift;
-  const float r = (xc - k * 0.693145751953125f) - k * 1.42860682030941723e-6f;
-  float poly = 1.0f / 5040.0f;
-  poly = poly * r + 1.0f / 720.0f;
-  poly = poly * r + 1.0f / 120.0f;
-  poly = poly * r + 1.0f / 24.0f;
-  poly = poly * r + 1.0f / 6.0f;
-  poly = poly * r + 0.5f;
-  poly = poly * r + 1.0f;
-  poly = poly * r + 1.0f;
-  const float value = poly * float_from_bits((static_cast<int32_t>(k) + 127) << 23);
-  // One select per condition, each a vector blend (nested conditionals become branches).
-  const float result = x < lo ? 0.0f : value;
-  return x != x ? x : result;
-}
-
-FASTADV_HOST_DEVICE double exp_nonpositive(double x) { return exp(x); }
-
 // sin(t) and 1 − cos(t) for |t| <= π/2 (mhuber's inner branch only): Taylor polynomials with
 // errors below 6e-8 (sin) and 7e-9 (1 − cos) there; 1 − cos is evaluated without cancellation.
 FASTADV_HOST_DEVICE float sin_half_period(float t) {
@@ -194,11 +137,6 @@ FASTADV_HOST_DEVICE double one_minus_cos_half_period(double t) {
   return 2.0 * half * half;
 }
 
-
-template <typename T>
-FASTADV_HOST_DEVICE T infinity_of() {
-  return static_cast<T>(INFINITY);
-}
 
 // MART's code clamps 1 − max_{k≠y} p_k(x') at 1e-4 before the log.
 constexpr double kBoostedFloor = 1e-4;

@@ -13,7 +13,6 @@
 #pragma once
 
 #include "fastadv/common.h"
-#include "fastadv/logits.h"  // exp_nonpositive, larger
 
 // Loops over a row's M coordinates unroll completely for the exact sizes (M ≤ 8); the padded sizes
 // would only grow the code (and, unrolled, took nvcc minutes).

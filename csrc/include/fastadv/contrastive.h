@@ -1,0 +1,276 @@
+// The contrastive family: the per-tile math of ASCL's supervised contrastive loss L_SCL and of
+// ADR's pairwise compactness (METHODS.md section 2, seed 003 ch. 3; the oracles are in
+// fastadv/reference/contrastive.py), shared by the CPU and CUDA kernels.
+//
+// Neither op materialises an N × N matrix. The glue (csrc/contrastive_glue.h) walks the
+// similarity matrix in tiles of at most kContrastiveTile × kContrastiveTile: it computes a tile
+// with a matrix product (cosine) or a direct distance (l1, l2), and the kernels below fold each
+// tile row into per-anchor statistics (forward: an online log-sum-exp, flash-attention's habit)
+// or turn it into the tile of dL/ds (backward, recomputing the tile from the saved per-anchor
+// log-sum-exp), which the glue multiplies back onto the representations.
+//
+// A tile row is processed by `Lanes` cooperating threads, as in the logits family: lane
+// `lane.index` takes columns index, index + Lanes, ...; `lane.sum` / `lane.max` combine over
+// the row's lanes (the CPU: one lane, fastadv::SingleLane; CUDA: a warp, cuda::WarpLane).
+#pragma once
+
+#include "fastadv/common.h"
+
+namespace fastadv {
+
+// Codes of the schemas' int arguments (fastadv/ops/contrastive.py names them).
+enum class ContrastiveStrategy : int { Global = 0, HardLS = 1, SoftLS = 2, LeakedLS = 3 };
+enum class ContrastiveSimilarity : int { Cosine = 0, L1 = 1, L2 = 2 };
+
+// torch.nn.functional.normalize's guard: û = u / max(‖u‖₂, eps).
+constexpr double kNormalizeEps = 1e-12;
+// Rows and columns of a similarity tile: 4 MiB of float32, whatever N is.
+constexpr int64_t kContrastiveTile = 1024;
+
+// One tile of the similarity matrix, rows [row0, row0 + rows) × columns [col0, col0 + cols) of
+// the N × N matrix, row-major with row stride `ld`, in the accumulation type T (float or double).
+struct ContrastiveTile {
+  const void* similarity;
+  void* gradient;  // the backward's [rows, cols] output, same layout
+  int64_t ld;
+  int64_t row0;
+  int64_t col0;
+  int64_t rows;
+  int64_t cols;
+  int64_t n;  // N
+  const int64_t* labels;
+};
+
+struct SupconTileParams {
+  ContrastiveTile tile;
+  const int64_t* preds;
+  const int64_t* pair;
+  // Forward: [4, N] running statistics of every anchor: the maximum and the sum of exp(t − max)
+  // over its denominator set, the sum of t over its positives, the number of positives.
+  void* stats;
+  // Backward: per anchor, the log-sum-exp and the number of positives the forward returned, and
+  // the incoming gradient of its loss (the reduction's 1/N already applied).
+  const void* lse;
+  const void* positives;
+  const void* row_grad;
+  double inv_tau;
+  ContrastiveStrategy strategy;
+  ContrastiveSimilarity sim;
+};
+
+struct CompactnessTileParams {
+  ContrastiveTile tile;  // similarity = −‖f_i − f_j‖_p
+  void* row_sums;        // forward: [N], Σ_j w_ij ‖f_i − f_j‖_p accumulated over the tiles
+  double other_weight;   // w_ij for different labels, (a − 1)/a
+  ContrastiveSimilarity sim;
+};
+
+// dU[a] += −Σ_b H_ab sign(u_a − u_b) for the rows a of `out_rows`: the gradient of the l1
+// similarity s_ab = −‖u_a − u_b‖₁ carried by the tile H = dL/ds (or its transpose, for the
+// columns' side), a direct loop since no matrix product computes it.
+struct L1GradientParams {
+  const void* h;       // H, element (a, b) at h[a * h_row + b * h_col]
+  int64_t h_row;
+  int64_t h_col;
+  const void* u_out;   // [A, D] the rows whose gradient is accumulated
+  const void* u_other; // [B, D]
+  void* grad_out;      // [A, D], accumulated into
+  int64_t a_count;
+  int64_t b_count;
+  int64_t dim;
+};
+
+// ----------------------------------------------------------------------------- selection
+// A candidate's place in anchor i's sums: in the denominator (allowed), and among the positives.
+struct CandidateRole {
+  bool allowed;
+  bool positive;
+};
+
+struct Anchor {
+  int64_t index;
+  int64_t label;
+  int64_t pred;         // the prediction of the anchor's own view
+  int64_t counterpart;  // pair[i]; == index when the anchor has none
+};
+
+FASTADV_HOST_DEVICE Anchor anchor_of(const SupconTileParams& p, int64_t i) {
+  return Anchor{i, p.tile.labels[i], p.preds[i], p.pair[i]};
+}
+
+// METHODS.md section 2's table: the counterpart is always a positive; every other candidate
+// j ≠ i is a positive, a negative, or excluded from both sums.
+template <ContrastiveStrategy S>
+FASTADV_HOST_DEVICE CandidateRole candidate_role(const Anchor& a, int64_t j, int64_t label_j, int64_t pred_j) {
+  const bool other = j != a.index;
+  const bool counterpart = other && j == a.counterpart;
+  const bool same_label = label_j == a.label;
+  // hard-ls compares the candidate's prediction with the anchor's label, soft-ls and leaked-ls
+  // with the anchor's prediction.
+  const bool predicted_alike = S == ContrastiveStrategy::HardLS ? pred_j == a.label : pred_j == a.pred;
+  const bool positive = (S == ContrastiveStrategy::LeakedLS ? same_label && predicted_alike : same_label);
+  const bool negative = !same_label && (S == ContrastiveStrategy::Global || predicted_alike);
+  const bool is_positive = counterpart || (other && positive);
+  const bool is_negative = other && !counterpart && negative;
+  return CandidateRole{is_positive || is_negative, is_positive};
+}
+
+// ----------------------------------------------------------------------------- L_SCL
+// Forward: fold row r of the tile into anchor (row0 + r)'s running statistics, t = s/τ.
+template <ContrastiveStrategy S, typename T, int Lanes, typename Lane>
+FASTADV_HOST_DEVICE void supcon_stats_row(const SupconTileParams& p, int64_t r, const Lane& lane) {
+  const ContrastiveTile& tile = p.tile;
+  const int64_t i = tile.row0 + r;
+  const Anchor anchor = anchor_of(p, i);
+  const T* s = static_cast<const T*>(tile.similarity) + r * tile.ld;
+  const T inv_tau = static_cast<T>(p.inv_tau);
+  T tile_max = -infinity_of<T>(), positive_sum = T(0), positives = T(0);
+  for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
+    const int64_t column = tile.col0 + j;
+    const CandidateRole role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
+    const T t = s[j] * inv_tau;
+    tile_max = role.allowed ? larger(tile_max, t) : tile_max;
+    positive_sum += role.positive ? t : T(0);
+    positives += role.positive ? T(1) : T(0);
+  }
+  tile_max = lane.max(tile_max);
+  positive_sum = lane.sum(positive_sum);
+  positives = lane.sum(positives);
+  T* stats = static_cast<T*>(p.stats);
+  const T old_max = stats[i];
+  const T new_max = larger(old_max, tile_max);
+  T sum = T(0);
+  if (new_max != -infinity_of<T>()) {
+    for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
+      const int64_t column = tile.col0 + j;
+      const CandidateRole role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
+      sum += role.allowed ? exp_nonpositive(s[j] * inv_tau - new_max) : T(0);
+    }
+    sum = lane.sum(sum);
+  }
+  if (lane.index == 0) {
+    // exp(old − new) is 0 while the anchor had nothing in its denominator (old = −inf).
+    const T rescaled = new_max == -infinity_of<T>() ? T(0) : stats[tile.n + i] * exp_nonpositive(old_max - new_max);
+    stats[i] = new_max;
+    stats[tile.n + i] = rescaled + sum;
+    stats[2 * tile.n + i] += positive_sum;
+    stats[3 * tile.n + i] += positives;
+  }
+}
+
+// ∂s/∂(distance) scaling of the backward: for l2 the glue multiplies dL/ds by the unit
+// difference (u_i − u_j)/‖u_i − u_j‖ through matrix products, so the tile carries dL/ds / d,
+// and 0 at coinciding points (the norm's subgradient there).
+template <typename T>
+FASTADV_HOST_DEVICE T similarity_coefficient(T g, T s, ContrastiveSimilarity sim) {
+  if (sim != ContrastiveSimilarity::L2) return g;
+  return s == T(0) ? T(0) : g / (-s);
+}
+
+// Backward: row r of the tile of dL/ds from the recomputed similarities:
+// dL_i/ds_ij = (g_i/τ)(exp(t_ij − lse_i) − [j ∈ P_i]/|P_i|) on the denominator set, 0 elsewhere.
+template <ContrastiveStrategy S, typename T, int Lanes, typename Lane>
+FASTADV_HOST_DEVICE void supcon_gradient_row(const SupconTileParams& p, int64_t r, const Lane& lane) {
+  const ContrastiveTile& tile = p.tile;
+  const int64_t i = tile.row0 + r;
+  const Anchor anchor = anchor_of(p, i);
+  const T* s = static_cast<const T*>(tile.similarity) + r * tile.ld;
+  T* g = static_cast<T*>(tile.gradient) + r * tile.ld;
+  const T inv_tau = static_cast<T>(p.inv_tau);
+  const T count = static_cast<const T*>(p.positives)[i];
+  const T lse = static_cast<const T*>(p.lse)[i];
+  // An anchor without positives has loss 0 and no gradient.
+  const T scale = count > T(0) ? static_cast<const T*>(p.row_grad)[i] * inv_tau : T(0);
+  const T inv_count = count > T(0) ? T(1) / count : T(0);
+  for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
+    const int64_t column = tile.col0 + j;
+    const CandidateRole role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
+    const T probability = exp_nonpositive(s[j] * inv_tau - lse);
+    const T value = role.allowed ? scale * (probability - (role.positive ? inv_count : T(0))) : T(0);
+    g[j] = similarity_coefficient(value, s[j], p.sim);
+  }
+}
+
+template <typename T, int Lanes, typename Lane>
+FASTADV_HOST_DEVICE void supcon_stats_row_any(const SupconTileParams& p, int64_t r, const Lane& lane) {
+  switch (p.strategy) {
+    case ContrastiveStrategy::Global: supcon_stats_row<ContrastiveStrategy::Global, T, Lanes>(p, r, lane); break;
+    case ContrastiveStrategy::HardLS: supcon_stats_row<ContrastiveStrategy::HardLS, T, Lanes>(p, r, lane); break;
+    case ContrastiveStrategy::SoftLS: supcon_stats_row<ContrastiveStrategy::SoftLS, T, Lanes>(p, r, lane); break;
+    case ContrastiveStrategy::LeakedLS: supcon_stats_row<ContrastiveStrategy::LeakedLS, T, Lanes>(p, r, lane); break;
+  }
+}
+
+template <typename T, int Lanes, typename Lane>
+FASTADV_HOST_DEVICE void supcon_gradient_row_any(const SupconTileParams& p, int64_t r, const Lane& lane) {
+  switch (p.strategy) {
+    case ContrastiveStrategy::Global: supcon_gradient_row<ContrastiveStrategy::Global, T, Lanes>(p, r, lane); break;
+    case ContrastiveStrategy::HardLS: supcon_gradient_row<ContrastiveStrategy::HardLS, T, Lanes>(p, r, lane); break;
+    case ContrastiveStrategy::SoftLS: supcon_gradient_row<ContrastiveStrategy::SoftLS, T, Lanes>(p, r, lane); break;
+    case ContrastiveStrategy::LeakedLS: supcon_gradient_row<ContrastiveStrategy::LeakedLS, T, Lanes>(p, r, lane); break;
+  }
+}
+
+// ----------------------------------------------------------------------------- compactness
+// ADR's w_ij (seed 003 ch. 3, Eq. 2): 1 for the same label, (a − 1)/a otherwise.
+template <typename T>
+FASTADV_HOST_DEVICE T compactness_weight(int64_t label_i, int64_t label_j, T other_weight) {
+  return label_i == label_j ? T(1) : other_weight;
+}
+
+// Forward: row_sums[i] += Σ_j w_ij ‖f_i − f_j‖_p over the tile's columns (the tile holds −‖·‖).
+template <typename T, int Lanes, typename Lane>
+FASTADV_HOST_DEVICE void compactness_row(const CompactnessTileParams& p, int64_t r, const Lane& lane) {
+  const ContrastiveTile& tile = p.tile;
+  const int64_t i = tile.row0 + r;
+  const int64_t label = tile.labels[i];
+  const T* s = static_cast<const T*>(tile.similarity) + r * tile.ld;
+  const T other_weight = static_cast<T>(p.other_weight);
+  T sum = T(0);
+  for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
+    sum -= compactness_weight(label, tile.labels[tile.col0 + j], other_weight) * s[j];
+  }
+  sum = lane.sum(sum);
+  if (lane.index == 0) static_cast<T*>(p.row_sums)[i] += sum;
+}
+
+// Backward: the tile of d(Σ w_ij ‖f_i − f_j‖)/ds = −w_ij (the incoming gradient and 1/N² are
+// applied by the glue), scaled for l2 as the contrastive loss's.
+template <typename T, int Lanes, typename Lane>
+FASTADV_HOST_DEVICE void compactness_gradient_row(const CompactnessTileParams& p, int64_t r, const Lane& lane) {
+  const ContrastiveTile& tile = p.tile;
+  const int64_t label = tile.labels[tile.row0 + r];
+  const T* s = static_cast<const T*>(tile.similarity) + r * tile.ld;
+  T* g = static_cast<T*>(tile.gradient) + r * tile.ld;
+  const T other_weight = static_cast<T>(p.other_weight);
+  for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
+    const T value = -compactness_weight(label, tile.labels[tile.col0 + j], other_weight);
+    g[j] = similarity_coefficient(value, s[j], p.sim);
+  }
+}
+
+// ----------------------------------------------------------------------------- l1 gradient
+// dU[a, k] += −Σ_b H_ab sign(u_ak − u_bk) for one row a, lanes over the coordinates k (the
+// candidates b in the outer loop, so that the inner loop runs along contiguous rows).
+template <typename T, int Lanes, typename Lane>
+FASTADV_HOST_DEVICE void l1_gradient_row(const L1GradientParams& p, int64_t a, const Lane& lane) {
+  const T* h = static_cast<const T*>(p.h) + a * p.h_row;
+  const T* u = static_cast<const T*>(p.u_out) + a * p.dim;
+  T* grad = static_cast<T*>(p.grad_out) + a * p.dim;
+  for (int64_t b = 0; b < p.b_count; ++b) {
+    const T weight = h[b * p.h_col];
+    const T* other = static_cast<const T*>(p.u_other) + b * p.dim;
+    for (int64_t k = lane.index; k < p.dim; k += Lanes) grad[k] -= weight * sign_propagating_nan(u[k] - other[k]);
+  }
+}
+
+// ----------------------------------------------------------------------------- CUDA launchers
+// Implemented in csrc/cuda/contrastive_kernel.cu; `kind` is Float32 or Float64 (the glue
+// computes in the accumulation type), `stream` a cudaStream_t.
+void launch_supcon_stats_cuda(const SupconTileParams& p, ScalarKind kind, void* stream);
+void launch_supcon_gradient_cuda(const SupconTileParams& p, ScalarKind kind, void* stream);
+void launch_compactness_cuda(const CompactnessTileParams& p, ScalarKind kind, void* stream);
+void launch_compactness_gradient_cuda(const CompactnessTileParams& p, ScalarKind kind, void* stream);
+void launch_l1_gradient_cuda(const L1GradientParams& p, ScalarKind kind, void* stream);
+
+}  // namespace fastadv
