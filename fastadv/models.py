@@ -239,6 +239,9 @@ class PreActResNet(FeatureNetwork):
     channels follow ``input_shape``.
     """
 
+    #: a residual network (ADR's confidence weight λ_conf defaults to 0 on one)
+    residual = True
+
     def __init__(self, num_blocks: Sequence[int], num_classes: int = 10,
                  input_shape: Sequence[int] = (3, 32, 32)):
         super().__init__()
@@ -305,6 +308,9 @@ class WideResNet(FeatureNetwork):
     ``sub_block1`` (its parameters are never in the forward pass and are left out here), and
     the pooling is adaptive (global), equal to ``avg_pool2d(out, 8)`` on 32x32 inputs.
     """
+
+    #: a residual network (ADR's confidence weight λ_conf defaults to 0 on one)
+    residual = True
 
     def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10,
                  input_shape: Sequence[int] = (3, 32, 32), dropout: float = 0.0):
@@ -428,6 +434,9 @@ class DigitsResNet(FeatureNetwork):
     """A small residual network for the 8x8 digits: conv 32 (3x3) -> two pre-activation blocks
     of 32 channels (:class:`PreActBlock`, the second with stride 2) -> BN -> ReLU -> global
     average pool -> fc num_classes."""
+
+    #: a residual network (ADR's confidence weight λ_conf defaults to 0 on one)
+    residual = True
 
     def __init__(self, num_classes: int = 10, input_shape: Sequence[int] = (1, 8, 8), width: int = 32):
         super().__init__()

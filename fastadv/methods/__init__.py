@@ -10,9 +10,11 @@ import inspect
 
 from .. import _validate as check
 from .adp import ADP
+from .adr import ADR
 from .adv_en import ADVEN
 from .alp import ALP
 from .als import ALS
+from .ascl import ASCL
 from .base import Method
 from .cce import CCE
 from .label_smoothing import LabelSmoothing
@@ -26,7 +28,7 @@ from .tamoo_at import TAMOOAT
 from .trades import TRADES
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    Standard, PGDAT, TRADES, MART, ALP, LabelSmoothing, LRM, PGDATLMA, TRADESLMA, MARTLMA, LMAAT, LTD,
+    Standard, PGDAT, TRADES, MART, ALP, LabelSmoothing, LRM, PGDATLMA, TRADESLMA, MARTLMA, LMAAT, LTD, ADR, ASCL,
     ADVEN, ADP, ALS, CCE, TAMOOAT)}
 
 
@@ -88,4 +90,4 @@ def build_method(name: str, **options) -> Method:
 
 __all__ = ["Method", "METHODS", "build_method", "check_options", "method_parameters", "method_signature",
            "option_help", "TAMOOAT", "Standard", "PGDAT", "TRADES", "MART", "ALP", "LabelSmoothing", "LRM", "PGDATLMA",
-           "TRADESLMA", "MARTLMA", "LMAAT", "LTD", "ADVEN", "ADP", "ALS", "CCE"]
+           "TRADESLMA", "MARTLMA", "LMAAT", "LTD", "ADR", "ASCL", "ADVEN", "ADP", "ALS", "CCE"]
