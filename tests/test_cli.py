@@ -176,3 +176,16 @@ def test_attack_user_errors_are_one_line(arguments, message, in_tmp, capsys):
     status, err = run_main(arguments + ["--no-progress"], capsys)
     assert status == 2 and err.count("\n") == 1 and err.startswith("fastadv attack: "), err
     assert message in err, err
+
+
+def test_ascl_trains_with_a_named_strategy_and_refuses_a_bogus_one(in_tmp, capsys):
+    assert cli.main(["train", "--method", "ascl", "--strategy", "leaked-ls", *QUICK]) == 0
+    config = (in_tmp / "runs" / "digits-ascl" / "config.json").read_text()
+    assert '"strategy": "leaked-ls"' in config
+    capsys.readouterr()
+    status, err = run_main(["train", "--method", "ascl", "--strategy", "bogus", "--run-dir", "runs/bogus", *QUICK],
+                           capsys)
+    assert status == 2 and err.count("\n") == 1, err
+    assert err.startswith("fastadv train: ascl: strategy must be one of 'global', 'hard-ls', 'soft-ls', 'leaked-ls', "
+                          "got 'bogus'"), err
+    assert not (in_tmp / "runs" / "bogus").exists()

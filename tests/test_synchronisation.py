@@ -32,6 +32,7 @@ import fastadv
 from fastadv.attacks import CW, FGSM, PGD, PGDL2
 from fastadv.ensemble import Ensemble
 from fastadv.methods import METHODS, build_method, method_parameters
+from fastadv.models import NormalizedModel
 
 aten = torch.ops.aten
 PACKAGE = os.path.dirname(fastadv.__file__) + os.sep
@@ -223,6 +224,9 @@ METHOD_READS = {
     "mart_lma": {**LABELS, LOGITS_LABELS: 2},
     "lma_at": {**LABELS, LOGITS_LABELS: 2},
     "ltd": LABELS,
+    # The contrastive terms are the family's unchecked ops: the attack's read of the labels is all.
+    "adr": LABELS,
+    "ascl": LABELS,
     # Ensembles of 3 members: ALS attacks once per reference turn (its separation term calls the
     # unchecked masked_gram); ADP, CCE (one batched attack for every member) and ADV-EN once.
     "als": {"attacks.base.check_labels": 3},
@@ -233,7 +237,17 @@ METHOD_READS = {
 }
 # A single-model method training an ensemble's 3 members (seed 000's protocol): one attack per
 # reference turn.
-MEMBERS_READS = {"trades": {"attacks.base.check_labels": 3}, "pgd_at": {"attacks.base.check_labels": 3}}
+MEMBERS_READS = {"trades": {"attacks.base.check_labels": 3}, "pgd_at": {"attacks.base.check_labels": 3},
+                 "adr": {"attacks.base.check_labels": 3}, "ascl": {"attacks.base.check_labels": 3}}
+# Methods whose loss takes the penultimate features (model.forward_with_features): their tiny
+# model is behind NormalizedModel, which reads the features through a hook on its last Linear.
+FEATURE_METHODS = ("adr", "ascl")
+
+
+def student_model(name) -> nn.Module:
+    if name in FEATURE_METHODS:
+        return NormalizedModel(tiny_model(), mean=(0.5,), std=(0.25,))
+    return tiny_model()
 
 
 def test_the_table_covers_every_method():
@@ -252,7 +266,7 @@ def test_one_training_step_reads_a_fixed_number(batch, name, members):
         if "steps" in method_parameters(name):
             options["steps"] = steps
         method = build_method(name, **options)
-        student = tiny_model() if members is None else Ensemble([tiny_model() for _ in range(members)])
+        student = student_model(name) if members is None else Ensemble([student_model(name) for _ in range(members)])
         optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         method.prepare(student, 10)
 
