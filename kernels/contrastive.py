@@ -29,13 +29,17 @@ apart). The Triton kernels do the per-tile row math of csrc/include/fastadv/cont
 3. `_compactness_kernel` adds Σ_j w_ij d_ij of each tile row to the anchor's row sum.
 4. `_compactness_gradient_kernel` writes the tile −w_ij (l2: divided by the distance, 0 at
    coinciding points).
-5. `_l1_gradient_kernel`: dU[a] += −Σ_b H_ab sign(u_a − u_b) (NaN propagating), the l1 similarity's
-   backward, which no matrix product computes; called on the tile and on its transpose (strides
-   swapped), as l1_gradient_row.
+5. `_distance_gradient_kernel`: dU[a] += −Σ_b H_ab sign(u_a − u_b) (l1, NaN propagating: the l1
+   similarity's backward, which no matrix product computes, as l1_gradient_row) or
+   dU[a] += −Σ_b H_ab (u_a − u_b) (l2, H = dL/ds / d); called on the tile and on its transpose
+   (strides swapped).
 
-The host side then carries G back onto the rows as accumulate_tile_gradient does (cosine:
-dU_r += G U_c, dU_c += Gᵀ U_r; l2: the same less the row / column sums of G times the rows; l1:
-kernel 5), runs the cosine normalisation's backward (unit_rows_backward: normalize's, with its
+The host side then carries G back onto the rows as accumulate_tile_gradient does for cosine
+(dU_r += G U_c, dU_c += Gᵀ U_r) and l1 (kernel 5). For l2 it departs from the C++ driver: the
+driver's matrix products, G U_c less the row sums of G times U_r, subtract terms of size
+|G_ij| ~ (1/τ)/d_ij, so near-coinciding rows (D = 1, N = 37 in the tests) lose the result to
+float32 cancellation (1e-5 off on gradients of 0.03); kernel 5 forms u_a − u_b first, each term
+then of the size of the gradient itself. It then runs the cosine normalisation's backward (unit_rows_backward: normalize's, with its
 1e-12 guard), reduces the per-anchor losses (an anchor without a positive has lse 0 and loss 0)
 and multiplies the compactness gradient by grad/N².
 """
@@ -48,14 +52,14 @@ from ..backend import triton_interpreted as _interpreted
 
 # Rows and columns of a similarity tile (contrastive.h's kContrastiveTile): 4 MiB of float32.
 _TILE = 1024
-# Program blocks: rows of a tile per program, columns per step of its loop; the l1 kernel's rows,
-# candidates per step and coordinates. Not tuned on a GPU yet. Triton's interpreter (the tests on
+# Program blocks: rows of a tile per program, columns per step of its loop; the distance gradient
+# kernel's rows, candidates per step and coordinates. Not tuned on a GPU yet. Triton's interpreter (the tests on
 # CPU tensors) runs a program at a time, each operation a NumPy call: larger blocks there, still
 # smaller than a full tile so that the column loops take several steps.
 if _interpreted():
-    _BLOCK_R, _BLOCK_C, _L1_BLOCK_A, _L1_BLOCK_B, _L1_BLOCK_K = 64, 512, 64, 128, 16
+    _BLOCK_R, _BLOCK_C, _DG_BLOCK_A, _DG_BLOCK_B, _DG_BLOCK_K = 64, 512, 64, 128, 16
 else:
-    _BLOCK_R, _BLOCK_C, _L1_BLOCK_A, _L1_BLOCK_B, _L1_BLOCK_K = 16, 256, 16, 32, 16
+    _BLOCK_R, _BLOCK_C, _DG_BLOCK_A, _DG_BLOCK_B, _DG_BLOCK_K = 16, 256, 16, 32, 16
 # torch.nn.functional.normalize's guard, as the reference and the C++ kernels use it.
 _NORMALIZE_EPS = 1e-12
 # The schema's codes (fastadv.ops.contrastive.STRATEGIES, SIMILARITIES), constexpr for the kernels.
@@ -229,9 +233,11 @@ def _compactness_gradient_kernel(s_ptr, g_ptr, ld, row0, col0, rows, cols, label
 
 
 @triton.jit
-def _l1_gradient_kernel(h_ptr, h_row, h_col, u_out_ptr, u_other_ptr, grad_ptr, a_count, b_count, dim,
-                        ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
-    """grad[a, k] += −Σ_b H[a, b] sign(u_out[a, k] − u_other[b, k]); H's element (a, b) at
+def _distance_gradient_kernel(h_ptr, h_row, h_col, u_out_ptr, u_other_ptr, grad_ptr, a_count, b_count, dim,
+                              ACC: tl.constexpr, SIM: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+                              BLOCK_K: tl.constexpr):
+    """grad[a, k] += −Σ_b H[a, b] ∂d_ab/∂u_out[a, k]: sign(u_out[a, k] − u_other[b, k]) for l1,
+    u_out[a, k] − u_other[b, k] for l2 (H holds dL/ds / d there); H's element (a, b) at
     h[a * h_row + b * h_col]. A program owns BLOCK_A rows × BLOCK_K coordinates, [a, b, k] blocks."""
     a = (tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A))[:, None, None]
     k = (tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K))[None, None, :]
@@ -246,8 +252,11 @@ def _l1_gradient_kernel(h_ptr, h_row, h_col, u_out_ptr, u_other_ptr, grad_ptr, a
                     other=0.0).to(ACC)
         other = tl.load(u_other_ptr + b.to(tl.int64) * dim + k, mask=in_b & (k < dim), other=0.0).to(ACC)
         difference = u - other
-        sign = tl.where(difference > 0.0, 1.0, tl.where(difference < 0.0, -1.0, difference))  # NaN stays NaN
-        total += tl.sum(tl.where(in_b, h * sign, 0.0), axis=1, keep_dims=True)
+        if SIM == _L2_SIM:
+            direction = difference
+        else:
+            direction = tl.where(difference > 0.0, 1.0, tl.where(difference < 0.0, -1.0, difference))  # NaN stays
+        total += tl.sum(tl.where(in_b, h * direction, 0.0), axis=1, keep_dims=True)
     offsets = a.to(tl.int64) * dim + k
     tl.store(grad_ptr + offsets, tl.load(grad_ptr + offsets, mask=in_a, other=0.0) - total, mask=in_a)
 
@@ -298,29 +307,27 @@ def _similarity_tile(u: torch.Tensor, r0: int, rows: int, c0: int, cols: int, si
     return -torch.cdist(a, b, p=1.0 if sim == _L1 else 2.0, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def _l1_gradient(h: torch.Tensor, h_row: int, h_col: int, u_out: torch.Tensor, u_other: torch.Tensor,
-                 grad_out: torch.Tensor) -> None:
+def _distance_gradient(h: torch.Tensor, h_row: int, h_col: int, u_out: torch.Tensor, u_other: torch.Tensor,
+                       grad_out: torch.Tensor, sim: int) -> None:
     a_count, dim = u_out.shape
-    block_k = min(_L1_BLOCK_K, max(2, triton.next_power_of_2(dim)))
-    _l1_gradient_kernel[(triton.cdiv(a_count, _L1_BLOCK_A), triton.cdiv(dim, block_k))](
+    block_k = min(_DG_BLOCK_K, max(2, triton.next_power_of_2(dim)))
+    _distance_gradient_kernel[(triton.cdiv(a_count, _DG_BLOCK_A), triton.cdiv(dim, block_k))](
         h, h_row, h_col, u_out, u_other, grad_out, a_count, u_other.shape[0], dim,
-        ACC=_tl(u_out.dtype), BLOCK_A=_L1_BLOCK_A, BLOCK_B=_L1_BLOCK_B, BLOCK_K=block_k)
+        ACC=_tl(u_out.dtype), SIM=sim, BLOCK_A=_DG_BLOCK_A, BLOCK_B=_DG_BLOCK_B, BLOCK_K=block_k)
 
 
 def _accumulate_tile_gradient(grad_u: torch.Tensor, u: torch.Tensor, g: torch.Tensor, r0: int, rows: int, c0: int,
                               cols: int, sim: int) -> None:
-    """dU[rows] and dU[cols] += what the tile G = dL/ds carries back (G holds dL/ds / d for l2)."""
+    """dU[rows] and dU[cols] += what the tile G = dL/ds carries back (G holds dL/ds / d for l2):
+    matrix products for cosine, kernel 5 for l1 and l2 (the module docstring says why l2's)."""
     a, b = u[r0:r0 + rows], u[c0:c0 + cols]
     grad_a, grad_b = grad_u[r0:r0 + rows], grad_u[c0:c0 + cols]
     if sim == _COSINE:  # s_ij = u_i·u_j
         grad_a.addmm_(g, b)
         grad_b.addmm_(g.t(), a)
-    elif sim == _L2:  # ∂s_ij/∂u_i = −(u_i − u_j)/d_ij, ∂s_ij/∂u_j = (u_i − u_j)/d_ij
-        grad_a.addmm_(g, b).sub_(a * g.sum(1, keepdim=True))
-        grad_b.addmm_(g.t(), a).sub_(b * g.sum(0).unsqueeze(1))
-    else:  # l1: ∂s_ij/∂u_i = −sign(u_i − u_j); the columns' side reads the tile transposed
-        _l1_gradient(g, g.stride(0), g.stride(1), a, b, grad_a)
-        _l1_gradient(g, g.stride(1), g.stride(0), b, a, grad_b)
+    else:  # l1: ∂s_ij/∂u_i = −sign(u_i − u_j); l2: −(u_i − u_j)/d_ij. The columns' side reads the tile transposed.
+        _distance_gradient(g, g.stride(0), g.stride(1), a, b, grad_a, sim)
+        _distance_gradient(g, g.stride(1), g.stride(0), b, a, grad_b, sim)
 
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, pair: torch.Tensor, tau: float,
