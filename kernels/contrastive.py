@@ -39,9 +39,11 @@ The host side then carries G back onto the rows as accumulate_tile_gradient does
 driver's matrix products, G U_c less the row sums of G times U_r, subtract terms of size
 |G_ij| ~ (1/τ)/d_ij, so near-coinciding rows (D = 1, N = 37 in the tests) lose the result to
 float32 cancellation (1e-5 off on gradients of 0.03); kernel 5 forms u_a − u_b first, each term
-then of the size of the gradient itself. It then runs the cosine normalisation's backward (unit_rows_backward: normalize's, with its
-1e-12 guard), reduces the per-anchor losses (an anchor without a positive has lse 0 and loss 0)
-and multiplies the compactness gradient by grad/N².
+then of the size of the gradient itself (at the price of N²D multiply-adds on the kernel's cores
+rather than in a matrix product: not measured on a GPU yet). It then runs the cosine
+normalisation's backward (unit_rows_backward: normalize's, with its 1e-12 guard), reduces the
+per-anchor losses (an anchor without a positive has lse 0 and loss 0) and multiplies the
+compactness gradient by grad/N².
 """
 import torch
 import triton
@@ -325,7 +327,7 @@ def _accumulate_tile_gradient(grad_u: torch.Tensor, u: torch.Tensor, g: torch.Te
     if sim == _COSINE:  # s_ij = u_i·u_j
         grad_a.addmm_(g, b)
         grad_b.addmm_(g.t(), a)
-    else:  # l1: ∂s_ij/∂u_i = −sign(u_i − u_j); l2: −(u_i − u_j)/d_ij. The columns' side reads the tile transposed.
+    else:  # ∂s_ij/∂u_i: l1 −sign(u_i − u_j), l2 −(u_i − u_j)/d_ij; the columns' side reads G transposed
         _distance_gradient(g, g.stride(0), g.stride(1), a, b, grad_a, sim)
         _distance_gradient(g, g.stride(1), g.stride(0), b, a, grad_b, sim)
 
@@ -333,7 +335,7 @@ def _accumulate_tile_gradient(grad_u: torch.Tensor, u: torch.Tensor, g: torch.Te
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, pair: torch.Tensor, tau: float,
                 strategy: int, sim: int, reduction: int):
     n = z.shape[0]
-    work, u = _tile_rows(z, sim)
+    _, u = _tile_rows(z, sim)
     stats = torch.zeros(4, n, dtype=u.dtype, device=u.device)
     stats[0].fill_(float("-inf"))
     labels, preds, pair = labels.contiguous(), preds.contiguous(), pair.contiguous()
