@@ -55,7 +55,8 @@ class ASCL(RepresentationMethod):
 
     name = "ascl"
     option_help = {
-        "strategy": f"selection of the positives and negatives of L_SCL: {', '.join(STRATEGIES)} (METHODS.md section 2)",
+        "strategy": f"selection of the positives and negatives of L_SCL: {', '.join(STRATEGIES)} "
+                    "(METHODS.md section 2)",
         "tau": "temperature τ of L_SCL",
         "similarity": f"similarity s of L_SCL: {', '.join(SIMILARITIES)} (l1, l2: minus the distance)",
         "scl_weight": "weight λ_scl of the contrastive loss L_SCL",
