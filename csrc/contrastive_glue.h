@@ -6,7 +6,7 @@
 // (at::cdist without its matrix-product shortcut, so that coinciding points are exactly 0 apart),
 // computed by ATen on the tensors' device; the backend's kernels (contrastive.h's row functions)
 // fold it into per-anchor statistics or turn it into the tile of dL/ds, which matrix products
-// (cosine, l2) or the l1 kernel carry back onto the rows. Memory: the [N, D] rows, a few [N]
+// (cosine) or the distance-gradient kernel (l1, l2) carry back onto the rows. Memory: the [N, D] rows, a few [N]
 // vectors and one or two tiles of kContrastiveTile², whatever N is.
 #pragma once
 
@@ -91,40 +91,42 @@ inline at::Tensor similarity_tile(const at::Tensor& u, int64_t r0, int64_t rows,
   return at::cdist(a, b, p, 2).neg_();
 }
 
-// dU[rows] and dU[cols] += what the tile G = dL/ds carries back (G already holds dL/ds / d for l2).
-template <void (*L1Gradient)(const L1GradientParams&, ScalarKind, const at::Tensor&)>
-void accumulate_tile_gradient(at::Tensor& grad_u, const at::Tensor& u, const at::Tensor& g, int64_t r0, int64_t rows,
+// dU[rows] += what H carries back onto the rows' side, and, off the diagonal, dU[cols] += what
+// Hᵀ carries back onto the columns' side. H is the tile of dL/ds of both orders of each pair:
+// H = G_rc + G_crᵀ (on the diagonal, G + Gᵀ), since s is symmetric; for l2 it holds dL/ds / d.
+template <void (*DistanceGradient)(const DistanceGradientParams&, ScalarKind, const at::Tensor&)>
+void accumulate_tile_gradient(at::Tensor& grad_u, const at::Tensor& u, const at::Tensor& h, int64_t r0, int64_t rows,
                               int64_t c0, int64_t cols, ContrastiveSimilarity sim) {
+  const bool diagonal = r0 == c0;
   const at::Tensor a = u.narrow(0, r0, rows), b = u.narrow(0, c0, cols);
   at::Tensor grad_a = grad_u.narrow(0, r0, rows), grad_b = grad_u.narrow(0, c0, cols);
-  if (sim == ContrastiveSimilarity::Cosine) {  // s_ij = u_i·u_j
-    grad_a.addmm_(g, b);
-    grad_b.addmm_(g.t(), a);
-  } else if (sim == ContrastiveSimilarity::L2) {  // ∂s_ij/∂u_i = −(u_i − u_j)/d_ij, ∂s_ij/∂u_j = (u_i − u_j)/d_ij
-    grad_a.addmm_(g, b).sub_(a * g.sum(1, true));
-    grad_b.addmm_(g.t(), a).sub_(b * g.sum(0).unsqueeze(1));
-  } else {  // l1: ∂s_ij/∂u_i = −sign(u_i − u_j)
+  if (sim == ContrastiveSimilarity::Cosine) {  // ∂s_ij/∂u_i = u_j
+    grad_a.addmm_(h, b);
+    if (!diagonal) grad_b.addmm_(h.t(), a);
+  } else {  // ∂s_ij/∂u_i = −∂‖u_i − u_j‖/∂u_i
     const ScalarKind kind = scalar_kind_of(u, "z");
-    L1GradientParams p{};
+    DistanceGradientParams p{};
+    p.sim = sim;
     p.dim = u.size(1);
-    p.h = g.data_ptr();
-    p.h_row = g.stride(0);
-    p.h_col = g.stride(1);
+    p.h = h.data_ptr();
+    p.h_row = h.stride(0);
+    p.h_col = h.stride(1);
     p.u_out = a.data_ptr();
     p.u_other = b.data_ptr();
     p.grad_out = grad_a.data_ptr();
     p.a_count = rows;
     p.b_count = cols;
-    L1Gradient(p, kind, u);
+    DistanceGradient(p, kind, u);
+    if (diagonal) return;
     // The columns' side: the transposed tile, the roles of the two blocks swapped.
-    p.h_row = g.stride(1);
-    p.h_col = g.stride(0);
+    p.h_row = h.stride(1);
+    p.h_col = h.stride(0);
     p.u_out = b.data_ptr();
     p.u_other = a.data_ptr();
     p.grad_out = grad_b.data_ptr();
     p.a_count = cols;
     p.b_count = rows;
-    L1Gradient(p, kind, u);
+    DistanceGradient(p, kind, u);
   }
 }
 
@@ -141,23 +143,24 @@ inline ContrastiveTile tile_of(const at::Tensor& s, const at::Tensor& labels, in
   return tile;
 }
 
-// Calls visit(r0, rows, c0, cols) for every tile of the N × N matrix, row block by row block.
+// Calls visit(r0, rows, c0, cols) for the tiles on and above the diagonal of the N × N matrix:
+// s is symmetric, so each tile below it is the transpose of one visited.
 template <typename Visit>
-void for_each_tile(int64_t n, Visit&& visit) {
+void for_each_tile_pair(int64_t n, Visit&& visit) {
   for (int64_t r0 = 0; r0 < n; r0 += kContrastiveTile) {
     const int64_t rows = std::min(kContrastiveTile, n - r0);
-    for (int64_t c0 = 0; c0 < n; c0 += kContrastiveTile) visit(r0, rows, c0, std::min(kContrastiveTile, n - c0));
+    for (int64_t c0 = r0; c0 < n; c0 += kContrastiveTile) visit(r0, rows, c0, std::min(kContrastiveTile, n - c0));
   }
 }
 
 // A backend's kernels: Stats / Gradient take a SupconTileParams, Compactness /
-// CompactnessGradient a CompactnessTileParams, L1Gradient an L1GradientParams; each runs on the
+// CompactnessGradient a CompactnessTileParams, DistanceGradient an DistanceGradientParams; each runs on the
 // tensors' device (the at::Tensor argument says which).
 template <void (*Stats)(const SupconTileParams&, ScalarKind, const at::Tensor&),
           void (*Gradient)(const SupconTileParams&, ScalarKind, const at::Tensor&),
           void (*Compactness)(const CompactnessTileParams&, ScalarKind, const at::Tensor&),
           void (*CompactnessGradient)(const CompactnessTileParams&, ScalarKind, const at::Tensor&),
-          void (*L1Gradient)(const L1GradientParams&, ScalarKind, const at::Tensor&)>
+          void (*DistanceGradient)(const DistanceGradientParams&, ScalarKind, const at::Tensor&)>
 struct EntryPoints {
   static SupconTileParams supcon_params(const at::Tensor& labels, const at::Tensor& preds, const at::Tensor& pair,
                                         double tau, int64_t strategy, int64_t sim) {
@@ -184,9 +187,14 @@ struct EntryPoints {
     SupconTileParams p = supcon_params(labels, preds, pair, tau, strategy, sim);
     p.stats = stats.data_ptr();
     const ScalarKind kind = scalar_kind_of(u, "z");
-    for_each_tile(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+    for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
       const at::Tensor s = similarity_tile(u, r0, rows, c0, cols, similarity);
       p.tile = tile_of(s, labels, r0, c0, n);
+      Stats(p, kind, u);
+      if (r0 == c0) return;
+      // The same similarities seen from the columns' anchors.
+      const at::Tensor s_t = s.t().contiguous();
+      p.tile = tile_of(s_t, labels, c0, r0, n);
       Stats(p, kind, u);
     });
     const at::Tensor positives = stats[3];
@@ -223,13 +231,20 @@ struct EntryPoints {
     p.positives = positives_c.data_ptr();
     p.row_grad = row_grad.data_ptr();
     const ScalarKind kind = scalar_kind_of(u, "z");
-    for_each_tile(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+    for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
       const at::Tensor s = similarity_tile(u, r0, rows, c0, cols, similarity);
       at::Tensor g = at::empty_like(s);
       p.tile = tile_of(s, labels, r0, c0, n);
       p.tile.gradient = g.data_ptr();
       Gradient(p, kind, u);
-      accumulate_tile_gradient<L1Gradient>(grad_u, u, g, r0, rows, c0, cols, similarity);
+      // H = G_rc + G_crᵀ: the columns' anchors' tile from the transposed similarities.
+      const at::Tensor s_t = r0 == c0 ? s : s.t().contiguous();
+      at::Tensor g_t = at::empty_like(s_t);
+      p.tile = tile_of(s_t, labels, c0, r0, n);
+      p.tile.gradient = g_t.data_ptr();
+      Gradient(p, kind, u);
+      g.add_(g_t.t());
+      accumulate_tile_gradient<DistanceGradient>(grad_u, u, g, r0, rows, c0, cols, similarity);
     });
     const at::Tensor grad_z = similarity == ContrastiveSimilarity::Cosine ? unit_rows_backward(grad_u, work) : grad_u;
     return grad_z.to(z.scalar_type());
@@ -251,9 +266,11 @@ struct EntryPoints {
     at::Tensor row_sums = at::zeros({n}, u.options());
     p.row_sums = row_sums.data_ptr();
     const ScalarKind kind = scalar_kind_of(u, "f");
-    for_each_tile(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+    for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
       const at::Tensor s = similarity_tile(u, r0, rows, c0, cols, p.sim);
       p.tile = tile_of(s, labels, r0, c0, n);
+      // w and the distance are symmetric: a tile off the diagonal counts for its transpose too.
+      p.scale = r0 == c0 ? 1.0 : 2.0;
       Compactness(p, kind, u);
     });
     return (row_sums.sum() / (static_cast<double>(n) * static_cast<double>(n))).to(f.scalar_type());
@@ -268,13 +285,15 @@ struct EntryPoints {
     const at::Tensor u = tile_rows(f, p.sim);
     at::Tensor grad_u = at::zeros_like(u);
     const ScalarKind kind = scalar_kind_of(u, "f");
-    for_each_tile(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+    for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
       const at::Tensor s = similarity_tile(u, r0, rows, c0, cols, p.sim);
       at::Tensor g = at::empty_like(s);
       p.tile = tile_of(s, labels, r0, c0, n);
       p.tile.gradient = g.data_ptr();
+      // The tile of the transposed pair is Gᵀ (w and the distance are symmetric): H = 2G.
+      p.scale = 2.0;
       CompactnessGradient(p, kind, u);
-      accumulate_tile_gradient<L1Gradient>(grad_u, u, g, r0, rows, c0, cols, p.sim);
+      accumulate_tile_gradient<DistanceGradient>(grad_u, u, g, r0, rows, c0, cols, p.sim);
     });
     // The incoming gradient and the mean's 1/N², as a tensor: no value is read back.
     grad_u.mul_(grad.to(u.scalar_type()) / (static_cast<double>(n) * static_cast<double>(n)));

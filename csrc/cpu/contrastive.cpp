@@ -53,8 +53,8 @@ void run_compactness_gradient(const CompactnessTileParams& p, ScalarKind kind, c
            compactness_gradient_row<double, 1, SingleLane>>(p, kind, p.tile.rows, kRowGrain);
 }
 
-void run_l1_gradient(const L1GradientParams& p, ScalarKind kind, const at::Tensor&) {
-  run_rows<L1GradientParams, l1_gradient_row<float, 1, SingleLane>, l1_gradient_row<double, 1, SingleLane>>(
+void run_distance_gradient(const DistanceGradientParams& p, ScalarKind kind, const at::Tensor&) {
+  run_rows<DistanceGradientParams, distance_gradient_row<float, 1, SingleLane>, distance_gradient_row<double, 1, SingleLane>>(
       p, kind, p.a_count, 1);
 }
 
@@ -62,7 +62,7 @@ void run_l1_gradient(const L1GradientParams& p, ScalarKind kind, const at::Tenso
 
 TORCH_LIBRARY_IMPL(fastadv, CPU, m) {
   contrastive::register_kernels<contrastive::EntryPoints<run_supcon_stats, run_supcon_gradient, run_compactness,
-                                                         run_compactness_gradient, run_l1_gradient>>(m);
+                                                         run_compactness_gradient, run_distance_gradient>>(m);
 }
 
 }  // namespace fastadv

@@ -27,7 +27,7 @@ TORCH_LIBRARY_IMPL(fastadv, CUDA, m) {
       run_cuda<SupconTileParams, launch_supcon_stats_cuda>, run_cuda<SupconTileParams, launch_supcon_gradient_cuda>,
       run_cuda<CompactnessTileParams, launch_compactness_cuda>,
       run_cuda<CompactnessTileParams, launch_compactness_gradient_cuda>,
-      run_cuda<L1GradientParams, launch_l1_gradient_cuda>>>(m);
+      run_cuda<DistanceGradientParams, launch_distance_gradient_cuda>>>(m);
 }
 
 }  // namespace fastadv

@@ -66,9 +66,9 @@ void launch_compactness_gradient_cuda(const CompactnessTileParams& p, ScalarKind
               compactness_gradient_row<double, kLanes, cuda::WarpLane>>(p, p.tile.rows, kind, stream);
 }
 
-void launch_l1_gradient_cuda(const L1GradientParams& p, ScalarKind kind, void* stream) {
-  launch_rows<L1GradientParams, l1_gradient_row<float, kLanes, cuda::WarpLane>,
-              l1_gradient_row<double, kLanes, cuda::WarpLane>>(p, p.a_count, kind, stream);
+void launch_distance_gradient_cuda(const DistanceGradientParams& p, ScalarKind kind, void* stream) {
+  launch_rows<DistanceGradientParams, distance_gradient_row<float, kLanes, cuda::WarpLane>,
+              distance_gradient_row<double, kLanes, cuda::WarpLane>>(p, p.a_count, kind, stream);
 }
 
 }  // namespace fastadv

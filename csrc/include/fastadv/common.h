@@ -16,6 +16,19 @@
 #define FASTADV_HOST_DEVICE inline
 #endif
 
+// The CPU's row loops: `omp simd` (the kernels are compiled with -fopenmp) lets GCC vectorise a
+// reduction over floats, which it otherwise keeps in order. CUDA runs a row on a warp instead.
+#if defined(__CUDACC__)
+#define FASTADV_SIMD
+#define FASTADV_SIMD_REDUCE(op, ...)
+#define FASTADV_SIMD_MAX_AND_SUM(maximum, ...)
+#else
+#define FASTADV_PRAGMA(text) _Pragma(#text)
+#define FASTADV_SIMD FASTADV_PRAGMA(omp simd)
+#define FASTADV_SIMD_REDUCE(op, ...) FASTADV_PRAGMA(omp simd reduction(op : __VA_ARGS__))
+#define FASTADV_SIMD_MAX_AND_SUM(maximum, ...) FASTADV_PRAGMA(omp simd reduction(max : maximum) reduction(+ : __VA_ARGS__))
+#endif
+
 namespace fastadv {
 
 using std::exp;  // float and double overloads, on the host and in CUDA device code

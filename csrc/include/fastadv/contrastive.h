@@ -62,13 +62,16 @@ struct CompactnessTileParams {
   ContrastiveTile tile;  // similarity = −‖f_i − f_j‖_p
   void* row_sums;        // forward: [N], Σ_j w_ij ‖f_i − f_j‖_p accumulated over the tiles
   double other_weight;   // w_ij for different labels, (a − 1)/a
+  double scale;          // what the tile's terms are multiplied by (2 for a tile that stands for its transpose too)
   ContrastiveSimilarity sim;
 };
 
-// dU[a] += −Σ_b H_ab sign(u_a − u_b) for the rows a of `out_rows`: the gradient of the l1
-// similarity s_ab = −‖u_a − u_b‖₁ carried by the tile H = dL/ds (or its transpose, for the
-// columns' side), a direct loop since no matrix product computes it.
-struct L1GradientParams {
+// dU[a] += −Σ_b H_ab ∂‖u_a − u_b‖/∂u_a for the rows a of `u_out`: what the tile H = dL/ds of a
+// distance similarity s_ab = −‖u_a − u_b‖ carries back (l1: the sign of the difference; l2: the
+// difference, H already holding dL/ds / d). A direct loop over the differences rather than matrix
+// products: for l2, H·U − rowsum(H)·u_a cancels in float32 when two rows nearly coincide (H is
+// then of order 1/d), where the difference taken first stays exact.
+struct DistanceGradientParams {
   const void* h;       // H, element (a, b) at h[a * h_row + b * h_col]
   int64_t h_row;
   int64_t h_col;
@@ -78,14 +81,17 @@ struct L1GradientParams {
   int64_t a_count;
   int64_t b_count;
   int64_t dim;
+  ContrastiveSimilarity sim;  // L1 or L2
 };
 
 // ----------------------------------------------------------------------------- selection
-// A candidate's place in anchor i's sums: in the denominator (allowed), and among the positives.
-struct CandidateRole {
-  bool allowed;
-  bool positive;
-};
+// A candidate's place in anchor i's sums, as one int (a struct of two bools in an `omp simd`
+// loop is kept in memory, which stops GCC from vectorising the loop): excluded, a negative (in
+// the denominator only) or a positive (in both).
+enum CandidateRole : int { kExcluded = 0, kNegative = 1, kPositive = 3 };
+
+FASTADV_HOST_DEVICE bool in_denominator(int role) { return role != kExcluded; }
+FASTADV_HOST_DEVICE bool is_positive(int role) { return role == kPositive; }
 
 struct Anchor {
   int64_t index;
@@ -101,7 +107,7 @@ FASTADV_HOST_DEVICE Anchor anchor_of(const SupconTileParams& p, int64_t i) {
 // METHODS.md section 2's table: the counterpart is always a positive; every other candidate
 // j ≠ i is a positive, a negative, or excluded from both sums.
 template <ContrastiveStrategy S>
-FASTADV_HOST_DEVICE CandidateRole candidate_role(const Anchor& a, int64_t j, int64_t label_j, int64_t pred_j) {
+FASTADV_HOST_DEVICE int candidate_role(const Anchor& a, int64_t j, int64_t label_j, int64_t pred_j) {
   const bool other = j != a.index;
   const bool counterpart = other && j == a.counterpart;
   const bool same_label = label_j == a.label;
@@ -110,9 +116,9 @@ FASTADV_HOST_DEVICE CandidateRole candidate_role(const Anchor& a, int64_t j, int
   const bool predicted_alike = S == ContrastiveStrategy::HardLS ? pred_j == a.label : pred_j == a.pred;
   const bool positive = (S == ContrastiveStrategy::LeakedLS ? same_label && predicted_alike : same_label);
   const bool negative = !same_label && (S == ContrastiveStrategy::Global || predicted_alike);
-  const bool is_positive = counterpart || (other && positive);
-  const bool is_negative = other && !counterpart && negative;
-  return CandidateRole{is_positive || is_negative, is_positive};
+  const bool is_positive_candidate = counterpart || (other && positive);
+  const bool is_negative_candidate = other && !counterpart && negative;
+  return is_positive_candidate ? kPositive : (is_negative_candidate ? kNegative : kExcluded);
 }
 
 // ----------------------------------------------------------------------------- L_SCL
@@ -125,13 +131,14 @@ FASTADV_HOST_DEVICE void supcon_stats_row(const SupconTileParams& p, int64_t r, 
   const T* s = static_cast<const T*>(tile.similarity) + r * tile.ld;
   const T inv_tau = static_cast<T>(p.inv_tau);
   T tile_max = -infinity_of<T>(), positive_sum = T(0), positives = T(0);
+  FASTADV_SIMD_MAX_AND_SUM(tile_max, positive_sum, positives)
   for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
     const int64_t column = tile.col0 + j;
-    const CandidateRole role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
+    const int role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
     const T t = s[j] * inv_tau;
-    tile_max = role.allowed ? larger(tile_max, t) : tile_max;
-    positive_sum += role.positive ? t : T(0);
-    positives += role.positive ? T(1) : T(0);
+    tile_max = in_denominator(role) ? larger(tile_max, t) : tile_max;
+    positive_sum += is_positive(role) ? t : T(0);
+    positives += is_positive(role) ? T(1) : T(0);
   }
   tile_max = lane.max(tile_max);
   positive_sum = lane.sum(positive_sum);
@@ -141,10 +148,11 @@ FASTADV_HOST_DEVICE void supcon_stats_row(const SupconTileParams& p, int64_t r, 
   const T new_max = larger(old_max, tile_max);
   T sum = T(0);
   if (new_max != -infinity_of<T>()) {
+    FASTADV_SIMD_REDUCE(+, sum)
     for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
       const int64_t column = tile.col0 + j;
-      const CandidateRole role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
-      sum += role.allowed ? exp_nonpositive(s[j] * inv_tau - new_max) : T(0);
+      const int role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
+      sum += in_denominator(role) ? exp_nonpositive(s[j] * inv_tau - new_max) : T(0);
     }
     sum = lane.sum(sum);
   }
@@ -179,15 +187,17 @@ FASTADV_HOST_DEVICE void supcon_gradient_row(const SupconTileParams& p, int64_t 
   const T inv_tau = static_cast<T>(p.inv_tau);
   const T count = static_cast<const T*>(p.positives)[i];
   const T lse = static_cast<const T*>(p.lse)[i];
-  // An anchor without positives has loss 0 and no gradient.
   const T scale = count > T(0) ? static_cast<const T*>(p.row_grad)[i] * inv_tau : T(0);
   const T inv_count = count > T(0) ? T(1) / count : T(0);
+  const ContrastiveSimilarity sim = p.sim;
+  FASTADV_SIMD
   for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
     const int64_t column = tile.col0 + j;
-    const CandidateRole role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
-    const T probability = exp_nonpositive(s[j] * inv_tau - lse);
-    const T value = role.allowed ? scale * (probability - (role.positive ? inv_count : T(0))) : T(0);
-    g[j] = similarity_coefficient(value, s[j], p.sim);
+    const int role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
+    // An anchor without positives has loss 0 and no gradient (its lse is 0: no exp is taken).
+    const T probability = count > T(0) ? exp_nonpositive(s[j] * inv_tau - lse) : T(0);
+    const T value = in_denominator(role) ? scale * (probability - (is_positive(role) ? inv_count : T(0))) : T(0);
+    g[j] = similarity_coefficient(value, s[j], sim);
   }
 }
 
@@ -227,40 +237,52 @@ FASTADV_HOST_DEVICE void compactness_row(const CompactnessTileParams& p, int64_t
   const T* s = static_cast<const T*>(tile.similarity) + r * tile.ld;
   const T other_weight = static_cast<T>(p.other_weight);
   T sum = T(0);
+  FASTADV_SIMD_REDUCE(+, sum)
   for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
     sum -= compactness_weight(label, tile.labels[tile.col0 + j], other_weight) * s[j];
   }
   sum = lane.sum(sum);
-  if (lane.index == 0) static_cast<T*>(p.row_sums)[i] += sum;
+  if (lane.index == 0) static_cast<T*>(p.row_sums)[i] += static_cast<T>(p.scale) * sum;
 }
 
-// Backward: the tile of d(Σ w_ij ‖f_i − f_j‖)/ds = −w_ij (the incoming gradient and 1/N² are
-// applied by the glue), scaled for l2 as the contrastive loss's.
+// Backward: the tile of d(Σ w_ij ‖f_i − f_j‖)/ds = −w_ij times p.scale (the incoming gradient and
+// 1/N² are applied by the glue), scaled for l2 as the contrastive loss's.
 template <typename T, int Lanes, typename Lane>
 FASTADV_HOST_DEVICE void compactness_gradient_row(const CompactnessTileParams& p, int64_t r, const Lane& lane) {
   const ContrastiveTile& tile = p.tile;
   const int64_t label = tile.labels[tile.row0 + r];
   const T* s = static_cast<const T*>(tile.similarity) + r * tile.ld;
   T* g = static_cast<T*>(tile.gradient) + r * tile.ld;
-  const T other_weight = static_cast<T>(p.other_weight);
+  const T other_weight = static_cast<T>(p.other_weight), scale = static_cast<T>(p.scale);
+  const ContrastiveSimilarity sim = p.sim;
+  FASTADV_SIMD
   for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
-    const T value = -compactness_weight(label, tile.labels[tile.col0 + j], other_weight);
-    g[j] = similarity_coefficient(value, s[j], p.sim);
+    const T value = -scale * compactness_weight(label, tile.labels[tile.col0 + j], other_weight);
+    g[j] = similarity_coefficient(value, s[j], sim);
   }
 }
 
-// ----------------------------------------------------------------------------- l1 gradient
-// dU[a, k] += −Σ_b H_ab sign(u_ak − u_bk) for one row a, lanes over the coordinates k (the
+// ----------------------------------------------------------------------------- distance gradient
+// ∂‖d‖/∂d for one coordinate of d = u_a − u_b: sign(d) for l1 (0 at 0), d itself for l2 (the
+// tile carries the 1/‖d‖).
+template <typename T>
+FASTADV_HOST_DEVICE T distance_gradient_term(T difference, bool l1) {
+  return l1 ? sign_propagating_nan(difference) : difference;
+}
+
+// dU[a, k] −= Σ_b H_ab ∂‖u_a − u_b‖/∂u_ak for one row a, lanes over the coordinates k (the
 // candidates b in the outer loop, so that the inner loop runs along contiguous rows).
 template <typename T, int Lanes, typename Lane>
-FASTADV_HOST_DEVICE void l1_gradient_row(const L1GradientParams& p, int64_t a, const Lane& lane) {
+FASTADV_HOST_DEVICE void distance_gradient_row(const DistanceGradientParams& p, int64_t a, const Lane& lane) {
   const T* h = static_cast<const T*>(p.h) + a * p.h_row;
   const T* u = static_cast<const T*>(p.u_out) + a * p.dim;
   T* grad = static_cast<T*>(p.grad_out) + a * p.dim;
+  const bool l1 = p.sim == ContrastiveSimilarity::L1;
   for (int64_t b = 0; b < p.b_count; ++b) {
     const T weight = h[b * p.h_col];
     const T* other = static_cast<const T*>(p.u_other) + b * p.dim;
-    for (int64_t k = lane.index; k < p.dim; k += Lanes) grad[k] -= weight * sign_propagating_nan(u[k] - other[k]);
+    FASTADV_SIMD
+    for (int64_t k = lane.index; k < p.dim; k += Lanes) grad[k] -= weight * distance_gradient_term(u[k] - other[k], l1);
   }
 }
 
@@ -271,6 +293,6 @@ void launch_supcon_stats_cuda(const SupconTileParams& p, ScalarKind kind, void* 
 void launch_supcon_gradient_cuda(const SupconTileParams& p, ScalarKind kind, void* stream);
 void launch_compactness_cuda(const CompactnessTileParams& p, ScalarKind kind, void* stream);
 void launch_compactness_gradient_cuda(const CompactnessTileParams& p, ScalarKind kind, void* stream);
-void launch_l1_gradient_cuda(const L1GradientParams& p, ScalarKind kind, void* stream);
+void launch_distance_gradient_cuda(const DistanceGradientParams& p, ScalarKind kind, void* stream);
 
 }  // namespace fastadv

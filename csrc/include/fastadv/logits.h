@@ -19,15 +19,6 @@
 
 #include "fastadv/common.h"
 
-#if defined(__CUDACC__)
-#define FASTADV_SIMD
-#define FASTADV_SIMD_REDUCE(op, ...)
-#else
-#define FASTADV_PRAGMA(text) _Pragma(#text)
-#define FASTADV_SIMD FASTADV_PRAGMA(omp simd)
-#define FASTADV_SIMD_REDUCE(op, ...) FASTADV_PRAGMA(omp simd reduction(op : __VA_ARGS__))
-#endif
-
 namespace fastadv {
 
 using std::sin;  // float and double overloads, on the host and in CUDA device code
