@@ -35,12 +35,11 @@ apart). The Triton kernels do the per-tile row math of csrc/include/fastadv/cont
    (strides swapped).
 
 The host side then carries G back onto the rows as accumulate_tile_gradient does for cosine
-(dU_r += G U_c, dU_c += Gᵀ U_r) and l1 (kernel 5). For l2 it departs from the C++ driver: the
-driver's matrix products, G U_c less the row sums of G times U_r, subtract terms of size
-|G_ij| ~ (1/τ)/d_ij, so near-coinciding rows (D = 1, N = 37 in the tests) lose the result to
-float32 cancellation (1e-5 off on gradients of 0.03); kernel 5 forms u_a − u_b first, each term
-then of the size of the gradient itself (at the price of N²D multiply-adds on the kernel's cores
-rather than in a matrix product: not measured on a GPU yet). It then runs the cosine
+(dU_r += G U_c, dU_c += Gᵀ U_r) and l1/l2 (kernel 5: the difference u_a − u_b is formed first, since
+the matrix-product form G U_c − rowsum(G)·U_r cancels in float32 near coinciding rows, where
+|G_ij| ~ (1/τ)/d_ij). One difference from the C++ driver: it visits every tile, where the C++
+driver visits the tiles on and above the diagonal once for both of their anchor blocks (s is
+symmetric), half the matrix products. It then runs the cosine
 normalisation's backward (unit_rows_backward: normalize's, with its 1e-12 guard), reduces the
 per-anchor losses (an anchor without a positive has lse 0 and loss 0) and multiplies the
 compactness gradient by grad/N².
