@@ -89,7 +89,7 @@ LABELS = {"fastadv": "fastadv supcon_loss", "eager": EAGER_SHORT, "compiled": CO
 # ----------------------------------------------------------------------------- the baselines
 def supcon_eager(z, labels, preds, pair, tau=TAU, strategy="global"):
     """SupCon as a user writes it, in float32, with every strategy's masks: the full similarity
-    matrix ŝ ẑᵀ/τ of the normalized rows, the positive and negative masks (the rules of
+    matrix ẑ ẑᵀ/τ of the normalized rows, the positive and negative masks (the rules of
     fastadv.reference.contrastive.selection_masks: the counterpart always a positive, the anchor
     itself never a candidate), log_softmax over the allowed candidates and the mean over the
     positives of their log-probability (Khosla et al. 2020, Eq. 2; an anchor without a positive
