@@ -3,8 +3,7 @@
 // tiles, and the registered entry points.
 //
 // A tile of similarities is a matrix product of the unit rows (cosine) or a direct distance
-// (at::cdist without its matrix-product shortcut, so that coinciding points are exactly 0 apart),
-// computed by ATen on the tensors' device; the backend's kernels (contrastive.h's row functions)
+// (the backend's distance kernel, so that coinciding points are exactly 0 apart); the backend's kernels (contrastive.h's row functions)
 // fold it into per-anchor statistics or turn it into the tile of dL/ds, which matrix products
 // (cosine) or the distance-gradient kernel (l1, l2) carry back onto the rows. Memory: the [N, D] rows, a few [N]
 // vectors and one or two tiles of kContrastiveTile², whatever N is.
@@ -80,15 +79,26 @@ inline at::Tensor unit_rows_backward(const at::Tensor& grad_unit, const at::Tens
   return at::where(norm > kNormalizeEps, projected, grad_unit / kNormalizeEps);
 }
 
-// The similarity tile of rows [r0, r0 + rows) against rows [c0, c0 + cols), contiguous.
-inline at::Tensor similarity_tile(const at::Tensor& u, int64_t r0, int64_t rows, int64_t c0, int64_t cols,
-                                  ContrastiveSimilarity sim) {
+// The similarity tile of rows [r0, r0 + rows) against rows [c0, c0 + cols), contiguous: the
+// product of the unit rows (cosine), or minus the distances by the backend's DistanceTile kernel.
+template <void (*DistanceTile)(const DistanceTileParams&, ScalarKind, const at::Tensor&)>
+at::Tensor similarity_tile(const at::Tensor& u, int64_t r0, int64_t rows, int64_t c0, int64_t cols,
+                           ContrastiveSimilarity sim) {
   const at::Tensor a = u.narrow(0, r0, rows), b = u.narrow(0, c0, cols);
   if (sim == ContrastiveSimilarity::Cosine) return at::mm(a, b.t());
-  // compute_mode 2: never the matrix-product form of the l2 distance (it cancels to a nonzero
-  // distance between coinciding rows).
-  const double p = sim == ContrastiveSimilarity::L1 ? 1.0 : 2.0;
-  return at::cdist(a, b, p, 2).neg_();
+  const at::Tensor b_t = b.t().contiguous();
+  at::Tensor out = at::empty({rows, cols}, u.options());
+  DistanceTileParams p{};
+  p.u_rows = a.data_ptr();
+  p.u_cols_t = b_t.data_ptr();
+  p.out = out.data_ptr();
+  p.ld = out.stride(0);
+  p.rows = rows;
+  p.cols = cols;
+  p.dim = u.size(1);
+  p.sim = sim;
+  DistanceTile(p, scalar_kind_of(u, "z"), u);
+  return out;
 }
 
 // dU[rows] += what H carries back onto the rows' side, and, off the diagonal, dU[cols] += what
@@ -153,10 +163,11 @@ void for_each_tile_pair(int64_t n, Visit&& visit) {
   }
 }
 
-// A backend's kernels: Stats / Gradient take a SupconTileParams, Compactness /
+// A backend's kernels: DistanceTile takes a DistanceTileParams, Stats / Gradient a SupconTileParams, Compactness /
 // CompactnessGradient a CompactnessTileParams, DistanceGradient an DistanceGradientParams; each runs on the
 // tensors' device (the at::Tensor argument says which).
-template <void (*Stats)(const SupconTileParams&, ScalarKind, const at::Tensor&),
+template <void (*DistanceTile)(const DistanceTileParams&, ScalarKind, const at::Tensor&),
+          void (*Stats)(const SupconTileParams&, ScalarKind, const at::Tensor&),
           void (*Gradient)(const SupconTileParams&, ScalarKind, const at::Tensor&),
           void (*Compactness)(const CompactnessTileParams&, ScalarKind, const at::Tensor&),
           void (*CompactnessGradient)(const CompactnessTileParams&, ScalarKind, const at::Tensor&),
@@ -188,7 +199,7 @@ struct EntryPoints {
     p.stats = stats.data_ptr();
     const ScalarKind kind = scalar_kind_of(u, "z");
     for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
-      const at::Tensor s = similarity_tile(u, r0, rows, c0, cols, similarity);
+      const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, similarity);
       p.tile = tile_of(s, labels, r0, c0, n);
       Stats(p, kind, u);
       if (r0 == c0) return;
@@ -232,7 +243,7 @@ struct EntryPoints {
     p.row_grad = row_grad.data_ptr();
     const ScalarKind kind = scalar_kind_of(u, "z");
     for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
-      const at::Tensor s = similarity_tile(u, r0, rows, c0, cols, similarity);
+      const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, similarity);
       at::Tensor g = at::empty_like(s);
       p.tile = tile_of(s, labels, r0, c0, n);
       p.tile.gradient = g.data_ptr();
@@ -267,7 +278,7 @@ struct EntryPoints {
     p.row_sums = row_sums.data_ptr();
     const ScalarKind kind = scalar_kind_of(u, "f");
     for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
-      const at::Tensor s = similarity_tile(u, r0, rows, c0, cols, p.sim);
+      const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, p.sim);
       p.tile = tile_of(s, labels, r0, c0, n);
       // w and the distance are symmetric: a tile off the diagonal counts for its transpose too.
       p.scale = r0 == c0 ? 1.0 : 2.0;
@@ -286,7 +297,7 @@ struct EntryPoints {
     at::Tensor grad_u = at::zeros_like(u);
     const ScalarKind kind = scalar_kind_of(u, "f");
     for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
-      const at::Tensor s = similarity_tile(u, r0, rows, c0, cols, p.sim);
+      const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, p.sim);
       at::Tensor g = at::empty_like(s);
       p.tile = tile_of(s, labels, r0, c0, n);
       p.tile.gradient = g.data_ptr();

@@ -53,6 +53,11 @@ void run_compactness_gradient(const CompactnessTileParams& p, ScalarKind kind, c
            compactness_gradient_row<double, 1, SingleLane>>(p, kind, p.tile.rows, kRowGrain);
 }
 
+void run_distance_tile(const DistanceTileParams& p, ScalarKind kind, const at::Tensor&) {
+  run_rows<DistanceTileParams, distance_tile_row<float, 1, SingleLane>, distance_tile_row<double, 1, SingleLane>>(
+      p, kind, p.rows, kRowGrain);
+}
+
 void run_distance_gradient(const DistanceGradientParams& p, ScalarKind kind, const at::Tensor&) {
   run_rows<DistanceGradientParams, distance_gradient_row<float, 1, SingleLane>, distance_gradient_row<double, 1, SingleLane>>(
       p, kind, p.a_count, 1);
@@ -61,7 +66,7 @@ void run_distance_gradient(const DistanceGradientParams& p, ScalarKind kind, con
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastadv, CPU, m) {
-  contrastive::register_kernels<contrastive::EntryPoints<run_supcon_stats, run_supcon_gradient, run_compactness,
+  contrastive::register_kernels<contrastive::EntryPoints<run_distance_tile, run_supcon_stats, run_supcon_gradient, run_compactness,
                                                          run_compactness_gradient, run_distance_gradient>>(m);
 }
 

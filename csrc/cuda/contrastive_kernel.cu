@@ -66,6 +66,11 @@ void launch_compactness_gradient_cuda(const CompactnessTileParams& p, ScalarKind
               compactness_gradient_row<double, kLanes, cuda::WarpLane>>(p, p.tile.rows, kind, stream);
 }
 
+void launch_distance_tile_cuda(const DistanceTileParams& p, ScalarKind kind, void* stream) {
+  launch_rows<DistanceTileParams, distance_tile_row<float, kLanes, cuda::WarpLane>,
+              distance_tile_row<double, kLanes, cuda::WarpLane>>(p, p.rows, kind, stream);
+}
+
 void launch_distance_gradient_cuda(const DistanceGradientParams& p, ScalarKind kind, void* stream) {
   launch_rows<DistanceGradientParams, distance_gradient_row<float, kLanes, cuda::WarpLane>,
               distance_gradient_row<double, kLanes, cuda::WarpLane>>(p, p.a_count, kind, stream);
