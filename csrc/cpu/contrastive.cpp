@@ -53,9 +53,26 @@ void run_compactness_gradient(const CompactnessTileParams& p, ScalarKind kind, c
            compactness_gradient_row<double, 1, SingleLane>>(p, kind, p.tile.rows, kRowGrain);
 }
 
+template <typename T>
+FASTADV_CPU_CLONES __attribute__((flatten)) void distance_tile_kernel(const DistanceTileParams& p, int64_t begin,
+                                                                      int64_t end) {
+  // Blocks of kDistanceRows rows; rows left over, and tiles narrower than a column block, one at a time.
+  int64_t a = begin;
+  if (p.cols >= kDistanceBlock) {
+    for (; a + kDistanceRows <= end; a += kDistanceRows) distance_tile_rows<T, kDistanceRows>(p, a);
+    for (; a < end; ++a) distance_tile_rows<T, 1>(p, a);
+  }
+  for (; a < end; ++a) distance_tile_row<T, 1>(p, a, SingleLane{});
+}
+
 void run_distance_tile(const DistanceTileParams& p, ScalarKind kind, const at::Tensor&) {
-  run_rows<DistanceTileParams, distance_tile_row<float, 1, SingleLane>, distance_tile_row<double, 1, SingleLane>>(
-      p, kind, p.rows, kRowGrain);
+  at::parallel_for(0, p.rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    if (kind == ScalarKind::Float64) {
+      distance_tile_kernel<double>(p, begin, end);
+    } else {
+      distance_tile_kernel<float>(p, begin, end);
+    }
+  });
 }
 
 void run_distance_gradient(const DistanceGradientParams& p, ScalarKind kind, const at::Tensor&) {

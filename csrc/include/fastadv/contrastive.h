@@ -277,28 +277,60 @@ FASTADV_HOST_DEVICE void compactness_gradient_row(const CompactnessTileParams& p
 }
 
 // ----------------------------------------------------------------------------- distance tile
-// Row a of the distance tile: the coordinates k in the outer loop and the columns b, contiguous
-// in u_cols_t, across the lanes (CPU: one lane, the b loop vectorised; CUDA: a warp's lanes).
+// Row a of the distance tile, each lane its own columns b, b + Lanes, ... (CUDA: a warp's lanes
+// read contiguous columns of u_cols_t). A distance is Σ_k in order of k.
+constexpr int64_t kDistanceBlock = 32;
+constexpr int kDistanceRows = 4;
+
+template <typename T>
+FASTADV_HOST_DEVICE T distance_term(T difference, bool l1) {
+  return l1 ? (difference < T(0) ? -difference : difference) : difference * difference;
+}
+
+template <typename T>
+FASTADV_HOST_DEVICE T distance_of_sum(T sum, bool l1) {
+  return l1 ? sum : sqrt(sum);
+}
+
 template <typename T, int Lanes, typename Lane>
 FASTADV_HOST_DEVICE void distance_tile_row(const DistanceTileParams& p, int64_t a, const Lane& lane) {
   const T* u = static_cast<const T*>(p.u_rows) + a * p.dim;
   const T* columns = static_cast<const T*>(p.u_cols_t);
   T* out = static_cast<T*>(p.out) + a * p.ld;
-  const int64_t cols = p.cols;
   const bool l1 = p.sim == ContrastiveSimilarity::L1;
-  FASTADV_SIMD
-  for (int64_t b = lane.index; b < cols; b += Lanes) out[b] = T(0);
-  for (int64_t k = 0; k < p.dim; ++k) {
-    const T uk = u[k];
-    const T* column_k = columns + k * cols;
-    FASTADV_SIMD
-    for (int64_t b = lane.index; b < cols; b += Lanes) {
-      const T difference = uk - column_k[b];
-      out[b] += l1 ? (difference < T(0) ? -difference : difference) : difference * difference;
+  for (int64_t b = lane.index; b < p.cols; b += Lanes) {
+    T sum = T(0);
+    for (int64_t k = 0; k < p.dim; ++k) sum += distance_term(u[k] - columns[k * p.cols + b], l1);
+    out[b] = -distance_of_sum(sum, l1);
+  }
+}
+
+// The CPU's form of distance_tile_row: R rows at once (each column block loaded once for all of
+// them) and blocks of kDistanceBlock columns, the R × kDistanceBlock sums in registers across the
+// coordinates k (independent chains of additions). The same sums, in the same order.
+template <typename T, int R>
+FASTADV_HOST_DEVICE void distance_tile_rows(const DistanceTileParams& p, int64_t a0) {
+  const T* columns = static_cast<const T*>(p.u_cols_t);
+  const int64_t cols = p.cols, dim = p.dim;
+  const bool l1 = p.sim == ContrastiveSimilarity::L1;
+  for (int64_t start = 0; start < cols; start += kDistanceBlock) {
+    // The last block overlaps the one before it rather than ending in scalar columns.
+    const int64_t b0 = start + kDistanceBlock <= cols ? start : cols - kDistanceBlock;
+    T sums[R][kDistanceBlock] = {};
+    for (int64_t k = 0; k < dim; ++k) {
+      const T* column_k = columns + k * cols + b0;
+      for (int r = 0; r < R; ++r) {
+        const T uk = static_cast<const T*>(p.u_rows)[(a0 + r) * dim + k];
+        FASTADV_SIMD
+        for (int64_t b = 0; b < kDistanceBlock; ++b) sums[r][b] += distance_term(uk - column_k[b], l1);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      T* out = static_cast<T*>(p.out) + (a0 + r) * p.ld + b0;
+      FASTADV_SIMD
+      for (int64_t b = 0; b < kDistanceBlock; ++b) out[b] = -distance_of_sum(sums[r][b], l1);
     }
   }
-  FASTADV_SIMD
-  for (int64_t b = lane.index; b < cols; b += Lanes) out[b] = -(l1 ? out[b] : sqrt(out[b]));
 }
 
 // ----------------------------------------------------------------------------- distance gradient
@@ -309,19 +341,31 @@ FASTADV_HOST_DEVICE T distance_gradient_term(T difference, bool l1) {
   return l1 ? sign_propagating_nan(difference) : difference;
 }
 
-// dU[a, k] −= Σ_b H_ab ∂‖u_a − u_b‖/∂u_ak for one row a, lanes over the coordinates k (the
-// candidates b in the outer loop, so that the inner loop runs along contiguous rows).
+// dU[a, k] −= Σ_b H_ab ∂‖u_a − u_b‖/∂u_ak for one row a, lanes over the coordinates k, in chunks
+// of kGradientChunk coordinates whose sums stay in registers over the candidates b.
+constexpr int64_t kGradientChunk = 64;
+
 template <typename T, int Lanes, typename Lane>
 FASTADV_HOST_DEVICE void distance_gradient_row(const DistanceGradientParams& p, int64_t a, const Lane& lane) {
   const T* h = static_cast<const T*>(p.h) + a * p.h_row;
   const T* u = static_cast<const T*>(p.u_out) + a * p.dim;
+  const T* others = static_cast<const T*>(p.u_other);
   T* grad = static_cast<T*>(p.grad_out) + a * p.dim;
+  const int64_t dim = p.dim, h_col = p.h_col;
   const bool l1 = p.sim == ContrastiveSimilarity::L1;
-  for (int64_t b = 0; b < p.b_count; ++b) {
-    const T weight = h[b * p.h_col];
-    const T* other = static_cast<const T*>(p.u_other) + b * p.dim;
+  for (int64_t k0 = 0; k0 < dim; k0 += kGradientChunk) {
+    const int64_t chunk = dim - k0 < kGradientChunk ? dim - k0 : kGradientChunk;
+    T sums[kGradientChunk] = {};
+    for (int64_t b = 0; b < p.b_count; ++b) {
+      const T weight = h[b * h_col];
+      const T* other = others + b * dim + k0;
+      FASTADV_SIMD
+      for (int64_t k = lane.index; k < chunk; k += Lanes) {
+        sums[k] += weight * distance_gradient_term(u[k0 + k] - other[k], l1);
+      }
+    }
     FASTADV_SIMD
-    for (int64_t k = lane.index; k < p.dim; k += Lanes) grad[k] -= weight * distance_gradient_term(u[k] - other[k], l1);
+    for (int64_t k = lane.index; k < chunk; k += Lanes) grad[k0 + k] -= sums[k];
   }
 }
 
