@@ -22,6 +22,8 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from .. import backend
+
 
 def schema(name: str) -> torch._C.FunctionSchema:
     """The registered schema of the C++ op ``fastadv::<name>``."""
@@ -152,6 +154,17 @@ def backward_op_autograd(backward_op: Callable) -> tuple[Callable, Callable]:
         return (backward_op(grad.contiguous(), *arguments),) + (None,) * (len(arguments) - 1)
 
     return backward, setup_context
+
+
+def implementation(name: str, device: torch.device, dtype: torch.dtype, triton: "TritonOps"):
+    """The op that runs ``name`` on tensors of ``device``/``dtype`` (fastadv.backend.select): the
+    family's Triton custom op, the C++ op, or None for the reference."""
+    chosen = backend.select(name, device, dtype)
+    if chosen == "reference":
+        return None
+    if chosen == "triton":
+        return getattr(triton, name)
+    return getattr(torch.ops.fastadv, name).default
 
 
 def triton_name(name: str) -> str:

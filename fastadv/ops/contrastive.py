@@ -26,7 +26,7 @@ import types
 
 import torch
 
-from .. import _validate, backend
+from .. import _validate
 from ..reference import contrastive as reference
 from . import _registry
 
@@ -94,12 +94,7 @@ def _check_values(op: str, labels: torch.Tensor, preds=None, pair=None) -> None:
 # ----------------------------------------------------------------------------- dispatch
 def _implementation(name: str, device: torch.device, dtype: torch.dtype):
     """The op that runs ``name`` here, or None for the reference."""
-    chosen = backend.select(name, device, dtype)
-    if chosen == "reference":
-        return None
-    if chosen == "triton":
-        return getattr(_TRITON, name)
-    return getattr(torch.ops.fastadv, name).default
+    return _registry.implementation(name, device, dtype, _TRITON)
 
 
 def _long(t: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from typing import Optional
 
 import torch
 
-from .. import _validate, backend
+from .. import _validate
 from ..reference import simplex as reference
 from . import _registry
 
@@ -85,12 +85,7 @@ def _gram(op: str, Q) -> torch.Tensor:
 # ----------------------------------------------------------------------------- dispatch
 def _implementation(name: str, device: torch.device, dtype: torch.dtype):
     """The op that runs ``name`` here, or None for the reference."""
-    chosen = backend.select(name, device, dtype)
-    if chosen == "reference":
-        return None
-    if chosen == "triton":
-        return getattr(_TRITON, name)
-    return getattr(torch.ops.fastadv, name).default
+    return _registry.implementation(name, device, dtype, _TRITON)
 
 
 def _optional(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
