@@ -79,15 +79,17 @@ inline at::Tensor unit_rows_backward(const at::Tensor& grad_unit, const at::Tens
   return at::where(norm > kNormalizeEps, projected, grad_unit / kNormalizeEps);
 }
 
-// The similarity tile of rows [r0, r0 + rows) against rows [c0, c0 + cols), contiguous: the
-// product of the unit rows (cosine), or minus the distances by the backend's DistanceTile kernel.
+// The tile scale·s of rows [r0, r0 + rows) against rows [c0, c0 + cols), contiguous: the product
+// of the unit rows (cosine; the scale is the product's alpha), or minus the distances by the
+// backend's DistanceTile kernel.
 template <void (*DistanceTile)(const DistanceTileParams&, ScalarKind, const at::Tensor&)>
 at::Tensor similarity_tile(const at::Tensor& u, int64_t r0, int64_t rows, int64_t c0, int64_t cols,
-                           ContrastiveSimilarity sim) {
+                           ContrastiveSimilarity sim, double scale) {
   const at::Tensor a = u.narrow(0, r0, rows), b = u.narrow(0, c0, cols);
-  if (sim == ContrastiveSimilarity::Cosine) return at::mm(a, b.t());
-  const at::Tensor b_t = b.t().contiguous();
   at::Tensor out = at::empty({rows, cols}, u.options());
+  // beta = 0: out's contents are never read.
+  if (sim == ContrastiveSimilarity::Cosine) return at::addmm_out(out, out, a, b.t(), 0.0, scale);
+  const at::Tensor b_t = b.t().contiguous();
   DistanceTileParams p{};
   p.u_rows = a.data_ptr();
   p.u_cols_t = b_t.data_ptr();
@@ -96,6 +98,7 @@ at::Tensor similarity_tile(const at::Tensor& u, int64_t r0, int64_t rows, int64_
   p.rows = rows;
   p.cols = cols;
   p.dim = u.size(1);
+  p.scale = scale;
   p.sim = sim;
   DistanceTile(p, scalar_kind_of(u, "z"), u);
   return out;
@@ -178,7 +181,7 @@ struct EntryPoints {
     SupconTileParams p{};
     p.preds = preds.data_ptr<int64_t>();
     p.pair = pair.data_ptr<int64_t>();
-    p.inv_tau = 1.0 / tau;
+    p.tau = tau;
     p.strategy = static_cast<ContrastiveStrategy>(strategy);
     p.sim = static_cast<ContrastiveSimilarity>(sim);
     return p;
@@ -199,7 +202,7 @@ struct EntryPoints {
     p.stats = stats.data_ptr();
     const ScalarKind kind = scalar_kind_of(u, "z");
     for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
-      const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, similarity);
+      const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, similarity, 1.0 / tau);
       p.tile = tile_of(s, labels, r0, c0, n);
       Stats(p, kind, u);
       if (r0 == c0) return;
@@ -243,7 +246,7 @@ struct EntryPoints {
     p.row_grad = row_grad.data_ptr();
     const ScalarKind kind = scalar_kind_of(u, "z");
     for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
-      const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, similarity);
+      const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, similarity, 1.0 / tau);
       at::Tensor g = at::empty_like(s);
       p.tile = tile_of(s, labels, r0, c0, n);
       p.tile.gradient = g.data_ptr();
@@ -278,7 +281,7 @@ struct EntryPoints {
     p.row_sums = row_sums.data_ptr();
     const ScalarKind kind = scalar_kind_of(u, "f");
     for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
-      const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, p.sim);
+      const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, p.sim, 1.0);
       p.tile = tile_of(s, labels, r0, c0, n);
       // w and the distance are symmetric: a tile off the diagonal counts for its transpose too.
       p.scale = r0 == c0 ? 1.0 : 2.0;
@@ -297,7 +300,7 @@ struct EntryPoints {
     at::Tensor grad_u = at::zeros_like(u);
     const ScalarKind kind = scalar_kind_of(u, "f");
     for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
-      const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, p.sim);
+      const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, p.sim, 1.0);
       at::Tensor g = at::empty_like(s);
       p.tile = tile_of(s, labels, r0, c0, n);
       p.tile.gradient = g.data_ptr();

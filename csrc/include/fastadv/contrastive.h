@@ -53,7 +53,7 @@ struct SupconTileParams {
   const void* lse;
   const void* positives;
   const void* row_grad;
-  double inv_tau;
+  double tau;
   ContrastiveStrategy strategy;
   ContrastiveSimilarity sim;
 };
@@ -77,6 +77,7 @@ struct DistanceTileParams {
   int64_t rows;
   int64_t cols;
   int64_t dim;
+  double scale;               // out = −scale·‖u_a − u_b‖
   ContrastiveSimilarity sim;  // L1 or L2
 };
 
@@ -136,20 +137,25 @@ FASTADV_HOST_DEVICE int candidate_role(const Anchor& a, int64_t j, int64_t label
 }
 
 // ----------------------------------------------------------------------------- L_SCL
-// Forward: fold row r of the tile into anchor (row0 + r)'s running statistics, t = s/τ.
+// The tiles of L_SCL hold t = s/τ: the glue scales them as it makes them (the matrix product's
+// alpha, the distance kernel's scale), so that no kernel multiplies s by 1/τ next to a
+// subtraction, where a fused multiply-add would round differently in the forward and the
+// backward (an anchor with one candidate then got exp(t − lse) ≠ 1 and a gradient of 1e-4 where
+// it is 0).
+//
+// Forward: fold row r of the tile into anchor (row0 + r)'s running statistics.
 template <ContrastiveStrategy S, typename T, int Lanes, typename Lane>
 FASTADV_HOST_DEVICE void supcon_stats_row(const SupconTileParams& p, int64_t r, const Lane& lane) {
   const ContrastiveTile& tile = p.tile;
   const int64_t i = tile.row0 + r;
   const Anchor anchor = anchor_of(p, i);
   const T* s = static_cast<const T*>(tile.similarity) + r * tile.ld;
-  const T inv_tau = static_cast<T>(p.inv_tau);
   T tile_max = -infinity_of<T>(), positive_sum = T(0), positives = T(0);
   FASTADV_SIMD_MAX_AND_SUM(tile_max, positive_sum, positives)
   for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
     const int64_t column = tile.col0 + j;
     const int role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
-    const T t = s[j] * inv_tau;
+    const T t = s[j];
     tile_max = in_denominator(role) ? larger(tile_max, t) : tile_max;
     positive_sum += is_positive(role) ? t : T(0);
     positives += is_positive(role) ? T(1) : T(0);
@@ -166,7 +172,7 @@ FASTADV_HOST_DEVICE void supcon_stats_row(const SupconTileParams& p, int64_t r, 
     for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
       const int64_t column = tile.col0 + j;
       const int role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
-      sum += in_denominator(role) ? exp_nonpositive(s[j] * inv_tau - new_max) : T(0);
+      sum += in_denominator(role) ? exp_nonpositive(s[j] - new_max) : T(0);
     }
     sum = lane.sum(sum);
   }
@@ -180,16 +186,16 @@ FASTADV_HOST_DEVICE void supcon_stats_row(const SupconTileParams& p, int64_t r, 
   }
 }
 
-// ∂s/∂(distance) scaling of the backward: for l2 the glue multiplies dL/ds by the unit
-// difference (u_i − u_j)/‖u_i − u_j‖ through matrix products, so the tile carries dL/ds / d,
-// and 0 at coinciding points (the norm's subgradient there).
+// ∂s/∂(distance) scaling of the backward: for l2 the distance-gradient kernel multiplies dL/ds by
+// the difference u_i − u_j, so the tile carries dL/ds / d, and 0 at coinciding points (the norm's
+// subgradient there). `distance` is d (≥ 0).
 template <typename T>
-FASTADV_HOST_DEVICE T similarity_coefficient(T g, T s, ContrastiveSimilarity sim) {
+FASTADV_HOST_DEVICE T similarity_coefficient(T g, T distance, ContrastiveSimilarity sim) {
   if (sim != ContrastiveSimilarity::L2) return g;
-  return s == T(0) ? T(0) : g / (-s);
+  return distance == T(0) ? T(0) : g / distance;
 }
 
-// Backward: row r of the tile of dL/ds from the recomputed similarities:
+// Backward: row r of the tile of dL/ds from the recomputed tile of t:
 // dL_i/ds_ij = (g_i/τ)(exp(t_ij − lse_i) − [j ∈ P_i]/|P_i|) on the denominator set, 0 elsewhere.
 template <ContrastiveStrategy S, typename T, int Lanes, typename Lane>
 FASTADV_HOST_DEVICE void supcon_gradient_row(const SupconTileParams& p, int64_t r, const Lane& lane) {
@@ -198,10 +204,10 @@ FASTADV_HOST_DEVICE void supcon_gradient_row(const SupconTileParams& p, int64_t 
   const Anchor anchor = anchor_of(p, i);
   const T* s = static_cast<const T*>(tile.similarity) + r * tile.ld;
   T* g = static_cast<T*>(tile.gradient) + r * tile.ld;
-  const T inv_tau = static_cast<T>(p.inv_tau);
+  const T tau = static_cast<T>(p.tau);
   const T count = static_cast<const T*>(p.positives)[i];
   const T lse = static_cast<const T*>(p.lse)[i];
-  const T scale = count > T(0) ? static_cast<const T*>(p.row_grad)[i] * inv_tau : T(0);
+  const T scale = count > T(0) ? static_cast<const T*>(p.row_grad)[i] / tau : T(0);
   const T inv_count = count > T(0) ? T(1) / count : T(0);
   const ContrastiveSimilarity sim = p.sim;
   FASTADV_SIMD
@@ -209,9 +215,9 @@ FASTADV_HOST_DEVICE void supcon_gradient_row(const SupconTileParams& p, int64_t 
     const int64_t column = tile.col0 + j;
     const int role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
     // An anchor without positives has loss 0 and no gradient (its lse is 0: no exp is taken).
-    const T probability = count > T(0) ? exp_nonpositive(s[j] * inv_tau - lse) : T(0);
+    const T probability = count > T(0) ? exp_nonpositive(s[j] - lse) : T(0);
     const T value = in_denominator(role) ? scale * (probability - (is_positive(role) ? inv_count : T(0))) : T(0);
-    g[j] = similarity_coefficient(value, s[j], sim);
+    g[j] = similarity_coefficient(value, -s[j] * tau, sim);
   }
 }
 
@@ -272,7 +278,7 @@ FASTADV_HOST_DEVICE void compactness_gradient_row(const CompactnessTileParams& p
   FASTADV_SIMD
   for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
     const T value = -scale * compactness_weight(label, tile.labels[tile.col0 + j], other_weight);
-    g[j] = similarity_coefficient(value, s[j], sim);
+    g[j] = similarity_coefficient(value, -s[j], sim);
   }
 }
 
@@ -301,7 +307,7 @@ FASTADV_HOST_DEVICE void distance_tile_row(const DistanceTileParams& p, int64_t 
   for (int64_t b = lane.index; b < p.cols; b += Lanes) {
     T sum = T(0);
     for (int64_t k = 0; k < p.dim; ++k) sum += distance_term(u[k] - columns[k * p.cols + b], l1);
-    out[b] = -distance_of_sum(sum, l1);
+    out[b] = -static_cast<T>(p.scale) * distance_of_sum(sum, l1);
   }
 }
 
@@ -313,6 +319,7 @@ FASTADV_HOST_DEVICE void distance_tile_rows(const DistanceTileParams& p, int64_t
   const T* columns = static_cast<const T*>(p.u_cols_t);
   const int64_t cols = p.cols, dim = p.dim;
   const bool l1 = p.sim == ContrastiveSimilarity::L1;
+  const T scale = static_cast<T>(p.scale);
   for (int64_t start = 0; start < cols; start += kDistanceBlock) {
     // The last block overlaps the one before it rather than ending in scalar columns.
     const int64_t b0 = start + kDistanceBlock <= cols ? start : cols - kDistanceBlock;
@@ -328,7 +335,7 @@ FASTADV_HOST_DEVICE void distance_tile_rows(const DistanceTileParams& p, int64_t
     for (int r = 0; r < R; ++r) {
       T* out = static_cast<T*>(p.out) + (a0 + r) * p.ld + b0;
       FASTADV_SIMD
-      for (int64_t b = 0; b < kDistanceBlock; ++b) out[b] = -distance_of_sum(sums[r][b], l1);
+      for (int64_t b = 0; b < kDistanceBlock; ++b) out[b] = -scale * distance_of_sum(sums[r][b], l1);
     }
   }
 }
