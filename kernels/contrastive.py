@@ -117,7 +117,7 @@ def _distance_coefficient(value, s, SIM: tl.constexpr, ACC: tl.constexpr):
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
 def _supcon_stats_kernel(s_ptr, ld, row0, col0, rows, cols, n, labels_ptr, preds_ptr, pair_ptr, stats_ptr,
-                         inv_tau_value: tl.float64, ACC: tl.constexpr, STRATEGY: tl.constexpr,
+                         ACC: tl.constexpr, STRATEGY: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     r = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R))[:, None]
     c = tl.arange(0, BLOCK_C)[None, :]
@@ -126,7 +126,6 @@ def _supcon_stats_kernel(s_ptr, ld, row0, col0, rows, cols, n, labels_ptr, preds
     label_i = tl.load(labels_ptr + i, mask=in_rows, other=0)
     pred_i = tl.load(preds_ptr + i, mask=in_rows, other=0)
     pair_i = tl.load(pair_ptr + i, mask=in_rows, other=0)
-    inv_tau = tl.full((), inv_tau_value, ACC)
     s_rows = s_ptr + r.to(tl.int64) * ld
 
     # Pass 1: the tile row's maximum over the denominator set, its positives' sum and count.
@@ -139,7 +138,7 @@ def _supcon_stats_kernel(s_ptr, ld, row0, col0, rows, cols, n, labels_ptr, preds
                                    tl.load(preds_ptr + j, mask=inside, other=0), STRATEGY)
         allowed = allowed & inside
         positive = positive & inside
-        t = tl.load(s_rows + start + c, mask=inside, other=0.0).to(ACC) * inv_tau
+        t = tl.load(s_rows + start + c, mask=inside, other=0.0).to(ACC)
         tile_max = tl.maximum(tile_max, tl.max(tl.where(allowed, t, float("-inf")), axis=1, keep_dims=True))
         positive_sum += tl.sum(tl.where(positive, t, 0.0), axis=1, keep_dims=True)
         positives += tl.sum(positive.to(ACC), axis=1, keep_dims=True)
@@ -156,7 +155,7 @@ def _supcon_stats_kernel(s_ptr, ld, row0, col0, rows, cols, n, labels_ptr, preds
         allowed, _ = _roles(i, j, label_i, pred_i, pair_i, tl.load(labels_ptr + j, mask=inside, other=0),
                             tl.load(preds_ptr + j, mask=inside, other=0), STRATEGY)
         allowed = allowed & inside
-        t = tl.load(s_rows + start + c, mask=inside, other=0.0).to(ACC) * inv_tau
+        t = tl.load(s_rows + start + c, mask=inside, other=0.0).to(ACC)
         total += tl.sum(tl.where(allowed, tl.exp(tl.where(allowed, t - shift, 0.0)), 0.0), axis=1, keep_dims=True)
 
     old_sum = tl.load(stats_ptr + n + i, mask=in_rows, other=0.0)
@@ -172,7 +171,7 @@ def _supcon_stats_kernel(s_ptr, ld, row0, col0, rows, cols, n, labels_ptr, preds
 
 @triton.jit
 def _supcon_gradient_kernel(s_ptr, g_ptr, ld, row0, col0, rows, cols, labels_ptr, preds_ptr, pair_ptr,
-                            lse_ptr, positives_ptr, row_grad_ptr, inv_tau_value: tl.float64,
+                            lse_ptr, positives_ptr, row_grad_ptr, tau_value: tl.float64,
                             ACC: tl.constexpr, STRATEGY: tl.constexpr, SIM: tl.constexpr,
                             BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     r = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R))[:, None]
@@ -184,20 +183,20 @@ def _supcon_gradient_kernel(s_ptr, g_ptr, ld, row0, col0, rows, cols, labels_ptr
                                tl.load(pair_ptr + i, mask=in_rows, other=0),
                                tl.load(labels_ptr + j, mask=inside, other=0),
                                tl.load(preds_ptr + j, mask=inside, other=0), STRATEGY)
-    inv_tau = tl.full((), inv_tau_value, ACC)
+    tau = tl.full((), tau_value, ACC)
     count = tl.load(positives_ptr + i, mask=in_rows, other=0.0).to(ACC)
     lse = tl.load(lse_ptr + i, mask=in_rows, other=0.0).to(ACC)
     # An anchor without positives has loss 0 and no gradient (its lse is 0, never read).
     has_positive = count > 0.0
-    scale = tl.where(has_positive, tl.load(row_grad_ptr + i, mask=in_rows, other=0.0).to(ACC) * inv_tau, 0.0)
+    scale = tl.where(has_positive, _divide(tl.load(row_grad_ptr + i, mask=in_rows, other=0.0).to(ACC), tau, ACC), 0.0)
     inv_count = tl.where(has_positive, _divide(tl.full((BLOCK_R, 1), 1.0, ACC), tl.where(has_positive, count, 1.0),
                                                ACC), 0.0)
     offsets = r.to(tl.int64) * ld + c
     s = tl.load(s_ptr + offsets, mask=inside, other=0.0).to(ACC)
     live = allowed & inside & has_positive
-    probability = tl.exp(tl.where(live, s * inv_tau - lse, 0.0))
+    probability = tl.exp(tl.where(live, s - lse, 0.0))
     value = tl.where(live, scale * (probability - tl.where(positive, inv_count, 0.0)), 0.0)
-    tl.store(g_ptr + offsets, _distance_coefficient(value, s, SIM, ACC), mask=inside)
+    tl.store(g_ptr + offsets, _distance_coefficient(value, s * tau, SIM, ACC), mask=inside)
 
 
 @triton.jit
@@ -299,13 +298,18 @@ def _unit_rows_backward(grad_unit: torch.Tensor, work: torch.Tensor) -> torch.Te
     return torch.where(norm > _NORMALIZE_EPS, projected, grad_unit / _NORMALIZE_EPS)
 
 
-def _similarity_tile(u: torch.Tensor, r0: int, rows: int, c0: int, cols: int, sim: int) -> torch.Tensor:
+def _similarity_tile(u: torch.Tensor, r0: int, rows: int, c0: int, cols: int, sim: int,
+                     scale: float) -> torch.Tensor:
+    """scale·s of the tile (L_SCL's tiles hold t = s/τ, as the C++ driver's: no kernel then
+    multiplies by 1/τ next to a subtraction, which a fused multiply-add would round differently in
+    the forward and the backward)."""
     a, b = u[r0:r0 + rows], u[c0:c0 + cols]
     if sim == _COSINE:
-        return torch.mm(a, b.t()).contiguous()
+        out = torch.empty(rows, cols, dtype=u.dtype, device=u.device)
+        return torch.addmm(out, a, b.t(), beta=0, alpha=scale, out=out)
     # Never the matrix-product form of the l2 distance: it cancels to a nonzero distance between
     # coinciding rows.
-    return -torch.cdist(a, b, p=1.0 if sim == _L1 else 2.0, compute_mode="donot_use_mm_for_euclid_dist")
+    return torch.cdist(a, b, p=1.0 if sim == _L1 else 2.0, compute_mode="donot_use_mm_for_euclid_dist").mul_(-scale)
 
 
 def _distance_gradient(h: torch.Tensor, h_row: int, h_col: int, u_out: torch.Tensor, u_other: torch.Tensor,
@@ -339,9 +343,9 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, pair
     stats[0].fill_(float("-inf"))
     labels, preds, pair = labels.contiguous(), preds.contiguous(), pair.contiguous()
     for r0, rows, c0, cols in _tiles(n):
-        s = _similarity_tile(u, r0, rows, c0, cols, sim)
+        s = _similarity_tile(u, r0, rows, c0, cols, sim, 1.0 / tau)
         _supcon_stats_kernel[(triton.cdiv(rows, _BLOCK_R),)](
-            s, s.stride(0), r0, c0, rows, cols, n, labels, preds, pair, stats, 1.0 / tau,
+            s, s.stride(0), r0, c0, rows, cols, n, labels, preds, pair, stats,
             ACC=_tl(u.dtype), STRATEGY=int(strategy), BLOCK_R=_BLOCK_R, BLOCK_C=_block_c(cols))
     positives = stats[3]
     has_positive = positives > 0
@@ -366,11 +370,11 @@ def _supcon_loss_backward(grad_loss: torch.Tensor, z: torch.Tensor, labels: torc
     labels, preds, pair = labels.contiguous(), preds.contiguous(), pair.contiguous()
     grad_u = torch.zeros_like(u)
     for r0, rows, c0, cols in _tiles(n):
-        s = _similarity_tile(u, r0, rows, c0, cols, sim)
+        s = _similarity_tile(u, r0, rows, c0, cols, sim, 1.0 / tau)
         g = torch.empty_like(s)
         block_c = _block_c(cols)
         _supcon_gradient_kernel[(triton.cdiv(rows, _BLOCK_R), triton.cdiv(cols, block_c))](
-            s, g, s.stride(0), r0, c0, rows, cols, labels, preds, pair, lse, positives, row_grad, 1.0 / tau,
+            s, g, s.stride(0), r0, c0, rows, cols, labels, preds, pair, lse, positives, row_grad, tau,
             ACC=_tl(u.dtype), STRATEGY=int(strategy), SIM=int(sim), BLOCK_R=_BLOCK_R, BLOCK_C=block_c)
         _accumulate_tile_gradient(grad_u, u, g, r0, rows, c0, cols, sim)
     grad_z = _unit_rows_backward(grad_u, work) if sim == _COSINE else grad_u
@@ -389,7 +393,7 @@ def pairwise_compactness(f: torch.Tensor, labels: torch.Tensor, a: float, p: int
     labels = labels.contiguous()
     row_sums = torch.zeros(n, dtype=u.dtype, device=u.device)
     for r0, rows, c0, cols in _tiles(n):
-        s = _similarity_tile(u, r0, rows, c0, cols, sim)
+        s = _similarity_tile(u, r0, rows, c0, cols, sim, 1.0)
         _compactness_kernel[(triton.cdiv(rows, _BLOCK_R),)](
             s, s.stride(0), r0, c0, rows, cols, labels, row_sums, _other_weight(a),
             ACC=_tl(u.dtype), BLOCK_R=_BLOCK_R, BLOCK_C=_block_c(cols))
@@ -404,7 +408,7 @@ def _pairwise_compactness_backward(grad: torch.Tensor, f: torch.Tensor, labels: 
     labels = labels.contiguous()
     grad_u = torch.zeros_like(u)
     for r0, rows, c0, cols in _tiles(n):
-        s = _similarity_tile(u, r0, rows, c0, cols, sim)
+        s = _similarity_tile(u, r0, rows, c0, cols, sim, 1.0)
         g = torch.empty_like(s)
         block_c = _block_c(cols)
         _compactness_gradient_kernel[(triton.cdiv(rows, _BLOCK_R), triton.cdiv(cols, block_c))](
