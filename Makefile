@@ -71,7 +71,10 @@ wheel-check: wheel
 		&& ../venv/bin/python ../target/bin/fastadv train --method als --members 2 --epochs 1 --eval-size 64 \
 			--run-dir ensemble --no-progress \
 		&& ../venv/bin/python ../target/bin/fastadv eval ensemble --attacks pgd20 --size 64 --no-progress \
-		&& ../venv/bin/python ../target/bin/fastadv attack ensemble --losses ce --steps 5 --size 64 --no-progress
+		&& ../venv/bin/python ../target/bin/fastadv attack ensemble --losses ce --steps 5 --size 64 --no-progress \
+		&& ../venv/bin/python ../target/bin/fastadv train --method ascl --strategy leaked-ls --epochs 1 --eval-size 64 \
+			--run-dir ascl --no-progress \
+		&& ../venv/bin/python ../target/bin/fastadv eval ascl --attacks pgd20 --size 64 --no-progress
 	@echo "wheel check passed: $$(ls dist/fastadv-*.whl)"
 
 clean:
