@@ -143,6 +143,9 @@ void accumulate_tile_gradient(at::Tensor& grad_u, const at::Tensor& u, const at:
   }
 }
 
+// The indices as the kernels read them: int32, 16 to a vector like the floats (N < 2^31).
+inline at::Tensor int32_indices(const at::Tensor& t) { return t.to(at::kInt).contiguous(); }
+
 inline ContrastiveTile tile_of(const at::Tensor& s, const at::Tensor& labels, int64_t r0, int64_t c0, int64_t n) {
   ContrastiveTile tile{};
   tile.similarity = s.data_ptr();
@@ -152,7 +155,7 @@ inline ContrastiveTile tile_of(const at::Tensor& s, const at::Tensor& labels, in
   tile.rows = s.size(0);
   tile.cols = s.size(1);
   tile.n = n;
-  tile.labels = labels.data_ptr<int64_t>();
+  tile.labels = labels.data_ptr<int32_t>();
   return tile;
 }
 
@@ -166,21 +169,23 @@ void for_each_tile_pair(int64_t n, Visit&& visit) {
   }
 }
 
-// A backend's kernels: DistanceTile takes a DistanceTileParams, Stats / Gradient a SupconTileParams, Compactness /
+// A backend's kernels: DistanceTile takes a DistanceTileParams, Stats / ColumnStats / Gradient a SupconTileParams, Compactness /
 // CompactnessGradient a CompactnessTileParams, DistanceGradient an DistanceGradientParams; each runs on the
 // tensors' device (the at::Tensor argument says which).
 template <void (*DistanceTile)(const DistanceTileParams&, ScalarKind, const at::Tensor&),
           void (*Stats)(const SupconTileParams&, ScalarKind, const at::Tensor&),
+          void (*ColumnStats)(const SupconTileParams&, ScalarKind, const at::Tensor&),
           void (*Gradient)(const SupconTileParams&, ScalarKind, const at::Tensor&),
           void (*Compactness)(const CompactnessTileParams&, ScalarKind, const at::Tensor&),
           void (*CompactnessGradient)(const CompactnessTileParams&, ScalarKind, const at::Tensor&),
           void (*DistanceGradient)(const DistanceGradientParams&, ScalarKind, const at::Tensor&)>
 struct EntryPoints {
-  static SupconTileParams supcon_params(const at::Tensor& labels, const at::Tensor& preds, const at::Tensor& pair,
-                                        double tau, int64_t strategy, int64_t sim) {
+  // preds and pair: int32_indices.
+  static SupconTileParams supcon_params(const at::Tensor& preds, const at::Tensor& pair, double tau, int64_t strategy,
+                                        int64_t sim) {
     SupconTileParams p{};
-    p.preds = preds.data_ptr<int64_t>();
-    p.pair = pair.data_ptr<int64_t>();
+    p.preds = preds.data_ptr<int32_t>();
+    p.pair = pair.data_ptr<int32_t>();
     p.tau = tau;
     p.strategy = static_cast<ContrastiveStrategy>(strategy);
     p.sim = static_cast<ContrastiveSimilarity>(sim);
@@ -193,23 +198,21 @@ struct EntryPoints {
                                                                int64_t reduction) {
     check_supcon_arguments(z, labels, preds, pair, tau, strategy, sim, reduction);
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const at::Tensor labels32 = int32_indices(labels), preds32 = int32_indices(preds), pair32 = int32_indices(pair);
     const int64_t n = z.size(0);
     const auto similarity = static_cast<ContrastiveSimilarity>(sim);
     const at::Tensor u = tile_rows(z, similarity);
     at::Tensor stats = at::zeros({4, n}, u.options());
     stats[0].fill_(-std::numeric_limits<double>::infinity());
-    SupconTileParams p = supcon_params(labels, preds, pair, tau, strategy, sim);
+    SupconTileParams p = supcon_params(preds32, pair32, tau, strategy, sim);
     p.stats = stats.data_ptr();
     const ScalarKind kind = scalar_kind_of(u, "z");
     for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
       const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, similarity, 1.0 / tau);
-      p.tile = tile_of(s, labels, r0, c0, n);
+      p.tile = tile_of(s, labels32, r0, c0, n);
       Stats(p, kind, u);
-      if (r0 == c0) return;
-      // The same similarities seen from the columns' anchors.
-      const at::Tensor s_t = s.t().contiguous();
-      p.tile = tile_of(s_t, labels, c0, r0, n);
-      Stats(p, kind, u);
+      // Off the diagonal the same similarities also fold into the columns' anchors.
+      if (r0 != c0) ColumnStats(p, kind, u);
     });
     const at::Tensor positives = stats[3];
     const at::Tensor has_positive = positives > 0;
@@ -228,6 +231,7 @@ struct EntryPoints {
                                     int64_t reduction) {
     check_supcon_arguments(z, labels, preds, pair, tau, strategy, sim, reduction);
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const at::Tensor labels32 = int32_indices(labels), preds32 = int32_indices(preds), pair32 = int32_indices(pair);
     const int64_t n = z.size(0);
     const auto similarity = static_cast<ContrastiveSimilarity>(sim);
     const at::Tensor work = z.to(accumulation_type(z)).contiguous();
@@ -237,27 +241,24 @@ struct EntryPoints {
                 "fastadv: row_lse and row_positives must be the forward's [N] outputs");
     at::Tensor grad = grad_loss.to(u.scalar_type());
     if (reduction == 1) grad = grad / static_cast<double>(n);
-    const at::Tensor row_grad = (reduction == 0 ? grad : grad.expand({n})).contiguous();
-    const at::Tensor lse_c = lse.contiguous(), positives_c = positives.contiguous();
+    // Per anchor: g_i/τ and 1/|P_i|, 0 for an anchor without positives (loss 0, no gradient).
+    const at::Tensor has_positive = positives > 0;
+    const at::Tensor zero = at::zeros({}, u.options());
+    const at::Tensor coefficient = at::where(has_positive, (grad / tau).expand({n}), zero).contiguous();
+    const at::Tensor inv_positives = at::where(has_positive, positives.clamp_min(1).reciprocal(), zero).contiguous();
+    const at::Tensor lse_c = lse.contiguous();
     at::Tensor grad_u = at::zeros_like(u);
-    SupconTileParams p = supcon_params(labels, preds, pair, tau, strategy, sim);
+    SupconTileParams p = supcon_params(preds32, pair32, tau, strategy, sim);
     p.lse = lse_c.data_ptr();
-    p.positives = positives_c.data_ptr();
-    p.row_grad = row_grad.data_ptr();
+    p.coefficient = coefficient.data_ptr();
+    p.inv_positives = inv_positives.data_ptr();
     const ScalarKind kind = scalar_kind_of(u, "z");
     for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
       const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, similarity, 1.0 / tau);
       at::Tensor g = at::empty_like(s);
-      p.tile = tile_of(s, labels, r0, c0, n);
+      p.tile = tile_of(s, labels32, r0, c0, n);
       p.tile.gradient = g.data_ptr();
-      Gradient(p, kind, u);
-      // H = G_rc + G_crᵀ: the columns' anchors' tile from the transposed similarities.
-      const at::Tensor s_t = r0 == c0 ? s : s.t().contiguous();
-      at::Tensor g_t = at::empty_like(s_t);
-      p.tile = tile_of(s_t, labels, c0, r0, n);
-      p.tile.gradient = g_t.data_ptr();
-      Gradient(p, kind, u);
-      g.add_(g_t.t());
+      Gradient(p, kind, u);  // H = G_rc + G_crᵀ, both anchor blocks' sides
       accumulate_tile_gradient<DistanceGradient>(grad_u, u, g, r0, rows, c0, cols, similarity);
     });
     const at::Tensor grad_z = similarity == ContrastiveSimilarity::Cosine ? unit_rows_backward(grad_u, work) : grad_u;
@@ -274,6 +275,7 @@ struct EntryPoints {
   static at::Tensor compactness(const at::Tensor& f, const at::Tensor& labels, double a, int64_t p_norm) {
     check_compactness_arguments(f, labels, a, p_norm);
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const at::Tensor labels32 = int32_indices(labels);
     const int64_t n = f.size(0);
     CompactnessTileParams p = compactness_params(a, p_norm);
     const at::Tensor u = tile_rows(f, p.sim);
@@ -282,7 +284,7 @@ struct EntryPoints {
     const ScalarKind kind = scalar_kind_of(u, "f");
     for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
       const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, p.sim, 1.0);
-      p.tile = tile_of(s, labels, r0, c0, n);
+      p.tile = tile_of(s, labels32, r0, c0, n);
       // w and the distance are symmetric: a tile off the diagonal counts for its transpose too.
       p.scale = r0 == c0 ? 1.0 : 2.0;
       Compactness(p, kind, u);
@@ -294,6 +296,7 @@ struct EntryPoints {
                                          double a, int64_t p_norm) {
     check_compactness_arguments(f, labels, a, p_norm);
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const at::Tensor labels32 = int32_indices(labels);
     const int64_t n = f.size(0);
     CompactnessTileParams p = compactness_params(a, p_norm);
     const at::Tensor u = tile_rows(f, p.sim);
@@ -302,7 +305,7 @@ struct EntryPoints {
     for_each_tile_pair(n, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
       const at::Tensor s = similarity_tile<DistanceTile>(u, r0, rows, c0, cols, p.sim, 1.0);
       at::Tensor g = at::empty_like(s);
-      p.tile = tile_of(s, labels, r0, c0, n);
+      p.tile = tile_of(s, labels32, r0, c0, n);
       p.tile.gradient = g.data_ptr();
       // The tile of the transposed pair is Gᵀ (w and the distance are symmetric): H = 2G.
       p.scale = 2.0;

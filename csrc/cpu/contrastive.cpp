@@ -32,10 +32,36 @@ void run_rows(const Params& p, ScalarKind kind, int64_t rows, int64_t grain) {
 
 // A tile row is kContrastiveTile columns at most: a few rows per task.
 constexpr int64_t kRowGrain = 8;
+// Column anchors per block of the columns' side: their statistics in vector registers.
+constexpr int kColumnBlock = 64;
 
 void run_supcon_stats(const SupconTileParams& p, ScalarKind kind, const at::Tensor&) {
   run_rows<SupconTileParams, supcon_stats_row_any<float, 1, SingleLane>, supcon_stats_row_any<double, 1, SingleLane>>(
       p, kind, p.tile.rows, kRowGrain);
+}
+
+template <typename T>
+FASTADV_CPU_CLONES __attribute__((flatten)) void column_stats_kernel(const SupconTileParams& p, int64_t begin,
+                                                                     int64_t end) {
+  for (int64_t block = begin; block < end; ++block) {
+    const int64_t j0 = block * kColumnBlock;
+    if (j0 + kColumnBlock <= p.tile.cols) {
+      supcon_column_stats_any<T, kColumnBlock>(p, j0);
+    } else {
+      for (int64_t j = j0; j < p.tile.cols; ++j) supcon_column_stats_any<T, 1>(p, j);
+    }
+  }
+}
+
+void run_supcon_column_stats(const SupconTileParams& p, ScalarKind kind, const at::Tensor&) {
+  const int64_t blocks = (p.tile.cols + kColumnBlock - 1) / kColumnBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    if (kind == ScalarKind::Float64) {
+      column_stats_kernel<double>(p, begin, end);
+    } else {
+      column_stats_kernel<float>(p, begin, end);
+    }
+  });
 }
 
 void run_supcon_gradient(const SupconTileParams& p, ScalarKind kind, const at::Tensor&) {
@@ -83,7 +109,7 @@ void run_distance_gradient(const DistanceGradientParams& p, ScalarKind kind, con
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastadv, CPU, m) {
-  contrastive::register_kernels<contrastive::EntryPoints<run_distance_tile, run_supcon_stats, run_supcon_gradient, run_compactness,
+  contrastive::register_kernels<contrastive::EntryPoints<run_distance_tile, run_supcon_stats, run_supcon_column_stats, run_supcon_gradient, run_compactness,
                                                          run_compactness_gradient, run_distance_gradient>>(m);
 }
 

@@ -24,7 +24,8 @@ void run_cuda(const Params& p, ScalarKind kind, const at::Tensor& input) {
 
 TORCH_LIBRARY_IMPL(fastadv, CUDA, m) {
   contrastive::register_kernels<contrastive::EntryPoints<
-      run_cuda<DistanceTileParams, launch_distance_tile_cuda>, run_cuda<SupconTileParams, launch_supcon_stats_cuda>, run_cuda<SupconTileParams, launch_supcon_gradient_cuda>,
+      run_cuda<DistanceTileParams, launch_distance_tile_cuda>, run_cuda<SupconTileParams, launch_supcon_stats_cuda>,
+      run_cuda<SupconTileParams, launch_supcon_column_stats_cuda>, run_cuda<SupconTileParams, launch_supcon_gradient_cuda>,
       run_cuda<CompactnessTileParams, launch_compactness_cuda>,
       run_cuda<CompactnessTileParams, launch_compactness_gradient_cuda>,
       run_cuda<DistanceGradientParams, launch_distance_gradient_cuda>>>(m);

@@ -44,11 +44,33 @@ void launch_rows(const Params& p, int64_t rows, ScalarKind kind, void* stream) {
 
 constexpr int kLanes = kWarpSize;
 
+// The columns' side of a tile: a thread per column anchor, walking down the tile's rows.
+template <typename T>
+__global__ void __launch_bounds__(kThreadsPerBlock) column_stats_kernel(SupconTileParams p) {
+  const int64_t threads = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < p.tile.cols; j += threads) {
+    supcon_column_stats_any<T, 1>(p, j);
+  }
+}
+
 }  // namespace
 
 void launch_supcon_stats_cuda(const SupconTileParams& p, ScalarKind kind, void* stream) {
   launch_rows<SupconTileParams, supcon_stats_row_any<float, kLanes, cuda::WarpLane>,
               supcon_stats_row_any<double, kLanes, cuda::WarpLane>>(p, p.tile.rows, kind, stream);
+}
+
+void launch_supcon_column_stats_cuda(const SupconTileParams& p, ScalarKind kind, void* stream) {
+  if (p.tile.cols == 0) return;
+  const int64_t max_blocks = cuda::max_grid_blocks();
+  if (max_blocks == 0) return;
+  const unsigned blocks = cuda::grid_size(cuda::ceil_div(p.tile.cols, kThreadsPerBlock), max_blocks);
+  auto s = static_cast<cudaStream_t>(stream);
+  if (kind == ScalarKind::Float64) {
+    column_stats_kernel<double><<<blocks, kThreadsPerBlock, 0, s>>>(p);
+  } else {
+    column_stats_kernel<float><<<blocks, kThreadsPerBlock, 0, s>>>(p);
+  }
 }
 
 void launch_supcon_gradient_cuda(const SupconTileParams& p, ScalarKind kind, void* stream) {

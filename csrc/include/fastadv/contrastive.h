@@ -38,21 +38,21 @@ struct ContrastiveTile {
   int64_t rows;
   int64_t cols;
   int64_t n;  // N
-  const int64_t* labels;
+  const int32_t* labels;  // the indices as int32 (the glue converts them): 16 lanes of a vector, as the floats
 };
 
 struct SupconTileParams {
   ContrastiveTile tile;
-  const int64_t* preds;
-  const int64_t* pair;
+  const int32_t* preds;
+  const int32_t* pair;
   // Forward: [4, N] running statistics of every anchor: the maximum and the sum of exp(t − max)
   // over its denominator set, the sum of t over its positives, the number of positives.
   void* stats;
-  // Backward: per anchor, the log-sum-exp and the number of positives the forward returned, and
-  // the incoming gradient of its loss (the reduction's 1/N already applied).
+  // Backward, per anchor: the log-sum-exp the forward returned, g_i/τ (g_i the incoming gradient
+  // of its loss, the reduction's 1/N applied; 0 for an anchor without positives) and 1/|P_i|.
   const void* lse;
-  const void* positives;
-  const void* row_grad;
+  const void* coefficient;
+  const void* inv_positives;
   double tau;
   ContrastiveStrategy strategy;
   ContrastiveSimilarity sim;
@@ -109,31 +109,38 @@ FASTADV_HOST_DEVICE bool in_denominator(int role) { return role != kExcluded; }
 FASTADV_HOST_DEVICE bool is_positive(int role) { return role == kPositive; }
 
 struct Anchor {
-  int64_t index;
-  int64_t label;
-  int64_t pred;         // the prediction of the anchor's own view
-  int64_t counterpart;  // pair[i]; == index when the anchor has none
+  int32_t index;
+  int32_t label;
+  int32_t pred;         // the prediction of the anchor's own view
+  int32_t counterpart;  // pair[i]; == index when the anchor has none
 };
 
 FASTADV_HOST_DEVICE Anchor anchor_of(const SupconTileParams& p, int64_t i) {
-  return Anchor{i, p.tile.labels[i], p.preds[i], p.pair[i]};
+  return Anchor{static_cast<int32_t>(i), p.tile.labels[i], p.preds[i], p.pair[i]};
 }
 
 // METHODS.md section 2's table: the counterpart is always a positive; every other candidate
-// j ≠ i is a positive, a negative, or excluded from both sums.
+// j ≠ i is a positive, a negative, or excluded from both sums. The anchor is given by its fields
+// (so that a loop over anchors in vector lanes keeps them in registers).
 template <ContrastiveStrategy S>
-FASTADV_HOST_DEVICE int candidate_role(const Anchor& a, int64_t j, int64_t label_j, int64_t pred_j) {
-  const bool other = j != a.index;
-  const bool counterpart = other && j == a.counterpart;
-  const bool same_label = label_j == a.label;
+FASTADV_HOST_DEVICE int candidate_role(int32_t i, int32_t label_i, int32_t pred_i, int32_t counterpart_i, int32_t j,
+                                       int32_t label_j, int32_t pred_j) {
+  const bool other = j != i;
+  const bool counterpart = other && j == counterpart_i;
+  const bool same_label = label_j == label_i;
   // hard-ls compares the candidate's prediction with the anchor's label, soft-ls and leaked-ls
   // with the anchor's prediction.
-  const bool predicted_alike = S == ContrastiveStrategy::HardLS ? pred_j == a.label : pred_j == a.pred;
+  const bool predicted_alike = S == ContrastiveStrategy::HardLS ? pred_j == label_i : pred_j == pred_i;
   const bool positive = (S == ContrastiveStrategy::LeakedLS ? same_label && predicted_alike : same_label);
   const bool negative = !same_label && (S == ContrastiveStrategy::Global || predicted_alike);
   const bool is_positive_candidate = counterpart || (other && positive);
   const bool is_negative_candidate = other && !counterpart && negative;
   return is_positive_candidate ? kPositive : (is_negative_candidate ? kNegative : kExcluded);
+}
+
+template <ContrastiveStrategy S>
+FASTADV_HOST_DEVICE int candidate_role(const Anchor& a, int32_t j, int32_t label_j, int32_t pred_j) {
+  return candidate_role<S>(a.index, a.label, a.pred, a.counterpart, j, label_j, pred_j);
 }
 
 // ----------------------------------------------------------------------------- L_SCL
@@ -153,7 +160,7 @@ FASTADV_HOST_DEVICE void supcon_stats_row(const SupconTileParams& p, int64_t r, 
   T tile_max = -infinity_of<T>(), positive_sum = T(0), positives = T(0);
   FASTADV_SIMD_MAX_AND_SUM(tile_max, positive_sum, positives)
   for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
-    const int64_t column = tile.col0 + j;
+    const int32_t column = static_cast<int32_t>(tile.col0 + j);
     const int role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
     const T t = s[j];
     tile_max = in_denominator(role) ? larger(tile_max, t) : tile_max;
@@ -170,7 +177,7 @@ FASTADV_HOST_DEVICE void supcon_stats_row(const SupconTileParams& p, int64_t r, 
   if (new_max != -infinity_of<T>()) {
     FASTADV_SIMD_REDUCE(+, sum)
     for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
-      const int64_t column = tile.col0 + j;
+      const int32_t column = static_cast<int32_t>(tile.col0 + j);
       const int role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
       sum += in_denominator(role) ? exp_nonpositive(s[j] - new_max) : T(0);
     }
@@ -195,29 +202,111 @@ FASTADV_HOST_DEVICE T similarity_coefficient(T g, T distance, ContrastiveSimilar
   return distance == T(0) ? T(0) : g / distance;
 }
 
-// Backward: row r of the tile of dL/ds from the recomputed tile of t:
-// dL_i/ds_ij = (g_i/τ)(exp(t_ij − lse_i) − [j ∈ P_i]/|P_i|) on the denominator set, 0 elsewhere.
+// Forward, the columns' side of a tile off the diagonal: the tile seen from its column anchors
+// (s is symmetric, so column j of the tile is anchor (col0 + j)'s row of the tile below the
+// diagonal). W column anchors at once, walking down the tile's rows: the CPU takes W = 64 (their
+// statistics in vector registers, the rows read contiguously), CUDA a thread per column (W = 1).
+template <ContrastiveStrategy S, typename T, int W>
+FASTADV_HOST_DEVICE void supcon_column_stats(const SupconTileParams& p, int64_t j0) {
+  const ContrastiveTile& tile = p.tile;
+  const int32_t c0 = static_cast<int32_t>(tile.col0 + j0);
+  const int32_t* labels = tile.labels;
+  const int32_t* preds = p.preds;
+  const int32_t* pair = p.pair;
+  const T* s = static_cast<const T*>(tile.similarity) + j0;
+  T tile_max[W], positive_sum[W], positives[W], sum[W];
+  for (int w = 0; w < W; ++w) {
+    tile_max[w] = -infinity_of<T>();
+    positive_sum[w] = positives[w] = sum[w] = T(0);
+  }
+  for (int64_t r = 0; r < tile.rows; ++r) {
+    const int32_t i = static_cast<int32_t>(tile.row0 + r);
+    const int32_t label_i = labels[i], pred_i = preds[i];
+    const T* row = s + r * tile.ld;
+    FASTADV_SIMD
+    for (int w = 0; w < W; ++w) {
+      const int32_t j = c0 + w;
+      const int role = candidate_role<S>(j, labels[j], preds[j], pair[j], i, label_i, pred_i);
+      const T t = row[w];
+      tile_max[w] = in_denominator(role) ? larger(tile_max[w], t) : tile_max[w];
+      positive_sum[w] += is_positive(role) ? t : T(0);
+      positives[w] += is_positive(role) ? T(1) : T(0);
+    }
+  }
+  T* stats = static_cast<T*>(p.stats);
+  T new_max[W];
+  for (int w = 0; w < W; ++w) new_max[w] = larger(stats[c0 + w], tile_max[w]);
+  for (int64_t r = 0; r < tile.rows; ++r) {
+    const int32_t i = static_cast<int32_t>(tile.row0 + r);
+    const int32_t label_i = labels[i], pred_i = preds[i];
+    const T* row = s + r * tile.ld;
+    FASTADV_SIMD
+    for (int w = 0; w < W; ++w) {
+      const int32_t j = c0 + w;
+      const int role = candidate_role<S>(j, labels[j], preds[j], pair[j], i, label_i, pred_i);
+      sum[w] += in_denominator(role) ? exp_nonpositive(row[w] - new_max[w]) : T(0);
+    }
+  }
+  for (int w = 0; w < W; ++w) {
+    const int32_t j = c0 + w;
+    const T old_max = stats[j];
+    const T rescaled = new_max[w] == -infinity_of<T>() ? T(0) : stats[tile.n + j] * exp_nonpositive(old_max - new_max[w]);
+    stats[j] = new_max[w];
+    stats[tile.n + j] = rescaled + sum[w];
+    stats[2 * tile.n + j] += positive_sum[w];
+    stats[3 * tile.n + j] += positives[w];
+  }
+}
+
+// ∂L/∂s of one ordered pair from anchor a's side: (g_a/τ)(exp(t − lse_a) − [b ∈ P_a]/|P_a|) on a's
+// denominator set, 0 elsewhere (and for an anchor without positives, whose coefficient is 0 and
+// whose lse is never exponentiated).
+// t − lse is clamped at 0: it is ≤ 0 up to rounding for an anchor with positives, and an anchor
+// without has lse 0 and a coefficient of 0, so the exponential stays finite whatever t.
+template <typename T>
+FASTADV_HOST_DEVICE T supcon_pair_gradient(int role, T t, T lse, T coefficient, T inv_positives) {
+  const T probability = exp_nonpositive(smaller(t - lse, T(0)));
+  return in_denominator(role) ? coefficient * (probability - (is_positive(role) ? inv_positives : T(0))) : T(0);
+}
+
+// Backward: row r of the tile H of dL/ds of both orders of each pair, from the recomputed tile of
+// t (s is symmetric): H_ij = ∂L_i/∂s_ij + ∂L_j/∂s_ji, anchor i = row0 + r against the column
+// anchors j in the lanes. On the diagonal tile this is G + Gᵀ; off it, G_rc + G_crᵀ, without
+// transposing anything.
 template <ContrastiveStrategy S, typename T, int Lanes, typename Lane>
 FASTADV_HOST_DEVICE void supcon_gradient_row(const SupconTileParams& p, int64_t r, const Lane& lane) {
   const ContrastiveTile& tile = p.tile;
-  const int64_t i = tile.row0 + r;
-  const Anchor anchor = anchor_of(p, i);
+  const int32_t i = static_cast<int32_t>(tile.row0 + r);
+  const int32_t label_i = tile.labels[i], pred_i = p.preds[i], counterpart_i = p.pair[i];
   const T* s = static_cast<const T*>(tile.similarity) + r * tile.ld;
   T* g = static_cast<T*>(tile.gradient) + r * tile.ld;
+  const T* lse = static_cast<const T*>(p.lse);
+  const T* coefficient = static_cast<const T*>(p.coefficient);
+  const T* inv_positives = static_cast<const T*>(p.inv_positives);
+  const T lse_i = lse[i], coefficient_i = coefficient[i], inv_positives_i = inv_positives[i];
   const T tau = static_cast<T>(p.tau);
-  const T count = static_cast<const T*>(p.positives)[i];
-  const T lse = static_cast<const T*>(p.lse)[i];
-  const T scale = count > T(0) ? static_cast<const T*>(p.row_grad)[i] / tau : T(0);
-  const T inv_count = count > T(0) ? T(1) / count : T(0);
+  // The column anchors' fields from the tile's first column on, read at c as contiguous vectors.
+  const int32_t col0 = static_cast<int32_t>(tile.col0);
+  const int32_t* labels = tile.labels + col0;
+  const int32_t* preds = p.preds + col0;
+  const int32_t* pair = p.pair + col0;
+  const T* lse_j = lse + col0;
+  const T* coefficient_j = coefficient + col0;
+  const T* inv_positives_j = inv_positives + col0;
   const ContrastiveSimilarity sim = p.sim;
+  // Two loops, one per side (one loop computing both roles is not vectorised by GCC).
   FASTADV_SIMD
-  for (int64_t j = lane.index; j < tile.cols; j += Lanes) {
-    const int64_t column = tile.col0 + j;
-    const int role = candidate_role<S>(anchor, column, tile.labels[column], p.preds[column]);
-    // An anchor without positives has loss 0 and no gradient (its lse is 0: no exp is taken).
-    const T probability = count > T(0) ? exp_nonpositive(s[j] - lse) : T(0);
-    const T value = in_denominator(role) ? scale * (probability - (is_positive(role) ? inv_count : T(0))) : T(0);
-    g[j] = similarity_coefficient(value, -s[j] * tau, sim);
+  for (int64_t c = lane.index; c < tile.cols; c += Lanes) {
+    const int32_t j = col0 + static_cast<int32_t>(c);
+    const int role_i = candidate_role<S>(i, label_i, pred_i, counterpart_i, j, labels[c], preds[c]);
+    g[c] = supcon_pair_gradient(role_i, s[c], lse_i, coefficient_i, inv_positives_i);
+  }
+  FASTADV_SIMD
+  for (int64_t c = lane.index; c < tile.cols; c += Lanes) {
+    const int32_t j = col0 + static_cast<int32_t>(c);
+    const int role_j = candidate_role<S>(j, labels[c], preds[c], pair[c], i, label_i, pred_i);
+    const T value = g[c] + supcon_pair_gradient(role_j, s[c], lse_j[c], coefficient_j[c], inv_positives_j[c]);
+    g[c] = similarity_coefficient(value, -s[c] * tau, sim);
   }
 }
 
@@ -228,6 +317,16 @@ FASTADV_HOST_DEVICE void supcon_stats_row_any(const SupconTileParams& p, int64_t
     case ContrastiveStrategy::HardLS: supcon_stats_row<ContrastiveStrategy::HardLS, T, Lanes>(p, r, lane); break;
     case ContrastiveStrategy::SoftLS: supcon_stats_row<ContrastiveStrategy::SoftLS, T, Lanes>(p, r, lane); break;
     case ContrastiveStrategy::LeakedLS: supcon_stats_row<ContrastiveStrategy::LeakedLS, T, Lanes>(p, r, lane); break;
+  }
+}
+
+template <typename T, int W>
+FASTADV_HOST_DEVICE void supcon_column_stats_any(const SupconTileParams& p, int64_t j0) {
+  switch (p.strategy) {
+    case ContrastiveStrategy::Global: supcon_column_stats<ContrastiveStrategy::Global, T, W>(p, j0); break;
+    case ContrastiveStrategy::HardLS: supcon_column_stats<ContrastiveStrategy::HardLS, T, W>(p, j0); break;
+    case ContrastiveStrategy::SoftLS: supcon_column_stats<ContrastiveStrategy::SoftLS, T, W>(p, j0); break;
+    case ContrastiveStrategy::LeakedLS: supcon_column_stats<ContrastiveStrategy::LeakedLS, T, W>(p, j0); break;
   }
 }
 
@@ -244,7 +343,7 @@ FASTADV_HOST_DEVICE void supcon_gradient_row_any(const SupconTileParams& p, int6
 // ----------------------------------------------------------------------------- compactness
 // ADR's w_ij (seed 003 ch. 3, Eq. 2): 1 for the same label, (a − 1)/a otherwise.
 template <typename T>
-FASTADV_HOST_DEVICE T compactness_weight(int64_t label_i, int64_t label_j, T other_weight) {
+FASTADV_HOST_DEVICE T compactness_weight(int32_t label_i, int32_t label_j, T other_weight) {
   return label_i == label_j ? T(1) : other_weight;
 }
 
@@ -253,7 +352,7 @@ template <typename T, int Lanes, typename Lane>
 FASTADV_HOST_DEVICE void compactness_row(const CompactnessTileParams& p, int64_t r, const Lane& lane) {
   const ContrastiveTile& tile = p.tile;
   const int64_t i = tile.row0 + r;
-  const int64_t label = tile.labels[i];
+  const int32_t label = tile.labels[i];
   const T* s = static_cast<const T*>(tile.similarity) + r * tile.ld;
   const T other_weight = static_cast<T>(p.other_weight);
   T sum = T(0);
@@ -270,7 +369,7 @@ FASTADV_HOST_DEVICE void compactness_row(const CompactnessTileParams& p, int64_t
 template <typename T, int Lanes, typename Lane>
 FASTADV_HOST_DEVICE void compactness_gradient_row(const CompactnessTileParams& p, int64_t r, const Lane& lane) {
   const ContrastiveTile& tile = p.tile;
-  const int64_t label = tile.labels[tile.row0 + r];
+  const int32_t label = tile.labels[tile.row0 + r];
   const T* s = static_cast<const T*>(tile.similarity) + r * tile.ld;
   T* g = static_cast<T*>(tile.gradient) + r * tile.ld;
   const T other_weight = static_cast<T>(p.other_weight), scale = static_cast<T>(p.scale);
@@ -380,6 +479,7 @@ FASTADV_HOST_DEVICE void distance_gradient_row(const DistanceGradientParams& p, 
 // Implemented in csrc/cuda/contrastive_kernel.cu; `kind` is Float32 or Float64 (the glue
 // computes in the accumulation type), `stream` a cudaStream_t.
 void launch_supcon_stats_cuda(const SupconTileParams& p, ScalarKind kind, void* stream);
+void launch_supcon_column_stats_cuda(const SupconTileParams& p, ScalarKind kind, void* stream);
 void launch_supcon_gradient_cuda(const SupconTileParams& p, ScalarKind kind, void* stream);
 void launch_compactness_cuda(const CompactnessTileParams& p, ScalarKind kind, void* stream);
 void launch_compactness_gradient_cuda(const CompactnessTileParams& p, ScalarKind kind, void* stream);
