@@ -179,11 +179,14 @@ def test_epoch_batches_shard_the_permutation():
     assert sorted(i for shard in ranks for b in shard for i in b) == list(range(10))
 
 
-def test_two_gloo_processes_train_and_stay_in_sync(tmp_path):
+@pytest.mark.parametrize("method", [["trades"], ["ascl", "--strategy", "leaked-ls"]], ids=["trades", "ascl"])
+def test_two_gloo_processes_train_and_stay_in_sync(tmp_path, method):
+    """ASCL's features go through DDP's own forward (fastadv.methods.representation), so its
+    gradients are synchronised like any method's: the ranks' parameters stay equal."""
     run_dir = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "fastadv.cli", "train", "--method", "trades", "--epochs", "2", "--steps", "2",
+               "-m", "fastadv.cli", "train", "--method", *method, "--epochs", "2", "--steps", "2",
                "--eval-steps", "3", "--eval-size", "90", "--device", "cpu", "--no-progress",
                "--run-dir", str(run_dir)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
