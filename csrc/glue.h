@@ -121,4 +121,87 @@ struct PgdStepEntryPoints {
   }
 };
 
+// ----------------------------------------------------------------------------- UDR
+inline UdrCost udr_cost(c10::string_view cost) {
+  TORCH_CHECK(cost == "l2" || cost == "linf", "fastadv: cost must be 'l2' or 'linf', got '", std::string(cost), "'");
+  return cost == "l2" ? UdrCost::L2 : UdrCost::Linf;
+}
+
+inline UdrStepParams udr_step_params(const at::Tensor& out, const at::Tensor& x_adv, const at::Tensor& grad,
+                                     const at::Tensor& x, double eps, const std::optional<at::Tensor>& eps_per_sample,
+                                     double eta, double lam, double tau, c10::string_view cost, double clip_min,
+                                     double clip_max, const std::optional<at::Tensor>& active) {
+  TORCH_CHECK(x_adv.dim() >= 1, "fastadv: x_adv must have a batch dimension");
+  TORCH_CHECK(has_row_layout(x_adv), "fastadv: x_adv must be dense with the batch dimension outermost");
+  check_like(grad, x_adv, "grad");
+  check_like(x, x_adv, "x");
+  check_like(out, x_adv, "out");
+  TORCH_CHECK(eta > 0, "fastadv: eta must be > 0, got ", eta);
+  TORCH_CHECK(tau > 0, "fastadv: tau must be > 0, got ", tau);
+  TORCH_CHECK(lam >= 0, "fastadv: lam must be >= 0, got ", lam);
+  TORCH_CHECK(clip_min <= clip_max, "fastadv: clip_min must not exceed clip_max");
+  UdrStepParams p{};
+  p.out = out.data_ptr();
+  p.x_adv = x_adv.data_ptr();
+  p.grad = grad.data_ptr();
+  p.x = x.data_ptr();
+  p.rows = x_adv.size(0);
+  p.row_size = p.rows == 0 ? 0 : x_adv.numel() / p.rows;
+  p.eps_per_sample = per_sample_pointer(eps_per_sample, x_adv, accumulate_type_of(x_adv.scalar_type()), "eps");
+  TORCH_CHECK(p.eps_per_sample != nullptr || eps >= 0, "fastadv: eps must be >= 0, got ", eps);
+  p.eps = eps;
+  p.eta = eta;
+  p.lam = lam;
+  p.tau = tau;
+  p.active = static_cast<const bool*>(per_sample_pointer(active, x_adv, at::kBool, "active"));
+  p.clip_min = clip_min;
+  p.clip_max = clip_max;
+  p.cost = udr_cost(cost);
+  return p;
+}
+
+// udr_step, udr_step_ and soft_cost of a backend, from its runners.
+template <void (*Run)(const UdrStepParams&, const at::Tensor&), void (*Cost)(const SoftCostParams&, const at::Tensor&)>
+struct UdrEntryPoints {
+  static at::Tensor step(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x, double eps,
+                         const std::optional<at::Tensor>& eps_per_sample, double eta, double lam, double tau,
+                         c10::string_view cost, double clip_min, double clip_max,
+                         const std::optional<at::Tensor>& active) {
+    at::Tensor out = at::empty_like(x_adv);
+    Run(udr_step_params(out, x_adv, grad, x, eps, eps_per_sample, eta, lam, tau, cost, clip_min, clip_max, active),
+        x_adv);
+    return out;
+  }
+
+  static void step_(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x, double eps,
+                    const std::optional<at::Tensor>& eps_per_sample, double eta, double lam, double tau,
+                    c10::string_view cost, double clip_min, double clip_max, const std::optional<at::Tensor>& active) {
+    Run(udr_step_params(x_adv, x_adv, grad, x, eps, eps_per_sample, eta, lam, tau, cost, clip_min, clip_max, active),
+        x_adv);
+  }
+
+  static at::Tensor soft_cost(const at::Tensor& x_adv, const at::Tensor& x, double eps,
+                              const std::optional<at::Tensor>& eps_per_sample, double tau, c10::string_view cost) {
+    TORCH_CHECK(x_adv.dim() >= 1, "fastadv: x_adv must have a batch dimension");
+    TORCH_CHECK(has_row_layout(x_adv), "fastadv: x_adv must be dense with the batch dimension outermost");
+    check_like(x, x_adv, "x");
+    TORCH_CHECK(tau > 0, "fastadv: tau must be > 0, got ", tau);
+    const at::ScalarType acc = accumulate_type_of(x_adv.scalar_type());
+    at::Tensor out = at::empty({x_adv.size(0)}, x_adv.options().dtype(acc));
+    SoftCostParams p{};
+    p.out = out.data_ptr();
+    p.x_adv = x_adv.data_ptr();
+    p.x = x.data_ptr();
+    p.rows = x_adv.size(0);
+    p.row_size = p.rows == 0 ? 0 : x_adv.numel() / p.rows;
+    p.eps_per_sample = per_sample_pointer(eps_per_sample, x_adv, acc, "eps");
+    TORCH_CHECK(p.eps_per_sample != nullptr || eps >= 0, "fastadv: eps must be >= 0, got ", eps);
+    p.eps = eps;
+    p.tau = tau;
+    p.cost = udr_cost(cost);
+    Cost(p, x_adv);
+    return out.to(x_adv.scalar_type());
+  }
+};
+
 }  // namespace fastadv

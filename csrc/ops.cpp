@@ -44,6 +44,16 @@ TORCH_LIBRARY(fastadv, m) {
       "pgd_step_(Tensor(a!) x_adv, Tensor grad, Tensor x, float eps, float alpha, "
       "Tensor? eps_per_sample, Tensor? alpha_per_sample, str norm, float clip_min, "
       "float clip_max, Tensor? active) -> ()");
+  // UDR (METHODS.md section 5): x_int = x_adv + eta·sign(grad), then x' = clip(x_int − eta·lam·∇ĉ),
+  // ĉ the soft cost of `cost` ("l2" or "linf") with radius eps (per sample when the [B] tensor is
+  // given) and slope 1/tau outside it; no projection. soft_cost returns ĉ per sample [B].
+  m.def(
+      "udr_step(Tensor x_adv, Tensor grad, Tensor x, float eps, Tensor? eps_per_sample, float eta, float lam, "
+      "float tau, str cost, float clip_min, float clip_max, Tensor? active) -> Tensor");
+  m.def(
+      "udr_step_(Tensor(a!) x_adv, Tensor grad, Tensor x, float eps, Tensor? eps_per_sample, float eta, float lam, "
+      "float tau, str cost, float clip_min, float clip_max, Tensor? active) -> ()");
+  m.def("soft_cost(Tensor x_adv, Tensor x, float eps, Tensor? eps_per_sample, float tau, str cost) -> Tensor");
 
   // logits family: fused logit-head losses (fastadv/ops/logits.py), one schema per line of
   // FASTADV_LOGITS_OPS in fastadv/logits.h, whose comment states the family's convention.

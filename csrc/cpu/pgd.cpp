@@ -74,6 +74,108 @@ void pgd_step_kernel(const PgdStepParams& p) {
   });
 }
 
+// UDR: one reduction over the row's x_int − x (recomputed from x_adv and the gradient), then the
+// write. `out` may be `x_adv` (in place): each element is read before it is written, at its index.
+template <typename T>
+FASTADV_CPU_CLONES void udr_row(T* out, const T* x_adv, const T* grad, const T* x, int64_t n, T eps, T eta, T lam,
+                                T tau, UdrCost cost, T lo, T hi) {
+  T c = 0, ties = 0;
+  if (cost == UdrCost::L2) {
+    T sq = 0;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t i = 0; i < n; ++i) {
+      const T d = udr_intermediate<T>(x_adv[i], grad[i], eta) - x[i];
+      sq += d * d;
+    }
+    c = sqrt(sq);
+  } else {
+#pragma omp simd reduction(max : c)
+    for (int64_t i = 0; i < n; ++i) {
+      const T d = udr_intermediate<T>(x_adv[i], grad[i], eta) - x[i];
+      c = larger(c, d < T(0) ? -d : d);
+    }
+#pragma omp simd reduction(+ : ties)
+    for (int64_t i = 0; i < n; ++i) {
+      const T d = udr_intermediate<T>(x_adv[i], grad[i], eta) - x[i];
+      ties += (d < T(0) ? -d : d) == c ? T(1) : T(0);
+    }
+  }
+  const T coefficient = udr_coefficient<T>(c, ties, eps, eta, lam, tau, cost);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = udr_element<T>(udr_intermediate<T>(x_adv[i], grad[i], eta), x[i], c, coefficient, cost, lo, hi);
+  }
+}
+
+template <typename T>
+void udr_step_kernel(const UdrStepParams& p) {
+  const int64_t n = p.row_size;
+  const T lo = static_cast<T>(p.clip_min), hi = static_cast<T>(p.clip_max);
+  const T* eps_ps = static_cast<const T*>(p.eps_per_sample);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
+  at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t offset = r * n;
+      T* out = static_cast<T*>(p.out) + offset;
+      const T* x_adv = static_cast<const T*>(p.x_adv) + offset;
+      if (p.active != nullptr && !p.active[r]) {
+        if (out != x_adv) std::memcpy(out, x_adv, sizeof(T) * n);
+        continue;
+      }
+      udr_row<T>(out, x_adv, static_cast<const T*>(p.grad) + offset, static_cast<const T*>(p.x) + offset, n,
+                 eps_ps ? eps_ps[r] : static_cast<T>(p.eps), static_cast<T>(p.eta), static_cast<T>(p.lam),
+                 static_cast<T>(p.tau), p.cost, lo, hi);
+    }
+  });
+}
+
+template <typename T>
+FASTADV_CPU_CLONES T row_cost(const T* x_adv, const T* x, int64_t n, UdrCost cost) {
+  T c = 0;
+  if (cost == UdrCost::L2) {
+#pragma omp simd reduction(+ : c)
+    for (int64_t i = 0; i < n; ++i) c += (x_adv[i] - x[i]) * (x_adv[i] - x[i]);
+    return sqrt(c);
+  }
+#pragma omp simd reduction(max : c)
+  for (int64_t i = 0; i < n; ++i) {
+    const T d = x_adv[i] - x[i];
+    c = larger(c, d < T(0) ? -d : d);
+  }
+  return c;
+}
+
+template <typename T>
+void soft_cost_kernel(const SoftCostParams& p) {
+  const int64_t n = p.row_size;
+  const T* eps_ps = static_cast<const T*>(p.eps_per_sample);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
+  at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T c = row_cost<T>(static_cast<const T*>(p.x_adv) + r * n, static_cast<const T*>(p.x) + r * n, n, p.cost);
+      static_cast<T*>(p.out)[r] = soft_cost_of<T>(c, eps_ps ? eps_ps[r] : static_cast<T>(p.eps), static_cast<T>(p.tau));
+    }
+  });
+}
+
+void run_udr_step_cpu(const UdrStepParams& p, const at::Tensor& x_adv) {
+  switch (x_adv.scalar_type()) {
+    case at::kFloat: udr_step_kernel<float>(p); break;
+    case at::kDouble: udr_step_kernel<double>(p); break;
+    default:
+      TORCH_CHECK(false, "fastadv: the CPU pgd kernels support float32 and float64, got ", x_adv.scalar_type());
+  }
+}
+
+void run_soft_cost_cpu(const SoftCostParams& p, const at::Tensor& x_adv) {
+  switch (x_adv.scalar_type()) {
+    case at::kFloat: soft_cost_kernel<float>(p); break;
+    case at::kDouble: soft_cost_kernel<double>(p); break;
+    default:
+      TORCH_CHECK(false, "fastadv: the CPU pgd kernels support float32 and float64, got ", x_adv.scalar_type());
+  }
+}
+
 void run_pgd_step_cpu(const PgdStepParams& p, const at::Tensor& x_adv) {
   switch (x_adv.scalar_type()) {
     case at::kFloat: pgd_step_kernel<float>(p); break;
@@ -88,6 +190,10 @@ void run_pgd_step_cpu(const PgdStepParams& p, const at::Tensor& x_adv) {
 TORCH_LIBRARY_IMPL(fastadv, CPU, m) {
   m.impl("pgd_step", &PgdStepEntryPoints<run_pgd_step_cpu>::step);
   m.impl("pgd_step_", &PgdStepEntryPoints<run_pgd_step_cpu>::step_);
+  using Udr = UdrEntryPoints<run_udr_step_cpu, run_soft_cost_cpu>;
+  m.impl("udr_step", &Udr::step);
+  m.impl("udr_step_", &Udr::step_);
+  m.impl("soft_cost", &Udr::soft_cost);
 }
 
 }  // namespace fastadv

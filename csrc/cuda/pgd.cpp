@@ -23,11 +23,24 @@ void run_pgd_step_cuda(const PgdStepParams& p, const at::Tensor& x_adv) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename Params, void (*Launch)(const Params&, ScalarKind, void*)>
+void run_udr_cuda(const Params& p, const at::Tensor& x_adv) {
+  TORCH_CHECK(x_adv.is_cuda(), "fastadv: x_adv must be a CUDA tensor, got one on ", x_adv.device());
+  const c10::cuda::CUDAGuard guard(x_adv.device());
+  Launch(p, scalar_kind_of(x_adv, "x_adv"), c10::cuda::getCurrentCUDAStream(x_adv.get_device()).stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastadv, CUDA, m) {
   m.impl("pgd_step", &PgdStepEntryPoints<run_pgd_step_cuda>::step);
   m.impl("pgd_step_", &PgdStepEntryPoints<run_pgd_step_cuda>::step_);
+  using Udr = UdrEntryPoints<run_udr_cuda<UdrStepParams, launch_udr_step_cuda>,
+                             run_udr_cuda<SoftCostParams, launch_soft_cost_cuda>>;
+  m.impl("udr_step", &Udr::step);
+  m.impl("udr_step_", &Udr::step_);
+  m.impl("soft_cost", &Udr::soft_cost);
 }
 
 }  // namespace fastadv

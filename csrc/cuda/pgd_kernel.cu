@@ -261,4 +261,111 @@ void launch_pgd_step_cuda(const PgdStepParams& params, ScalarKind kind, void* st
   });
 }
 
+// ----------------------------------------------------------------------------- UDR
+namespace {
+
+// Sum or maximum over a block's threads; every thread ends with the result.
+template <typename acc_t, bool Max>
+__device__ acc_t udr_block_reduce(acc_t v, acc_t* shared) {
+  v = Max ? cuda::warp_max(v) : cuda::warp_sum(v);
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  __syncthreads();  // `shared` may still be read by a previous reduction
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < static_cast<int>(blockDim.x / kWarpSize) ? shared[lane] : (Max ? acc_t(0) : acc_t(0));
+  return Max ? cuda::warp_max(v) : cuda::warp_sum(v);
+}
+
+// A block per row, grid-stride over rows: the reductions of udr_row (csrc/cpu/pgd.cpp), then the write.
+template <typename T>
+__global__ void __launch_bounds__(kThreadsPerBlock) udr_step_kernel(UdrStepParams p) {
+  using acc_t = cuda::accumulate_t<T>;
+  __shared__ acc_t shared[kThreadsPerBlock / kWarpSize];
+  const acc_t lo = static_cast<acc_t>(p.clip_min), hi = static_cast<acc_t>(p.clip_max);
+  const acc_t eta = static_cast<acc_t>(p.eta), lam = static_cast<acc_t>(p.lam), tau = static_cast<acc_t>(p.tau);
+  const acc_t* eps_ps = static_cast<const acc_t*>(p.eps_per_sample);
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    const int64_t offset = r * p.row_size;
+    T* out = static_cast<T*>(p.out) + offset;
+    const T* x_adv = static_cast<const T*>(p.x_adv) + offset;
+    const T* grad = static_cast<const T*>(p.grad) + offset;
+    const T* x = static_cast<const T*>(p.x) + offset;
+    if (p.active != nullptr && !p.active[r]) {
+      if (out != x_adv) {
+        for (int64_t i = threadIdx.x; i < p.row_size; i += blockDim.x) out[i] = x_adv[i];
+      }
+      continue;
+    }
+    acc_t partial = 0;
+    for (int64_t i = threadIdx.x; i < p.row_size; i += blockDim.x) {
+      const acc_t d = udr_intermediate<acc_t>(cuda::to_acc(x_adv[i]), cuda::to_acc(grad[i]), eta) - cuda::to_acc(x[i]);
+      partial = p.cost == UdrCost::L2 ? partial + d * d : cuda::max_of(partial, d < acc_t(0) ? -d : d);
+    }
+    acc_t c, ties = 0;
+    if (p.cost == UdrCost::L2) {
+      c = sqrt(udr_block_reduce<acc_t, false>(partial, shared));
+    } else {
+      c = udr_block_reduce<acc_t, true>(partial, shared);
+      acc_t count = 0;
+      for (int64_t i = threadIdx.x; i < p.row_size; i += blockDim.x) {
+        const acc_t d = udr_intermediate<acc_t>(cuda::to_acc(x_adv[i]), cuda::to_acc(grad[i]), eta) - cuda::to_acc(x[i]);
+        count += (d < acc_t(0) ? -d : d) == c ? acc_t(1) : acc_t(0);
+      }
+      ties = udr_block_reduce<acc_t, false>(count, shared);
+    }
+    const acc_t eps = eps_ps ? eps_ps[r] : static_cast<acc_t>(p.eps);
+    const acc_t coefficient = udr_coefficient<acc_t>(c, ties, eps, eta, lam, tau, p.cost);
+    for (int64_t i = threadIdx.x; i < p.row_size; i += blockDim.x) {
+      const acc_t x_int = udr_intermediate<acc_t>(cuda::to_acc(x_adv[i]), cuda::to_acc(grad[i]), eta);
+      out[i] = cuda::from_acc<T>(udr_element<acc_t>(x_int, cuda::to_acc(x[i]), c, coefficient, p.cost, lo, hi));
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreadsPerBlock) soft_cost_kernel(SoftCostParams p) {
+  using acc_t = cuda::accumulate_t<T>;
+  __shared__ acc_t shared[kThreadsPerBlock / kWarpSize];
+  const acc_t* eps_ps = static_cast<const acc_t*>(p.eps_per_sample);
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    const T* x_adv = static_cast<const T*>(p.x_adv) + r * p.row_size;
+    const T* x = static_cast<const T*>(p.x) + r * p.row_size;
+    acc_t partial = 0;
+    for (int64_t i = threadIdx.x; i < p.row_size; i += blockDim.x) {
+      const acc_t d = cuda::to_acc(x_adv[i]) - cuda::to_acc(x[i]);
+      partial = p.cost == UdrCost::L2 ? partial + d * d : cuda::max_of(partial, d < acc_t(0) ? -d : d);
+    }
+    const acc_t c = p.cost == UdrCost::L2 ? sqrt(udr_block_reduce<acc_t, false>(partial, shared))
+                                          : udr_block_reduce<acc_t, true>(partial, shared);
+    if (threadIdx.x == 0) {
+      static_cast<acc_t*>(p.out)[r] =
+          soft_cost_of<acc_t>(c, eps_ps ? eps_ps[r] : static_cast<acc_t>(p.eps), static_cast<acc_t>(p.tau));
+    }
+  }
+}
+
+}  // namespace
+
+void launch_udr_step_cuda(const UdrStepParams& params, ScalarKind kind, void* stream) {
+  if (params.rows == 0 || params.row_size == 0) return;
+  const int64_t max_blocks = cuda::max_grid_blocks();
+  if (max_blocks == 0) return;
+  const unsigned blocks = cuda::grid_size(params.rows, max_blocks);
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  cuda::dispatch_storage(kind, [&](auto storage) {
+    udr_step_kernel<typename decltype(storage)::type><<<blocks, kThreadsPerBlock, 0, s>>>(params);
+  });
+}
+
+void launch_soft_cost_cuda(const SoftCostParams& params, ScalarKind kind, void* stream) {
+  if (params.rows == 0) return;
+  const int64_t max_blocks = cuda::max_grid_blocks();
+  if (max_blocks == 0) return;
+  const unsigned blocks = cuda::grid_size(params.rows, max_blocks);
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  cuda::dispatch_storage(kind, [&](auto storage) {
+    soft_cost_kernel<typename decltype(storage)::type><<<blocks, kThreadsPerBlock, 0, s>>>(params);
+  });
+}
+
 }  // namespace fastadv

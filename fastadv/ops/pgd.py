@@ -29,7 +29,9 @@ NORMS = ("linf", "l2")
 INITS = ("uniform", "normal")
 NORMAL_INIT_STD = 0.001  # TRADES / LMA-AT start: x + 0.001 * N(0, I)
 
-__all__ = ["pgd_init", "pgd_step", "pgd_step_"]
+__all__ = ["pgd_init", "pgd_step", "pgd_step_", "udr_step", "udr_step_", "soft_cost"]
+#: The costs of UDR's soft ball (METHODS.md section 5).
+COSTS = reference.COSTS
 
 
 # ----------------------------------------------------------------------------- validation
@@ -184,6 +186,99 @@ def _unchecked_pgd_init(x: torch.Tensor, eps, norm: str, init: str, generator: O
     return torch.clamp(x + delta, clip_min, clip_max)
 
 
+# ----------------------------------------------------------------------------- UDR
+def _udr_select(op: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend of a UDR op: its Triton kernel is not written yet, so ``auto`` takes the CUDA
+    C++ kernel on CUDA tensors and an explicit ``triton`` is refused."""
+    name = backend.select(op, device, dtype, triton_fits=False)
+    if name == "triton":
+        raise backend.BackendUnavailable(f"{op}: there is no Triton kernel for UDR's step yet; use backend "
+                                         "'cuda', 'cpu', 'reference' or 'auto'")
+    return name
+
+
+def _prepare_udr(op, x_adv, grad, x, eps, eta, lam, tau, cost, clip, active):
+    _validate.tensor(op, "x_adv", x_adv, min_dim=1)
+    _validate.tensor(op, "grad", grad, like=x_adv, like_name="x_adv")
+    _validate.tensor(op, "x", x, like=x_adv, like_name="x_adv")
+    eps = _validate.radius(op, "eps", eps, like=x_adv, dtype=radius_dtype(x_adv.dtype))
+    eta = _validate.number(op, "eta", eta, low=0.0, low_open=True)
+    lam = _validate.number(op, "lam", lam, low=0.0)
+    tau = _validate.number(op, "tau", tau, low=0.0, low_open=True)
+    cost = _validate.choice(op, "cost", cost.lower() if isinstance(cost, str) else cost, COSTS)
+    clip_min, clip_max = _validate.clip_range(op, clip)
+    active = _active(op, active, x_adv)
+    name = _udr_select(op, x_adv.device, x_adv.dtype)
+    work = x_adv if _has_row_layout(x_adv) else x_adv.contiguous()
+    return name, _udr_arguments(work, _in_layout_of(grad, work), _in_layout_of(x, work), eps, eta, lam, tau, cost,
+                                clip_min, clip_max, active)
+
+
+def _udr_arguments(x_adv, grad, x, eps, eta, lam, tau, cost, clip_min, clip_max, active) -> tuple:
+    eps_value, eps_per_sample = (0.0, eps) if isinstance(eps, torch.Tensor) else (eps, None)
+    return (x_adv, grad, x, eps_value, eps_per_sample, float(eta), float(lam), float(tau), cost, clip_min, clip_max,
+            active)
+
+
+def _reference_udr(args) -> torch.Tensor:
+    x_adv, grad, x, eps, eps_per_sample, eta, lam, tau, cost, lo, hi, active = args
+    return reference.udr_step(x_adv, grad, x, eps if eps_per_sample is None else eps_per_sample, eta, lam, tau, cost,
+                              (lo, hi), active)
+
+
+def udr_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta: float, lam: float, tau: float,
+             cost: str = "l2", clip=(0.0, 1.0), active: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """UDR's attack step (seed 003 ch. 5, METHODS.md section 5); returns the new batch.
+
+    ``x_int = x_adv + η·sign(grad)``, then ``x' = clip(x_int − η·λ·∇ĉ(x_int, x))`` with the soft
+    cost ``ĉ = c`` inside the ε-ball and ``ε + (c − ε)/τ`` outside, c the L2 or L∞ distance
+    (``cost``): a pull back towards x whose slope drops to 1/τ outside the ball. There is no
+    projection onto the ball; ``clip`` is the box of valid inputs. The gradient of ĉ is 0 where
+    x_int = x (the norm's subgradient); for L∞ the slope is shared equally by the coordinates
+    that reach the maximum |x_int − x| (the minimum-norm subgradient). ``eps`` a float or [B];
+    ``active`` bool [B], inactive samples unchanged.
+    """
+    name, args = _prepare_udr("udr_step", x_adv, grad, x, eps, eta, lam, tau, cost, clip, active)
+    if name == "reference":
+        return _reference_udr(args)
+    return torch.ops.fastadv.udr_step(*args)
+
+
+def udr_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta: float, lam: float, tau: float,
+              cost: str = "l2", clip=(0.0, 1.0), active: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """In-place :func:`udr_step`: updates and returns ``x_adv`` (untouched on an invalid argument)."""
+    name, args = _prepare_udr("udr_step_", x_adv, grad, x, eps, eta, lam, tau, cost, clip, active)
+    work = args[0]
+    if name == "reference":
+        x_adv.copy_(_reference_udr(args))
+        return x_adv
+    torch.ops.fastadv.udr_step_(*args)
+    if work is not x_adv:
+        x_adv.copy_(work)
+    return x_adv
+
+
+def soft_cost(x_adv: torch.Tensor, x: torch.Tensor, eps, tau: float, cost: str = "l2") -> torch.Tensor:
+    """UDR's soft cost per sample [B] (x_adv's dtype): ``ĉ = c`` if ``c < ε``, else
+    ``ε + (c − ε)/τ``, c = ‖x_adv − x‖₂ or ‖x_adv − x‖∞; what λ's update averages."""
+    op = "soft_cost"
+    _validate.tensor(op, "x_adv", x_adv, min_dim=1)
+    _validate.tensor(op, "x", x, like=x_adv, like_name="x_adv")
+    eps = _validate.radius(op, "eps", eps, like=x_adv, dtype=radius_dtype(x_adv.dtype))
+    tau = _validate.number(op, "tau", tau, low=0.0, low_open=True)
+    cost = _validate.choice(op, "cost", cost.lower() if isinstance(cost, str) else cost, COSTS)
+    return _unchecked_soft_cost(x_adv, x, eps, tau, cost)
+
+
+def _unchecked_soft_cost(x_adv: torch.Tensor, x: torch.Tensor, eps, tau: float, cost: str) -> torch.Tensor:
+    name = _udr_select("soft_cost", x_adv.device, x_adv.dtype)
+    if name == "reference":
+        return reference.soft_cost(x_adv, x, eps, tau, cost)
+    work = x_adv if _has_row_layout(x_adv) else x_adv.contiguous()
+    eps_value, eps_per_sample = (0.0, eps) if isinstance(eps, torch.Tensor) else (eps, None)
+    return torch.ops.fastadv.soft_cost(work, _in_layout_of(x, work), eps_value, eps_per_sample, float(tau), cost)
+
+
 # ----------------------------------------------------------------------------- torch.library
 def _fake(name: str):
     """Output metadata of the step ``name``: a new batch like x_adv, or nothing (in place)."""
@@ -192,8 +287,9 @@ def _fake(name: str):
     return lambda x_adv, *rest: torch.empty_like(x_adv)
 
 
-for _name in ("pgd_step", "pgd_step_"):
+for _name in ("pgd_step", "pgd_step_", "udr_step", "udr_step_"):
     torch.library.register_fake(f"fastadv::{_name}")(_fake(_name))
+torch.library.register_fake("fastadv::soft_cost")(lambda x_adv, *rest: x_adv.new_empty(x_adv.shape[:1]))
 
 _TRITON = _registry.TritonOps("pgd", ("pgd_step", "pgd_step_"), fake=_fake)
 
@@ -221,4 +317,17 @@ def _unchecked_pgd_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tenso
 #: The family's ops for callers that validated their arguments once, where they entered (the
 #: attacks): no checks, no host synchronisation. Same arguments as the public ops, already in
 #: the form the public ops bring them to (see each function).
-unchecked = types.SimpleNamespace(pgd_step_=_unchecked_pgd_step_, pgd_init=_unchecked_pgd_init)
+def _unchecked_udr_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta: float, lam: float,
+                         tau: float, cost: str, clip: tuple, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`udr_step_` for callers that validated once (arguments as for
+    :func:`_unchecked_pgd_step_`; ``cost`` "l2" or "linf")."""
+    args = _udr_arguments(x_adv, grad, x, eps, eta, lam, tau, cost, clip[0], clip[1], active)
+    if _udr_select("udr_step_", x_adv.device, x_adv.dtype) == "reference":
+        x_adv.copy_(_reference_udr(args))
+    else:
+        torch.ops.fastadv.udr_step_(*args)
+    return x_adv
+
+
+unchecked = types.SimpleNamespace(pgd_step_=_unchecked_pgd_step_, pgd_init=_unchecked_pgd_init,
+                                  udr_step_=_unchecked_udr_step_, soft_cost=_unchecked_soft_cost)

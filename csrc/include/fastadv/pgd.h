@@ -73,7 +73,77 @@ FASTADV_HOST_DEVICE acc_t pgd_l2_element(acc_t x_adv, acc_t g, acc_t x,
   return clamp_propagating_nan(projected, lo, hi);
 }
 
+// ----------------------------------------------------------------------------- UDR
+// UDR's step (seed 003 ch. 5, METHODS.md section 5): x_int = x_adv + η·sign(g), then
+// x' = clip(x_int − η·λ·∇ĉ(x_int, x)), ĉ the soft cost (c inside the ε-ball, ε + (c − ε)/τ outside),
+// no projection onto the ball. A row takes one reduction over its x_int − x (Σd² for l2, max |d|
+// and then the number of coordinates reaching it for linf) and one pass writing it.
+enum class UdrCost : int { L2 = 0, Linf = 1 };
+
+struct UdrStepParams {
+  void* out;  // may equal x_adv (the in-place variant)
+  const void* x_adv;
+  const void* grad;
+  const void* x;
+  int64_t rows;
+  int64_t row_size;
+  const void* eps_per_sample;  // accumulation type; null: eps for every sample
+  double eps;
+  double eta;
+  double lam;
+  double tau;
+  const bool* active;  // null: every sample is active
+  double clip_min;
+  double clip_max;
+  UdrCost cost;
+};
+
+struct SoftCostParams {
+  void* out;  // [rows], accumulation type
+  const void* x_adv;
+  const void* x;
+  int64_t rows;
+  int64_t row_size;
+  const void* eps_per_sample;
+  double eps;
+  double tau;
+  UdrCost cost;
+};
+
+template <typename acc_t>
+FASTADV_HOST_DEVICE acc_t udr_intermediate(acc_t x_adv, acc_t g, acc_t eta) {
+  return x_adv + eta * sign_propagating_nan(g);
+}
+
+// ĉ from c: c inside the ball (c < ε), ε + (c − ε)/τ outside.
+template <typename acc_t>
+FASTADV_HOST_DEVICE acc_t soft_cost_of(acc_t c, acc_t eps, acc_t tau) {
+  return c < eps ? c : eps + (c - eps) / tau;
+}
+
+// The coefficient of a row's correction: x' = x_int − coefficient·u with u = d for l2
+// (coefficient η·λ·slope/‖d‖, 0 where d = 0: the norm's subgradient) and u = sign(d) on the
+// coordinates where |d| reaches the maximum for linf (coefficient η·λ·slope/ties: the
+// minimum-norm subgradient shares the slope among tied coordinates). `c` is ‖d‖₂ or max |d|.
+template <typename acc_t>
+FASTADV_HOST_DEVICE acc_t udr_coefficient(acc_t c, acc_t ties, acc_t eps, acc_t eta, acc_t lam, acc_t tau, UdrCost cost) {
+  const acc_t slope = c < eps ? acc_t(1) : acc_t(1) / tau;
+  const acc_t divisor = cost == UdrCost::L2 ? c : ties;
+  return c == acc_t(0) ? acc_t(0) : eta * lam * slope / divisor;
+}
+
+template <typename acc_t>
+FASTADV_HOST_DEVICE acc_t udr_element(acc_t x_int, acc_t x, acc_t c, acc_t coefficient, UdrCost cost, acc_t lo,
+                                      acc_t hi) {
+  const acc_t d = x_int - x;
+  const acc_t magnitude = d < acc_t(0) ? -d : d;
+  const acc_t correction = cost == UdrCost::L2 ? d : (magnitude == c ? sign_propagating_nan(d) : acc_t(0));
+  return clamp_propagating_nan(x_int - coefficient * correction, lo, hi);
+}
+
 // Implemented in csrc/cuda/pgd_kernel.cu; `stream` is a cudaStream_t.
 void launch_pgd_step_cuda(const PgdStepParams& params, ScalarKind kind, void* stream);
+void launch_udr_step_cuda(const UdrStepParams& params, ScalarKind kind, void* stream);
+void launch_soft_cost_cuda(const SoftCostParams& params, ScalarKind kind, void* stream);
 
 }  // namespace fastadv
