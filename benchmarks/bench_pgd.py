@@ -9,6 +9,10 @@ run, interleaved with the other timings and through the same memory. Two regimes
 inputs rotating through more memory than the caches hold, as in an attack loop where a model
 pass runs between two steps; and "hot", the same tensors every call.
 
+UDR's step (udr_step, both costs, at [512, 3, 32, 32]) against its eager formula (the reference,
+one torch op per line of METHODS.md section 5) and torch.compile of it, cold inputs, the same
+interleaved rounds.
+
 Also a pytest-benchmark suite: `pytest benchmarks/bench_pgd.py --benchmark-only`.
 """
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 import torch
 
 import fastadv
-from fastadv.ops import pgd_step, pgd_step_
+from fastadv.ops import pgd_step, pgd_step_, udr_step, udr_step_
 from fastadv.reference import pgd as reference
 
 from . import common
@@ -130,6 +134,61 @@ def measure(norm, device, fused_backend, rotation, compiled, rounds):
     return stats
 
 
+# UDR at CIFAR's L-inf setting (METHODS.md section 5): ε = 8/255, η = 2/255, τ = 2η, λ = 1.
+UDR_SHAPE = (512, 3, 32, 32)
+UDR_ARGUMENTS = dict(eps=8 / 255, eta=2 / 255, lam=1.0, tau=4 / 255)
+
+
+def measure_udr(cost, device, fused_backend, rounds):
+    """udr_step against the eager reference and its compilation (compile time apart), cold inputs."""
+    numel = torch.Size(UDR_SHAPE).numel()
+    rotation = Rotation(UDR_SHAPE, device, max(2, -(-COLD_BYTES // (8 * numel * 4))))
+    eager = functools.partial(reference.udr_step, cost=cost, **UDR_ARGUMENTS)
+    with common.fresh_inductor_cache():
+        start = time.perf_counter()
+        compiled = torch.compile(eager)
+        compiled(*make_inputs(UDR_SHAPE, device))
+        compile_s = time.perf_counter() - start
+
+    def fused():
+        (x_adv, grad, x), _ = rotation.next()
+        with fastadv.use_backend(fused_backend):
+            return udr_step(x_adv, grad, x, cost=cost, **UDR_ARGUMENTS)
+
+    def fused_in_place():
+        (_, grad, x), in_place = rotation.next()
+        with fastadv.use_backend(fused_backend):
+            return udr_step_(in_place, grad, x, cost=cost, **UDR_ARGUMENTS)
+
+    functions = {
+        "eager reference": lambda: eager(*rotation.next()[0]),
+        "torch.compile(reference)": lambda: compiled(*rotation.next()[0]),
+        "fastadv udr_step": fused,
+        "fastadv udr_step_ (in place)": fused_in_place,
+    }
+    stats = common.time_interleaved(functions, device, rounds=rounds)
+    records = []
+    for name, st in stats.items():
+        records.append({"shape": "x".join(map(str, UDR_SHAPE)), "cost": cost, "implementation": name,
+                        "median_ms": st["median"] * 1e3, "p20_ms": st["p20"] * 1e3, "p80_ms": st["p80"] * 1e3,
+                        "speedup_vs_eager": stats["eager reference"]["median"] / st["median"],
+                        "speedup_vs_compile": stats["torch.compile(reference)"]["median"] / st["median"],
+                        "compile_s": compile_s if "compile" in name else None})
+    return records
+
+
+def udr_report(records) -> str:
+    rows = [[r["shape"], r["cost"], r["implementation"], f"{r['median_ms']:.3f}",
+             f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}", f"{r['speedup_vs_eager']:.2f}×", f"{r['speedup_vs_compile']:.2f}×"]
+            for r in records]
+    compile_lines = [f"- {r['cost']}: torch.compile's first call {r['compile_s']:.1f} s (empty inductor cache)"
+                     for r in records if r["compile_s"] is not None]
+    return "\n".join(["udr_step (METHODS.md section 5: ε = 8/255, η = 2/255, τ = 2η, λ = 1), float32, cold inputs:",
+                      "", common.markdown_table(["shape", "cost", "implementation", "median ms", "p20–p80 ms",
+                                                 "vs eager reference", "vs compiled reference"], rows), ""]
+                     + compile_lines)
+
+
 def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
     device = torch.device(device)
     fused_backend = "cpu" if device.type == "cpu" else "auto"
@@ -170,7 +229,9 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
         "rounds": rounds,
     }
     common.write_results("pgd", records, meta, out_dir)
-    return report(records, meta)
+    udr_records = [r for cost in ("linf", "l2") for r in measure_udr(cost, device, fused_backend, rounds)]
+    common.write_results("udr", udr_records, meta, out_dir)
+    return report(records, meta) + "\n\n" + udr_report(udr_records)
 
 
 def summary(records) -> str:
