@@ -22,6 +22,7 @@ classifier is a convolution).
 """
 from __future__ import annotations
 
+import abc
 from numbers import Integral, Real
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -160,13 +161,14 @@ def penultimate_layer(net: nn.Module, num_classes: Optional[int] = None) -> str:
     return linears[-1]
 
 
-class FeatureNetwork(nn.Module):
+class FeatureNetwork(nn.Module, abc.ABC):
     """A network ``classifier(features(x))``, the split of every fastadv network: a subclass
     defines ``features(x)``, the penultimate representation [B, D], and ``classifier``, the
-    ``nn.Linear`` from it to the logits."""
+    ``nn.Linear`` from it to the logits (a subclass without ``features`` cannot be built)."""
 
+    @abc.abstractmethod
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The penultimate representation [B, D] of the (normalised) input."""
 
     def forward_with_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(features(x), logits)`` from one forward pass."""

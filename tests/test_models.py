@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastadv.data import dataset_info
-from fastadv.models import (MODELS, CNN4C3F, Normalize, NormalizedModel, build_model, default_model,
+from fastadv.models import (FeatureNetwork, MODELS, CNN4C3F, Normalize, NormalizedModel, build_model, default_model,
                             penultimate_layer, preact_resnet18, wide_resnet34_10)
 
 # Each network on the data set it is meant for, and the width of its penultimate layer.
@@ -249,3 +249,11 @@ def test_a_last_linear_that_is_not_the_classifier_is_a_clear_error():
     model = NormalizedModel(net, (0.5,) * 3, (0.25,) * 3)
     with pytest.raises(ValueError, match="last nn.Linear '1' has 4 outputs, not the 10 logits"):
         model.features(torch.rand(2, 3, 2, 2))
+
+
+def test_a_feature_network_must_define_its_features():
+    class NoFeatures(FeatureNetwork):
+        pass
+
+    with pytest.raises(TypeError, match="features"):
+        NoFeatures()
