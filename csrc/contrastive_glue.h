@@ -118,28 +118,24 @@ void accumulate_tile_gradient(at::Tensor& grad_u, const at::Tensor& u, const at:
     if (!diagonal) grad_b.addmm_(h.t(), a);
   } else {  // ∂s_ij/∂u_i = −∂‖u_i − u_j‖/∂u_i
     const ScalarKind kind = scalar_kind_of(u, "z");
-    DistanceGradientParams p{};
-    p.sim = sim;
-    p.dim = u.size(1);
-    p.h = h.data_ptr();
-    p.h_row = h.stride(0);
-    p.h_col = h.stride(1);
-    p.u_out = a.data_ptr();
-    p.u_other = b.data_ptr();
-    p.grad_out = grad_a.data_ptr();
-    p.a_count = rows;
-    p.b_count = cols;
-    DistanceGradient(p, kind, u);
-    if (diagonal) return;
+    // One side: the rows `out` (their gradient `grad`) against `other`, H read with these strides.
+    auto side = [&](int64_t h_row, int64_t h_col, const at::Tensor& out, const at::Tensor& other, at::Tensor& grad) {
+      DistanceGradientParams p{};
+      p.sim = sim;
+      p.dim = u.size(1);
+      p.h = h.data_ptr();
+      p.h_row = h_row;
+      p.h_col = h_col;
+      p.u_out = out.data_ptr();
+      p.u_other = other.data_ptr();
+      p.grad_out = grad.data_ptr();
+      p.a_count = out.size(0);
+      p.b_count = other.size(0);
+      DistanceGradient(p, kind, u);
+    };
+    side(h.stride(0), h.stride(1), a, b, grad_a);
     // The columns' side: the transposed tile, the roles of the two blocks swapped.
-    p.h_row = h.stride(1);
-    p.h_col = h.stride(0);
-    p.u_out = b.data_ptr();
-    p.u_other = a.data_ptr();
-    p.grad_out = grad_b.data_ptr();
-    p.a_count = cols;
-    p.b_count = rows;
-    DistanceGradient(p, kind, u);
+    if (!diagonal) side(h.stride(1), h.stride(0), b, a, grad_b);
   }
 }
 

@@ -44,62 +44,83 @@ FASTADV_CPU_CLONES void l2_row(T* out, const T* x_adv, const T* grad, const T* x
   }
 }
 
+// The rows of a step in parallel, about 32k elements per task (enough work to amortise the
+// scheduling, small rows grouped): an inactive row is copied (unless in place), an active one is
+// handed to row(r, offset, out, x_adv).
+template <typename T, typename Row>
+void for_each_step_row(void* out_data, const void* x_adv_data, const bool* active, int64_t rows, int64_t n,
+                       const Row& row) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t offset = r * n;
+      T* out = static_cast<T*>(out_data) + offset;
+      const T* x_adv = static_cast<const T*>(x_adv_data) + offset;
+      if (active != nullptr && !active[r]) {
+        if (out != x_adv) std::memcpy(out, x_adv, sizeof(T) * n);
+        continue;
+      }
+      row(r, offset, out, x_adv);
+    }
+  });
+}
+
 template <typename T>
 void pgd_step_kernel(const PgdStepParams& p) {
   const int64_t n = p.row_size;
   const T lo = static_cast<T>(p.clip_min), hi = static_cast<T>(p.clip_max);
   const T* eps_ps = static_cast<const T*>(p.eps_per_sample);
   const T* alpha_ps = static_cast<const T*>(p.alpha_per_sample);
-  // About 32k elements per task: enough work to amortise the scheduling, small rows grouped.
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
-  at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t offset = r * n;
-      T* out = static_cast<T*>(p.out) + offset;
-      const T* x_adv = static_cast<const T*>(p.x_adv) + offset;
-      if (p.active != nullptr && !p.active[r]) {
-        if (out != x_adv) std::memcpy(out, x_adv, sizeof(T) * n);
-        continue;
-      }
-      const T* grad = static_cast<const T*>(p.grad) + offset;
-      const T* x = static_cast<const T*>(p.x) + offset;
-      const T eps = eps_ps ? eps_ps[r] : static_cast<T>(p.eps);
-      const T alpha = alpha_ps ? alpha_ps[r] : static_cast<T>(p.alpha);
-      if (p.norm == PgdNorm::Linf) {
-        linf_row<T>(out, x_adv, grad, x, n, eps, alpha, lo, hi);
-      } else {
-        l2_row<T>(out, x_adv, grad, x, n, eps, alpha, lo, hi);
-      }
+  for_each_step_row<T>(p.out, p.x_adv, p.active, p.rows, n, [&](int64_t r, int64_t offset, T* out, const T* x_adv) {
+    const T* grad = static_cast<const T*>(p.grad) + offset;
+    const T* x = static_cast<const T*>(p.x) + offset;
+    const T eps = eps_ps ? eps_ps[r] : static_cast<T>(p.eps);
+    const T alpha = alpha_ps ? alpha_ps[r] : static_cast<T>(p.alpha);
+    if (p.norm == PgdNorm::Linf) {
+      linf_row<T>(out, x_adv, grad, x, n, eps, alpha, lo, hi);
+    } else {
+      l2_row<T>(out, x_adv, grad, x, n, eps, alpha, lo, hi);
     }
   });
+}
+
+// ‖d‖₂ or ‖d‖∞ of a row's differences d(i), and for ‖·‖∞ the number of coordinates reaching it.
+// Inlined into its callers (flatten), so that the loops over the lambda vectorise in every clone.
+template <typename T, typename Difference>
+inline __attribute__((always_inline)) T row_distance(int64_t n, UdrCost cost, const Difference& difference,
+                                                     T* ties = nullptr) {
+  if (cost == UdrCost::L2) {
+    T sq = 0;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t i = 0; i < n; ++i) sq += difference(i) * difference(i);
+    return sqrt(sq);
+  }
+  T c = 0;
+#pragma omp simd reduction(max : c)
+  for (int64_t i = 0; i < n; ++i) {
+    const T d = difference(i);
+    c = larger(c, d < T(0) ? -d : d);
+  }
+  if (ties != nullptr) {
+    T count = 0;
+#pragma omp simd reduction(+ : count)
+    for (int64_t i = 0; i < n; ++i) {
+      const T d = difference(i);
+      count += (d < T(0) ? -d : d) == c ? T(1) : T(0);
+    }
+    *ties = count;
+  }
+  return c;
 }
 
 // UDR: one reduction over the row's x_int − x (recomputed from x_adv and the gradient), then the
 // write. `out` may be `x_adv` (in place): each element is read before it is written, at its index.
 template <typename T>
-FASTADV_CPU_CLONES void udr_row(T* out, const T* x_adv, const T* grad, const T* x, int64_t n, T eps, T eta, T lam,
-                                T tau, UdrCost cost, T lo, T hi) {
-  T c = 0, ties = 0;
-  if (cost == UdrCost::L2) {
-    T sq = 0;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t i = 0; i < n; ++i) {
-      const T d = udr_intermediate<T>(x_adv[i], grad[i], eta) - x[i];
-      sq += d * d;
-    }
-    c = sqrt(sq);
-  } else {
-#pragma omp simd reduction(max : c)
-    for (int64_t i = 0; i < n; ++i) {
-      const T d = udr_intermediate<T>(x_adv[i], grad[i], eta) - x[i];
-      c = larger(c, d < T(0) ? -d : d);
-    }
-#pragma omp simd reduction(+ : ties)
-    for (int64_t i = 0; i < n; ++i) {
-      const T d = udr_intermediate<T>(x_adv[i], grad[i], eta) - x[i];
-      ties += (d < T(0) ? -d : d) == c ? T(1) : T(0);
-    }
-  }
+FASTADV_CPU_CLONES __attribute__((flatten)) void udr_row(T* out, const T* x_adv, const T* grad, const T* x, int64_t n,
+                                                         T eps, T eta, T lam, T tau, UdrCost cost, T lo, T hi) {
+  T ties = 0;
+  const T c = row_distance<T>(n, cost, [&](int64_t i) { return udr_intermediate<T>(x_adv[i], grad[i], eta) - x[i]; },
+                              &ties);
   const T coefficient = udr_coefficient<T>(c, ties, eps, eta, lam, tau, cost);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
@@ -112,37 +133,16 @@ void udr_step_kernel(const UdrStepParams& p) {
   const int64_t n = p.row_size;
   const T lo = static_cast<T>(p.clip_min), hi = static_cast<T>(p.clip_max);
   const T* eps_ps = static_cast<const T*>(p.eps_per_sample);
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
-  at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t offset = r * n;
-      T* out = static_cast<T*>(p.out) + offset;
-      const T* x_adv = static_cast<const T*>(p.x_adv) + offset;
-      if (p.active != nullptr && !p.active[r]) {
-        if (out != x_adv) std::memcpy(out, x_adv, sizeof(T) * n);
-        continue;
-      }
-      udr_row<T>(out, x_adv, static_cast<const T*>(p.grad) + offset, static_cast<const T*>(p.x) + offset, n,
-                 eps_ps ? eps_ps[r] : static_cast<T>(p.eps), static_cast<T>(p.eta), static_cast<T>(p.lam),
-                 static_cast<T>(p.tau), p.cost, lo, hi);
-    }
+  for_each_step_row<T>(p.out, p.x_adv, p.active, p.rows, n, [&](int64_t r, int64_t offset, T* out, const T* x_adv) {
+    udr_row<T>(out, x_adv, static_cast<const T*>(p.grad) + offset, static_cast<const T*>(p.x) + offset, n,
+               eps_ps ? eps_ps[r] : static_cast<T>(p.eps), static_cast<T>(p.eta), static_cast<T>(p.lam),
+               static_cast<T>(p.tau), p.cost, lo, hi);
   });
 }
 
 template <typename T>
-FASTADV_CPU_CLONES T row_cost(const T* x_adv, const T* x, int64_t n, UdrCost cost) {
-  T c = 0;
-  if (cost == UdrCost::L2) {
-#pragma omp simd reduction(+ : c)
-    for (int64_t i = 0; i < n; ++i) c += (x_adv[i] - x[i]) * (x_adv[i] - x[i]);
-    return sqrt(c);
-  }
-#pragma omp simd reduction(max : c)
-  for (int64_t i = 0; i < n; ++i) {
-    const T d = x_adv[i] - x[i];
-    c = larger(c, d < T(0) ? -d : d);
-  }
-  return c;
+FASTADV_CPU_CLONES __attribute__((flatten)) T row_cost(const T* x_adv, const T* x, int64_t n, UdrCost cost) {
+  return row_distance<T>(n, cost, [&](int64_t i) { return x_adv[i] - x[i]; });
 }
 
 template <typename T>
@@ -158,32 +158,33 @@ void soft_cost_kernel(const SoftCostParams& p) {
   });
 }
 
-void run_udr_step_cpu(const UdrStepParams& p, const at::Tensor& x_adv) {
+// kernel<T>(params) for the float type of x_adv: the CPU kernels run float32 and float64.
+template <template <typename> class Kernel, typename Params>
+void run_float_kernel(const Params& p, const at::Tensor& x_adv) {
   switch (x_adv.scalar_type()) {
-    case at::kFloat: udr_step_kernel<float>(p); break;
-    case at::kDouble: udr_step_kernel<double>(p); break;
+    case at::kFloat: Kernel<float>::run(p); break;
+    case at::kDouble: Kernel<double>::run(p); break;
     default:
       TORCH_CHECK(false, "fastadv: the CPU pgd kernels support float32 and float64, got ", x_adv.scalar_type());
   }
 }
 
-void run_soft_cost_cpu(const SoftCostParams& p, const at::Tensor& x_adv) {
-  switch (x_adv.scalar_type()) {
-    case at::kFloat: soft_cost_kernel<float>(p); break;
-    case at::kDouble: soft_cost_kernel<double>(p); break;
-    default:
-      TORCH_CHECK(false, "fastadv: the CPU pgd kernels support float32 and float64, got ", x_adv.scalar_type());
-  }
-}
+template <typename T>
+struct PgdStepKernel {
+  static void run(const PgdStepParams& p) { pgd_step_kernel<T>(p); }
+};
+template <typename T>
+struct UdrStepKernel {
+  static void run(const UdrStepParams& p) { udr_step_kernel<T>(p); }
+};
+template <typename T>
+struct SoftCostKernel {
+  static void run(const SoftCostParams& p) { soft_cost_kernel<T>(p); }
+};
 
-void run_pgd_step_cpu(const PgdStepParams& p, const at::Tensor& x_adv) {
-  switch (x_adv.scalar_type()) {
-    case at::kFloat: pgd_step_kernel<float>(p); break;
-    case at::kDouble: pgd_step_kernel<double>(p); break;
-    default:
-      TORCH_CHECK(false, "fastadv: the CPU pgd kernels support float32 and float64, got ", x_adv.scalar_type());
-  }
-}
+void run_pgd_step_cpu(const PgdStepParams& p, const at::Tensor& x_adv) { run_float_kernel<PgdStepKernel>(p, x_adv); }
+void run_udr_step_cpu(const UdrStepParams& p, const at::Tensor& x_adv) { run_float_kernel<UdrStepKernel>(p, x_adv); }
+void run_soft_cost_cpu(const SoftCostParams& p, const at::Tensor& x_adv) { run_float_kernel<SoftCostKernel>(p, x_adv); }
 
 }  // namespace
 
