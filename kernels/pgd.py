@@ -1,4 +1,4 @@
-"""Triton kernels of the pgd family: the PGD step, L-infinity and L2.
+"""Triton kernels of the pgd family: the PGD step (L-infinity and L2) and UDR's step and soft cost.
 
 The math mirrors csrc/include/fastadv/pgd.h and common.h line by line, so that the Triton,
 CUDA C++ and CPU backends agree to rounding. Tensors are addressed as `rows` samples of
@@ -6,10 +6,11 @@ CUDA C++ and CPU backends agree to rounding. Tensors are addressed as `rows` sam
 checks that every operand shares one layout), so flat offsets `row * row_size + i` are valid
 without making anything contiguous.
 
-`pgd_step_into` launches the kernels; `pgd_step` and `pgd_step_`, with the arguments of the C++
-schemas, are registered by fastadv/ops/pgd.py (fastadv.ops._registry.TritonOps) as the custom ops
-`fastadv::pgd_step_triton(_)` with a fake implementation, so that torch.compile and opcheck treat
-them like the C++ kernels, in Triton's interpreter as on a GPU.
+`pgd_step_into` and `udr_step_into` launch the step kernels; `pgd_step`, `pgd_step_`, `udr_step`,
+`udr_step_` and `soft_cost`, with the arguments of the C++ schemas, are registered by
+fastadv/ops/pgd.py (fastadv.ops._registry.TritonOps) as the custom ops `fastadv::<op>_triton`
+(`pgd_step_triton_`, `udr_step_triton_` in place) with fake implementations, so that
+torch.compile and opcheck treat them like the C++ kernels, in Triton's interpreter as on a GPU.
 """
 import torch
 import triton
@@ -20,9 +21,10 @@ from .common import divide as _divide, sqrt as _sqrt
 # L-infinity is elementwise: 1024 elements (4 warps) per program is the usual memory-bound
 # choice. L2 runs one program per row and keeps three partial sums of BLOCK elements in
 # registers across its loop; 2048 caps that register footprint while still covering a
-# 3x32x32 image in two chunks.
+# 3x32x32 image in two chunks. UDR's step and soft cost also run a program per row, with one
+# partial (a sum or a maximum, then the L-inf tie count) under the same cap.
 _LINF_BLOCK_MAX = 1024
-_L2_BLOCK_MAX = 2048
+_ROW_BLOCK_MAX = 2048
 
 
 @triton.jit
@@ -37,8 +39,6 @@ def _sign_propagating_nan(g):
     return tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, g))
 
 
-
-
 @triton.jit
 def _per_sample(value, per_sample_ptr, row, mask, HAS_PER_SAMPLE: tl.constexpr, ACC: tl.constexpr):
     if HAS_PER_SAMPLE:
@@ -47,6 +47,15 @@ def _per_sample(value, per_sample_ptr, row, mask, HAS_PER_SAMPLE: tl.constexpr, 
         # tl.full takes the float64 argument (or, in the interpreter, the Python float) straight
         # to ACC; any other first use would round it to float32, losing float64 precision.
         return tl.full((), value, ACC)
+
+
+@triton.jit
+def _copy_row(out_ptr, x_adv_ptr, row_start, row_size, BLOCK: tl.constexpr):
+    """An inactive row of an out-of-place step: x_adv as it is."""
+    for start in range(0, row_size, BLOCK):
+        offsets = row_start + start + tl.arange(0, BLOCK)
+        mask = start + tl.arange(0, BLOCK) < row_size
+        tl.store(out_ptr + offsets, tl.load(x_adv_ptr + offsets, mask=mask), mask=mask)
 
 
 @triton.jit
@@ -105,10 +114,7 @@ def _pgd_l2_step_kernel(
     if HAS_ACTIVE:
         if tl.load(active_ptr + row) == 0:
             if not IN_PLACE:
-                for start in range(0, row_size, BLOCK):
-                    offsets = row_start + start + tl.arange(0, BLOCK)
-                    mask = start + tl.arange(0, BLOCK) < row_size
-                    tl.store(out_ptr + offsets, tl.load(x_adv_ptr + offsets, mask=mask), mask=mask)
+                _copy_row(out_ptr, x_adv_ptr, row_start, row_size, BLOCK)
             return
 
     # One pass for the three sums of pgd_l2_coefficients; lanes add up separately and are
@@ -159,6 +165,149 @@ def _pgd_l2_step_kernel(
         tl.store(out_ptr + offsets, result.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# ----------------------------------------------------------------------------- UDR
+# UDR's step (METHODS.md section 5): x_int = x_adv + η·sign(g), then x' = clip(x_int − η·λ·∇ĉ(x_int, x)),
+# no projection onto the ball; a program per row, like the CUDA kernel's block per row: the row's
+# reduction over x_int − x (Σd², or max |d| and then the ties), then the write.
+@triton.jit
+def _udr_intermediate(x_adv, g, eta):
+    return x_adv + eta * _sign_propagating_nan(g)
+
+
+@triton.jit
+def _udr_difference(x_adv_ptr, grad_ptr, x_ptr, offsets, mask, eta, STEP: tl.constexpr, ACC: tl.constexpr):
+    """A chunk's x_int − x (STEP: the step's) or x_adv − x (the soft cost's); 0 past the row's end."""
+    point = tl.load(x_adv_ptr + offsets, mask=mask, other=0.0).to(ACC)
+    if STEP:
+        point = _udr_intermediate(point, tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(ACC), eta)
+    return point - tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
+def _udr_row_distance(x_adv_ptr, grad_ptr, x_ptr, row_start, row_size, eta,
+                      LINF: tl.constexpr, STEP: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """row_distance of csrc/cpu/pgd.cpp: (‖d‖₂, 0) or, for L-inf, (max |d|, the number of
+    coordinates reaching it; counted for the step only). Lanes reduce separately, once at the end.
+    The L-inf maximum skips NaN (a NaN never wins the comparison), the same on a GPU and in the
+    interpreter; a NaN coordinate still propagates to its own output (udr_element)."""
+    partial = tl.zeros((BLOCK,), ACC)
+    for start in range(0, row_size, BLOCK):
+        lanes = start + tl.arange(0, BLOCK)
+        d = _udr_difference(x_adv_ptr, grad_ptr, x_ptr, row_start + lanes, lanes < row_size, eta, STEP, ACC)
+        if LINF:
+            magnitude = tl.where(d < 0, -d, d)
+            partial = tl.where(magnitude > partial, magnitude, partial)
+        else:
+            partial += d * d
+    ties = tl.zeros((), ACC)
+    if LINF:
+        c = tl.max(partial, axis=0)
+        if STEP:
+            count = tl.zeros((BLOCK,), ACC)
+            for start in range(0, row_size, BLOCK):
+                lanes = start + tl.arange(0, BLOCK)
+                mask = lanes < row_size
+                d = _udr_difference(x_adv_ptr, grad_ptr, x_ptr, row_start + lanes, mask, eta, STEP, ACC)
+                count += tl.where(mask & (tl.where(d < 0, -d, d) == c), 1.0, 0.0)
+            ties = tl.sum(count, axis=0)
+    else:
+        c = _sqrt(tl.sum(partial, axis=0), ACC)
+    return c, ties
+
+
+@triton.jit
+def _soft_cost_of(c, eps, tau, ACC: tl.constexpr):
+    return tl.where(c < eps, c, eps + _divide(c - eps, tau, ACC))
+
+
+@triton.jit
+def _udr_coefficient(c, ties, eps, eta, lam, tau, LINF: tl.constexpr, ACC: tl.constexpr):
+    """η·λ·slope over ‖d‖₂ (l2) or the number of ties (linf); 0 where c = 0 (the norm's subgradient).
+    tl.where evaluates both sides, so the discarded quotient gets a harmless denominator."""
+    slope = tl.where(c < eps, 1.0, _divide(tl.full((), 1.0, ACC), tau, ACC))
+    if LINF:
+        divisor = ties
+    else:
+        divisor = c
+    zero = c == 0
+    return tl.where(zero, 0.0, _divide(eta * lam * slope, tl.where(zero, 1.0, divisor), ACC))
+
+
+@triton.jit
+def _udr_element(x_int, x, c, coefficient, lo, hi, LINF: tl.constexpr):
+    d = x_int - x
+    if LINF:
+        correction = tl.where(tl.where(d < 0, -d, d) == c, _sign_propagating_nan(d), 0.0)
+    else:
+        correction = d
+    return _clamp_propagating_nan(x_int - coefficient * correction, lo, hi)
+
+
+@triton.jit
+def _udr_step_kernel(
+    out_ptr, x_adv_ptr, grad_ptr, x_ptr, eps_per_sample_ptr, active_ptr,
+    eps: tl.float64, eta: tl.float64, lam: tl.float64, tau: tl.float64,
+    clip_min: tl.float64, clip_max: tl.float64,
+    row_size,
+    ACC: tl.constexpr, LINF: tl.constexpr,
+    HAS_EPS_PER_SAMPLE: tl.constexpr, HAS_ACTIVE: tl.constexpr, IN_PLACE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    row_start = row * row_size
+    if HAS_ACTIVE:
+        # In place, an inactive row already holds its result: it is neither read nor written.
+        if tl.load(active_ptr + row) == 0:
+            if not IN_PLACE:
+                _copy_row(out_ptr, x_adv_ptr, row_start, row_size, BLOCK)
+            return
+
+    # The scalars in ACC before any use, as the C++ kernels cast them to acc_t.
+    eta_acc = tl.full((), eta, ACC)
+    c, ties = _udr_row_distance(x_adv_ptr, grad_ptr, x_ptr, row_start, row_size, eta_acc, LINF, True, ACC, BLOCK)
+    eps_row = _per_sample(eps, eps_per_sample_ptr, row, True, HAS_EPS_PER_SAMPLE, ACC)
+    coefficient = _udr_coefficient(c, ties, eps_row, eta_acc, tl.full((), lam, ACC), tl.full((), tau, ACC), LINF,
+                                   ACC)
+    lo = tl.full((), clip_min, ACC)
+    hi = tl.full((), clip_max, ACC)
+
+    for start in range(0, row_size, BLOCK):
+        lanes = start + tl.arange(0, BLOCK)
+        offsets = row_start + lanes
+        mask = lanes < row_size
+        x_int = _udr_intermediate(tl.load(x_adv_ptr + offsets, mask=mask).to(ACC),
+                                  tl.load(grad_ptr + offsets, mask=mask).to(ACC), eta_acc)
+        result = _udr_element(x_int, tl.load(x_ptr + offsets, mask=mask).to(ACC), c, coefficient, lo, hi, LINF)
+        tl.store(out_ptr + offsets, result.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _soft_cost_kernel(
+    out_ptr, x_adv_ptr, x_ptr, eps_per_sample_ptr,
+    eps: tl.float64, tau: tl.float64,
+    row_size,
+    ACC: tl.constexpr, LINF: tl.constexpr, HAS_EPS_PER_SAMPLE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    c, _ = _udr_row_distance(x_adv_ptr, x_adv_ptr, x_ptr, row * row_size, row_size, tl.zeros((), ACC), LINF, False,
+                             ACC, BLOCK)
+    eps_row = _per_sample(eps, eps_per_sample_ptr, row, True, HAS_EPS_PER_SAMPLE, ACC)
+    # Computed in ACC and stored in x_adv's dtype, as the C++ op's `out.to(x_adv.scalar_type())`.
+    cost = _soft_cost_of(c, eps_row, tl.full((), tau, ACC), ACC)
+    tl.store(out_ptr + row, cost.to(out_ptr.dtype.element_ty))
+
+
+def _accumulation(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _row_block(row_size: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) of the one-program-per-row kernels."""
+    block = min(triton.next_power_of_2(max(row_size, 1)), _ROW_BLOCK_MAX)
+    return block, 4 if block <= 1024 else 8
+
+
 def pgd_step_into(out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor,
                   eps: float, alpha: float, eps_per_sample: torch.Tensor | None,
                   alpha_per_sample: torch.Tensor | None, norm: str, clip_min: float,
@@ -181,7 +330,7 @@ def pgd_step_into(out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, x:
         active_ptr=x if active is None else active,
         eps=float(eps), alpha=float(alpha), clip_min=float(clip_min), clip_max=float(clip_max),
         row_size=row_size,
-        ACC=tl.float64 if x_adv.dtype == torch.float64 else tl.float32,
+        ACC=_accumulation(x_adv.dtype),
         HAS_EPS_PER_SAMPLE=eps_per_sample is not None,
         HAS_ALPHA_PER_SAMPLE=alpha_per_sample is not None,
         HAS_ACTIVE=active is not None,
@@ -195,9 +344,8 @@ def pgd_step_into(out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, x:
         _pgd_linf_step_kernel[grid](
             numel=numel, BLOCK=block, num_warps=4, **arguments)
     else:
-        block = min(triton.next_power_of_2(row_size), _L2_BLOCK_MAX)
-        _pgd_l2_step_kernel[(rows,)](
-            BLOCK=block, num_warps=4 if block <= 1024 else 8, **arguments)
+        block, num_warps = _row_block(row_size)
+        _pgd_l2_step_kernel[(rows,)](BLOCK=block, num_warps=num_warps, **arguments)
 
 
 def pgd_step(x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm, clip_min, clip_max, active):
@@ -209,3 +357,52 @@ def pgd_step(x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm,
 def pgd_step_(x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm, clip_min, clip_max, active):
     pgd_step_into(x_adv, x_adv, grad, x, eps, alpha, eps_per_sample, alpha_per_sample, norm, clip_min, clip_max,
                   active)
+
+
+def udr_step_into(out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: float,
+                  eps_per_sample: torch.Tensor | None, eta: float, lam: float, tau: float, cost: str,
+                  clip_min: float, clip_max: float, active: torch.Tensor | None) -> None:
+    """Writes UDR's step of `x_adv` into `out` (which may be `x_adv` itself).
+
+    The caller has validated every argument (fastadv/ops/pgd.py); see fastadv::udr_step.
+    """
+    rows = x_adv.shape[0]
+    numel = x_adv.numel()
+    if numel == 0:
+        return
+    row_size = numel // rows
+    block, num_warps = _row_block(row_size)
+    _udr_step_kernel[(rows,)](
+        out, x_adv, grad, x,
+        x if eps_per_sample is None else eps_per_sample, x if active is None else active,
+        float(eps), float(eta), float(lam), float(tau), float(clip_min), float(clip_max),
+        row_size,
+        ACC=_accumulation(x_adv.dtype), LINF=cost == "linf",
+        HAS_EPS_PER_SAMPLE=eps_per_sample is not None, HAS_ACTIVE=active is not None,
+        IN_PLACE=out is x_adv,  # identity, as in pgd_step_into
+        BLOCK=block, num_warps=num_warps)
+
+
+def udr_step(x_adv, grad, x, eps, eps_per_sample, eta, lam, tau, cost, clip_min, clip_max, active):
+    out = torch.empty_like(x_adv)
+    udr_step_into(out, x_adv, grad, x, eps, eps_per_sample, eta, lam, tau, cost, clip_min, clip_max, active)
+    return out
+
+
+def udr_step_(x_adv, grad, x, eps, eps_per_sample, eta, lam, tau, cost, clip_min, clip_max, active):
+    udr_step_into(x_adv, x_adv, grad, x, eps, eps_per_sample, eta, lam, tau, cost, clip_min, clip_max, active)
+
+
+def soft_cost(x_adv, x, eps, eps_per_sample, tau, cost):
+    rows = x_adv.shape[0]
+    out = x_adv.new_empty((rows,))
+    if rows == 0:
+        return out
+    row_size = x_adv.numel() // rows
+    block, num_warps = _row_block(row_size)
+    _soft_cost_kernel[(rows,)](
+        out, x_adv, x, x if eps_per_sample is None else eps_per_sample,
+        float(eps), float(tau), row_size,
+        ACC=_accumulation(x_adv.dtype), LINF=cost == "linf", HAS_EPS_PER_SAMPLE=eps_per_sample is not None,
+        BLOCK=block, num_warps=num_warps)
+    return out

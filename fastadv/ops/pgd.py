@@ -11,8 +11,12 @@ inputs is not an error: like torch's own ops, it propagates to the output of its
 attack loop sees it in the loss at once; checking every element for it would cost a full extra
 read of the gradient on every step).
 
-Backends: C++ (CPU), CUDA C++, Triton and the reference (see fastadv.backend); the schemas
-are in csrc/ops.cpp. The updates have no autograd: they are not differentiated through.
+``udr_step`` / ``udr_step_`` run UDR's step (METHODS.md section 5: a sign step, then a pull back
+along the gradient of the soft cost, no projection) and ``soft_cost`` its cost per sample, each a
+reduction pass plus a write pass per sample.
+
+Backends of every op: C++ (CPU), CUDA C++, Triton and the reference (see fastadv.backend); the
+schemas are in csrc/ops.cpp. The updates have no autograd: they are not differentiated through.
 """
 from __future__ import annotations
 
@@ -187,16 +191,6 @@ def _unchecked_pgd_init(x: torch.Tensor, eps, norm: str, init: str, generator: O
 
 
 # ----------------------------------------------------------------------------- UDR
-def _udr_select(op: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend of a UDR op: its Triton kernel is not written yet, so ``auto`` takes the CUDA
-    C++ kernel on CUDA tensors and an explicit ``triton`` is refused."""
-    name = backend.select(op, device, dtype, triton_fits=False)
-    if name == "triton":
-        raise backend.BackendUnavailable(f"{op}: there is no Triton kernel for UDR's step yet; use backend "
-                                         "'cuda', 'cpu', 'reference' or 'auto'")
-    return name
-
-
 def _prepare_udr(op, x_adv, grad, x, eps, eta, lam, tau, cost, clip, active):
     _validate.tensor(op, "x_adv", x_adv, min_dim=1)
     _validate.tensor(op, "grad", grad, like=x_adv, like_name="x_adv")
@@ -208,7 +202,7 @@ def _prepare_udr(op, x_adv, grad, x, eps, eta, lam, tau, cost, clip, active):
     cost = _validate.choice(op, "cost", cost.lower() if isinstance(cost, str) else cost, COSTS)
     clip_min, clip_max = _validate.clip_range(op, clip)
     active = _active(op, active, x_adv)
-    name = _udr_select(op, x_adv.device, x_adv.dtype)
+    name = backend.select(op, x_adv.device, x_adv.dtype)
     work = x_adv if _has_row_layout(x_adv) else x_adv.contiguous()
     return name, _udr_arguments(work, _in_layout_of(grad, work), _in_layout_of(x, work), eps, eta, lam, tau, cost,
                                 clip_min, clip_max, active)
@@ -241,6 +235,8 @@ def udr_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta:
     name, args = _prepare_udr("udr_step", x_adv, grad, x, eps, eta, lam, tau, cost, clip, active)
     if name == "reference":
         return _reference_udr(args)
+    if name == "triton":
+        return _TRITON.udr_step(*args)
     return torch.ops.fastadv.udr_step(*args)
 
 
@@ -252,7 +248,10 @@ def udr_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta
     if name == "reference":
         x_adv.copy_(_reference_udr(args))
         return x_adv
-    torch.ops.fastadv.udr_step_(*args)
+    if name == "triton":
+        _TRITON.udr_step_(*args)
+    else:
+        torch.ops.fastadv.udr_step_(*args)
     if work is not x_adv:
         x_adv.copy_(work)
     return x_adv
@@ -271,27 +270,35 @@ def soft_cost(x_adv: torch.Tensor, x: torch.Tensor, eps, tau: float, cost: str =
 
 
 def _unchecked_soft_cost(x_adv: torch.Tensor, x: torch.Tensor, eps, tau: float, cost: str) -> torch.Tensor:
-    name = _udr_select("soft_cost", x_adv.device, x_adv.dtype)
+    name = backend.select("soft_cost", x_adv.device, x_adv.dtype)
     if name == "reference":
         return reference.soft_cost(x_adv, x, eps, tau, cost)
     work = x_adv if _has_row_layout(x_adv) else x_adv.contiguous()
     eps_value, eps_per_sample = (0.0, eps) if isinstance(eps, torch.Tensor) else (eps, None)
-    return torch.ops.fastadv.soft_cost(work, _in_layout_of(x, work), eps_value, eps_per_sample, float(tau), cost)
+    args = (work, _in_layout_of(x, work), eps_value, eps_per_sample, float(tau), cost)
+    if name == "triton":
+        return _TRITON.soft_cost(*args)
+    return torch.ops.fastadv.soft_cost(*args)
 
 
 # ----------------------------------------------------------------------------- torch.library
+_OPS = ("pgd_step", "pgd_step_", "udr_step", "udr_step_", "soft_cost")
+
+
 def _fake(name: str):
-    """Output metadata of the step ``name``: a new batch like x_adv, or nothing (in place)."""
+    """Output metadata of the op ``name``: a step returns a new batch like x_adv, or nothing (in
+    place); soft_cost a [B] vector in x_adv's dtype."""
+    if name == "soft_cost":
+        return lambda x_adv, *rest: x_adv.new_empty(x_adv.shape[:1])
     if name.endswith("_"):
         return lambda x_adv, *rest: None
     return lambda x_adv, *rest: torch.empty_like(x_adv)
 
 
-for _name in ("pgd_step", "pgd_step_", "udr_step", "udr_step_"):
+for _name in _OPS:
     torch.library.register_fake(f"fastadv::{_name}")(_fake(_name))
-torch.library.register_fake("fastadv::soft_cost")(lambda x_adv, *rest: x_adv.new_empty(x_adv.shape[:1]))
 
-_TRITON = _registry.TritonOps("pgd", ("pgd_step", "pgd_step_"), fake=_fake)
+_TRITON = _registry.TritonOps("pgd", _OPS, fake=_fake)
 
 
 # ----------------------------------------------------------------------------- unchecked path
@@ -322,8 +329,11 @@ def _unchecked_udr_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tenso
     """:func:`udr_step_` for callers that validated once (arguments as for
     :func:`_unchecked_pgd_step_`; ``cost`` "l2" or "linf")."""
     args = _udr_arguments(x_adv, grad, x, eps, eta, lam, tau, cost, clip[0], clip[1], active)
-    if _udr_select("udr_step_", x_adv.device, x_adv.dtype) == "reference":
+    name = backend.select("udr_step_", x_adv.device, x_adv.dtype)
+    if name == "reference":
         x_adv.copy_(_reference_udr(args))
+    elif name == "triton":
+        _TRITON.udr_step_(*args)
     else:
         torch.ops.fastadv.udr_step_(*args)
     return x_adv

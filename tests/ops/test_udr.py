@@ -1,16 +1,18 @@
-"""UDR's step and soft cost (the pgd family; METHODS.md section 5): the C++ backends against the
-float64 oracles of fastadv/reference/pgd.py on odd shapes for both costs, the soft ball's two slopes,
-the defined gradient at x_int = x and at L∞ ties, in place, opcheck, torch.compile, no value read by
-`unchecked`, bad input. (UDR's Triton kernel is not written yet: an explicit `triton` is refused.)"""
+"""UDR's step and soft cost (the pgd family; METHODS.md section 5): every backend (C++ CPU, CUDA
+C++, Triton) against the float64 oracles of fastadv/reference/pgd.py on odd shapes for both costs,
+float64, channels_last and strided inputs, the soft ball's two slopes, the defined gradient at
+x_int = x and at L∞ ties, in place, opcheck of the C++ and the Triton ops, torch.compile, no value
+read by `unchecked`, bad input. Triton runs on CPU tensors under TRITON_INTERPRET=1 (`-m triton`)
+and on CUDA tensors where a GPU exists."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastadv
 from fastadv.ops import pgd as ops
 from fastadv.reference import pgd as reference
-from tests.helpers import ValueReads, device_of, one_thread  # noqa: F401  (one_thread: autouse)
+from tests.helpers import BACKENDS, ValueReads, device_of, one_thread  # noqa: F401  (one_thread: autouse)
 
-CPP_BACKENDS = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
 SHAPES = [(1, 1), (7, 3, 5, 5), (4, 1, 8, 8), (3, 1000), (2, 3, 32, 32)]
 COSTS = ("l2", "linf")
 
@@ -27,7 +29,7 @@ def assert_close(got, expected, atol=1e-5):
     torch.testing.assert_close(got.double().cpu(), expected.double().cpu(), atol=atol, rtol=atol, equal_nan=True)
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("cost", COSTS)
 @pytest.mark.parametrize("per_sample", [False, True], ids=["eps", "eps-per-sample"])
@@ -55,16 +57,26 @@ def test_udr_step_matches_reference(backend, shape, cost, per_sample):
     assert torch.equal(got[~active], x_adv[~active])
 
 
-def test_float64_is_tight():
-    x_adv, grad, x = batch((6, 3, 7, 7), seed=3, dtype=torch.float64)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_is_tight(backend):
+    device = device_of(backend)
+    x_adv, grad, x = batch((6, 3, 7, 7), seed=3, dtype=torch.float64, device=device)
+    eps = torch.linspace(0.1, 0.5, 6, dtype=torch.float64, device=device)
     for cost in COSTS:
-        with fastadv.use_backend("cpu"):
+        with fastadv.use_backend(backend):
             got = ops.udr_step(x_adv, grad, x, 0.3, 0.02, 1.5, 0.04, cost)
+            per_sample = ops.udr_step(x_adv, grad, x, eps, 0.02, 1.5, 0.04, cost)
+            cost_values = ops.soft_cost(x_adv, x, eps, 0.04, cost)
+        assert got.dtype == per_sample.dtype == cost_values.dtype == torch.float64
         torch.testing.assert_close(got, reference.udr_step(x_adv, grad, x, 0.3, 0.02, 1.5, 0.04, cost), atol=1e-12,
+                                   rtol=1e-12)
+        torch.testing.assert_close(per_sample, reference.udr_step(x_adv, grad, x, eps, 0.02, 1.5, 0.04, cost),
+                                   atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(cost_values, reference.soft_cost(x_adv, x, eps, 0.04, cost), atol=1e-12,
                                    rtol=1e-12)
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_soft_cost_inside_and_outside_the_ball(backend):
     """ĉ = c inside the ball; outside, ε + (c − ε)/τ: slope 1/τ."""
     device = device_of(backend)
@@ -78,7 +90,7 @@ def test_soft_cost_inside_and_outside_the_ball(backend):
             torch.testing.assert_close(values.cpu(), torch.tensor([0.1, 0.2 + 0.1 / 0.5, 0.0]), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cost", COSTS)
 def test_the_pull_has_the_soft_slope(backend, cost):
     """With a zero attack gradient the step is x' = x_adv − η·λ·∇ĉ: a pull of η·λ towards x inside
@@ -97,7 +109,7 @@ def test_the_pull_has_the_soft_slope(backend, cost):
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cost", COSTS)
 def test_no_nan_where_x_int_equals_x(backend, cost):
     """At x_int = x the norm has no derivative: the subgradient 0 is taken, so x' = x_int."""
@@ -108,7 +120,7 @@ def test_no_nan_where_x_int_equals_x(backend, cost):
     assert torch.equal(got, x)
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_linf_ties_share_the_subgradient(backend):
     """Two coordinates at the maximum |d|: each moves by η·λ·slope/2 (the minimum-norm
     subgradient of the L∞ norm), the others not at all."""
@@ -124,32 +136,55 @@ def test_linf_ties_share_the_subgradient(backend):
                                          x.double().cpu(), 0.1, 0.01, 4.0, 0.5, "linf"))
 
 
-def test_channels_last_and_no_row_layout():
-    x_adv, grad, x = batch((3, 3, 6, 6), seed=4)
-    expected = reference.udr_step(x_adv.double(), grad.double(), x.double(), 0.2, 0.02, 1.0, 0.04, "l2")
-    with fastadv.use_backend("cpu"):
-        channels_last = ops.udr_step(*(t.to(memory_format=torch.channels_last) for t in (x_adv, grad, x)), 0.2, 0.02,
-                                     1.0, 0.04, "l2")
-        strided = ops.udr_step(x_adv.transpose(2, 3), grad.transpose(2, 3), x.transpose(2, 3), 0.2, 0.02, 1.0, 0.04,
-                               "l2")
-    assert_close(channels_last, expected)
-    assert_close(strided, expected.transpose(2, 3))
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cost", COSTS)
+def test_channels_last_and_no_row_layout(backend, cost):
+    device = device_of(backend)
+    x_adv, grad, x = batch((3, 3, 6, 6), seed=4, device=device)
+    expected = reference.udr_step(x_adv.double().cpu(), grad.double().cpu(), x.double().cpu(), 0.2, 0.02, 1.0, 0.04,
+                                  cost)
+    expected_cost = reference.soft_cost(x_adv.double().cpu(), x.double().cpu(), 0.2, 0.04, cost)
+    channels_last = [t.to(memory_format=torch.channels_last) for t in (x_adv, grad, x)]
+    strided = [t.transpose(2, 3) for t in (x_adv, grad, x)]
+    with fastadv.use_backend(backend):
+        got_channels_last = ops.udr_step(*channels_last, 0.2, 0.02, 1.0, 0.04, cost)
+        got_strided = ops.udr_step(*strided, 0.2, 0.02, 1.0, 0.04, cost)
+        in_place = strided[0].clone()
+        ops.udr_step_(in_place, *strided[1:], 0.2, 0.02, 1.0, 0.04, cost)
+        cost_channels_last = ops.soft_cost(channels_last[0], channels_last[2], 0.2, 0.04, cost)
+        cost_strided = ops.soft_cost(strided[0], strided[2], 0.2, 0.04, cost)
+    assert got_channels_last.is_contiguous(memory_format=torch.channels_last)
+    assert_close(got_channels_last, expected)
+    assert_close(got_strided, expected.transpose(2, 3))
+    assert torch.equal(in_place, got_strided)
+    for got in (cost_channels_last, cost_strided):
+        assert_close(got, expected_cost, atol=1e-4)
 
 
-@pytest.mark.parametrize("backend", [p for p in CPP_BACKENDS if p.values[0] != "cuda"])
-def test_opcheck(backend):
-    x_adv, grad, x = batch((4, 3, 5), seed=5)
-    eps = torch.full((4,), 0.1)
+def _opcheck_all(udr_step, udr_step_, soft_cost, device):
+    x_adv, grad, x = batch((4, 3, 5), seed=5, device=device)
+    eps = torch.full((4,), 0.1, device=device)
+    active = torch.tensor([True, False, True, True], device=device)
     for cost in COSTS:
-        torch.library.opcheck(torch.ops.fastadv.udr_step.default,
-                              (x_adv, grad, x, 0.1, None, 0.01, 1.0, 0.02, cost, 0.0, 1.0, None))
-        torch.library.opcheck(torch.ops.fastadv.udr_step_.default,
-                              (x_adv.clone(), grad, x, 0.0, eps, 0.01, 1.0, 0.02, cost, 0.0, 1.0,
-                               torch.tensor([True, False, True, True])))
-        torch.library.opcheck(torch.ops.fastadv.soft_cost.default, (x_adv, x, 0.1, None, 0.02, cost))
+        torch.library.opcheck(udr_step, (x_adv, grad, x, 0.1, None, 0.01, 1.0, 0.02, cost, 0.0, 1.0, None))
+        torch.library.opcheck(udr_step, (x_adv, grad, x, 0.0, eps, 0.01, 1.0, 0.02, cost, 0.0, 1.0, active))
+        torch.library.opcheck(udr_step_, (x_adv.clone(), grad, x, 0.0, eps, 0.01, 1.0, 0.02, cost, 0.0, 1.0, active))
+        torch.library.opcheck(soft_cost, (x_adv, x, 0.1, None, 0.02, cost))
+        torch.library.opcheck(soft_cost, (x_adv, x, 0.0, eps, 0.02, cost))
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS)
+def test_opcheck():
+    _opcheck_all(torch.ops.fastadv.udr_step.default, torch.ops.fastadv.udr_step_.default,
+                 torch.ops.fastadv.soft_cost.default, "cpu")
+
+
+@pytest.mark.triton
+def test_opcheck_triton():
+    """fastadv::udr_step_triton, udr_step_triton_ and soft_cost_triton (their fakes included)."""
+    _opcheck_all(ops._TRITON.udr_step, ops._TRITON.udr_step_, ops._TRITON.soft_cost, device_of("triton"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_compile_fullgraph(backend):
     device = device_of(backend)
     x_adv, grad, x = batch((4, 2, 3, 3), seed=6, device=device)
@@ -168,7 +203,7 @@ def test_torch_compile_fullgraph(backend):
         assert_close(got, want, atol=1e-4)
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_unchecked_reads_no_value(backend):
     device = device_of(backend)
     x_adv, grad, x = batch((5, 7), seed=7, device=device)
@@ -179,10 +214,39 @@ def test_unchecked_reads_no_value(backend):
     assert reads.reads == 0
 
 
-def test_triton_is_refused_by_name():
-    x_adv, grad, x = batch((2, 3))
-    with fastadv.use_backend("triton"), pytest.raises(fastadv.BackendUnavailable, match="udr_step"):
-        ops.udr_step(x_adv, grad, x, 0.1, 0.01, 1.0, 0.02)
+class CalledOps(TorchDispatchMode):
+    """The names of the fastadv ops dispatched inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "fastadv":
+            self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_backend_runs_its_own_kernel(backend):
+    """The public and the unchecked ops run the chosen backend's op (the Triton custom ops for
+    `triton`, which on CPU tensors could otherwise hide behind the C++ CPU kernel), with the same
+    values."""
+    device = device_of(backend)
+    x_adv, grad, x = batch((5, 7), seed=8, device=device)
+    eps = torch.full((5,), 0.1, device=device)
+    active = torch.tensor([True, False, True, True, False], device=device)
+    with fastadv.use_backend(backend), CalledOps() as called:
+        public = ops.udr_step(x_adv, grad, x, eps, 0.01, 1.0, 0.02, "linf", active=active)
+        public_ = ops.udr_step_(x_adv.clone(), grad, x, eps, 0.01, 1.0, 0.02, "linf", active=active)
+        unchecked = ops.unchecked.udr_step_(x_adv.clone(), grad, x, eps, 0.01, 1.0, 0.02, "linf", (0.0, 1.0), active)
+        public_cost = ops.soft_cost(x_adv, x, eps, 0.02, "linf")
+        unchecked_cost = ops.unchecked.soft_cost(x_adv, x, eps, 0.02, "linf")
+    suffix = "_triton" if backend == "triton" else ""
+    assert called.names == [f"udr_step{suffix}", f"udr_step{suffix}_", f"udr_step{suffix}_", f"soft_cost{suffix}",
+                            f"soft_cost{suffix}"]
+    assert torch.equal(public_, public) and torch.equal(unchecked, public)
+    assert torch.equal(unchecked_cost, public_cost)
 
 
 BAD = [
