@@ -16,8 +16,10 @@
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../logits_glue.h"
@@ -26,6 +28,22 @@ namespace fastadv {
 namespace {
 
 using torch::autograd::variable_list;
+
+// The pointer that owns an autograd node: c10::intrusive_ptr where Node derives from
+// intrusive_ptr_target (recent torch), std::shared_ptr before. Both are accepted by set_history
+// of their own torch, so the extension builds against either.
+constexpr bool kIntrusiveNodes = std::is_base_of_v<c10::intrusive_ptr_target, torch::autograd::Node>;
+template <typename T>
+using NodePtr = std::conditional_t<kIntrusiveNodes, c10::intrusive_ptr<T>, std::shared_ptr<T>>;
+
+template <typename T>
+NodePtr<T> make_node() {
+  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, T>) {
+    return c10::make_intrusive<T>();
+  } else {
+    return std::make_shared<T>();
+  }
+}
 
 // Whether `grad` is a plain CPU scalar of exactly 1, read without a dispatcher call. Only a
 // dense CPU tensor qualifies: a fake, functional or batched tensor (torch.compile, functorch)
@@ -97,7 +115,7 @@ void logits_autograd(const c10::OperatorHandle& handle, c10::DispatchKeySet keys
   }
   if (!differentiated) return;
   auto outputs = torch::jit::last(*stack, l.returns);
-  auto node = c10::make_intrusive<LogitsBackward>();
+  auto node = make_node<LogitsBackward>();
   node->op = handle.schema().name();
   node->inputs = l.differentiable;
   node->set_next_edges(torch::autograd::collect_next_edges(at::ArrayRef<at::Tensor>(inputs, l.differentiable)));
@@ -152,9 +170,9 @@ void member_autograd(const c10::OperatorHandle& handle, c10::DispatchKeySet keys
   const size_t base = stack->size() - n;
   const at::Tensor V = (*stack)[base].toTensor();
   const bool differentiated = at::GradMode::is_enabled() && V.requires_grad();
-  c10::intrusive_ptr<MemberBackward> node;
+  NodePtr<MemberBackward> node;
   if (differentiated) {
-    node = c10::make_intrusive<MemberBackward>();
+    node = make_node<MemberBackward>();
     node->op = schema.name();
     node->backward = backward;
     node->set_next_edges(torch::autograd::collect_next_edges(V));
