@@ -353,13 +353,17 @@ def test_torch_compile_fullgraph(backend):
     device = device_of(backend)
     z, labels, preds, pair = batch(20, seed=12, device=device)
 
-    def loss(L, z):
+    def loss(L, z, labels, preds, pair):
         return L.supcon_loss(z, labels, preds, pair, 0.07, "leaked-ls") + L.pairwise_compactness(z, labels)
 
-    expected, expected_grad = value_and_gradient(lambda t: loss(reference, t), z.double().cpu())
+    # The float64 oracle runs on the CPU: everything it takes moves there (labels, preds and
+    # pair live on the backend's device).
+    expected, expected_grad = value_and_gradient(lambda t: loss(reference, t, labels.cpu(), preds.cpu(), pair.cpu()),
+                                                 z.double().cpu())
     torch._dynamo.reset()
     with fastadv.use_backend(backend):
-        compiled = torch.compile(lambda t: loss(ops.unchecked, t), fullgraph=True, backend="aot_eager")
+        compiled = torch.compile(lambda t: loss(ops.unchecked, t, labels, preds, pair), fullgraph=True,
+                                 backend="aot_eager")
         got, grad = value_and_gradient(compiled, z)
     assert_close(got, expected, atol=1e-4)
     assert_close(grad, expected_grad, atol=1e-4)

@@ -162,7 +162,7 @@ def test_supcon_crosses_tile_boundary(sim):
     z, labels, preds, pair = batch(1100, 3, seed=11, classes=5)
     # Some anchors without a counterpart, on both sides of the tile boundary (both views of
     # samples 0–2 and 547–549: pair stays an involution).
-    alone = torch.tensor([0, 1, 2, 547, 548, 549])
+    alone = torch.tensor([0, 1, 2, 547, 548, 549], device=pair.device)  # indices on pair's device
     pair[alone] = alone
     pair[alone + 550] = alone + 550
     check_supcon(z, labels, preds, pair, tau_of(sim), "soft-ls", sim, "mean")
