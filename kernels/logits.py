@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import row_max as _row_max, row_sum as _row_sum
+from .common import divide as _divide, row_max as _row_max, row_sum as _row_sum, sqrt as _sqrt
 from ..ops.logits import TRITON_MAX_COLUMNS as _MAX_COLUMNS
 # At least 2048 elements per program (short rows are batched, which also keeps the
 # interpreter's program count low) and 8 per thread up to 32 warps: with 16 per thread,
@@ -457,12 +457,32 @@ def _masked_gram_raw(v_ptr, y, rows, is_member, C, ACC: tl.constexpr, BLOCK_M: t
 
 
 @triton.jit
-def _masked_gram_divisors(raw, m, n):
+def _masked_gram_divisors(raw, m, n, ACC: tl.constexpr):
     """max(‖u‖, eps) of the members as a column and as a row, and the norms as a column."""
     diagonal = tl.where(m == n, raw, 0.0)
-    norm_m = tl.sqrt(tl.sum(diagonal, axis=1, keep_dims=True))
-    norm_n = tl.sqrt(tl.sum(diagonal, axis=0, keep_dims=True))  # R is symmetric
+    norm_m = _sqrt(tl.sum(diagonal, axis=1, keep_dims=True), ACC)
+    norm_n = _sqrt(tl.sum(diagonal, axis=0, keep_dims=True), ACC)  # R is symmetric
     return tl.maximum(norm_m, _MASKED_GRAM_EPS), tl.maximum(norm_n, _MASKED_GRAM_EPS), norm_m
+
+
+@triton.jit
+def _combine_members(coefficients, u, ACC: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Σ_n A_mn u_n of the members' rows ([BLOCK_M, BLOCK_M] by [BLOCK_M, BLOCK_C]), in full float32.
+
+    Written as tl.sum(A[:, :, None] * u[None, :, :], axis=1), the combine pass of Triton 3.6
+    (CombineBroadcastMulReducePattern) rewrites this product into a tt.dot with TF32 inputs
+    (10-bit mantissas, relative error ~5e-4, on the tensor cores) once BLOCK_M and BLOCK_C are
+    both >= 16 on a float32 sum: the gradient at 32 members was up to 50 × its tolerance on the
+    first GPU run (H200, Triton 3.6), while the interpreter, which computes in float32, passed.
+    Triton 3.8 no longer rounds there, but older ones are admitted. The gradient is held to
+    float32's accuracy (DESIGN.md, numerics), so the product is an explicit tl.dot with
+    input_precision="ieee" (full float32 FMAs, never TF32) where it has a dot's shape; float64
+    (which the pattern leaves alone) and fewer than 9 members (a dot needs 16) keep the plain sum.
+    tests/ops/test_masked_gram.py compiles the kernels for sm_90 and checks their PTX for TF32."""
+    if BLOCK_M >= 16 and ACC == tl.float32:
+        return tl.dot(coefficients, u, input_precision="ieee")
+    else:
+        return tl.sum(coefficients[:, :, None] * u[None, :, :], axis=1)
 
 
 @triton.jit
@@ -473,8 +493,8 @@ def _masked_gram_kernel(v_ptr, y_ptr, gram_ptr, M, B, C,
     m, n, rows = _member_rows(b, M, B, C, BLOCK_M)
     gram = _masked_gram_raw(v_ptr, y, rows, m < M, C, ACC, BLOCK_M, BLOCK_C)
     if NORMALIZE:
-        d_m, d_n, _ = _masked_gram_divisors(gram, m, n)
-        gram = gram / (d_m * d_n)
+        d_m, d_n, _ = _masked_gram_divisors(gram, m, n, ACC)
+        gram = _divide(gram, d_m * d_n, ACC)
     tl.store(gram_ptr + (b.to(tl.int64) * M + m) * M + n, gram, mask=(m < M) & (n < M))
 
 
@@ -492,16 +512,17 @@ def _masked_gram_backward_kernel(grad_ptr, v_ptr, y_ptr, out_ptr, M, B, C,
                     + tl.load(grad + n * M + m, mask=pair, other=0.0).to(ACC))  # S = dG + dGᵀ
     if NORMALIZE:
         raw = _masked_gram_raw(v_ptr, y, rows, is_member, C, ACC, BLOCK_M, BLOCK_C)
-        d_m, d_n, norm_m = _masked_gram_divisors(raw, m, n)
-        along = tl.sum(coefficients * (raw / (d_m * d_n)), axis=1, keep_dims=True)  # û_m·dÛ_m = Σ_k S_mk G_mk
-        coefficients = coefficients / (d_m * d_n) - tl.where((m == n) & (norm_m > _MASKED_GRAM_EPS),
-                                                             along / (d_m * d_m), 0.0)
+        d_m, d_n, norm_m = _masked_gram_divisors(raw, m, n, ACC)
+        # û_m·dÛ_m = Σ_k S_mk G_mk
+        along = tl.sum(coefficients * _divide(raw, d_m * d_n, ACC), axis=1, keep_dims=True)
+        coefficients = _divide(coefficients, d_m * d_n, ACC) - tl.where((m == n) & (norm_m > _MASKED_GRAM_EPS),
+                                                                        _divide(along, d_m * d_m, ACC), 0.0)
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)[None, :]
         in_row = is_member & (cols < C)
         mask = tl.where(cols == y, 0.0, 1.0)
         u = tl.load(v_ptr + rows + cols, mask=in_row, other=0.0).to(ACC) * mask
-        tl.store(out_ptr + rows + cols, tl.sum(coefficients[:, :, None] * u[None, :, :], axis=1) * mask, mask=in_row)
+        tl.store(out_ptr + rows + cols, _combine_members(coefficients, u, ACC, BLOCK_M) * mask, mask=in_row)
 
 
 def _member_blocks(members: int, cols: int) -> tuple[int, int]:

@@ -3,6 +3,10 @@ the float64 reference (values and gradients) on odd shapes, the eps guard, float
 opcheck of the op and of its backward op, torch.compile, bad input, half types (GPU)."""
 import inspect
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -114,6 +118,44 @@ def test_every_member_count(backend, members, classes):
             got, got_grad = gram_and_gradient(ops.masked_gram, V, y, normalize, weights)
         assert_close_to_exact(got, exact)
         assert_gradient_close(got_grad, exact_grad, V, y, normalize, weights)
+
+
+# Compiles the member kernels for an NVIDIA GPU (no GPU needed: Triton's compiler and its ptxas
+# run on the CPU) and prints how many TF32 instructions each one's PTX holds.
+_TF32_PROBE = textwrap.dedent("""
+    import triton, triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from fastadv.kernels import logits as K
+    common = {"y_ptr": "*i64", "M": "i32", "B": "i32", "C": "i32", "ACC": "constexpr", "NORMALIZE": "constexpr",
+              "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"}
+    kernels = [(K._masked_gram_kernel, dict(v_ptr="*fp32", gram_ptr="*fp32")),
+               (K._masked_gram_backward_kernel, dict(grad_ptr="*fp32", v_ptr="*fp32", out_ptr="*fp32"))]
+    for kernel, pointers in kernels:
+        for block_m in (16, 32):
+            for normalize in (False, True):
+                source = ASTSource(fn=kernel, signature={**pointers, **common}, constexprs=dict(
+                    ACC=tl.float32, NORMALIZE=normalize, BLOCK_M=block_m, BLOCK_C=16))
+                ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+                print(kernel.__name__, block_m, normalize, ptx.count("tf32"))
+""")
+
+
+@pytest.mark.triton
+def test_triton_member_kernels_compile_without_tf32():
+    """The first GPU run (H200, Triton 3.6) found the backward's gradient 50 × its tolerance at 32
+    members: Triton 3.6's combine pass had turned its sum of broadcast products into a TF32
+    tt.dot, which the interpreter (full float32) never shows. Compiled for sm_90 here, the float32
+    kernels must hold no TF32 instruction (run without the interpreter, in a fresh process).
+    Triton 3.8's pass no longer gives TF32, so with it this passes either way; with Triton 3.6 it
+    found 4 and 8 TF32 instructions in the backward before the fix."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _TF32_PROBE], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = [line.split() for line in done.stdout.splitlines()]
+    assert len(counts) == 8, done.stdout
+    assert all(count[-1] == "0" for count in counts), done.stdout
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
