@@ -205,7 +205,8 @@ void logits_kernel(const c10::OperatorHandle& handle, c10::DispatchKeySet, torch
   for (int k = 0; k < l.grads; ++k) {
     at::Tensor& grad = outputs[l.losses + l.extras + k];
     const bool wanted = args[l.first_flag + l.grad_input[k]].toBool();
-    grad = wanted ? at::empty_like(a) : at::empty({0}, a.options());
+    // In the accumulation type (logits.h, store_gradient): the backward rounds to a's type once.
+    grad = wanted ? at::empty_like(a, acc_options) : at::empty({0}, acc_options);
     p.grads[k] = wanted ? grad.mutable_data_ptr() : nullptr;
   }
   Backend::template run<Op>(p, a);

@@ -292,7 +292,10 @@ def _losses(like: torch.Tensor) -> torch.Tensor:
 
 
 def _gradient(like: torch.Tensor, wanted: bool) -> torch.Tensor:
-    return torch.empty_like(like) if wanted else like.new_empty(0)
+    """A saved gradient, in the accumulation type as the C++ kernels' (logits.h, store_gradient):
+    the backward multiplies it by the incoming gradient and rounds to the input's type once."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.empty_like(like, dtype=dtype) if wanted else like.new_empty(0, dtype=dtype)
 
 
 def _gradient_scale(reduction: int, rows: int, cols: int) -> float:

@@ -72,10 +72,16 @@ def layout(name: str) -> Layout:
                   grads=tuple((named[of], index) for of, index in grads))
 
 
-def loss_fake(name: str) -> Callable:
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for the half types, the dtype itself otherwise (float32, float64)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def loss_fake(name: str, accumulated_gradients: bool = False) -> Callable:
     """The fake implementation of a fused loss: losses of the first input's dtype ([B], or 0-dim
     when reduced), extras like the first input, a gradient like it per pair whose input's flag
-    is set and an empty [0] tensor otherwise."""
+    is set and an empty [0] tensor otherwise; with ``accumulated_gradients`` (the logits family)
+    the gradients are in the accumulation type (float32 for half inputs)."""
     spec = layout(name)
 
     def fake(*args):
@@ -83,7 +89,9 @@ def loss_fake(name: str) -> Callable:
         reduced = spec.reduction is not None and args[spec.reduction] != 0
         losses = [first.new_empty(() if reduced else (first.shape[0],)) for _ in range(spec.losses)]
         extras = [torch.empty_like(first) for _ in range(spec.extras)]
-        grads = [torch.empty_like(first) if args[spec.flags[j]] else first.new_empty(0) for _, j in spec.grads]
+        dtype = accumulation_dtype(first.dtype) if accumulated_gradients else first.dtype
+        grads = [torch.empty_like(first, dtype=dtype) if args[spec.flags[j]] else first.new_empty(0, dtype=dtype)
+                 for _, j in spec.grads]
         return tuple(losses + extras + grads)
     return fake
 

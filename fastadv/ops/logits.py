@@ -337,7 +337,9 @@ def _fake(name: str):
         return _registry.member_fake
     if name in _BACKWARD_OPS:
         return _registry.member_backward_fake
-    return _registry.loss_fake(name)
+    # The saved gradients are in the accumulation type (csrc/include/fastadv/logits.h,
+    # store_gradient): float32 for half inputs, rounded to the input's type once, by autograd.
+    return _registry.loss_fake(name, accumulated_gradients=True)
 
 
 def _triton_autograd(name: str):

@@ -36,7 +36,8 @@ using std::sin;  // float and double overloads, on the host and in CUDA device c
 // - returns: the losses (per row, or reduced to a scalar by `reduction`), then extra [B, C]
 //   outputs that are not differentiated (state), then the gradients, each named
 //   `d<loss>_d<input>`: the gradient of every row's loss with respect to that input row, or of
-//   the reduced loss; [B, C] when the input's flag is set, an empty [0] tensor otherwise.
+//   the reduced loss; [B, C] when the input's flag is set, an empty [0] tensor otherwise; in the
+//   accumulation type (float32 for half inputs: store_gradient below says why).
 #define FASTADV_LOGITS_OPS(X)                                                                               \
   X(soft_cross_entropy,                                                                                     \
     "(Tensor z, Tensor target, bool grad_z, bool grad_target) -> (Tensor loss, Tensor dloss_dz, "           \
@@ -139,6 +140,16 @@ FASTADV_HOST_DEVICE void store_loss(const LogitsParams& p, int k, int64_t r, T v
   static_cast<T*>(p.losses[k])[r] = value;
 }
 
+// Row r's gradients are written in the accumulation type too (float for half and bfloat16
+// inputs; the glue allocates them so): the backward multiplies them by the incoming gradient and
+// autograd rounds the product to the input's type once, as PyTorch's own half computation does.
+// Stored in the half type, they were rounded twice (here, then after the multiplication): twice
+// to 2.5 × PyTorch's error on the first GPU run (soft_cross_entropy's ∂/∂t = −log p, of size 60).
+template <typename T>
+FASTADV_HOST_DEVICE void store_gradient(T* g, int64_t j, T value) {
+  g[j] = value;
+}
+
 // Storage <-> accumulation conversion is the caller's `Io` policy: Io::load(ptr, j) returns
 // the accumulation type, Io::store(ptr, j, value) writes the storage type.
 
@@ -225,10 +236,10 @@ FASTADV_HOST_DEVICE void soft_cross_entropy_row(const LogitsParams& p, int64_t r
   loss = lane.sum(loss);
   total = lane.sum(total);
   if (lane.index == 0) store_loss<T>(p, 0, r, loss);
-  S* gz = p.grads[0] ? static_cast<S*>(p.grads[0]) + r * cols : nullptr;
-  S* gt = p.grads[1] ? static_cast<S*>(p.grads[1]) + r * cols : nullptr;
+  T* gz = p.grads[0] ? static_cast<T*>(p.grads[0]) + r * cols : nullptr;
+  T* gt = p.grads[1] ? static_cast<T*>(p.grads[1]) + r * cols : nullptr;
   if (gz) {
-    const auto gradient = [&](int64_t j) { Io::store(gz, j, exp_nonpositive(Io::load(z, j) - lse) * total - Io::load(t, j)); };
+    const auto gradient = [&](int64_t j) { store_gradient<T>(gz, j, exp_nonpositive(Io::load(z, j) - lse) * total - Io::load(t, j)); };
     if (in_blocks<Lanes>(cols)) {
       blocked_for(cols, gradient);
     } else {
@@ -238,7 +249,7 @@ FASTADV_HOST_DEVICE void soft_cross_entropy_row(const LogitsParams& p, int64_t r
   }
   if (gt) {
     FASTADV_SIMD
-    for (int64_t j = lane.index; j < cols; j += Lanes) Io::store(gt, j, lse - Io::load(z, j));
+    for (int64_t j = lane.index; j < cols; j += Lanes) store_gradient<T>(gt, j, lse - Io::load(z, j));
   }
 }
 
@@ -257,8 +268,8 @@ FASTADV_HOST_DEVICE void smoothed_cross_entropy_row(const LogitsParams& p, int64
   weighted = lane.sum(weighted);
   if (lane.index == 0) store_loss<T>(p, 0, r, -weighted);
   if (p.grads[0]) {
-    S* g = static_cast<S*>(p.grads[0]) + r * cols;
-    const auto gradient = [&](int64_t j) { Io::store(g, j, exp_nonpositive(Io::load(z, j) - lse) - (j == y ? on : off)); };
+    T* g = static_cast<T*>(p.grads[0]) + r * cols;
+    const auto gradient = [&](int64_t j) { store_gradient<T>(g, j, exp_nonpositive(Io::load(z, j) - lse) - (j == y ? on : off)); };
     if (in_blocks<Lanes>(cols)) {
       blocked_for(cols, gradient);
     } else {
@@ -352,10 +363,10 @@ FASTADV_HOST_DEVICE void boosted_cross_entropy_row(const LogitsParams& p, int64_
   const BoostedTerm<T> term = boosted_term(stats);
   if (lane.index == 0) store_loss<T>(p, 0, r, stats.lse - Io::load(z, y) + term.loss);
   if (p.grads[0]) {
-    S* g = static_cast<S*>(p.grads[0]) + r * cols;
+    T* g = static_cast<T*>(p.grads[0]) + r * cols;
     const auto gradient = [&](int64_t j) {
       const T zj = Io::load(z, j);
-      Io::store(g, j, boosted_gradient(zj, exp_nonpositive(zj - stats.lse), j == y, stats, term));
+      store_gradient<T>(g, j, boosted_gradient(zj, exp_nonpositive(zj - stats.lse), j == y, stats, term));
     };
     if (in_blocks<Lanes>(cols)) {
       blocked_for(cols, gradient);
@@ -510,8 +521,8 @@ FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const L
   }
   const S* a = static_cast<const S*>(p.inputs[0]) + r * cols;
   const S* b = static_cast<const S*>(p.inputs[1]) + r * cols;
-  S* ga = p.grads[0] ? static_cast<S*>(p.grads[0]) + r * cols : nullptr;
-  S* gb = p.grads[1] ? static_cast<S*>(p.grads[1]) + r * cols : nullptr;
+  T* ga = p.grads[0] ? static_cast<T*>(p.grads[0]) + r * cols : nullptr;
+  T* gb = p.grads[1] ? static_cast<T*>(p.grads[1]) + r * cols : nullptr;
   // Both gradients in the accumulation type (float32/float64 inputs): cache the exponentials.
   T* cache_a = nullptr;
   T* cache_b = nullptr;
@@ -540,8 +551,8 @@ FASTADV_HOST_DEVICE void trades_kl_row(const LogitsParams& p, int64_t r, const L
     for (int64_t j = lane.index; j < cols; j += Lanes) {
       const T aj = Io::load(a, j), bj = Io::load(b, j);
       const T pj = scale * exp_nonpositive(aj - stats.lse_a);
-      if (ga) Io::store(ga, j, pj * ((aj - bj) - shift - stats.kl));
-      if (gb) Io::store(gb, j, scale * exp_nonpositive(bj - stats.b.lse) - pj);
+      if (ga) store_gradient<T>(ga, j, pj * ((aj - bj) - shift - stats.kl));
+      if (gb) store_gradient<T>(gb, j, scale * exp_nonpositive(bj - stats.b.lse) - pj);
     }
   }
 }
@@ -564,19 +575,19 @@ FASTADV_HOST_DEVICE void mart_loss_row(const LogitsParams& p, int64_t r, const L
     store_loss<T>(p, 0, r, stats.b.lse - Io::load(b, y) + term.loss);
     store_loss<T>(p, 1, r, kl * weight);
   }
-  S* g_bce_adv = p.grads[0] ? static_cast<S*>(p.grads[0]) + r * cols : nullptr;
-  S* g_kl_nat = p.grads[1] ? static_cast<S*>(p.grads[1]) + r * cols : nullptr;
-  S* g_kl_adv = p.grads[2] ? static_cast<S*>(p.grads[2]) + r * cols : nullptr;
+  T* g_bce_adv = p.grads[0] ? static_cast<T*>(p.grads[0]) + r * cols : nullptr;
+  T* g_kl_nat = p.grads[1] ? static_cast<T*>(p.grads[1]) + r * cols : nullptr;
+  T* g_kl_adv = p.grads[2] ? static_cast<T*>(p.grads[2]) + r * cols : nullptr;
   if (g_bce_adv || g_kl_nat || g_kl_adv) {
     const T shift = stats.lse_a - stats.b.lse;
     const auto gradients = [&](int64_t j) {
       const T aj = Io::load(a, j), bj = Io::load(b, j);
       const T pj = exp_nonpositive(aj - stats.lse_a), qj = exp_nonpositive(bj - stats.b.lse);
-      if (g_bce_adv) Io::store(g_bce_adv, j, boosted_gradient(bj, qj, j == y, stats.b, term));
+      if (g_bce_adv) store_gradient<T>(g_bce_adv, j, boosted_gradient(bj, qj, j == y, stats.b, term));
       // ∂/∂a_j [w·KL] = w·p_j(log p_j − log q_j − KL) − KL·p_y([j = y] − p_j)
       if (g_kl_nat)
-        Io::store(g_kl_nat, j, weight * pj * ((aj - bj) - shift - kl) - kl * p_y * ((j == y ? T(1) : T(0)) - pj));
-      if (g_kl_adv) Io::store(g_kl_adv, j, weight * (qj - pj));
+        store_gradient<T>(g_kl_nat, j, weight * pj * ((aj - bj) - shift - kl) - kl * p_y * ((j == y ? T(1) : T(0)) - pj));
+      if (g_kl_adv) store_gradient<T>(g_kl_adv, j, weight * (qj - pj));
     };
     FASTADV_SIMD
     for (int64_t j = lane.index; j < cols; j += Lanes) gradients(j);
@@ -603,10 +614,10 @@ FASTADV_HOST_DEVICE void margin_sq_hinge_row(const LogitsParams& p, int64_t r, c
   total = lane.sum(total);
   if (lane.index == 0) store_loss<T>(p, 0, r, loss);
   if (p.grads[0]) {
-    S* g = static_cast<S*>(p.grads[0]) + r * cols;
+    T* g = static_cast<T*>(p.grads[0]) + r * cols;
     FASTADV_SIMD
     for (int64_t j = lane.index; j < cols; j += Lanes)
-      Io::store(g, j, j == y ? T(-2) * total : T(2) * larger(T(0), Io::load(z, j) + shift));
+      store_gradient<T>(g, j, j == y ? T(-2) * total : T(2) * larger(T(0), Io::load(z, j) + shift));
   }
 }
 
@@ -632,8 +643,8 @@ FASTADV_HOST_DEVICE void mhuber_row(const LogitsParams& p, int64_t r, const Lane
   const T half_pi = static_cast<T>(1.57079632679489661923);
   const T outer_offset = (T(1) - half_pi) * alpha * alpha;
   const T scale = take * static_cast<T>(p.grad_scale);
-  S* gu = p.grads[0] ? static_cast<S*>(p.grads[0]) + r * cols : nullptr;
-  S* gv = p.grads[1] ? static_cast<S*>(p.grads[1]) + r * cols : nullptr;
+  T* gu = p.grads[0] ? static_cast<T*>(p.grads[0]) + r * cols : nullptr;
+  T* gv = p.grads[1] ? static_cast<T*>(p.grads[1]) + r * cols : nullptr;
   T sum = 0;
   FASTADV_SIMD_REDUCE(+, sum)
   for (int64_t j = lane.index; j < cols; j += Lanes) {
@@ -653,8 +664,8 @@ FASTADV_HOST_DEVICE void mhuber_row(const LogitsParams& p, int64_t r, const Lane
     if (gu || gv) {
       const T outer = d > T(0) ? alpha : (d < T(0) ? -alpha : d);
       const T slope = scale * (inner ? alpha * sin_half_period(t_inner) : outer);
-      if (gu) Io::store(gu, j, slope);
-      if (gv) Io::store(gv, j, -slope);
+      if (gu) store_gradient<T>(gu, j, slope);
+      if (gv) store_gradient<T>(gv, j, -slope);
     }
   }
   sum = lane.sum(sum);
@@ -676,13 +687,13 @@ FASTADV_HOST_DEVICE void logit_pairing_row(const LogitsParams& p, int64_t r, con
   loss = lane.sum(loss);
   if (lane.index == 0) store_loss<T>(p, 0, r, loss);
   if (p.grads[0] || p.grads[1]) {
-    S* ga = p.grads[0] ? static_cast<S*>(p.grads[0]) + r * cols : nullptr;
-    S* gb = p.grads[1] ? static_cast<S*>(p.grads[1]) + r * cols : nullptr;
+    T* ga = p.grads[0] ? static_cast<T*>(p.grads[0]) + r * cols : nullptr;
+    T* gb = p.grads[1] ? static_cast<T*>(p.grads[1]) + r * cols : nullptr;
     FASTADV_SIMD
     for (int64_t j = lane.index; j < cols; j += Lanes) {
       const T d2 = T(2) * (Io::load(a, j) - Io::load(b, j));
-      if (ga) Io::store(ga, j, d2);
-      if (gb) Io::store(gb, j, -d2);
+      if (ga) store_gradient<T>(ga, j, d2);
+      if (gb) store_gradient<T>(gb, j, -d2);
     }
   }
 }
@@ -701,9 +712,9 @@ FASTADV_HOST_DEVICE void logit_squeeze_row(const LogitsParams& p, int64_t r, con
   loss = lane.sum(loss);
   if (lane.index == 0) store_loss<T>(p, 0, r, loss);
   if (p.grads[0]) {
-    S* g = static_cast<S*>(p.grads[0]) + r * cols;
+    T* g = static_cast<T*>(p.grads[0]) + r * cols;
     FASTADV_SIMD
-    for (int64_t j = lane.index; j < cols; j += Lanes) Io::store(g, j, T(2) * Io::load(z, j));
+    for (int64_t j = lane.index; j < cols; j += Lanes) store_gradient<T>(g, j, T(2) * Io::load(z, j));
   }
 }
 
