@@ -10,8 +10,9 @@
   :func:`backward_op_autograd` do the same for the member ops (``FASTADV_LOGITS_MEMBER_OPS``:
   V [M, B, C] in, [B, M, M] out, a backward op of their own).
 - :class:`TritonOps` registers a family's Triton functions (``kernels/<family>.py``, one per op,
-  named like it) as the custom ops ``fastadv::<op>_triton`` with the C++ op's schema, on first
-  use: importing triton takes seconds.
+  named like it) as the custom ops ``fastadv::<op>_triton`` with the C++ op's schema, when the
+  family is imported and Triton is installed; the kernels module (and triton, which takes
+  seconds to import) is imported on the first call of one of its ops.
 """
 from __future__ import annotations
 
@@ -180,27 +181,43 @@ def triton_name(name: str) -> str:
     return f"{name[:-1]}_triton_" if name.endswith("_") else f"{name}_triton"
 
 
+def _lazy_kernel(family: str, name: str) -> Callable:
+    """``kernels/<family>.py``'s function ``name``, imported on its first call (importing triton
+    takes seconds). The call runs the custom op's implementation, never traced by torch.compile
+    (the op is opaque to it), so the import may happen inside a compiled function."""
+    def kernel(*args):
+        return getattr(importlib.import_module(f"fastadv.kernels.{family}"), name)(*args)
+    kernel.__name__ = kernel.__qualname__ = name
+    return kernel
+
+
 class TritonOps:
-    """A family's Triton kernels as custom ops, registered on first attribute access:
-    ``TritonOps("logits", names, fake=...).trades_kl`` is ``fastadv::trades_kl_triton``.
+    """A family's Triton kernels as custom ops: ``TritonOps("logits", names, fake=...).trades_kl``
+    is ``fastadv::trades_kl_triton``.
 
     They are custom ops with fake implementations rather than ``triton_op``s: opaque to
     torch.compile exactly like the C++ kernels, which also keeps opcheck and torch.compile
     working in Triton's interpreter (a triton_op's fake run would launch the interpreter on
-    fake tensors)."""
+    fake tensors).
+
+    The ops are registered when the family is built (its module imported) where Triton is
+    installed, not on first use: a first use inside ``torch.compile(fullgraph=True)`` would
+    otherwise register them while dynamo traces, and dynamo refuses to trace the import
+    (importlib's ``_gcd_import``; found on the first GPU run). Registering imports neither
+    triton nor the kernels (:func:`_lazy_kernel`). Without Triton they are registered on first
+    attribute access, where the kernels' import then fails with triton's own error."""
 
     def __init__(self, family: str, names: Iterable[str], fake: Callable[[str], Callable],
                  autograd: Optional[Callable[[str], tuple]] = None):
         self._family, self._names, self._fake, self._autograd = family, tuple(names), fake, autograd
-        self._ops = None
+        self._ops = self._register() if backend.triton_available() else None
 
     def _register(self) -> dict:
-        kernels = importlib.import_module(f"fastadv.kernels.{self._family}")
         ops = {}
         for name in self._names:
             definition = schema(name)
             mutated = [a.name for a in definition.arguments if a.alias_info is not None and a.alias_info.is_write]
-            op = torch.library.custom_op(f"fastadv::{triton_name(name)}", getattr(kernels, name),
+            op = torch.library.custom_op(f"fastadv::{triton_name(name)}", _lazy_kernel(self._family, name),
                                          mutates_args=mutated, schema="(" + str(definition).split("(", 1)[1])
             op.register_fake(self._fake(name))
             autograd = self._autograd(name) if self._autograd is not None else None

@@ -1,5 +1,9 @@
 """The pgd family: every backend against the reference oracle, invariants, bad input, torch.library."""
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -396,3 +400,45 @@ def test_torch_compile_fullgraph(backend, in_place):
         compiled = torch.compile(attack_steps, fullgraph=True, backend="inductor")
         result = compiled(pgd_step, pgd_step_ if in_place else None, x_adv.clone(), grad, x)
     torch.testing.assert_close(result, expected, **TOLERANCE[torch.float32])
+
+
+# A fresh process: nothing registered or compiled yet, the Triton ops' first use inside the
+# compiled function.
+_FIRST_USE_COMPILED = textwrap.dedent("""
+    import torch
+    import fastadv
+    from fastadv.ops import logits, pgd
+    from fastadv.reference import logits as reference_logits, pgd as reference_pgd
+
+    def step(x_adv, grad, x, z_nat, z_adv):
+        pgd.pgd_step_(x_adv, grad, x, 8 / 255, 2 / 255)
+        return x_adv, logits.trades_kl(z_nat, z_adv, "mean")
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 8, 8, generator=g)
+    grad = torch.randn(4, 3, 8, 8, generator=g)
+    z_nat, z_adv = torch.randn(4, 10, generator=g), torch.randn(4, 10, generator=g)
+    with fastadv.use_backend("triton"):
+        compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+        leaf = z_adv.clone().requires_grad_()
+        x_adv, loss = compiled(x.clone(), grad, x, z_nat, leaf)
+        loss.backward()
+    exact_leaf = z_adv.double().requires_grad_()
+    exact = reference_logits.trades_kl(z_nat.double(), exact_leaf, "mean")
+    exact.backward()
+    torch.testing.assert_close(x_adv, reference_pgd.pgd_step(x.clone(), grad, x, 8 / 255, 2 / 255))
+    torch.testing.assert_close(loss.double(), exact, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(leaf.grad.double(), exact_leaf.grad, atol=1e-5, rtol=1e-4)
+    print("ok")
+""")
+
+
+@pytest.mark.triton
+def test_torch_compile_first_use_of_the_triton_ops():
+    """The first GPU run: a Triton op first used inside torch.compile(fullgraph=True) failed,
+    because its custom op was registered then, and dynamo refuses to trace the kernels' import.
+    In a fresh process (the suite's earlier tests registered them), on the interpreter."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", _FIRST_USE_COMPILED], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
