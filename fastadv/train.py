@@ -152,6 +152,8 @@ class Trainer:
         if distributed.enabled and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
+            if self.device.index is None:  # "cuda" is the current device (torch < 2.14 needs the index)
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         self.train_set, self.test_set, self.info = load_dataset(
             config.dataset, root=config.data_root, download=config.download and distributed.is_main,

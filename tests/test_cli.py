@@ -44,7 +44,8 @@ def test_help_texts_come_from_the_methods():
     for name, cls in METHODS.items():
         if "beta" in method_signature(name):
             assert f"{cls.default_beta:g}" in beta and name in beta
-    assert "default 86 (pgd_at_lma, trades_lma, mart_lma, lma_at), 6 (trades, ltd, als), 0.5 (alp, adp), 5 (mart)" in beta
+    assert ("6 (trades, ltd, udr_trades, als), 86 (pgd_at_lma, trades_lma, mart_lma, lma_at), 5 (mart, udr_mart), "
+            "0.5 (alp, adp), 1 (udr_pgd)") in beta
     assert actions["logit_squeeze"].help.startswith("any method: ") and "default 0, lrm 0.001" in actions[
         "logit_squeeze"].help
     assert "default 6 (trades_lma), 5 (mart_lma)" in actions["kl_weight"].help

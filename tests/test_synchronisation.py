@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastadv
-from fastadv.attacks import CW, FGSM, PGD, PGDL2
+from fastadv.attacks import CW, FGSM, PGD, PGDL2, UDRPGD
 from fastadv.ensemble import Ensemble
 from fastadv.methods import METHODS, build_method, method_parameters
 from fastadv.models import NormalizedModel
@@ -158,7 +158,9 @@ def test_restarts_read_nothing_more(batch, eps, expected):
     lambda model, steps: CW(model, steps=steps),
     lambda model, steps: PGDL2(model, steps=steps),
     lambda model, steps: PGD(model, steps=steps, loss="kl", init="normal", amp_dtype=torch.bfloat16),
-], ids=["fgsm", "cw", "pgdl2", "kl-bfloat16-autocast"])
+    lambda model, steps: UDRPGD(model, steps=steps, lam=0.5, cost="l2"),
+    lambda model, steps: UDRPGD(model, steps=steps, lam=2.0, loss="kl_reverse"),
+], ids=["fgsm", "cw", "pgdl2", "kl-bfloat16-autocast", "udr-l2", "udr-linf-kl-reverse"])
 def test_the_other_attacks_read_only_the_labels(batch, make):
     model, x, y = batch
     for steps in (1, 10):
@@ -211,6 +213,7 @@ def test_early_stop_reads_once_per_step(batch, loss):
 # smoothed_cross_entropy (label smoothing; LRM twice, for y and for its mixup partner),
 # margin_sq_hinge (every LMA method) and boosted_cross_entropy (LMA-AT).
 LOGITS_LABELS = "ops.logits._labels"
+UDR_LAMBDA = "attacks.udr.perturb"
 METHOD_READS = {
     "standard": {},
     "pgd_at": LABELS,
@@ -234,11 +237,17 @@ METHOD_READS = {
     "cce": LABELS,
     "adv_en": LABELS,
     "tamoo_at": LABELS,
+    # UDR: the fused step takes λ as a float, so the attack reads the method's λ (a device
+    # tensor, updated without a read) once per call.
+    "udr_pgd": {**LABELS, UDR_LAMBDA: 1},
+    "udr_trades": {**LABELS, UDR_LAMBDA: 1},
+    "udr_mart": {**LABELS, UDR_LAMBDA: 1},
 }
 # A single-model method training an ensemble's 3 members (seed 000's protocol): one attack per
 # reference turn.
 MEMBERS_READS = {"trades": {"attacks.base.check_labels": 3}, "pgd_at": {"attacks.base.check_labels": 3},
-                 "adr": {"attacks.base.check_labels": 3}, "ascl": {"attacks.base.check_labels": 3}}
+                 "adr": {"attacks.base.check_labels": 3}, "ascl": {"attacks.base.check_labels": 3},
+                 "udr_trades": {"attacks.base.check_labels": 3, UDR_LAMBDA: 3}}
 # Methods whose loss takes the penultimate features (model.forward_with_features): their tiny
 # model is behind NormalizedModel, which reads the features through a hook on its last Linear.
 FEATURE_METHODS = ("adr", "ascl")

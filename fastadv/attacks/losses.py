@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .. import _validate as check
 from ..ops.logits import unchecked
 
-__all__ = ["cross_entropy", "kl_from_clean", "carlini_wagner", "margin_cross_entropy", "LOSSES"]
+__all__ = ["cross_entropy", "kl_from_clean", "kl_to_clean", "carlini_wagner", "margin_cross_entropy", "LOSSES"]
 
 
 def _checked_logits_and_labels(owner: str, z, y) -> torch.Tensor:
@@ -45,6 +45,21 @@ def kl_from_clean(z_adv: torch.Tensor, z_clean: torch.Tensor) -> torch.Tensor:
     z_adv = check.tensor(owner, "z_adv", z_adv, dim=2)
     z_clean = check.tensor(owner, "z_clean", z_clean, like=z_adv, like_name="z_adv")
     return _kl_from_clean(z_adv, z_clean)
+
+
+def _kl_to_clean(z_adv: torch.Tensor, z_clean: torch.Tensor) -> torch.Tensor:
+    return unchecked.trades_kl(z_adv, z_clean, "none")
+
+
+def kl_to_clean(z_adv: torch.Tensor, z_clean: torch.Tensor) -> torch.Tensor:
+    """``KL(p(z_adv) ‖ p(z_clean))`` per sample: the divergence of UDR-TRADES and UDR-MART
+    (seed 003 ch. 5, METHODS.md section 5), the reverse of TRADES' order, by the fused
+    :func:`fastadv.ops.trades_kl` with its arguments swapped. ``z_clean`` as for
+    :func:`kl_from_clean`: computed once before the attack loop, without a graph."""
+    owner = "kl_to_clean"
+    z_adv = check.tensor(owner, "z_adv", z_adv, dim=2)
+    z_clean = check.tensor(owner, "z_clean", z_clean, like=z_adv, like_name="z_adv")
+    return _kl_to_clean(z_adv, z_clean)
 
 
 def carlini_wagner(z: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
@@ -75,6 +90,7 @@ def margin_cross_entropy(z: torch.Tensor, y: torch.Tensor, delta: float = 0.9) -
 LOSSES = {
     "ce": cross_entropy,
     "kl": kl_from_clean,
+    "kl_reverse": kl_to_clean,
     "cw": carlini_wagner,
     "margin_ce": margin_cross_entropy,
 }
@@ -85,6 +101,10 @@ LOSSES = {
 UNCHECKED = {
     "ce": cross_entropy,
     "kl": _kl_from_clean,
+    "kl_reverse": _kl_to_clean,
     "cw": carlini_wagner,
     "margin_ce": _margin_cross_entropy,
 }
+
+#: The losses whose target is the clean logits z(x) rather than the labels (computed once per call).
+CLEAN_TARGET_LOSSES = ("kl", "kl_reverse")

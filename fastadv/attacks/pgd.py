@@ -21,7 +21,7 @@ from torch import nn
 from .. import _validate as check
 from ..ops.pgd import INITS, NORMS, unchecked
 from .base import Attack, radius_for_batch
-from .losses import LOSSES, UNCHECKED
+from .losses import CLEAN_TARGET_LOSSES, LOSSES, UNCHECKED
 
 __all__ = ["PGD", "FGSM", "CW", "PGDL2"]
 
@@ -36,6 +36,7 @@ class PGD(Attack):
         steps: number of steps K.
         norm: "linf" or "l2".
         loss: "ce", "kl" (TRADES: KL(p(x)‖p(x')), z(x) computed once before the loop),
+            "kl_reverse" (KL(p(x')‖p(x)), UDR-TRADES' and UDR-MART's order, z(x) likewise),
             "cw" (CW margin capped at ``kappa``) or "margin_ce" (LMA-AT, margin ``margin``).
         init: "uniform" (uniform in the ball), "normal" (x + 0.001·N(0, I), the TRADES and
             LMA-AT start, projected into the ball) or None (start at x).
@@ -91,7 +92,7 @@ class PGD(Attack):
         alpha = self.alpha if alpha is None else check.radius(owner, "alpha", alpha)
         alpha = eps if alpha is None else radius_for_batch(owner, "alpha", alpha, x)
         loss = self._loss_function()
-        target = self._clean_logits(x) if self.loss == "kl" else y
+        target = self._clean_logits(x) if self.loss in CLEAN_TARGET_LOSSES else y
         best = best_loss = best_fooled = None
         for restart in range(self.restarts):
             x_adv = self._ascend(x, y, target, eps, alpha, loss, check_labels=restart == 0)
@@ -154,8 +155,12 @@ class PGD(Attack):
                 # input can come back with a contiguous gradient).
                 grad = torch.empty_like(x_adv).copy_(grad)
             with torch.no_grad():
-                unchecked.pgd_step_(x_adv, grad, x, eps, alpha, self.norm, self.clip, active)
+                self._step(x_adv, grad, x, eps, alpha, active)
         return x_adv.requires_grad_(False)
+
+    def _step(self, x_adv, grad, x, eps, alpha, active) -> None:
+        """The update of one step, in place on ``x_adv`` (the fused PGD step)."""
+        unchecked.pgd_step_(x_adv, grad, x, eps, alpha, self.norm, self.clip, active)
 
 
 class FGSM(PGD):

@@ -26,10 +26,11 @@ from .pgd_at import PGDAT
 from .standard import Standard
 from .tamoo_at import TAMOOAT
 from .trades import TRADES
+from .udr import UDRMART, UDRPGDMethod, UDRTRADES
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     Standard, PGDAT, TRADES, MART, ALP, LabelSmoothing, LRM, PGDATLMA, TRADESLMA, MARTLMA, LMAAT, LTD, ADR, ASCL,
-    ADVEN, ADP, ALS, CCE, TAMOOAT)}
+    UDRPGDMethod, UDRTRADES, UDRMART, ADVEN, ADP, ALS, CCE, TAMOOAT)}
 
 
 def method_signature(name: str) -> dict[str, inspect.Parameter]:
@@ -90,4 +91,5 @@ def build_method(name: str, **options) -> Method:
 
 __all__ = ["Method", "METHODS", "build_method", "check_options", "method_parameters", "method_signature",
            "option_help", "TAMOOAT", "Standard", "PGDAT", "TRADES", "MART", "ALP", "LabelSmoothing", "LRM", "PGDATLMA",
-           "TRADESLMA", "MARTLMA", "LMAAT", "LTD", "ADR", "ASCL", "ADVEN", "ADP", "ALS", "CCE"]
+           "TRADESLMA", "MARTLMA", "LMAAT", "LTD", "ADR", "ASCL", "UDRPGDMethod", "UDRTRADES", "UDRMART", "ADVEN", "ADP",
+           "ALS", "CCE"]

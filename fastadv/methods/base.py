@@ -185,6 +185,24 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 ATTACK_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
+#: relative slack of "outside the ε-ball": a projected point on the sphere may round a hair above ε
+OUTSIDE_SLACK = 1e-5
+
+
+def perturbation_distance(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
+    """‖x_adv − x‖ per sample [B] (float64), L∞ or L2 over each sample's elements."""
+    delta = (x_adv - x).flatten(1).double()
+    return delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
+
+
+def perturbation_metrics(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> dict[str, torch.Tensor]:
+    """What the training attack did, on the device (nothing read): the examples' mean distance from
+    x in the threat model's norm (``distance``) and the share of them outside the ε-ball
+    (``outside``: 0 for a projected attack, the soft ball of UDR lets them leave)."""
+    with torch.no_grad():
+        distance = perturbation_distance(x_adv, x, norm)
+        return {"distance": distance.mean(), "outside": (distance > eps * (1 + OUTSIDE_SLACK)).double().mean()}
+
 
 class AdversarialMethod(Method):
     """A method trained on PGD examples of its own attack loss and start (``attack_loss``,
@@ -253,5 +271,6 @@ class NaturalAndAdversarialMethod(AdversarialMethod):
         logits_adv = forward_logits(model, x_adv)
         loss, parts = self.loss_terms(logits_natural, logits_adv, self.targets(x, y))
         metrics = {**{name: value.detach() for name, value in parts.items()},
-                   "clean_acc": accuracy(logits_natural, y), "adv_acc": accuracy(logits_adv, y)}
+                   "clean_acc": accuracy(logits_natural, y), "adv_acc": accuracy(logits_adv, y),
+                   **perturbation_metrics(x_adv, x, self.eps, self.norm)}
         return Objective(loss, metrics, (logits_natural, logits_adv))

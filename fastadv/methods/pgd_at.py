@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import AdversarialMethod, Objective, accuracy, forward_logits
+from .base import AdversarialMethod, Objective, accuracy, forward_logits, perturbation_metrics
 
 
 class PGDAT(AdversarialMethod):
@@ -23,4 +23,5 @@ class PGDAT(AdversarialMethod):
 
     def objective_given(self, model, x, x_adv, y):
         logits_adv = forward_logits(model, x_adv)
-        return Objective(F.cross_entropy(logits_adv, y), {"adv_acc": accuracy(logits_adv, y)}, (logits_adv,))
+        metrics = {"adv_acc": accuracy(logits_adv, y), **perturbation_metrics(x_adv, x, self.eps, self.norm)}
+        return Objective(F.cross_entropy(logits_adv, y), metrics, (logits_adv,))

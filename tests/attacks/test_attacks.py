@@ -109,12 +109,13 @@ def test_losses_match_their_equations():
         ce = -log_q[i, y[i]]
         assert torch.allclose(losses.cross_entropy(z, y)[i], ce)
         assert torch.allclose(losses.kl_from_clean(z, z_clean)[i], (p[i] * (p[i].log() - log_q[i])).sum())
+        assert torch.allclose(losses.kl_to_clean(z, z_clean)[i], (log_q[i].exp() * (log_q[i] - p[i].log())).sum())
         margin = max(z[i, j] for j in others) - z[i, y[i]]
         assert torch.allclose(losses.carlini_wagner(z, y, kappa=50.0)[i], margin)
         assert torch.allclose(losses.carlini_wagner(z, y, kappa=0.5)[i], torch.clamp(margin, max=0.5))
         hinge = sum(torch.clamp(z[i, j] - z[i, y[i]] + 0.9, min=0) ** 2 for j in others)
         assert torch.allclose(losses.margin_cross_entropy(z, y, delta=0.9)[i], ce + hinge)
-    assert set(LOSSES) == {"ce", "kl", "cw", "margin_ce"}
+    assert set(LOSSES) == {"ce", "kl", "kl_reverse", "cw", "margin_ce"}
 
 
 # ----------------------------------------------------------------------------- invariants
@@ -129,7 +130,7 @@ def test_pgd_stays_in_ball_and_box(digits, norm, loss, init):
                 generator=torch.Generator().manual_seed(0))(x, y)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
     assert_in_ball(x_adv, x, eps, norm)
-    if loss == "kl" and init is None:
+    if loss in ("kl", "kl_reverse") and init is None:
         # x' = x is the minimum of KL(p(x) ‖ p(x')): its gradient is exactly zero, so PGD-kl
         # cannot leave it (which is why TRADES starts from x + 0.001·N(0, I)).
         assert torch.equal(x_adv, x)
@@ -448,7 +449,7 @@ BAD_CONSTRUCTIONS = [
     (dict(steps=0), ValueError, "PGD: steps must be an integer >= 1, got 0"),
     (dict(steps=2.5), TypeError, "PGD: steps must be an integer, got float"),
     (dict(norm="l3"), ValueError, "PGD: norm must be one of 'linf', 'l2', got 'l3'"),
-    (dict(loss="mse"), ValueError, "PGD: loss must be one of 'ce', 'kl', 'cw', 'margin_ce', got 'mse'"),
+    (dict(loss="mse"), ValueError, "PGD: loss must be one of 'ce', 'kl', 'kl_reverse', 'cw', 'margin_ce', got 'mse'"),
     (dict(init="gaussian"), ValueError, "PGD: init must be one of 'uniform', 'normal' or None, got 'gaussian'"),
     (dict(restarts=0), ValueError, "PGD: restarts must be an integer >= 1, got 0"),
     (dict(restarts=2, init=None), ValueError, "PGD: restarts > 1 needs a random init ('uniform' or 'normal'); "

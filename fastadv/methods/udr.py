@@ -1,0 +1,172 @@
+"""UDR: unified distributional robustness (seed 003 ch. 5, METHODS.md section 5).
+
+Each method trains on ``mean g_θ(x^a, x, y)`` where x^a comes from UDR's soft-ball attack
+(:class:`fastadv.attacks.UDRPGD`) with the method's current λ, and λ is then updated by the
+seed's Eq. 19, ``λ ← max(0, λ − η_λ(ε − mean_i ĉ(x_i^a, x_i)))``:
+
+- ``udr_pgd``:    g = CE(h(x), y) + β·CE(h(x'), y), the attack ascends CE(h(x'), y);
+- ``udr_trades``: g = CE(h(x), y) + β·KL(h(x') ‖ h(x)) (the seed's order, the reverse of TRADES'),
+  the attack ascends KL(h(x') ‖ h(x));
+- ``udr_mart``:   g = BCE(h(x), y) + β·(1 − h_y(x))·KL(h(x') ‖ h(x)), BCE on the natural batch as
+  the seed writes it; the attack ascends KL + BCE(h(x), y) (the seed's footnote), whose BCE term
+  does not depend on x', so it is the KL ascent of UDR-TRADES.
+
+Resolutions taken in fastadv (METHODS.md section 5 lists them):
+
+- λ starts at 1 and η_λ = 0.02: the seed gives neither; these are the defaults of the authors'
+  public code (``--lamda_init 1.0``, ``--lamda_lr 2e-2`` of Unified-Distributional-Robustness's
+  train_cifar10_udr.py). τ = 2η (seed 003 App. E).
+- The cost c follows the run's norm (L∞ for an L∞ threat model), so that ε keeps its meaning.
+- λ is updated after every attack (every batch), not every 10 batches as the authors' code does,
+  and is clamped at 0 (λ ≥ 0 in the seed's Eq. 14).
+- λ lives on the device as a float64 tensor: the update reads nothing back; the attack reads it
+  once per batch (the fused step takes λ as a float). It is the method's state, saved in the
+  checkpoints, and logged per epoch (``train_lambda``, the epoch's mean of the λ each attack
+  used) and the mean soft cost (``train_soft_cost``); like every method trained on PGD examples, the
+  share of the examples outside the ε-ball (``train_outside``) and their mean distance in the run's
+  norm (``train_distance``) are logged too.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .. import _validate as check
+from ..attacks import UDRPGD
+from ..ops import logits as L
+from ..ops.pgd import COSTS
+from ..ops.pgd import unchecked as pgd_ops
+from .base import NaturalAndAdversarialMethod
+
+__all__ = ["UDRPGDMethod", "UDRTRADES", "UDRMART", "update_lambda"]
+
+
+def update_lambda(lam: torch.Tensor, lam_lr: float, eps: float, soft_costs: torch.Tensor) -> torch.Tensor:
+    """Seed 003 Eq. 19 with λ ≥ 0: ``max(0, λ − η_λ(ε − mean_i ĉ_i))``, on the device."""
+    return (lam - lam_lr * (eps - soft_costs.double().mean())).clamp_min(0.0)
+
+
+def udr_kl(logits_natural: torch.Tensor, logits_adv: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """``KL(h(x') ‖ h(x))``: UDR's divergence, TRADES' fused KL with its arguments swapped."""
+    return L.unchecked.trades_kl(logits_adv, logits_natural, reduction)
+
+
+class UDRMethod(NaturalAndAdversarialMethod):
+    """A UDR method: the soft-ball attack with the method's λ, then λ's update (Eq. 19)."""
+
+    option_help = {
+        "lam_init": "UDR's λ at the start of training (the authors' code: 1.0)",
+        "lam_lr": "η_λ, the step of λ's update after each attack (the authors' code: 0.02)",
+        "tau_over_eta": "τ of the soft cost outside the ε-ball, in units of the step η = alpha (the seed: τ = 2η)",
+        "cost": "the distance c of the soft cost: linf, l2, or auto for the run's norm",
+    }
+
+    def __init__(self, *, lam_init: float = 1.0, lam_lr: float = 0.02, tau_over_eta: float = 2.0,
+                 cost: str = "auto", **options):
+        super().__init__(**options)
+        self.lam_init = check.number(self.name, "lam_init", lam_init, low=0.0)
+        self.lam_lr = check.number(self.name, "lam_lr", lam_lr, low=0.0)
+        if self.alpha <= 0:
+            raise ValueError(f"{self.name}: alpha must be > 0 (the step η of UDR's attack), got {self.alpha}")
+        self.tau_over_eta = check.number(self.name, "tau_over_eta", tau_over_eta, low=0.0, low_open=True)
+        for name in ("lam_init", "lam_lr", "tau_over_eta"):
+            if getattr(self, name) == float("inf"):
+                raise ValueError(f"{self.name}: {name} must be finite, got inf")
+        self.cost = self.norm if cost == "auto" else check.choice(self.name, "cost", cost, COSTS + ("auto",))
+        self._lam = torch.tensor(self.lam_init, dtype=torch.float64)
+        self._attack_metrics: dict = {}
+
+    @property
+    def tau(self) -> float:
+        """τ = tau_over_eta · η."""
+        return self.tau_over_eta * self.alpha
+
+    @property
+    def lam(self) -> torch.Tensor:
+        """The current λ (a float64 tensor, on the device of the last batch)."""
+        return self._lam
+
+    def adversarial_examples(self, model, x, y):
+        lam = self._lam.to(x.device)
+        attack = UDRPGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, lam=lam, tau=self.tau,
+                        cost=self.cost, loss=self.attack_loss, amp_dtype=self.attack_dtype)
+        x_adv = attack(x, y)
+        with torch.no_grad():
+            soft_costs = pgd_ops.soft_cost(x_adv, x, self.eps, self.tau, self.cost)
+            self._attack_metrics = {"lambda": lam, "soft_cost": soft_costs.double().mean()}
+            self._lam = update_lambda(lam, self.lam_lr, self.eps, soft_costs)
+        return x_adv
+
+    def objective_given(self, model, x, x_adv, y):
+        objective = super().objective_given(model, x, x_adv, y)
+        return objective._replace(metrics={**objective.metrics, **self._attack_metrics})
+
+    def robust_term(self, logits_natural, logits_adv, y) -> torch.Tensor:
+        """The term β weighs in ``CE(h(x), y) + β·robust`` (UDR-PGD, UDR-TRADES)."""
+        raise TypeError(f"{type(self).__name__} must define robust_term or loss_terms")
+
+    def loss_terms(self, logits_natural, logits_adv, y):
+        natural = F.cross_entropy(logits_natural, y)
+        robust = self.robust_term(logits_natural, logits_adv, y)
+        return natural + self.beta * robust, {"natural_loss": natural, "robust_loss": robust}
+
+    def state_dict(self) -> dict:
+        return {"lambda": self._lam.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != {"lambda"}:
+            raise ValueError(f"{self.name}: expected the method state lambda, got {sorted(state)}")
+        lam = state["lambda"]
+        if not isinstance(lam, torch.Tensor) or lam.numel() != 1:
+            raise ValueError(f"{self.name}: the method state lambda must be a one-element tensor")
+        self._lam = lam.detach().to(torch.float64).reshape(())
+
+
+class UDRPGDMethod(UDRMethod):
+    """UDR-PGD: ``CE(h(x), y) + β·CE(h(x'), y)`` with x' from UDR's soft-ball attack on CE.
+
+    β = 1 (seed 003 ch. 5 trains MNIST with β = 1 for every method and gives no other β for
+    UDR-PGD)."""
+
+    name = "udr_pgd"
+    attack_loss = "ce"
+    default_beta: ClassVar[float] = 1.0
+    option_help = {"beta": "weight β of CE(h(x'), y)"}
+
+    def robust_term(self, logits_natural, logits_adv, y):
+        return F.cross_entropy(logits_adv, y)
+
+
+class UDRTRADES(UDRMethod):
+    """UDR-TRADES: ``CE(h(x), y) + β·KL(h(x') ‖ h(x))``, the attack ascending KL(h(x') ‖ h(x)).
+
+    β = 6 (seed 003: "β = 6 for TRADES/UDR-TRADES" on CIFAR; TRADES' default here)."""
+
+    name = "udr_trades"
+    attack_loss = "kl_reverse"
+    default_beta: ClassVar[float] = 6.0
+    option_help = {"beta": "weight β of KL(h(x') ‖ h(x))"}
+
+    def robust_term(self, logits_natural, logits_adv, y):
+        return udr_kl(logits_natural, logits_adv)
+
+
+class UDRMART(UDRMethod):
+    """UDR-MART: ``BCE(h(x), y) + β·(1 − h_y(x))·KL(h(x') ‖ h(x))``, the attack ascending
+    KL(h(x') ‖ h(x)) (+ BCE(h(x), y), constant in x').
+
+    β = 5 (seed 003: "β = 5 for MART/UDR-MART" on CIFAR; MART's default here). The weight
+    (1 − h_y(x)) is not detached, as in MART."""
+
+    name = "udr_mart"
+    attack_loss = "kl_reverse"
+    default_beta: ClassVar[float] = 5.0
+    option_help = {"beta": "weight β of (1 − h_y(x))·KL(h(x') ‖ h(x))"}
+
+    def loss_terms(self, logits_natural, logits_adv, y):
+        bce = L.unchecked.boosted_cross_entropy(logits_natural, y).mean()  # labels read by the attack
+        weight = 1.0 - torch.softmax(logits_natural, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
+        robust = (weight * udr_kl(logits_natural, logits_adv, reduction="none")).mean()
+        return bce + self.beta * robust, {"bce": bce, "robust_loss": robust}
