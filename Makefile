@@ -74,7 +74,10 @@ wheel-check: wheel
 		&& ../venv/bin/python ../target/bin/fastadv attack ensemble --losses ce --steps 5 --size 64 --no-progress \
 		&& ../venv/bin/python ../target/bin/fastadv train --method ascl --strategy leaked-ls --epochs 1 --eval-size 64 \
 			--run-dir ascl --no-progress \
-		&& ../venv/bin/python ../target/bin/fastadv eval ascl --attacks pgd20 --size 64 --no-progress
+		&& ../venv/bin/python ../target/bin/fastadv eval ascl --attacks pgd20 --size 64 --no-progress \
+		&& ../venv/bin/python ../target/bin/fastadv train --method udr_trades --epochs 1 --eval-size 64 \
+			--run-dir udr --no-progress \
+		&& ../venv/bin/python ../target/bin/fastadv eval udr --attacks pgd20 --size 64 --no-progress
 	@echo "wheel check passed: $$(ls dist/fastadv-*.whl)"
 
 clean:
