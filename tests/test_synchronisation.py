@@ -213,7 +213,7 @@ def test_early_stop_reads_once_per_step(batch, loss):
 # smoothed_cross_entropy (label smoothing; LRM twice, for y and for its mixup partner),
 # margin_sq_hinge (every LMA method) and boosted_cross_entropy (LMA-AT).
 LOGITS_LABELS = "ops.logits._labels"
-UDR_LAMBDA = "attacks.udr.perturb"
+UDR_LAMBDA = "attacks.udr.check_labels"
 METHOD_READS = {
     "standard": {},
     "pgd_at": LABELS,

@@ -44,7 +44,8 @@ class UDRPGD(PGD):
         restarts, early_stop, amp_dtype, clip, generator: as for :class:`~fastadv.attacks.PGD`.
 
     ``lam`` can be overridden per call: ``attack(x, y, lam=λ)``. Host synchronisations: PGD's
-    (the labels, once per call) plus one read of a tensor ``lam``; none per step.
+    (the labels, once per call) plus one read of a tensor ``lam``, right after the labels' (when
+    the device is idle); none per step.
     """
 
     def __init__(self, model: nn.Module, eps=8 / 255, alpha: float = 2 / 255, steps: int = 10, lam=1.0,
@@ -67,10 +68,16 @@ class UDRPGD(PGD):
         if alpha is not None:
             raise ValueError(f"{type(self).__name__}: alpha is the step η of the constructor (τ = 2η by default); "
                              "build another attack for another step")
-        owner = type(self).__name__
-        lam = self.lam if lam is None else _lambda(owner, lam)
-        self._lam_value = check.number(owner, "lam", float(lam), low=0.0) if isinstance(lam, torch.Tensor) else lam
+        self._lam_value = self.lam if lam is None else _lambda(type(self).__name__, lam)
         return super().perturb(x, y, eps)
+
+    def check_labels(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """The labels' read, then λ's: a tensor λ is read right after the labels, while the device
+        has just been drained by their read, so that it adds no wait of its own."""
+        super().check_labels(logits, y)
+        if isinstance(self._lam_value, torch.Tensor):
+            owner = type(self).__name__
+            self._lam_value = check.number(owner, "lam", float(self._lam_value), low=0.0)
 
     def _step(self, x_adv, grad, x, eps, alpha, active) -> None:
         unchecked.udr_step_(x_adv, grad, x, eps, alpha, self._lam_value, self.tau, self.cost, self.clip, active)
