@@ -179,10 +179,12 @@ def test_epoch_batches_shard_the_permutation():
     assert sorted(i for shard in ranks for b in shard for i in b) == list(range(10))
 
 
-@pytest.mark.parametrize("method", [["trades"], ["ascl", "--strategy", "leaked-ls"]], ids=["trades", "ascl"])
+@pytest.mark.parametrize("method", [["trades"], ["ascl", "--strategy", "leaked-ls"], ["udr_trades"]],
+                         ids=["trades", "ascl", "udr_trades"])
 def test_two_gloo_processes_train_and_stay_in_sync(tmp_path, method):
     """ASCL's features go through DDP's own forward (fastadv.methods.representation), so its
-    gradients are synchronised like any method's: the ranks' parameters stay equal."""
+    gradients are synchronised like any method's: the ranks' parameters stay equal. UDR's λ
+    update all-reduces the mean soft cost inside the step."""
     run_dir = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -18,7 +18,8 @@ Resolutions taken in fastadv (METHODS.md section 5 lists them):
   train_cifar10_udr.py). τ = 2η (seed 003 App. E).
 - The cost c follows the run's norm (L∞ for an L∞ threat model), so that ε keeps its meaning.
 - λ is updated after every attack (every batch), not every 10 batches as the authors' code does,
-  and is clamped at 0 (λ ≥ 0 in the seed's Eq. 14).
+  and is clamped at 0 (λ ≥ 0 in the seed's Eq. 14). Under DDP the mean soft cost is averaged over
+  the ranks (one all-reduce on the device), so every rank holds the same λ, that of the global batch.
 - λ lives on the device as a float64 tensor: the update reads nothing back; the attack reads it
   once per batch (the fused step takes λ as a float). It is the method's state, saved in the
   checkpoints, and logged per epoch (``train_lambda``, the epoch's mean of the λ each attack
@@ -31,6 +32,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .. import _validate as check
@@ -43,9 +45,19 @@ from .base import NaturalAndAdversarialMethod
 __all__ = ["UDRPGDMethod", "UDRTRADES", "UDRMART", "update_lambda"]
 
 
-def update_lambda(lam: torch.Tensor, lam_lr: float, eps: float, soft_costs: torch.Tensor) -> torch.Tensor:
+def update_lambda(lam: torch.Tensor, lam_lr: float, eps: float, mean_soft_cost: torch.Tensor) -> torch.Tensor:
     """Seed 003 Eq. 19 with λ ≥ 0: ``max(0, λ − η_λ(ε − mean_i ĉ_i))``, on the device."""
-    return (lam - lam_lr * (eps - soft_costs.double().mean())).clamp_min(0.0)
+    return (lam - lam_lr * (eps - mean_soft_cost.double())).clamp_min(0.0)
+
+
+def global_mean(value: torch.Tensor) -> torch.Tensor:
+    """``value`` averaged over the ranks of a distributed run (each rank's mean over its equal share
+    of the global batch, so the global batch's mean), a collective on the device; itself otherwise."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    total = value.clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 def udr_kl(logits_natural: torch.Tensor, logits_adv: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -94,9 +106,10 @@ class UDRMethod(NaturalAndAdversarialMethod):
                         cost=self.cost, loss=self.attack_loss, amp_dtype=self.attack_dtype)
         x_adv = attack(x, y)
         with torch.no_grad():
-            soft_costs = pgd_ops.soft_cost(x_adv, x, self.eps, self.tau, self.cost)
-            self._attack_metrics = {"lambda": lam, "soft_cost": soft_costs.double().mean()}
-            self._lam = update_lambda(lam, self.lam_lr, self.eps, soft_costs)
+            # Under DDP every rank updates λ from the global batch's mean, so that λ stays one value.
+            mean_soft_cost = global_mean(pgd_ops.soft_cost(x_adv, x, self.eps, self.tau, self.cost).double().mean())
+            self._attack_metrics = {"lambda": lam, "soft_cost": mean_soft_cost}
+            self._lam = update_lambda(lam, self.lam_lr, self.eps, mean_soft_cost)
         return x_adv
 
     def objective_given(self, model, x, x_adv, y):

@@ -91,7 +91,8 @@ def test_udr_mart_matches_its_equation(beta):
 ])
 def test_lambda_update_matches_its_transcription(lam, costs, expected):
     """Seed 003 Eq. 19 with λ ≥ 0: λ ← max(0, λ − η_λ(ε − mean_i ĉ_i)), η_λ = 0.02, ε = 0.2."""
-    got = update_lambda(torch.tensor(lam, dtype=torch.float64), 0.02, 0.2, torch.tensor(costs, dtype=torch.float64))
+    got = update_lambda(torch.tensor(lam, dtype=torch.float64), 0.02, 0.2,
+                        torch.tensor(costs, dtype=torch.float64).mean())
     assert got.dtype == torch.float64
     assert got.item() == pytest.approx(max(0.0, expected), abs=1e-15)
 
@@ -214,3 +215,49 @@ def test_paper_defaults():
         assert (method.beta, method.lam_init, method.lam_lr, method.tau) == (beta, 1.0, 0.02, pytest.approx(0.1))
         assert method.cost == "linf" and build_method(name, norm="l2").cost == "l2"
     assert set(UDR) <= set(METHODS)
+
+
+def _rank_lambda(rank, world_size, address, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world_size)
+    try:
+        method = build_method("udr_pgd", eps=0.3, alpha=0.1, steps=2, lam_lr=0.5)
+        model = tiny_model()  # the same weights on both ranks, as DDP keeps them
+        torch.manual_seed(rank)  # each rank its own data and its own random starts
+        x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 4, (8,))
+        costs = []
+        for _ in range(3):
+            x_adv = method.adversarial_examples(model, x, y)
+            costs.append(soft_cost(x_adv, x, 0.3, method.tau, "linf").double().mean())
+        gathered = [torch.zeros(4, dtype=torch.float64) for _ in range(world_size)]
+        dist.all_gather(gathered, torch.stack([method.lam.reshape(()), *costs]))
+        results.put((rank, [t.tolist() for t in gathered]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_of_a_distributed_run_hold_one_lambda(tmp_path):
+    """Two gloo processes with different data: each updates λ from the global batch's mean soft
+    cost (the ranks' means averaged), so both hold the same λ, that of the transcription."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    address = f"file://{tmp_path / 'rendezvous'}"
+    processes = [context.Process(target=_rank_lambda, args=(rank, 2, address, results)) for rank in range(2)]
+    for process in processes:
+        process.start()
+    outcomes = dict(results.get(timeout=300) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    per_rank = outcomes[0]
+    assert outcomes[1] == per_rank
+    (lam_0, *costs_0), (lam_1, *costs_1) = per_rank
+    assert lam_0 == lam_1
+    assert costs_0 != costs_1, "the ranks' own batches differ"
+    lam = 1.0
+    for a, b in zip(costs_0, costs_1):
+        lam = max(0.0, lam - 0.5 * (0.3 - (a + b) / 2))
+    assert lam_0 == pytest.approx(lam, rel=1e-12)
