@@ -24,6 +24,7 @@ import torch
 
 import fastadv
 from fastadv.ops import pgd_step, pgd_step_, udr_step, udr_step_
+from fastadv.ops.pgd import unchecked
 from fastadv.reference import pgd as reference
 
 from . import common
@@ -103,6 +104,33 @@ class Rotation:
         return destination.copy_(source)
 
 
+def named_backends(device) -> dict[str, str]:
+    """On a GPU, the backends timed by name besides ``auto``: the host's work per call differs
+    between Triton's Python launcher and the C++ dispatcher, and at these sizes it is most of the
+    time."""
+    return {"CUDA C++": "cuda", "Triton": "triton"} if device.type == "cuda" else {}
+
+
+def in_place_variants(op, unchecked_op, rotation, device, fused_backend, arguments) -> dict:
+    """The in-place op through each of :func:`named_backends`, and its unchecked form (what the
+    attack loops call: no checks), each timed as its own row."""
+    def through(backend_name):
+        def call():
+            (_, grad, x), in_place = rotation.next()
+            with fastadv.use_backend(backend_name):
+                return op(in_place, grad, x, **arguments)
+        return call
+
+    def unchecked_call():
+        (_, grad, x), in_place = rotation.next()
+        with fastadv.use_backend(fused_backend):
+            return unchecked_op(in_place, grad, x)
+
+    variants = {f"fastadv {op.__name__} ({label})": through(name) for label, name in named_backends(device).items()}
+    variants[f"fastadv unchecked.{op.__name__} (the attack loop's call)"] = unchecked_call
+    return variants
+
+
 def measure(norm, device, fused_backend, rotation, compiled, rounds):
     eps, alpha = RADII[norm]
     reference_step = functools.partial(reference.pgd_step, eps=eps, alpha=alpha, norm=norm)
@@ -125,6 +153,8 @@ def measure(norm, device, fused_backend, rotation, compiled, rounds):
         "torch.compile(idiomatic update)": lambda: compiled["idiom"](*rotation.next()[0]),
         "fastadv pgd_step": fused,
         "fastadv pgd_step_ (in place)": fused_in_place,
+        **in_place_variants(pgd_step_, functools.partial(_unchecked_pgd_step_, eps=eps, alpha=alpha, norm=norm),
+                            rotation, device, fused_backend, dict(eps=eps, alpha=alpha, norm=norm)),
         ROOFLINE: rotation.copy,
     }
     stats = common.time_interleaved(functions, device, rounds=rounds)
@@ -132,6 +162,14 @@ def measure(norm, device, fused_backend, rotation, compiled, rounds):
         if name != ROOFLINE:
             stats[name]["allocated_MiB"] = common.allocated_mib(fn, device)
     return stats
+
+
+def _unchecked_pgd_step_(x_adv, grad, x, eps, alpha, norm):
+    return unchecked.pgd_step_(x_adv, grad, x, eps, alpha, norm, (0.0, 1.0))
+
+
+def _unchecked_udr_step_(x_adv, grad, x, eps, eta, lam, tau, cost):
+    return unchecked.udr_step_(x_adv, grad, x, eps, eta, lam, tau, cost, (0.0, 1.0))
 
 
 # UDR at CIFAR's L-inf setting (METHODS.md section 5): ε = 8/255, η = 2/255, τ = 2η, λ = 1.
@@ -165,6 +203,8 @@ def measure_udr(cost, device, fused_backend, rounds):
         "torch.compile(reference)": lambda: compiled(*rotation.next()[0]),
         "fastadv udr_step": fused,
         "fastadv udr_step_ (in place)": fused_in_place,
+        **in_place_variants(udr_step_, functools.partial(_unchecked_udr_step_, cost=cost, **UDR_ARGUMENTS),
+                            rotation, device, fused_backend, dict(cost=cost, **UDR_ARGUMENTS)),
     }
     stats = common.time_interleaved(functions, device, rounds=rounds)
     records = []
