@@ -110,6 +110,27 @@ def _reference_step(args) -> torch.Tensor:
                               alpha if alpha_per_sample is None else alpha_per_sample, norm, (lo, hi), active)
 
 
+def _run(op: str, backend_name: str, args: tuple, oracle):
+    """``op`` with the schema's arguments on the selected backend: the float64 oracle (``oracle(args)``),
+    the Triton custom op or the C++ op. An in-place op (its name ends in "_") writes ``args[0]``;
+    the oracle's result is copied there."""
+    if backend_name == "reference":
+        result = oracle(args)
+        if not op.endswith("_"):
+            return result
+        args[0].copy_(result)
+        return None
+    kernel = getattr(_TRITON, op) if backend_name == "triton" else getattr(torch.ops.fastadv, op)
+    return kernel(*args)
+
+
+def _written_back(x_adv: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """``x_adv`` after an in-place op ran on ``work``: a contiguous copy when x_adv had no row layout."""
+    if work is not x_adv:
+        x_adv.copy_(work)
+    return x_adv
+
+
 # ----------------------------------------------------------------------------- public ops
 def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, alpha, norm: str = "linf",
              clip=(0.0, 1.0), active: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -125,11 +146,7 @@ def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, alph
         active: optional bool [B]; inactive samples are returned unchanged.
     """
     name, args = _prepare_step("pgd_step", x_adv, grad, x, eps, alpha, norm, clip, active)
-    if name == "reference":
-        return _reference_step(args)
-    if name == "triton":
-        return _TRITON.pgd_step(*args)
-    return torch.ops.fastadv.pgd_step(*args)
+    return _run("pgd_step", name, args, _reference_step)
 
 
 def pgd_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, alpha, norm: str = "linf",
@@ -137,17 +154,8 @@ def pgd_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, alp
     """In-place :func:`pgd_step`: updates and returns ``x_adv``. On an invalid argument it
     raises before anything is written, so ``x_adv`` is left untouched."""
     name, args = _prepare_step("pgd_step_", x_adv, grad, x, eps, alpha, norm, clip, active)
-    work = args[0]
-    if name == "reference":
-        x_adv.copy_(_reference_step(args))
-        return x_adv
-    if name == "triton":
-        _TRITON.pgd_step_(*args)
-    else:
-        torch.ops.fastadv.pgd_step_(*args)
-    if work is not x_adv:  # x_adv had no row layout: the step ran on a contiguous copy
-        x_adv.copy_(work)
-    return x_adv
+    _run("pgd_step_", name, args, _reference_step)
+    return _written_back(x_adv, args[0])
 
 
 def pgd_init(x: torch.Tensor, eps, norm: str = "linf", init: str = "uniform",
@@ -233,28 +241,15 @@ def udr_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta:
     ``active`` bool [B], inactive samples unchanged.
     """
     name, args = _prepare_udr("udr_step", x_adv, grad, x, eps, eta, lam, tau, cost, clip, active)
-    if name == "reference":
-        return _reference_udr(args)
-    if name == "triton":
-        return _TRITON.udr_step(*args)
-    return torch.ops.fastadv.udr_step(*args)
+    return _run("udr_step", name, args, _reference_udr)
 
 
 def udr_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta: float, lam: float, tau: float,
               cost: str = "l2", clip=(0.0, 1.0), active: Optional[torch.Tensor] = None) -> torch.Tensor:
     """In-place :func:`udr_step`: updates and returns ``x_adv`` (untouched on an invalid argument)."""
     name, args = _prepare_udr("udr_step_", x_adv, grad, x, eps, eta, lam, tau, cost, clip, active)
-    work = args[0]
-    if name == "reference":
-        x_adv.copy_(_reference_udr(args))
-        return x_adv
-    if name == "triton":
-        _TRITON.udr_step_(*args)
-    else:
-        torch.ops.fastadv.udr_step_(*args)
-    if work is not x_adv:
-        x_adv.copy_(work)
-    return x_adv
+    _run("udr_step_", name, args, _reference_udr)
+    return _written_back(x_adv, args[0])
 
 
 def soft_cost(x_adv: torch.Tensor, x: torch.Tensor, eps, tau: float, cost: str = "l2") -> torch.Tensor:
@@ -269,16 +264,17 @@ def soft_cost(x_adv: torch.Tensor, x: torch.Tensor, eps, tau: float, cost: str =
     return _unchecked_soft_cost(x_adv, x, eps, tau, cost)
 
 
+def _reference_soft_cost(args) -> torch.Tensor:
+    x_adv, x, eps, eps_per_sample, tau, cost = args
+    return reference.soft_cost(x_adv, x, eps if eps_per_sample is None else eps_per_sample, tau, cost)
+
+
 def _unchecked_soft_cost(x_adv: torch.Tensor, x: torch.Tensor, eps, tau: float, cost: str) -> torch.Tensor:
-    name = backend.select("soft_cost", x_adv.device, x_adv.dtype)
-    if name == "reference":
-        return reference.soft_cost(x_adv, x, eps, tau, cost)
+    """:func:`soft_cost` for callers that validated once (arguments as for :func:`_unchecked_udr_step_`)."""
     work = x_adv if _has_row_layout(x_adv) else x_adv.contiguous()
     eps_value, eps_per_sample = (0.0, eps) if isinstance(eps, torch.Tensor) else (eps, None)
     args = (work, _in_layout_of(x, work), eps_value, eps_per_sample, float(tau), cost)
-    if name == "triton":
-        return _TRITON.soft_cost(*args)
-    return torch.ops.fastadv.soft_cost(*args)
+    return _run("soft_cost", backend.select("soft_cost", x_adv.device, x_adv.dtype), args, _reference_soft_cost)
 
 
 # ----------------------------------------------------------------------------- torch.library
@@ -311,33 +307,21 @@ def _unchecked_pgd_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tenso
     ``norm`` is "linf" or "l2"; ``clip`` a (min, max) pair of floats (±inf for no box);
     ``active`` a contiguous bool [B] tensor or None."""
     args = _step_arguments(x_adv, grad, x, eps, alpha, norm, clip[0], clip[1], active)
-    name = backend.select("pgd_step_", x_adv.device, x_adv.dtype)
-    if name == "reference":
-        x_adv.copy_(_reference_step(args))
-    elif name == "triton":
-        _TRITON.pgd_step_(*args)
-    else:
-        torch.ops.fastadv.pgd_step_(*args)
+    _run("pgd_step_", backend.select("pgd_step_", x_adv.device, x_adv.dtype), args, _reference_step)
+    return x_adv
+
+
+def _unchecked_udr_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta: float, lam: float,
+                         tau: float, cost: str, clip: tuple, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`udr_step_` for callers that validated once (arguments as for
+    :func:`_unchecked_pgd_step_`; ``cost`` "l2" or "linf")."""
+    args = _udr_arguments(x_adv, grad, x, eps, eta, lam, tau, cost, clip[0], clip[1], active)
+    _run("udr_step_", backend.select("udr_step_", x_adv.device, x_adv.dtype), args, _reference_udr)
     return x_adv
 
 
 #: The family's ops for callers that validated their arguments once, where they entered (the
 #: attacks): no checks, no host synchronisation. Same arguments as the public ops, already in
 #: the form the public ops bring them to (see each function).
-def _unchecked_udr_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta: float, lam: float,
-                         tau: float, cost: str, clip: tuple, active: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """:func:`udr_step_` for callers that validated once (arguments as for
-    :func:`_unchecked_pgd_step_`; ``cost`` "l2" or "linf")."""
-    args = _udr_arguments(x_adv, grad, x, eps, eta, lam, tau, cost, clip[0], clip[1], active)
-    name = backend.select("udr_step_", x_adv.device, x_adv.dtype)
-    if name == "reference":
-        x_adv.copy_(_reference_udr(args))
-    elif name == "triton":
-        _TRITON.udr_step_(*args)
-    else:
-        torch.ops.fastadv.udr_step_(*args)
-    return x_adv
-
-
 unchecked = types.SimpleNamespace(pgd_step_=_unchecked_pgd_step_, pgd_init=_unchecked_pgd_init,
                                   udr_step_=_unchecked_udr_step_, soft_cost=_unchecked_soft_cost)
