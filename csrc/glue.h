@@ -61,15 +61,24 @@ inline const void* per_sample_pointer(const std::optional<at::Tensor>& t, const 
   return t->data_ptr();
 }
 
-// What every step of the family checks: x_adv in a row layout, grad, x and out like it, a box.
-inline void check_step_tensors(const at::Tensor& out, const at::Tensor& x_adv, const at::Tensor& grad,
-                               const at::Tensor& x, double clip_min, double clip_max) {
+// What every step of the family checks (x_adv in a row layout, grad, x and out like it, a box),
+// and then reads: the batches' pointers and their shape as rows.
+inline StepRows step_rows(const at::Tensor& out, const at::Tensor& x_adv, const at::Tensor& grad,
+                          const at::Tensor& x, double clip_min, double clip_max) {
   TORCH_CHECK(x_adv.dim() >= 1, "fastadv: x_adv must have a batch dimension");
   TORCH_CHECK(has_row_layout(x_adv), "fastadv: x_adv must be dense with the batch dimension outermost");
   check_like(grad, x_adv, "grad");
   check_like(x, x_adv, "x");
   check_like(out, x_adv, "out");
   TORCH_CHECK(clip_min <= clip_max, "fastadv: clip_min must not exceed clip_max");
+  StepRows r{};
+  r.out = out.data_ptr();
+  r.x_adv = x_adv.data_ptr();
+  r.grad = grad.data_ptr();
+  r.x = x.data_ptr();
+  r.rows = x_adv.size(0);
+  r.row_size = r.rows == 0 ? 0 : x_adv.numel() / r.rows;
+  return r;
 }
 
 inline PgdStepParams pgd_step_params(const at::Tensor& out, const at::Tensor& x_adv,
@@ -78,17 +87,10 @@ inline PgdStepParams pgd_step_params(const at::Tensor& out, const at::Tensor& x_
                                      const std::optional<at::Tensor>& alpha_per_sample,
                                      c10::string_view norm, double clip_min, double clip_max,
                                      const std::optional<at::Tensor>& active) {
-  check_step_tensors(out, x_adv, grad, x, clip_min, clip_max);
+  PgdStepParams p{};
+  static_cast<StepRows&>(p) = step_rows(out, x_adv, grad, x, clip_min, clip_max);
   TORCH_CHECK(norm == "linf" || norm == "l2", "fastadv: norm must be 'linf' or 'l2', got '", std::string(norm), "'");
   const at::ScalarType acc = accumulate_type_of(x_adv.scalar_type());
-
-  PgdStepParams p{};
-  p.out = out.data_ptr();
-  p.x_adv = x_adv.data_ptr();
-  p.grad = grad.data_ptr();
-  p.x = x.data_ptr();
-  p.rows = x_adv.size(0);
-  p.row_size = p.rows == 0 ? 0 : x_adv.numel() / p.rows;
   p.eps_per_sample = per_sample_pointer(eps_per_sample, x_adv, acc, "eps");
   p.alpha_per_sample = per_sample_pointer(alpha_per_sample, x_adv, acc, "alpha");
   TORCH_CHECK(p.eps_per_sample != nullptr || eps >= 0, "fastadv: eps must be >= 0, got ", eps);
@@ -137,17 +139,11 @@ inline UdrStepParams udr_step_params(const at::Tensor& out, const at::Tensor& x_
                                      const at::Tensor& x, double eps, const std::optional<at::Tensor>& eps_per_sample,
                                      double eta, double lam, double tau, c10::string_view cost, double clip_min,
                                      double clip_max, const std::optional<at::Tensor>& active) {
-  check_step_tensors(out, x_adv, grad, x, clip_min, clip_max);
+  UdrStepParams p{};
+  static_cast<StepRows&>(p) = step_rows(out, x_adv, grad, x, clip_min, clip_max);
   TORCH_CHECK(eta > 0, "fastadv: eta must be > 0, got ", eta);
   TORCH_CHECK(tau > 0, "fastadv: tau must be > 0, got ", tau);
   TORCH_CHECK(lam >= 0, "fastadv: lam must be >= 0, got ", lam);
-  UdrStepParams p{};
-  p.out = out.data_ptr();
-  p.x_adv = x_adv.data_ptr();
-  p.grad = grad.data_ptr();
-  p.x = x.data_ptr();
-  p.rows = x_adv.size(0);
-  p.row_size = p.rows == 0 ? 0 : x_adv.numel() / p.rows;
   p.eps_per_sample = per_sample_pointer(eps_per_sample, x_adv, accumulate_type_of(x_adv.scalar_type()), "eps");
   TORCH_CHECK(p.eps_per_sample != nullptr || eps >= 0, "fastadv: eps must be >= 0, got ", eps);
   p.eps = eps;

@@ -11,13 +11,17 @@ namespace fastadv {
 
 enum class PgdNorm : int { Linf = 0, L2 = 1 };
 
-struct PgdStepParams {
-  void* out;              // may equal x_adv (the in-place variant)
+// What every step of the family reads and writes: the batches and their shape as rows.
+struct StepRows {
+  void* out;  // may equal x_adv (the in-place variant)
   const void* x_adv;
   const void* grad;
   const void* x;
   int64_t rows;
   int64_t row_size;
+};
+
+struct PgdStepParams : StepRows {
   // Per-sample tensors hold the accumulation type (float, or double for float64 inputs);
   // when null the scalar value applies to every sample.
   const void* eps_per_sample;
@@ -80,13 +84,7 @@ FASTADV_HOST_DEVICE acc_t pgd_l2_element(acc_t x_adv, acc_t g, acc_t x,
 // and then the number of coordinates reaching it for linf) and one pass writing it.
 enum class UdrCost : int { L2 = 0, Linf = 1 };
 
-struct UdrStepParams {
-  void* out;  // may equal x_adv (the in-place variant)
-  const void* x_adv;
-  const void* grad;
-  const void* x;
-  int64_t rows;
-  int64_t row_size;
+struct UdrStepParams : StepRows {
   const void* eps_per_sample;  // accumulation type; null: eps for every sample
   double eps;
   double eta;
