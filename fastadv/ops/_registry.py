@@ -185,8 +185,12 @@ def _lazy_kernel(family: str, name: str) -> Callable:
     """``kernels/<family>.py``'s function ``name``, imported on its first call (importing triton
     takes seconds). The call runs the custom op's implementation, never traced by torch.compile
     (the op is opaque to it), so the import may happen inside a compiled function."""
+    resolved: list[Callable] = []  # the function, once imported: every later call goes straight to it
+
     def kernel(*args):
-        return getattr(importlib.import_module(f"fastadv.kernels.{family}"), name)(*args)
+        if not resolved:
+            resolved.append(getattr(importlib.import_module(f"fastadv.kernels.{family}"), name))
+        return resolved[0](*args)
     kernel.__name__ = kernel.__qualname__ = name
     return kernel
 
