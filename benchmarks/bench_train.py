@@ -117,28 +117,31 @@ def official_trades_attack(model, x, eps, alpha, steps, amp_dtype=None):
     return torch.clamp(x_adv, 0.0, 1.0).detach()
 
 
-def official_trades_step(model, optimizer, x, y, eps, alpha, steps, beta, amp_dtype=None):
+def official_trades_step(model, optimizer, x, y, eps, alpha, steps, beta, amp_dtype=None, train_amp=False):
     """A TRADES step as train_trades_cifar10.py (Zhang et al.) writes it: the clean forward is
     recomputed inside every attack step and twice more in the loss; the projection is separate
     min/max/clamp ops. ``amp_dtype`` puts the attack's model calls under autocast (logits cast
-    back to float32, as fastadv's attacks do)."""
+    back to float32, as fastadv's attacks do); ``train_amp`` the training loss's forwards too."""
     criterion_kl = nn.KLDivLoss(reduction="sum")
     batch_size = len(x)
     x_adv = official_trades_attack(model, x, eps, alpha, steps, amp_dtype)
     optimizer.zero_grad()
-    logits = model(x)
-    loss_natural = F.cross_entropy(logits, y)
-    loss_robust = (1.0 / batch_size) * criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
-    loss = loss_natural + beta * loss_robust
+    with _autocast(x.device, amp_dtype if train_amp else None):
+        logits = model(x)
+        loss_natural = F.cross_entropy(logits, y)
+        loss_robust = (1.0 / batch_size) * criterion_kl(F.log_softmax(model(x_adv), dim=1),
+                                                        F.softmax(model(x), dim=1))
+        loss = loss_natural + beta * loss_robust
     loss.backward()
     optimizer.step()
     return loss
 
 
-def official_pgd_at_step(model, optimizer, x, y, eps, alpha, steps, amp_dtype=None):
+def official_pgd_at_step(model, optimizer, x, y, eps, alpha, steps, amp_dtype=None, train_amp=False):
     """A PGD-AT step as Madry et al. / Rice et al. (attack_pgd in train_cifar.py) write it: a
     delta uniform in [-eps, eps] kept inside the box, K signed-gradient steps on CE each followed
-    by clamps, then the training loss at x + delta. The attack runs in eval mode, as fastadv's."""
+    by clamps, then the training loss at x + delta. The attack runs in eval mode, as fastadv's.
+    ``amp_dtype`` puts the attack's forwards under autocast; ``train_amp`` the training forward too."""
     model.eval()
     delta = torch.empty_like(x).uniform_(-eps, eps)
     delta = torch.clamp(delta, -x, 1 - x)
@@ -153,7 +156,8 @@ def official_pgd_at_step(model, optimizer, x, y, eps, alpha, steps, amp_dtype=No
         delta = d.detach().requires_grad_(True)
     model.train()
     delta = delta.detach()
-    loss = F.cross_entropy(model(x + delta), y)
+    with _autocast(x.device, amp_dtype if train_amp else None):
+        loss = F.cross_entropy(model(x + delta), y)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -477,6 +481,10 @@ def digits_model(device, quick: bool):
 # ----------------------------------------------------------------------------- run
 def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
     device = torch.device(device)
+    if device.type == "cuda":
+        from . import bench_train_gpu
+
+        return bench_train_gpu.run(device, quick, out_dir)
     started = time.perf_counter()
     skipped, variants = bf16_skipped(device), variants_for(device)
     records, breakdowns, titles = [], {}, {}

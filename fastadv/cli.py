@@ -216,6 +216,19 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                               help="bf16 autocast (default: on for CUDA devices that support bf16, off on the CPU; on a CPU "
                                    "without native bf16 it runs, much slower, with a warning: see fastadv info)")
     optimisation.add_argument("--no-amp", dest="amp", action="store_false")
+    speed = parser.add_argument_group("speed on a GPU (no effect on what is computed beyond rounding)")
+    speed.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true",
+                       help="capture the training attack (random start, K forward/backward passes, fused steps) in a "
+                            "CUDA graph once per batch shape and replay it; a model that cannot be captured runs "
+                            "without, with a warning")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the model (the fused ops are opaque to it)")
+    speed.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
+                       help="keep the model and batches in NCHW (default on CUDA: channels_last)")
+    speed.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false", default=None,
+                       help="do not let cuDNN time its convolution algorithms (default on CUDA: it does)")
+    speed.add_argument("--no-device-data", dest="device_data", action="store_false", default=None,
+                       help="load batches through a DataLoader instead of keeping the training set on the device and "
+                            "augmenting there (default on CUDA: on the device)")
     attack = parser.add_argument_group("attack and method")
     attack.add_argument("--eps", type=float, default=None, help="radius on the [0,1] scale; default: digits 0.2, "
                                                                  "CIFAR 8/255")

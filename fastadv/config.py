@@ -18,7 +18,8 @@ SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 NORMS = ("linf", "l2")
 ATTACK_DTYPES = ("bfloat16", "float16")
 # Settings a resumed run may change: they do not affect what is computed.
-FREE_ON_RESUME = ("resume", "overwrite", "progress", "device", "workers")
+FREE_ON_RESUME = ("resume", "overwrite", "progress", "device", "workers", "cuda_graphs", "channels_last",
+                  "cudnn_benchmark", "compile", "device_data")
 # The method parameters the trainer sets from settings of its own (the attack's also serve the
 # per-epoch evaluation; ltd's teacher is a run folder here, loaded into a model for the method).
 TRAINER_METHOD_SETTINGS = ("eps", "alpha", "steps", "norm", "attack_dtype", "beta", "teacher")
@@ -69,6 +70,13 @@ class TrainConfig:
     eval_steps: int = 20
     eval_size: Optional[int] = None
     amp: Optional[bool] = None
+    # speed on a GPU (each None: on for CUDA devices, off on the CPU; see the command's help)
+    channels_last: Optional[bool] = None
+    cudnn_benchmark: Optional[bool] = None
+    device_data: Optional[bool] = None
+    # the training attack as a CUDA graph (fastadv.attacks.graph), and torch.compile of the model
+    cuda_graphs: bool = False
+    compile: bool = False
     grad_clip: Optional[float] = None
     seed: int = 0
     device: Optional[str] = None
@@ -112,8 +120,11 @@ class TrainConfig:
             check.number(None, "milestones", milestone, low=0, low_open=True, high=1)
         for name in ("download", "resume", "overwrite", "progress", "augment"):
             check.flag(None, name, getattr(config, name))
-        if config.amp is not None:
-            check.flag(None, "amp", config.amp)
+        for name in ("amp", "channels_last", "cudnn_benchmark", "device_data"):
+            if getattr(config, name) is not None:
+                check.flag(None, name, getattr(config, name))
+        for name in ("cuda_graphs", "compile"):
+            check.flag(None, name, getattr(config, name))
         config._check_method_options()
         return config
 

@@ -133,6 +133,51 @@ class ImageDataset(torch.utils.data.Dataset):
         return image, self.labels[index]
 
 
+def random_crop_flip_batch(images: torch.Tensor, padding: int, generator: Optional[torch.Generator] = None
+                           ) -> torch.Tensor:
+    """:func:`_random_crop_flip` for a whole batch [B, C, H, W] on its own device: each sample its
+    own crop offsets (uniform in 0..2·padding) and flip (probability 1/2), drawn from
+    ``generator`` (on the batch's device), in a few batched ops with no read back to the host."""
+    batch, channels, height, width = images.shape
+    device = images.device
+    padded = F.pad(images, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (2, batch), device=device, generator=generator)
+    flip = torch.rand(batch, device=device, generator=generator) < 0.5
+    columns = torch.arange(width, device=device)
+    columns = torch.where(flip[:, None], width - 1 - columns, columns) + offsets[1][:, None]
+    rows = torch.arange(height, device=device) + offsets[0][:, None]
+    samples = torch.arange(batch, device=device)[:, None, None, None]
+    planes = torch.arange(channels, device=device)[None, :, None, None]
+    return padded[samples, planes, rows[:, None, :, None], columns[:, None, None, :]]
+
+
+class DeviceBatches:
+    """The training split held on ``device`` (uint8 stays uint8 until a batch is drawn), batches
+    gathered by index and augmented there (:func:`random_crop_flip_batch`, for a dataset with
+    ``augment``): no worker processes and no host-to-device copy of images per batch, only of
+    the batch's indices. Batch ``b`` of a call draws its crops from a generator seeded with
+    ``seed`` and ``b``, so a run resumed mid-epoch draws the batches it would have drawn."""
+
+    def __init__(self, dataset: "ImageDataset", device):
+        self.device = torch.device(device)
+        self.images = dataset.images.to(self.device)
+        self.labels = dataset.labels.to(self.device)
+        self.augment = dataset.augment
+        self.padding = CIFAR_PADDING
+
+    def batches(self, indices, seed: int, first: int = 0):
+        """(x, y) for each list of indices in ``indices[first:]``; x float32 in [0, 1]."""
+        generator = torch.Generator(device=self.device)
+        for number in range(first, len(indices)):
+            index = torch.as_tensor(indices[number], dtype=torch.int64).to(self.device, non_blocking=True)
+            x = self.images[index]
+            x = x.float().div_(255) if x.dtype == torch.uint8 else x
+            if self.augment:
+                generator.manual_seed(seed * 1_000_003 + number)
+                x = random_crop_flip_batch(x, self.padding, generator)
+            yield x, self.labels[index]
+
+
 # ----------------------------------------------------------------------------- digits
 def _load_digits() -> Tuple[ImageDataset, ImageDataset]:
     from sklearn.datasets import load_digits

@@ -37,7 +37,8 @@ from torch import nn
 
 from .attacks import PGD
 from .config import FREE_ON_RESUME, TrainConfig
-from .data import load_dataset
+from .attacks.graph import graphs_captured
+from .data import DeviceBatches, load_dataset
 from .evaluate import robust_accuracy
 from .hardware import warn_slow_cpu_bf16
 from .methods import build_method
@@ -172,10 +173,14 @@ class Trainer:
             raise ValueError("members: ensembles train in one process for now (a method steps through the members "
                              "outside DistributedDataParallel's forward); run without torchrun")
         self.model = build_run_model(self.info, config.model, config.models, config.combine).to(self.device)
+        self._speed_setup()
         self.trained_model = self.model
         if distributed.enabled:
             self.trained_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.attack_model = self.model
+        if config.compile:
+            self.trained_model, self.attack_model = torch.compile(self.trained_model), torch.compile(self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.steps_per_epoch = len(epoch_batches(len(self.train_set), config.batch_size, config.seed, 0,
@@ -197,6 +202,26 @@ class Trainer:
         self.partial_sums: dict[str, torch.Tensor] = {}
         self.partial_count = 0
         self._interrupt_requested = False
+
+    def _speed_setup(self):
+        """The GPU settings of the run (each defaults to on for CUDA devices, off on the CPU):
+        channels_last model and batches, cuDNN's algorithm search, the training set on the device;
+        the training attack as a CUDA graph with ``cuda_graphs``."""
+        config, cuda = self.config, self.device.type == "cuda"
+        if config.cuda_graphs and not cuda:
+            raise ValueError(f"cuda_graphs: CUDA graphs need a CUDA device, got {self.device}")
+        self.channels_last = cuda if config.channels_last is None else config.channels_last
+        self.device_data = cuda if config.device_data is None else config.device_data
+        cudnn_benchmark = cuda if config.cudnn_benchmark is None else config.cudnn_benchmark
+        if cuda:
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if config.cuda_graphs:
+            self.method.attack_graph = "auto"
+        self.speed = {"channels_last": self.channels_last, "cudnn_benchmark": bool(cudnn_benchmark and cuda),
+                      "device_data": self.device_data, "cuda_graphs": config.cuda_graphs, "compile": config.compile}
+        self.device_batches = DeviceBatches(self.train_set, self.device) if self.device_data else None
 
     # -- checkpoints
     def _state(self) -> dict:
@@ -239,7 +264,10 @@ class Trainer:
             self.run.write_config(dict(
                 dataclasses.asdict(config), method_hyperparameters=self.method.hyperparameters(),
                 dataset_info=dataclasses.asdict(self.info), world_size=self.distributed.world_size,
-                amp_enabled=self.amp, best_selected_by=self.selection, torch=torch.__version__))
+                amp_enabled=self.amp, speed=self.speed, best_selected_by=self.selection, torch=torch.__version__))
+            if self.device.type == "cuda":
+                used = [name for name, on in self.speed.items() if on] + (["amp (bf16)"] if self.amp else [])
+                print(f"speed settings on {self.device}: {', '.join(used) or 'none'}", flush=True)
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
@@ -288,11 +316,15 @@ class Trainer:
         config, distributed = self.config, self.distributed
         batches = epoch_batches(len(self.train_set), config.batch_size, config.seed, self.epoch,
                                 distributed.rank, distributed.world_size)
-        # The loader's own generator: creating an iterator otherwise draws a worker seed from the
-        # global random stream, and a resumed run creates one more iterator than an unbroken one.
-        loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=batches[self.batch:],
-                                             num_workers=config.workers, pin_memory=self.device.type == "cuda",
-                                             generator=torch.Generator().manual_seed(config.seed + self.epoch))
+        if self.device_batches is not None:
+            loader = self.device_batches.batches(
+                batches, seed=(config.seed * 1_000_003 + self.epoch) * 65_537 + distributed.rank, first=self.batch)
+        else:
+            # The loader's own generator: creating an iterator otherwise draws a worker seed from the
+            # global random stream, and a resumed run creates one more iterator than an unbroken one.
+            loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=batches[self.batch:],
+                                                 num_workers=config.workers, pin_memory=self.device.type == "cuda",
+                                                 generator=torch.Generator().manual_seed(config.seed + self.epoch))
         self.model.train()
         started = time.perf_counter()
         bar = tqdm(total=len(batches), initial=self.batch, desc=f"epoch {self.epoch + 1}/{config.epochs}",
@@ -301,7 +333,9 @@ class Trainer:
                    dynamic_ncols=True)
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            turns = self.method.turns(self.trained_model, x, y, attack_model=self.model)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            turns = self.method.turns(self.trained_model, x, y, attack_model=self.attack_model)
             while True:
                 # The method's forward passes run under autocast; the backward passes outside it.
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -356,6 +390,8 @@ class Trainer:
         record.update({f"train_{n}": sums[i] / sums[-1] for i, n in enumerate(names)})
         record.update(self._evaluate())
         record["eval_steps"] = config.eval_steps
+        if config.cuda_graphs:
+            record["attack_graphs"] = graphs_captured(self.attack_model)
         if distributed.enabled:
             record["ranks_in_sync"] = self._ranks_in_sync()
         self.history.append(record)

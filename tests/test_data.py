@@ -190,3 +190,38 @@ def test_loader_batches(digits):
     images, labels = next(iter(torch.utils.data.DataLoader(digits[0], batch_size=16, shuffle=True)))
     assert images.shape == (16, 1, 8, 8) and images.dtype == torch.float32
     assert labels.shape == (16,) and labels.dtype == torch.int64
+
+
+# ----------------------------------------------------------------------------- on the device
+def test_batch_crop_flip_is_a_crop_and_flip_of_each_sample():
+    """Each output sample is the zero-padded input cropped at some offset in 0..8 and maybe
+    flipped (torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip), and the offsets and
+    flips drawn over a batch cover their ranges."""
+    from fastadv.data import random_crop_flip_batch
+
+    images = torch.rand(64, 3, 6, 5)
+    out = random_crop_flip_batch(images, 2, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    seen = set()
+    for i in range(64):
+        matches = [(top, left, flip) for top in range(5) for left in range(5) for flip in (False, True)
+                   if torch.equal(out[i], (lambda c: c.flip(-1) if flip else c)(padded[i, :, top:top + 6, left:left + 5]))]
+        assert matches, f"sample {i} is no crop of its padded image"
+        seen.update(matches)
+    assert {t for t, _, _ in seen} == set(range(5)) and {f for _, _, f in seen} == {False, True}
+
+
+def test_device_batches_are_the_loaders_batches_and_repeat_for_a_resume():
+    from fastadv.data import DeviceBatches, ImageDataset
+
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(20) % 10
+    plain = DeviceBatches(ImageDataset(images, labels, augment=False), "cpu")
+    indices = [[3, 1, 4], [15, 9, 2], [6, 5]]
+    for (x, y), index in zip(plain.batches(indices, seed=1), indices):
+        assert torch.equal(x, images[index].float() / 255) and torch.equal(y, labels[index])
+    augmented = DeviceBatches(ImageDataset(images, labels, augment=True), "cpu")
+    whole = [x for x, _ in augmented.batches(indices, seed=7)]
+    resumed = [x for x, _ in augmented.batches(indices, seed=7, first=1)]
+    assert all(torch.equal(a, b) for a, b in zip(whole[1:], resumed))
+    assert not torch.equal(whole[0], [x for x, _ in augmented.batches(indices, seed=8)][0])

@@ -215,3 +215,25 @@ def test_bf16_on_a_cpu_without_it_warns(tmp_path, monkeypatch, change, flags):
     monkeypatch.setattr(hardware, "_warned", False)
     with pytest.warns(hardware.SlowBF16Warning, match=f"^fastadv train {flags}: .*19.9x slower"):
         Trainer(TrainConfig(method="trades", device="cpu", run_dir=str(tmp_path / "run"), **QUICK, **change))
+
+
+def test_device_data_trains_and_resumes_exactly(tmp_path):
+    """The training set on the device, augmented there (the CUDA default), runs on the CPU too:
+    a run interrupted mid-epoch and resumed ends as the unbroken one."""
+    write_cifar_folder(tmp_path / "data", "cifar10", train_size=48, test_size=16)
+    options = dict(method="pgd_at", dataset="cifar10", data_root=str(tmp_path / "data"), model="cnn_4c3f", epochs=2,
+                   batch_size=16, steps=1, eval_steps=1, progress=False, device_data=True, channels_last=True)
+    straight = train(TrainConfig(run_dir=str(tmp_path / "straight"), **options))
+    assert json.loads((straight / "config.json").read_text())["speed"]["device_data"]
+
+    def press_ctrl_c(epoch, batch):
+        if (epoch, batch) == (0, 2):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        train(TrainConfig(run_dir=str(tmp_path / "broken"), **options), on_batch_end=press_ctrl_c)
+    train(TrainConfig(run_dir=str(tmp_path / "broken"), resume=True, **options))
+    assert metrics(tmp_path / "broken") == metrics(straight)
+    final_a = torch.load(straight / "checkpoint.pt", weights_only=True)["model"]
+    final_b = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)

@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import _validate as check
 from ..ops.pgd import INITS, NORMS, unchecked
+from . import graph as graphs
 from .base import Attack, radius_for_batch
 from .losses import CLEAN_TARGET_LOSSES, LOSSES, UNCHECKED
 
@@ -51,6 +52,12 @@ class PGD(Attack):
         margin: δ of the "margin_ce" loss (0.9, seed 002).
         amp_dtype, clip: see :class:`~fastadv.attacks.base.Attack`.
         generator: a ``torch.Generator`` on x's device for reproducible random starts.
+        graph: False, True or "auto": run each restart (random start, K forward/backward passes,
+            fused steps) as a CUDA graph captured once per model, batch shape, dtype, layout and
+            settings, and replayed per batch (:mod:`fastadv.attacks.graph`); the same examples as
+            without it, from the same random state, with one launch instead of thousands. True
+            refuses what cannot be captured (CPU tensors, ``early_stop``, a model that reads a
+            device value), naming why; "auto" runs such calls without a graph and warns once.
 
     ``eps`` and ``alpha`` can be overridden per call: ``attack(x, y, eps=..., alpha=...)``.
     Forward passes: one per step, plus one clean forward for the kl loss, plus one at the
@@ -65,7 +72,7 @@ class PGD(Attack):
     def __init__(self, model: nn.Module, eps=8 / 255, alpha=2 / 255, steps: int = 10, norm: str = "linf",
                  loss: str = "ce", init: Optional[str] = "uniform", restarts: int = 1, early_stop: bool = False,
                  kappa: float = 50.0, margin: float = 0.9, amp_dtype: Optional[torch.dtype] = None,
-                 clip=(0.0, 1.0), generator: Optional[torch.Generator] = None):
+                 clip=(0.0, 1.0), generator: Optional[torch.Generator] = None, graph=False):
         super().__init__(model, eps, amp_dtype=amp_dtype, clip=clip)
         owner = type(self).__name__
         self.alpha = check.radius(owner, "alpha", alpha, allow_none=True)
@@ -86,20 +93,34 @@ class PGD(Attack):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"{owner}: generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.generator = generator
+        self.graph = graphs.graph_mode(owner, graph)
+        if self.graph is True and early_stop:
+            raise graphs.GraphUnavailable(f"{owner}: graph=True cannot capture early_stop, which reads the device "
+                                          f"once per step (whether any sample is left)")
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps, alpha=None) -> torch.Tensor:
         owner = type(self).__name__
         alpha = self.alpha if alpha is None else check.radius(owner, "alpha", alpha)
         alpha = eps if alpha is None else radius_for_batch(owner, "alpha", alpha, x)
         loss = self._loss_function()
-        target = self._clean_logits(x) if self.loss in CLEAN_TARGET_LOSSES else y
+        run = functools.partial(self._run, loss=loss)
         best = best_loss = best_fooled = None
+        target = None
         for restart in range(self.restarts):
-            x_adv = self._ascend(x, y, target, eps, alpha, loss, check_labels=restart == 0)
+            x_adv = None
+            if self.graph:
+                x_adv = graphs.run_graphed(owner, self.graph, self.model, self._graph_settings(), x, y, eps, alpha, run,
+                                           self.check_labels, self.generator, self.early_stop)
+            if x_adv is None:
+                if target is None:
+                    target = self._target(x, y)
+                x_adv = self._ascend(x, y, target, eps, alpha, loss, self.check_labels if restart == 0 else None)
             if self.restarts == 1:
                 return x_adv
             with torch.no_grad():
                 logits = self.logits(x_adv)
+                if target is None:
+                    target = self._target(x, y)
                 final_loss = loss(logits, target)
                 fooled = logits.argmax(dim=1) != y
             if best is None:
@@ -111,6 +132,19 @@ class PGD(Attack):
             best_loss = torch.where(replace, final_loss, best_loss)
             best_fooled = best_fooled | fooled
         return best
+
+    def _graph_settings(self) -> tuple:
+        """What a captured run depends on besides its tensors: a change captures a new graph."""
+        return (type(self), self.norm, self.loss, self.init, self.steps, self.kappa, self.margin, self.amp_dtype,
+                self.clip)
+
+    def _target(self, x, y):
+        """What the loss compares the logits with: the clean logits z(x) for the kl losses, else y."""
+        return self._clean_logits(x) if self.loss in CLEAN_TARGET_LOSSES else y
+
+    def _run(self, x, y, eps, alpha, check, loss):
+        """One run as a function of its tensors alone, what a CUDA graph captures."""
+        return self._ascend(x, y, self._target(x, y), eps, alpha, loss, check)
 
     def _loss_function(self):
         if self.loss == "cw":
@@ -134,16 +168,17 @@ class PGD(Attack):
             unchecked.pgd_step_(start, torch.zeros_like(start), x, eps, 0.0, self.norm, self.clip)
         return start
 
-    def _ascend(self, x, y, target, eps, alpha, loss, check_labels: bool) -> torch.Tensor:
-        """One run of the attack from a fresh start; returns the final point (no grad)."""
+    def _ascend(self, x, y, target, eps, alpha, loss, check_labels) -> torch.Tensor:
+        """One run of the attack from a fresh start; returns the final point (no grad).
+        ``check_labels(logits, y)`` is called on the first logits unless it is None."""
         # One leaf buffer for the whole run: the in-place step (under no_grad) updates it, and the
         # previous step's graph is already freed, so no per-step detach/copy is needed.
         x_adv = self._start(x, eps).requires_grad_(True)
         active = None
         for step in range(self.steps):
             logits = self.logits(x_adv)
-            if check_labels and step == 0:
-                self.check_labels(logits, y)
+            if check_labels is not None and step == 0:
+                check_labels(logits, y)
             if self.early_stop:
                 active = logits.argmax(dim=1) == y
                 if not bool(active.any()):

@@ -210,6 +210,9 @@ class AdversarialMethod(Method):
 
     attack_loss: ClassVar[str] = "ce"
     attack_init: ClassVar[str] = "uniform"
+    #: the training attack's ``graph`` argument (fastadv.attacks.graph): the trainer's
+    #: ``--cuda-graphs`` sets "auto"
+    attack_graph = False
     option_help = {
         "eps": "radius of the training attack's threat model",
         "alpha": "step size of the training attack",
@@ -235,7 +238,8 @@ class AdversarialMethod(Method):
 
     def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         attack = PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm, loss=self.attack_loss,
-                     init=self.attack_init, amp_dtype=self.attack_dtype, **self.attack_options())
+                     init=self.attack_init, amp_dtype=self.attack_dtype, graph=self.attack_graph,
+                     **self.attack_options())
         return attack(x, y)
 
 
