@@ -100,6 +100,18 @@ def test_trainer_refuses_cuda_graphs_on_the_cpu(tmp_path):
 
 
 # ----------------------------------------------------------------------------- on a GPU
+# Eager and graphed runs may pick different cuDNN algorithms (a capture cannot take every
+# workspace), so their gradients agree to rounding, not bit for bit: with TF32 (cuDNN's default
+# for float32) to about 1e-3, which an L2 step carries into the examples. The comparisons run in
+# true float32; the start, which involves no gradient, must be equal exactly.
+@pytest.fixture
+def float32_convolutions():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def cifar_model(device, name="preact_resnet18"):
     torch.manual_seed(0)
     return build_model(name, dataset_info("cifar10")).to(device).eval()
@@ -115,31 +127,53 @@ def _pair(model, x, y, **options):
     return results[False], results[True]
 
 
+def assert_same_examples(eager, graphed, norm, alpha, steps):
+    """L2: equal to 1e-4. L∞: a sign step turns a rounding-level difference of a gradient entry
+    that is near 0 into a step of 2α, so at most 0.1% of the entries may differ, each by at most
+    2α per step; everything else equal to 1e-5."""
+    for a, b in zip(eager, graphed):
+        difference = (a - b).abs()
+        if norm == "l2":
+            assert difference.max() <= 1e-4
+        else:
+            assert difference.gt(1e-5).float().mean() <= 1e-3
+            assert difference.max() <= 2 * alpha * steps + 1e-6
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_graphed_start_is_the_eager_start(norm):
+    """α = 0: the examples are the random starts, drawn inside the graph: equal bit for bit."""
+    device = torch.device("cuda")
+    model = cifar_model(device)
+    x, y = torch.rand(32, 3, 32, 32, device=device), torch.randint(0, 10, (32,), device=device)
+    eager, graphed = _pair(model, x, y, eps=8 / 255 if norm == "linf" else 0.5, alpha=0.0, steps=2, norm=norm)
+    assert all(torch.equal(a, b) for a, b in zip(eager, graphed))
+    assert not torch.equal(graphed[0], graphed[1])  # each replay draws a new start
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("loss", ["ce", "kl", "cw", "margin_ce"])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_graphed_equals_eager(loss, norm):
+def test_graphed_equals_eager(float32_convolutions, loss, norm):
     device = torch.device("cuda")
     model = cifar_model(device)
     x, y = torch.rand(32, 3, 32, 32, device=device), torch.randint(0, 10, (32,), device=device)
     eps = 8 / 255 if norm == "linf" else 0.5
     eager, graphed = _pair(model, x, y, eps=eps, alpha=eps / 4, steps=5, loss=loss, norm=norm)
-    for a, b in zip(eager, graphed):
-        assert (a - b).abs().max() <= 1e-5
-    assert not torch.equal(graphed[0], graphed[1])  # each replay draws a new start
+    assert_same_examples(eager, graphed, norm, eps / 4, 5)
     assert graphs.graphs_captured(model) == 1
 
 
 @pytest.mark.cuda
-def test_graphed_per_sample_radii_channels_last_restarts_and_autocast():
+def test_graphed_per_sample_radii_channels_last_restarts_and_autocast(float32_convolutions):
     device = torch.device("cuda")
     model = cifar_model(device).to(memory_format=torch.channels_last)
     x = torch.rand(16, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (16,), device=device)
     eps = torch.linspace(1 / 255, 8 / 255, 16, device=device)
     eager, graphed = _pair(model, x, y, eps=eps, alpha=eps / 4, steps=4, restarts=2)
-    for a, b in zip(eager, graphed):
-        assert (a - b).abs().max() <= 1e-5
+    assert_same_examples(eager, graphed, "linf", 2 / 255, 4)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         eager, graphed = _pair(model, x, y, eps=8 / 255, alpha=2 / 255, steps=4)
     for a, b in zip(eager, graphed):
@@ -148,13 +182,13 @@ def test_graphed_per_sample_radii_channels_last_restarts_and_autocast():
 
 
 @pytest.mark.cuda
-def test_a_new_shape_captures_a_new_graph_and_is_right():
+def test_a_new_shape_captures_a_new_graph_and_is_right(float32_convolutions):
     device = torch.device("cuda")
     model = cifar_model(device)
     for batch in (8, 12, 8):
         x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
         eager, graphed = _pair(model, x, y, steps=3)
-        assert (eager[1] - graphed[1]).abs().max() <= 1e-5
+        assert_same_examples(eager, graphed, "linf", 2 / 255, 3)
     assert graphs.graphs_captured(model) == 2
 
 
