@@ -20,8 +20,10 @@ What capture needs, and what this module does about it:
   Float radii are constants of the kernels, so a new ε or α captures a new graph too.
 - **Random starts inside the graph.** The start is drawn by the graph from the attack's generator
   (registered with the graph) or torch's default CUDA generator, whose offset every replay
-  advances as the eager calls would: with the same seed the graphed attack returns the eager
-  attack's examples.
+  advances as the eager calls would: from the same random state the graphed attack draws the
+  eager attack's start bit for bit (each generator object captures its own graph). Its steps
+  then agree with the eager ones to the rounding of the model's gradients (a capture may pick
+  other cuDNN algorithms than an eager call, as two eager calls may).
 - **Autocast.** The weight cast cache of ``torch.autocast`` would keep casts made outside the
   graph; the graph is captured and replayed under the caller's autocast state with the cache off,
   and that state is part of the key.
@@ -69,6 +71,8 @@ class _Captured:
         self.output: Optional[torch.Tensor] = None
         self.classes = 0
         self.replays = 0
+        # the generator the graph draws from, held so that its id (part of the key) is not reused
+        self.generator: Optional[torch.Generator] = None
 
 
 # model -> OrderedDict[key, _Captured | str (why it cannot be captured)]
@@ -221,4 +225,5 @@ def _capture(owner: str, x, y, eps, alpha, body, check_labels, generator):
         _set_rng_state(generator, device, state)
         return f"{owner}: graph=True: the capture of the attack failed ({str(error).splitlines()[0]})"
     captured.graph, captured.output, captured.classes = graph, output, classes[0]
+    captured.generator = generator
     return captured
