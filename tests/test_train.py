@@ -237,3 +237,12 @@ def test_device_data_trains_and_resumes_exactly(tmp_path):
     final_a = torch.load(straight / "checkpoint.pt", weights_only=True)["model"]
     final_b = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_compile_trains(tmp_path):
+    """--compile: the model through torch.compile, the attack's input gradients included (a
+    compiled module has no truth value: the method must not test it with `or`)."""
+    run_dir = train(TrainConfig(method="pgd_at", run_dir=str(tmp_path / "run"), compile=True,
+                                **dict(QUICK, epochs=1)))
+    assert json.loads((run_dir / "config.json").read_text())["speed"]["compile"]
+    assert 0 <= metrics(run_dir)[0]["test_robust_acc"] <= 1

@@ -87,7 +87,7 @@ class ALS(TRADES):
         return self._schedule
 
     def turns(self, model, x, y, *, attack_model=None):
-        ensemble = as_ensemble(self.name, attack_model or model)
+        ensemble = as_ensemble(self.name, attack_model if attack_model is not None else model)
         yield from self.reference_turns(ensemble, x, y, extra=self.separation)
 
     def separation(self, r: int, adversarial: torch.Tensor, y: torch.Tensor):

@@ -106,14 +106,14 @@ class Method:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                  attack_model: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.squeezed(self.objective(model, x, y, attack_model or model))
+        return self.squeezed(self.objective(model, x, y, attack_model if attack_model is not None else model))
 
     def turns(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
               attack_model: nn.Module | None = None) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         """The batch's optimiser steps: each item is one step's (loss, metrics). One step on the
         method's loss; a single-model method given an ensemble trains its members by
         :meth:`reference_turns`."""
-        attack_model = attack_model or model
+        attack_model = attack_model if attack_model is not None else model
         if isinstance(attack_model, Ensemble) and not self.ensemble:
             if not self.trains_members:
                 raise TypeError(f"{self.name}: cannot train the members of an ensemble (see Method.trains_members)")
