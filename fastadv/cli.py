@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 
-BENCH_FAMILIES = ("pgd", "logits", "simplex", "contrastive", "train", "ensemble")
+BENCH_FAMILIES = ("pgd", "logits", "simplex", "contrastive", "train", "ensemble", "overhead")
 # What a user can get wrong (settings, files, data folders, checkpoints, the optional extra):
 # reported as one line and exit status 2. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, RuntimeError, ImportError)
