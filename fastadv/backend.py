@@ -20,6 +20,12 @@ GPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 _override: str | None = None
 _capabilities: dict[str, bool] = {}
+# FASTADV_BACKEND as last read (raw value, parsed name): every op asks for the backend on every
+# call, and os.environ.get costs more than some of them. CPython's os.environ keeps its bytes in
+# ``_data``, which its setters update; elsewhere the mapping itself is read.
+_ENVIRON = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("FASTADV_BACKEND") if _ENVIRON is not None else "FASTADV_BACKEND"
+_parsed_env: tuple = (None, "auto")
 
 
 class BackendUnavailable(RuntimeError):
@@ -34,9 +40,14 @@ def _check_name(name: str, source: str) -> str:
 
 def requested() -> str:
     """The backend asked for now: the innermost :func:`use_backend`, else ``FASTADV_BACKEND``."""
+    global _parsed_env
     if _override is not None:
         return _override
-    return _check_name(os.environ.get("FASTADV_BACKEND", "auto"), "FASTADV_BACKEND")
+    raw = _ENVIRON.get(_ENV_KEY) if _ENVIRON is not None else os.environ.get(_ENV_KEY)
+    if raw is not _parsed_env[0] and raw != _parsed_env[0]:
+        text = "auto" if raw is None else raw.decode() if isinstance(raw, bytes) else raw
+        _parsed_env = (raw, _check_name(text, "FASTADV_BACKEND"))
+    return _parsed_env[1]
 
 
 @contextlib.contextmanager

@@ -9,6 +9,9 @@
   Python autograd from its layout; :func:`member_fake`, :func:`member_backward_fake` and
   :func:`backward_op_autograd` do the same for the member ops (``FASTADV_LOGITS_MEMBER_OPS``:
   V [M, B, C] in, [B, M, M] out, a backward op of their own).
+- :class:`Family` is what every op family is built on: its C++ ops, its Triton custom ops, the
+  fakes, and :meth:`Family.kernel`, the one dispatch path of every op, public or unchecked (the
+  backend's choice resolved once per op, device, dtype and requested backend, then a dict lookup).
 - :class:`TritonOps` registers a family's Triton functions (``kernels/<family>.py``, one per op,
   named like it) as the custom ops ``fastadv::<op>_triton`` with the C++ op's schema, when the
   family is imported and Triton is installed; the kernels module (and triton, which takes
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import types
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
@@ -165,17 +169,6 @@ def backward_op_autograd(backward_op: Callable) -> tuple[Callable, Callable]:
     return backward, setup_context
 
 
-def implementation(name: str, device: torch.device, dtype: torch.dtype, triton: "TritonOps"):
-    """The op that runs ``name`` on tensors of ``device``/``dtype`` (fastadv.backend.select): the
-    family's Triton custom op, the C++ op, or None for the reference."""
-    chosen = backend.select(name, device, dtype)
-    if chosen == "reference":
-        return None
-    if chosen == "triton":
-        return getattr(triton, name)
-    return getattr(torch.ops.fastadv, name).default
-
-
 def triton_name(name: str) -> str:
     """``fastadv::<op>_triton``; an in-place op keeps its trailing underscore last."""
     return f"{name[:-1]}_triton_" if name.endswith("_") else f"{name}_triton"
@@ -239,3 +232,59 @@ class TritonOps:
         if self._ops is None:
             self._ops = self._register()
         return self._ops[name]
+
+
+class Family:
+    """An op family's place in torch.library and its one dispatch path.
+
+    ``Family("pgd")`` at the top of the family's module gives it ``unchecked``, the namespace of
+    the ops for loops that validated their arguments once (filled by :meth:`unchecked_op`);
+    :meth:`register`, at the bottom once its ops are defined, registers the fakes of its C++ ops
+    and its Triton custom ops (:class:`TritonOps`, with their autograd). Then :meth:`kernel` is
+    the op that runs ``name`` on tensors of a device and dtype: the Triton custom op, the C++ op,
+    or None where the reference runs, chosen by :func:`fastadv.backend.select` on the first call
+    for that (op, device type, dtype, fit, requested backend) and looked up after that. Every
+    public and every unchecked op of the four families dispatches through it.
+
+    A backend named explicitly that cannot run the inputs raises
+    (:class:`fastadv.backend.BackendUnavailable`) on every call; only choices are remembered.
+    :meth:`clear` forgets them (for a test that changes what the machine can do)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.unchecked = types.SimpleNamespace()
+        self.cpp: dict = {}
+        self.triton: Optional[TritonOps] = None
+        self._kernels: dict = {}
+
+    def register(self, names: Iterable[str], fake: Callable[[str], Callable],
+                 autograd: Optional[Callable[[str], tuple]] = None, triton_names: Optional[Iterable[str]] = None):
+        """The fakes of the C++ ops ``names`` (backward ops included), the C++ ops by name, and
+        the Triton custom ops of ``triton_names`` (default: ``names``)."""
+        names = tuple(names)
+        for op in names:
+            torch.library.register_fake(f"fastadv::{op}")(fake(op))
+        self.cpp = {op: getattr(torch.ops.fastadv, op).default for op in names}
+        self.triton = TritonOps(self.name, names if triton_names is None else triton_names, fake=fake,
+                                autograd=autograd)
+        self.clear()
+        return self
+
+    def kernel(self, op: str, device: torch.device, dtype: torch.dtype, triton_fits: bool = True):
+        key = (op, device.type, dtype, triton_fits, backend.requested())
+        try:
+            return self._kernels[key]
+        except KeyError:
+            pass
+        chosen = backend.select(op, device, dtype, triton_fits)
+        kernel = None if chosen == "reference" else getattr(self.triton, op) if chosen == "triton" else self.cpp[op]
+        self._kernels[key] = kernel
+        return kernel
+
+    def clear(self) -> None:
+        self._kernels.clear()
+
+    def unchecked_op(self, function: Callable) -> Callable:
+        """Registers ``_<op>``, the unchecked body of an op, as ``unchecked.<op>``."""
+        setattr(self.unchecked, function.__name__.lstrip("_"), function)
+        return function

@@ -22,7 +22,6 @@ without host synchronisation.
 from __future__ import annotations
 
 import math
-import types
 
 import torch
 
@@ -94,7 +93,7 @@ def _check_values(op: str, labels: torch.Tensor, preds=None, pair=None) -> None:
 # ----------------------------------------------------------------------------- dispatch
 def _implementation(name: str, device: torch.device, dtype: torch.dtype):
     """The op that runs ``name`` here, or None for the reference."""
-    return _registry.implementation(name, device, dtype, _TRITON)
+    return _FAMILY.kernel(name, device, dtype)
 
 
 def _long(t: torch.Tensor) -> torch.Tensor:
@@ -220,18 +219,18 @@ def _autograd(backward_op_of):
     return autograd
 
 
-for _name in _OPS + _BACKWARD_OPS:
-    torch.library.register_fake(f"fastadv::{_name}")(_fake(_name))
+_FAMILY = _registry.Family("contrastive")
+_TRITON = _FAMILY.register(_OPS + _BACKWARD_OPS, fake=_fake, autograd=_autograd(lambda name: getattr(_TRITON, name))
+                           ).triton
 _cpp_autograd = _autograd(lambda name: getattr(torch.ops.fastadv, name).default)
 for _name in _OPS:
     _backward, _setup_context = _cpp_autograd(_name)
     torch.library.register_autograd(f"fastadv::{_name}", _backward, setup_context=_setup_context)
 
-_TRITON = _registry.TritonOps("contrastive", _OPS + _BACKWARD_OPS, fake=_fake,
-                              autograd=_autograd(lambda name: getattr(_TRITON, name)))
-
 
 #: The family's ops for callers that validated their arguments once (the training methods): no
 #: checks, no host synchronisation. Same signatures as the public ops; the arguments must already
 #: be what the public ops accept.
-unchecked = types.SimpleNamespace(supcon_loss=_supcon_loss, pairwise_compactness=_pairwise_compactness)
+unchecked = _FAMILY.unchecked
+for _function in (_supcon_loss, _pairwise_compactness):
+    _FAMILY.unchecked_op(_function)

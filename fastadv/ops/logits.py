@@ -34,11 +34,10 @@ torch's ``amax`` does.
 from __future__ import annotations
 
 import math
-import types
 
 import torch
 
-from .. import _validate, backend
+from .. import _validate
 from ..reference import logits as reference
 from . import _registry
 
@@ -58,13 +57,10 @@ _ELEMENT_MEAN = 3  # the schemas' reduction code for the mean over all elements 
 #: attacks' loops): no checks, no host synchronisation. Same signatures as the public ops, with
 #: labels already a contiguous int64 tensor whose entries lie in [0, C). Every op of the family
 #: is here (see :func:`_fused`).
-unchecked = types.SimpleNamespace()
-
-
-def _fused(function):
-    """Registers ``_<op>``, the unchecked body of a fused op, as ``unchecked.<op>``."""
-    setattr(unchecked, function.__name__.lstrip("_"), function)
-    return function
+_FAMILY = _registry.Family("logits")
+unchecked = _FAMILY.unchecked
+#: Registers ``_<op>``, the unchecked body of a fused op, as ``unchecked.<op>``.
+_fused = _FAMILY.unchecked_op
 
 
 # ----------------------------------------------------------------------------- validation
@@ -105,10 +101,7 @@ def _implementation(name: str, device: torch.device, dtype: torch.dtype, columns
     """The op that runs ``name`` here, or None for the reference: ``auto`` leaves rows wider than
     the Triton kernels take to the CUDA C++ kernels (``columns``: the rows' width; the member
     ops' Triton kernels loop over the columns and take any)."""
-    chosen = backend.select(name, device, dtype, triton_fits=columns <= TRITON_MAX_COLUMNS)
-    if chosen == "reference":
-        return None
-    return getattr(_TRITON, name) if chosen == "triton" else _CPP[name]
+    return _FAMILY.kernel(name, device, dtype, columns <= TRITON_MAX_COLUMNS)
 
 
 def _run(name: str, inputs: tuple, rest: tuple):
@@ -350,11 +343,7 @@ def _triton_autograd(name: str):
     return _registry.saved_gradient_autograd(name)
 
 
-for _name in __all__ + list(_BACKWARD_OPS):
-    torch.library.register_fake(f"fastadv::{_name}")(_fake(_name))
-
-_CPP = {name: getattr(torch.ops.fastadv, name).default for name in __all__}
 # How many outputs the row ops return: the losses and the extras, not the gradients.
 _RETURNED = {name: _registry.layout(name).losses + _registry.layout(name).extras for name in _ROW_OPS}
 
-_TRITON = _registry.TritonOps("logits", __all__ + list(_BACKWARD_OPS), fake=_fake, autograd=_triton_autograd)
+_TRITON = _FAMILY.register(__all__ + list(_BACKWARD_OPS), fake=_fake, autograd=_triton_autograd).triton

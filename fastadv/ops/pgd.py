@@ -20,12 +20,11 @@ schemas are in csrc/ops.cpp. The updates have no autograd: they are not differen
 """
 from __future__ import annotations
 
-import types
 from typing import Optional
 
 import torch
 
-from .. import _validate, backend
+from .. import _validate
 from ..reference import pgd as reference
 from . import _registry
 
@@ -98,9 +97,8 @@ def _prepare_step(op, x_adv, grad, x, eps, alpha, norm, clip, active):
     norm = _norm(op, norm)
     clip_min, clip_max = _validate.clip_range(op, clip)
     active = _active(op, active, x_adv)
-    name = backend.select(op, x_adv.device, x_adv.dtype)
     work = x_adv if _has_row_layout(x_adv) else x_adv.contiguous()
-    return name, _step_arguments(work, _in_layout_of(grad, work), _in_layout_of(x, work), eps, alpha, norm, clip_min,
+    return _step_arguments(work, _in_layout_of(grad, work), _in_layout_of(x, work), eps, alpha, norm, clip_min,
                                  clip_max, active)
 
 
@@ -110,18 +108,20 @@ def _reference_step(args) -> torch.Tensor:
                               alpha if alpha_per_sample is None else alpha_per_sample, norm, (lo, hi), active)
 
 
-def _run(op: str, backend_name: str, args: tuple, oracle):
-    """``op`` with the schema's arguments on the selected backend: the float64 oracle (``oracle(args)``),
-    the Triton custom op or the C++ op. An in-place op (its name ends in "_") writes ``args[0]``;
-    the oracle's result is copied there."""
-    if backend_name == "reference":
-        result = oracle(args)
-        if not op.endswith("_"):
-            return result
-        args[0].copy_(result)
-        return None
-    kernel = getattr(_TRITON, op) if backend_name == "triton" else getattr(torch.ops.fastadv, op)
-    return kernel(*args)
+def _run(op: str, args: tuple, oracle):
+    """``op`` with the schema's arguments on the backend that runs it (the family's one dispatch
+    path, :meth:`fastadv.ops._registry.Family.kernel`): the Triton custom op, the C++ op, or the
+    reference (``oracle(args)``). An in-place op (its name ends in "_") writes ``args[0]``; the
+    oracle's result is copied there."""
+    first = args[0]
+    kernel = _FAMILY.kernel(op, first.device, first.dtype)
+    if kernel is not None:
+        return kernel(*args)
+    result = oracle(args)
+    if not op.endswith("_"):
+        return result
+    first.copy_(result)
+    return None
 
 
 def _written_back(x_adv: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
@@ -145,16 +145,16 @@ def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, alph
         clip: (min, max) box of valid inputs, or None for no box.
         active: optional bool [B]; inactive samples are returned unchanged.
     """
-    name, args = _prepare_step("pgd_step", x_adv, grad, x, eps, alpha, norm, clip, active)
-    return _run("pgd_step", name, args, _reference_step)
+    args = _prepare_step("pgd_step", x_adv, grad, x, eps, alpha, norm, clip, active)
+    return _run("pgd_step", args, _reference_step)
 
 
 def pgd_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, alpha, norm: str = "linf",
               clip=(0.0, 1.0), active: Optional[torch.Tensor] = None) -> torch.Tensor:
     """In-place :func:`pgd_step`: updates and returns ``x_adv``. On an invalid argument it
     raises before anything is written, so ``x_adv`` is left untouched."""
-    name, args = _prepare_step("pgd_step_", x_adv, grad, x, eps, alpha, norm, clip, active)
-    _run("pgd_step_", name, args, _reference_step)
+    args = _prepare_step("pgd_step_", x_adv, grad, x, eps, alpha, norm, clip, active)
+    _run("pgd_step_", args, _reference_step)
     return _written_back(x_adv, args[0])
 
 
@@ -210,9 +210,8 @@ def _prepare_udr(op, x_adv, grad, x, eps, eta, lam, tau, cost, clip, active):
     cost = _validate.choice(op, "cost", cost.lower() if isinstance(cost, str) else cost, COSTS)
     clip_min, clip_max = _validate.clip_range(op, clip)
     active = _active(op, active, x_adv)
-    name = backend.select(op, x_adv.device, x_adv.dtype)
     work = x_adv if _has_row_layout(x_adv) else x_adv.contiguous()
-    return name, _udr_arguments(work, _in_layout_of(grad, work), _in_layout_of(x, work), eps, eta, lam, tau, cost,
+    return _udr_arguments(work, _in_layout_of(grad, work), _in_layout_of(x, work), eps, eta, lam, tau, cost,
                                 clip_min, clip_max, active)
 
 
@@ -240,15 +239,15 @@ def udr_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta:
     that reach the maximum |x_int − x| (the minimum-norm subgradient). ``eps`` a float or [B];
     ``active`` bool [B], inactive samples unchanged.
     """
-    name, args = _prepare_udr("udr_step", x_adv, grad, x, eps, eta, lam, tau, cost, clip, active)
-    return _run("udr_step", name, args, _reference_udr)
+    args = _prepare_udr("udr_step", x_adv, grad, x, eps, eta, lam, tau, cost, clip, active)
+    return _run("udr_step", args, _reference_udr)
 
 
 def udr_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta: float, lam: float, tau: float,
               cost: str = "l2", clip=(0.0, 1.0), active: Optional[torch.Tensor] = None) -> torch.Tensor:
     """In-place :func:`udr_step`: updates and returns ``x_adv`` (untouched on an invalid argument)."""
-    name, args = _prepare_udr("udr_step_", x_adv, grad, x, eps, eta, lam, tau, cost, clip, active)
-    _run("udr_step_", name, args, _reference_udr)
+    args = _prepare_udr("udr_step_", x_adv, grad, x, eps, eta, lam, tau, cost, clip, active)
+    _run("udr_step_", args, _reference_udr)
     return _written_back(x_adv, args[0])
 
 
@@ -274,7 +273,7 @@ def _unchecked_soft_cost(x_adv: torch.Tensor, x: torch.Tensor, eps, tau: float, 
     work = x_adv if _has_row_layout(x_adv) else x_adv.contiguous()
     eps_value, eps_per_sample = (0.0, eps) if isinstance(eps, torch.Tensor) else (eps, None)
     args = (work, _in_layout_of(x, work), eps_value, eps_per_sample, float(tau), cost)
-    return _run("soft_cost", backend.select("soft_cost", x_adv.device, x_adv.dtype), args, _reference_soft_cost)
+    return _run("soft_cost", args, _reference_soft_cost)
 
 
 # ----------------------------------------------------------------------------- torch.library
@@ -291,10 +290,8 @@ def _fake(name: str):
     return lambda x_adv, *rest: torch.empty_like(x_adv)
 
 
-for _name in _OPS:
-    torch.library.register_fake(f"fastadv::{_name}")(_fake(_name))
-
-_TRITON = _registry.TritonOps("pgd", _OPS, fake=_fake)
+_FAMILY = _registry.Family("pgd")
+_TRITON = _FAMILY.register(_OPS, fake=_fake).triton
 
 
 # ----------------------------------------------------------------------------- unchecked path
@@ -306,8 +303,11 @@ def _unchecked_pgd_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tenso
     tensors on x_adv's device in the accumulation dtype (float64 for float64, else float32);
     ``norm`` is "linf" or "l2"; ``clip`` a (min, max) pair of floats (±inf for no box);
     ``active`` a contiguous bool [B] tensor or None."""
-    args = _step_arguments(x_adv, grad, x, eps, alpha, norm, clip[0], clip[1], active)
-    _run("pgd_step_", backend.select("pgd_step_", x_adv.device, x_adv.dtype), args, _reference_step)
+    kernel = _FAMILY.kernel("pgd_step_", x_adv.device, x_adv.dtype)
+    if isinstance(eps, float) and isinstance(alpha, float) and kernel is not None:  # the attacks' case
+        kernel(x_adv, grad, x, eps, alpha, None, None, norm, clip[0], clip[1], active)
+        return x_adv
+    _run("pgd_step_", _step_arguments(x_adv, grad, x, eps, alpha, norm, clip[0], clip[1], active), _reference_step)
     return x_adv
 
 
@@ -315,13 +315,14 @@ def _unchecked_udr_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tenso
                          tau: float, cost: str, clip: tuple, active: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`udr_step_` for callers that validated once (arguments as for
     :func:`_unchecked_pgd_step_`; ``cost`` "l2" or "linf")."""
-    args = _udr_arguments(x_adv, grad, x, eps, eta, lam, tau, cost, clip[0], clip[1], active)
-    _run("udr_step_", backend.select("udr_step_", x_adv.device, x_adv.dtype), args, _reference_udr)
+    _run("udr_step_", _udr_arguments(x_adv, grad, x, eps, eta, lam, tau, cost, clip[0], clip[1], active),
+         _reference_udr)
     return x_adv
 
 
 #: The family's ops for callers that validated their arguments once, where they entered (the
 #: attacks): no checks, no host synchronisation. Same arguments as the public ops, already in
 #: the form the public ops bring them to (see each function).
-unchecked = types.SimpleNamespace(pgd_step_=_unchecked_pgd_step_, pgd_init=_unchecked_pgd_init,
-                                  udr_step_=_unchecked_udr_step_, soft_cost=_unchecked_soft_cost)
+unchecked = _FAMILY.unchecked
+for _function in (_unchecked_pgd_step_, _unchecked_pgd_init, _unchecked_udr_step_, _unchecked_soft_cost):
+    setattr(unchecked, _function.__name__[len("_unchecked_"):], _function)

@@ -31,7 +31,6 @@ csrc/ops.cpp, the per-row math in csrc/include/fastadv/simplex.h. Attack loops c
 from __future__ import annotations
 
 import math
-import types
 from typing import Optional
 
 import torch
@@ -85,7 +84,7 @@ def _gram(op: str, Q) -> torch.Tensor:
 # ----------------------------------------------------------------------------- dispatch
 def _implementation(name: str, device: torch.device, dtype: torch.dtype):
     """The op that runs ``name`` here, or None for the reference."""
-    return _registry.implementation(name, device, dtype, _TRITON)
+    return _FAMILY.kernel(name, device, dtype)
 
 
 def _optional(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -196,16 +195,15 @@ def _autograd(name: str):
     return _registry.saved_gradient_autograd(name) if name == "simplex_distance_sq" else None
 
 
-for _name in _OPS:
-    torch.library.register_fake(f"fastadv::{_name}")(_fake(_name))
+_FAMILY = _registry.Family("simplex")
+_TRITON = _FAMILY.register(_OPS, fake=_fake, autograd=_autograd).triton
 _backward, _setup_context = _autograd("simplex_distance_sq")
 torch.library.register_autograd("fastadv::simplex_distance_sq", _backward, setup_context=_setup_context)
-
-_TRITON = _registry.TritonOps("simplex", _OPS, fake=_fake, autograd=_autograd)
 
 
 #: The family's ops for callers that validated their arguments once, where they entered (the
 #: attacks' loops): no checks, no host synchronisation. Same signatures as the public ops; the
 #: arguments must already be what the public ops accept.
-unchecked = types.SimpleNamespace(simplex_project=_simplex_project, simplex_distance_sq=_simplex_distance_sq,
-                                  min_norm_weights=_min_norm_weights)
+unchecked = _FAMILY.unchecked
+for _function in (_simplex_project, _simplex_distance_sq, _min_norm_weights):
+    _FAMILY.unchecked_op(_function)

@@ -368,12 +368,17 @@ def test_auto_gives_rows_too_wide_for_triton_to_the_cuda_kernels(monkeypatch):
     monkeypatch.delenv("FASTADV_BACKEND", raising=False)
     monkeypatch.setitem(backends._capabilities, "triton", True)
     monkeypatch.setitem(backends._capabilities, "cuda", True)
-    monkeypatch.setattr(ops, "_TRITON", types.SimpleNamespace(trades_kl="the Triton op"))
+    monkeypatch.setattr(ops._FAMILY, "triton", types.SimpleNamespace(trades_kl="the Triton op"))
     cuda, widest = torch.device("cuda"), ops.TRITON_MAX_COLUMNS
-    assert ops._implementation("trades_kl", cuda, torch.float16, widest) == "the Triton op"
-    assert ops._implementation("trades_kl", cuda, torch.float16, widest + 1) is torch.ops.fastadv.trades_kl.default
-    monkeypatch.setitem(backends._capabilities, "cuda", False)
-    assert ops._implementation("trades_kl", cuda, torch.float16, widest + 1) is None
+    ops._FAMILY.clear()  # choices made on this machine's real capabilities
+    try:
+        assert ops._implementation("trades_kl", cuda, torch.float16, widest) == "the Triton op"
+        assert ops._implementation("trades_kl", cuda, torch.float16, widest + 1) is torch.ops.fastadv.trades_kl.default
+        monkeypatch.setitem(backends._capabilities, "cuda", False)
+        ops._FAMILY.clear()
+        assert ops._implementation("trades_kl", cuda, torch.float16, widest + 1) is None
+    finally:
+        ops._FAMILY.clear()  # nothing chosen on the pretended capabilities outlives the test
 
 
 # ----------------------------------------------------------------------------- bad input
