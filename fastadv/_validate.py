@@ -172,4 +172,4 @@ def labels(owner: Optional[str], y, *, batch: int, classes: Optional[int], devic
         if low < 0 or high >= classes:
             raise ValueError(f"{_prefix(owner)}every label in {name} must lie in [0, {classes}) for {classes} "
                              f"classes, got labels from {low} to {high}")
-    return y.to(torch.int64).contiguous()
+    return y if y.dtype is torch.int64 and y.is_contiguous() else y.to(torch.int64).contiguous()

@@ -50,6 +50,23 @@ def _info(args) -> int:
     line("Triton importable", "yes" if backend.triton_available() else "no")
     line("Triton interpreter", "on (TRITON_INTERPRET=1)" if backend.triton_interpreted() else "off")
     line("backend requested", f"{backend.requested()} (FASTADV_BACKEND={os.environ.get('FASTADV_BACKEND', 'unset')})")
+    print("which backend runs each op (float32)")
+    from fastadv import ops
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for name in ops.__all__:
+        if name == "two_view_pair":  # builds an index tensor: not a kernel
+            continue
+        if name == "pgd_init":
+            line(name, "torch's random ops (one call per attack, no kernel of its own)")
+            continue
+        chosen = []
+        for device in devices:
+            try:
+                chosen.append(f"{device.type}: {backend.select(name, device, torch.float32)}")
+            except backend.BackendUnavailable as error:
+                chosen.append(f"{device.type}: unavailable ({error})")
+        line(name, ", ".join(chosen))
     print("machine")
     line("CPU", f"{common.cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
     ratio = hardware.cpu_bf16_ratio()

@@ -23,3 +23,30 @@ def test_the_per_backend_and_unchecked_rows_time_the_same_step(monkeypatch):
             in_place.copy_(x_adv)
             expected = udr_step(x_adv, grad, x, **arguments)
             assert torch.equal(call(), expected)
+
+
+def test_the_overhead_table_has_every_op_and_its_unchecked_form_computes_the_same():
+    """`fastadv bench overhead` times every public op of the four families (a new op without a
+    row fails here), and each unchecked call it times returns what the public one does."""
+    from fastadv import ops
+    from fastadv.benchmarks import bench_overhead
+
+    cases = bench_overhead.cases(torch.device("cpu"))
+    assert set(cases) == set(ops.__all__) - {"two_view_pair"}
+    for name, (public, unchecked) in cases.items():
+        if unchecked is None or name.endswith("_") or name == "pgd_init":  # in place, or random
+            continue
+        expected, got = public(), unchecked()
+        for a, b in zip(expected if isinstance(expected, tuple) else (expected,),
+                        got if isinstance(got, tuple) else (got,)):
+            assert torch.equal(a, b), name
+
+
+def test_the_gpu_training_benchmark_runs_its_smoke_workload_on_the_cpu(tmp_path):
+    """`fastadv bench train --device cuda`'s code, on the CPU: every variant but the graphed and
+    the compiled one steps, the floor is counted, the report is written."""
+    from fastadv.benchmarks import bench_train_gpu
+
+    report = bench_train_gpu.run("cpu", smoke=True, out_dir=tmp_path)
+    assert "official-style, float32" in report and "fastadv default" in report
+    assert (tmp_path / "train_gpu_smoke.json").exists()

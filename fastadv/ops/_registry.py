@@ -234,6 +234,12 @@ class TritonOps:
         return self._ops[name]
 
 
+def device_type(t: torch.Tensor) -> str:
+    """``t.device.type``, read the cheap way for the two common cases (``t.device`` builds an
+    object: it costs more than some ops' whole dispatch)."""
+    return "cuda" if t.is_cuda else "cpu" if t.is_cpu else t.device.type
+
+
 class Family:
     """An op family's place in torch.library and its one dispatch path.
 
@@ -270,13 +276,15 @@ class Family:
         self.clear()
         return self
 
-    def kernel(self, op: str, device: torch.device, dtype: torch.dtype, triton_fits: bool = True):
-        key = (op, device.type, dtype, triton_fits, backend.requested())
+    def kernel(self, op: str, device, dtype: torch.dtype, triton_fits: bool = True):
+        """``device``: a torch.device or its type, "cpu" or "cuda" (:func:`device_type`, cheaper)."""
+        kind = device if type(device) is str else device.type
+        key = (op, kind, dtype, triton_fits, backend.requested())
         try:
             return self._kernels[key]
         except KeyError:
             pass
-        chosen = backend.select(op, device, dtype, triton_fits)
+        chosen = backend.select(op, torch.device(kind), dtype, triton_fits)
         kernel = None if chosen == "reference" else getattr(self.triton, op) if chosen == "triton" else self.cpp[op]
         self._kernels[key] = kernel
         return kernel

@@ -104,7 +104,7 @@ def _long(t: torch.Tensor) -> torch.Tensor:
 def _supcon_loss(z: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, pair: torch.Tensor,
                  tau: float = DEFAULT_TAU, strategy: str = "global", sim: str = "cosine",
                  reduction: str = "mean") -> torch.Tensor:
-    op = _implementation("supcon_loss", z.device, z.dtype)
+    op = _implementation("supcon_loss", _registry.device_type(z), z.dtype)
     if op is None:
         return reference.supcon_loss(z, labels, preds, pair, tau, strategy, sim, reduction)
     return op(z.contiguous(), _long(labels), _long(preds), _long(pair), float(tau), _code(STRATEGIES, strategy),
@@ -149,7 +149,7 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, pair
 
 def _pairwise_compactness(f: torch.Tensor, labels: torch.Tensor, a: float = DEFAULT_A,
                           p: int = DEFAULT_P) -> torch.Tensor:
-    op = _implementation("pairwise_compactness", f.device, f.dtype)
+    op = _implementation("pairwise_compactness", _registry.device_type(f), f.dtype)
     if op is None:
         return reference.pairwise_compactness(f, labels, a, p)
     return op(f.contiguous(), _long(labels), float(a), int(p))

@@ -33,6 +33,7 @@ torch's ``amax`` does.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -83,6 +84,7 @@ def _labels(op: str, y, z: torch.Tensor) -> torch.Tensor:
     return _validate.labels(op, y, batch=z.shape[0], classes=z.shape[1], device=z.device)
 
 
+@functools.lru_cache(maxsize=256)
 def _elementwise_rows(shape) -> tuple[int, int]:
     """The [rows, cols] view the mhuber kernels get of a tensor of ``shape``. mhuber is elementwise
     with one mean over every element, so any split into rows gives the same loss; rows of whole
@@ -109,12 +111,17 @@ def _run(name: str, inputs: tuple, rest: tuple):
     schema's other arguments ``rest``, or None where the reference runs. A flag per input asks
     for its gradient when autograd will want it."""
     first = inputs[0]
-    op = _implementation(name, first.device, first.dtype, first.shape[-1])
+    op = _implementation(name, _registry.device_type(first), first.dtype, first.shape[-1])
     if op is None:
         return None
     grad = torch.is_grad_enabled()
-    outputs = op(*(t.contiguous() for t in inputs), *rest, *(grad and t.requires_grad for t in inputs))
-    return outputs[:_RETURNED[name]]
+    if len(inputs) == 2:  # most ops: spelled out, generators cost more than these ops' kernels
+        a, b = inputs
+        outputs = op(a.contiguous(), b.contiguous(), *rest, grad and a.requires_grad, grad and b.requires_grad)
+    else:
+        outputs = op(*(t.contiguous() for t in inputs), *rest, *(grad and t.requires_grad for t in inputs))
+    returned = _RETURNED[name]
+    return outputs if returned == len(outputs) else outputs[:returned]
 
 
 # ----------------------------------------------------------------------------- the ops
@@ -213,12 +220,23 @@ def margin_sq_hinge(z: torch.Tensor, y: torch.Tensor, delta: float = 0.9) -> tor
     return _margin_sq_hinge(z, y, _validate.number(op, "delta", delta))
 
 
+def _as_rows(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``t`` as [rows, cols] (a view where it can be; nothing when it already is)."""
+    if t.dim() == 2 and t.shape[0] == rows:
+        return t
+    return t.view(rows, cols) if t.is_contiguous() else t.reshape(rows, cols)
+
+
+def _constant(t: torch.Tensor) -> torch.Tensor:
+    return t.detach() if t.requires_grad else t
+
+
 @_fused
 def _mhuber(u: torch.Tensor, v: torch.Tensor, alpha: float) -> torch.Tensor:
     if not u.numel():
         return reference.mhuber(u, v, alpha)
-    shape = _elementwise_rows(u.shape)
-    result = _run("mhuber", (u.reshape(shape), v.reshape(shape)), (float(alpha), _ELEMENT_MEAN))
+    rows, cols = _elementwise_rows(u.shape)
+    result = _run("mhuber", (_as_rows(u, rows, cols), _as_rows(v, rows, cols)), (float(alpha), _ELEMENT_MEAN))
     return reference.mhuber(u, v, alpha) if result is None else result[0]
 
 
@@ -236,10 +254,10 @@ def _mhuber_moving_average(u: torch.Tensor, v: torch.Tensor, u_average: torch.Te
                            tau: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if not u.numel():
         return reference.mhuber_moving_average(u, v, u_average, v_average, tau, alpha)
-    shape = _elementwise_rows(u.shape)
-    result = _run("mhuber_moving_average", (u.reshape(shape), v.reshape(shape)),
-                  (u_average.detach().reshape(shape).contiguous(), v_average.detach().reshape(shape).contiguous(),
-                   float(alpha), float(tau), _ELEMENT_MEAN))
+    rows, cols = _elementwise_rows(u.shape)
+    result = _run("mhuber_moving_average", (_as_rows(u, rows, cols), _as_rows(v, rows, cols)),
+                  (_as_rows(_constant(u_average), rows, cols).contiguous(),
+                   _as_rows(_constant(v_average), rows, cols).contiguous(), float(alpha), float(tau), _ELEMENT_MEAN))
     if result is None:
         return reference.mhuber_moving_average(u, v, u_average, v_average, tau, alpha)
     loss, u_next, v_next = result
@@ -289,7 +307,7 @@ def logit_squeeze(z: torch.Tensor) -> torch.Tensor:
 
 @_fused
 def _masked_gram(V: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    op = _implementation("masked_gram", V.device, V.dtype)
+    op = _implementation("masked_gram", _registry.device_type(V), V.dtype)
     return reference.masked_gram(V, y, normalize) if op is None else op(V.contiguous(), y, bool(normalize))
 
 
