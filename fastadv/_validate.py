@@ -40,6 +40,9 @@ def number(owner: Optional[str], name: str, value, *, low: float = -math.inf, hi
            low_open: bool = False, high_open: bool = False, allow_none: bool = False) -> Optional[float]:
     """``value`` as a float in the interval (bounds included unless open; NaN never passes).
     A 0-dim tensor is read (one synchronisation). None passes only with ``allow_none``."""
+    if type(value) is float:  # the common case, without the abstract Real's isinstance
+        if (value > low if low_open else value >= low) and (value < high if high_open else value <= high):
+            return value
     if value is None and allow_none:
         return None
     if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex():
@@ -91,6 +94,8 @@ def radius(owner: Optional[str], name: str, value, *, like: Optional[torch.Tenso
     """A radius or step size: a float >= 0, or a floating tensor of shape [B] whose entries are
     all >= 0 (read once: one synchronisation). With ``like`` (a batch [B, ...]) the tensor must
     have B entries and is returned on ``like``'s device, in ``dtype`` when given, contiguous."""
+    if type(value) is float and value >= 0.0:  # the common case (NaN fails the comparison)
+        return value
     if value is None and allow_none:
         return None
     if isinstance(value, torch.Tensor) and value.dim() == 0:
@@ -117,6 +122,9 @@ def clip_range(owner: Optional[str], clip, name: str = "clip") -> tuple[float, f
     """The (min, max) box of valid inputs, or (-inf, inf) for None."""
     if clip is None:
         return -math.inf, math.inf
+    if type(clip) is tuple and len(clip) == 2 and type(clip[0]) is float and type(clip[1]) is float \
+            and clip[0] <= clip[1]:
+        return clip
     try:
         low, high = (float(v) for v in clip)
     except (TypeError, ValueError):

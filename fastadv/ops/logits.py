@@ -261,7 +261,9 @@ def _mhuber_moving_average(u: torch.Tensor, v: torch.Tensor, u_average: torch.Te
     if result is None:
         return reference.mhuber_moving_average(u, v, u_average, v_average, tau, alpha)
     loss, u_next, v_next = result
-    return loss, u_next.reshape(u.shape), v_next.reshape(u.shape)
+    if u_next.shape == u.shape:
+        return loss, u_next, v_next
+    return loss, u_next.view(u.shape), v_next.view(u.shape)
 
 
 def mhuber_moving_average(u: torch.Tensor, v: torch.Tensor, u_average: torch.Tensor, v_average: torch.Tensor,

@@ -71,6 +71,8 @@ def _step_arguments(x_adv, grad, x, eps, alpha, norm, clip_min, clip_max, active
 
 def _has_row_layout(t: torch.Tensor) -> bool:
     """Samples are consecutive memory blocks (contiguous and channels_last tensors are)."""
+    if t.is_contiguous():
+        return True
     expected = 1
     for stride, size in sorted((t.stride(d), t.size(d)) for d in range(1, t.dim()) if t.size(d) != 1):
         if stride != expected:
