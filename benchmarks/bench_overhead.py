@@ -31,24 +31,26 @@ from . import common
 TARGETS = {"unchecked": 3.0, "public": 6.0, "trades_kl_vs_eager": 0.3}
 
 
-def cases(device) -> dict[str, tuple]:
-    """op -> (public call, unchecked call or None), each a closure over tiny inputs."""
+def cases(device, batch: int = 4, image=(3, 4, 4), features: int = 4) -> dict[str, tuple]:
+    """op -> (public call, unchecked call or None), each a closure over inputs of ``batch``
+    samples (images of shape ``image``, [batch, 10] logits, [batch, 3] simplex rows, 2·batch
+    feature rows of ``features``)."""
     g = torch.Generator().manual_seed(0)
 
     def rand(*shape):
         return torch.rand(*shape, generator=g).to(device)
 
-    x = rand(4, 3, 4, 4)
-    x_adv, grad = (x + 0.01).clamp(0, 1), rand(4, 3, 4, 4) - 0.5
-    z, z2, target = rand(4, 10), rand(4, 10), torch.softmax(rand(4, 10), dim=1)
-    y = torch.arange(4, device=device)
-    u, v, u_avg, v_avg = rand(4, 10), rand(4, 10), rand(4, 10), rand(4, 10)
-    V = rand(3, 4, 10)
-    w, Q = rand(4, 3), rand(4, 3, 3)
+    x = rand(batch, *image)
+    x_adv, grad = (x + 0.01).clamp(0, 1), rand(batch, *image) - 0.5
+    z, z2, target = rand(batch, 10), rand(batch, 10), torch.softmax(rand(batch, 10), dim=1)
+    y = (torch.arange(batch) % 10).to(device)
+    u, v, u_avg, v_avg = rand(batch, 10), rand(batch, 10), rand(batch, 10), rand(batch, 10)
+    V = rand(3, batch, 10)
+    w, Q = rand(batch, 3), rand(batch, 3, 3)
     Q = Q @ Q.transpose(1, 2)
-    feats = rand(8, 4)
-    labels = torch.tensor([0, 1, 0, 1, 2, 2, 3, 3], device=device)
-    pair = ops.two_view_pair(4).to(device)
+    feats = rand(2 * batch, features)
+    labels = (torch.arange(2 * batch) % 4).to(device)
+    pair = ops.two_view_pair(batch).to(device)
     eps, alpha, clip = 8 / 255, 2 / 255, (0.0, 1.0)
     return {
         "pgd_step": (lambda: ops.pgd_step(x_adv, grad, x, eps, alpha), None),

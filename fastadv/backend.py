@@ -8,6 +8,7 @@ it runs, or it raises :class:`BackendUnavailable` saying why.
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import importlib.util
 import os
@@ -84,14 +85,32 @@ def _dtype_names(dtypes) -> str:
     return "/".join(str(d).replace("torch.", "") for d in dtypes)
 
 
-def select(op: str, device: torch.device, dtype: torch.dtype, triton_fits: bool = True) -> str:
+def size_class(numel: int) -> int:
+    """The size class of an op whose first input has ``numel`` elements (fastadv.tuned)."""
+    from . import tuned
+
+    return bisect.bisect_left(tuned.SIZE_CLASSES, numel)
+
+
+def tuned_choice(op: str, size: int) -> str | None:
+    """The backend fastadv.tuned measured fastest for ``op`` in size class ``size``, or None."""
+    from . import tuned
+
+    choices = tuned.TABLE.get(op)
+    return None if choices is None or size >= len(choices) else choices[size]
+
+
+def select(op: str, device: torch.device, dtype: torch.dtype, triton_fits: bool = True, size: int = 0) -> str:
     """The backend that runs ``op`` on tensors of ``device``/``dtype``, or an explained error.
     ``triton_fits`` says whether the op's Triton kernel takes these inputs' shape (the logits
     kernels take rows of up to 16384 columns): ``auto`` runs the CUDA C++ kernels (or the
-    reference) otherwise."""
+    reference) otherwise. ``size``: the inputs' size class (:func:`size_class`): on CUDA, ``auto``
+    runs the backend :mod:`fastadv.tuned` measured fastest for it, where it has an entry."""
     name = requested()
     if name == "auto":
         if device.type == "cuda":
+            if tuned_choice(op, size) == "cuda" and cuda_compiled() and dtype in GPU_DTYPES:
+                return "cuda"
             if triton_available() and triton_fits:
                 return "triton"
             return "cuda" if cuda_compiled() and dtype in GPU_DTYPES else "reference"

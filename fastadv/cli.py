@@ -67,6 +67,10 @@ def _info(args) -> int:
             except backend.BackendUnavailable as error:
                 chosen.append(f"{device.type}: unavailable ({error})")
         line(name, ", ".join(chosen))
+    from fastadv import tuned
+
+    line("GPU table (fastadv.tuned)", f"measured on {tuned.MEASURED_ON}, {len(tuned.TABLE)} ops" if tuned.MEASURED_ON
+         else "none measured: Triton on CUDA tensors (CUDA C++ where Triton cannot take the shape)")
     print("machine")
     line("CPU", f"{common.cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
     ratio = hardware.cpu_bf16_ratio()
@@ -82,7 +86,7 @@ def _info(args) -> int:
 
 
 def _bench(args) -> int:
-    families = BENCH_FAMILIES if args.family == "all" else (args.family,)
+    families = ("tune",) if args.tune else BENCH_FAMILIES if args.family == "all" else (args.family,)
     for family in families:
         module = importlib.import_module(f"fastadv.benchmarks.bench_{family}")
         print(module.run(device=args.device, quick=args.quick, out_dir=args.out))
@@ -358,10 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
     bench = commands.add_parser("bench", help="benchmark the fused ops against eager and torch.compile",
                                 formatter_class=_HelpFormatter)
-    bench.add_argument("family", nargs="?", default="all", choices=("all",) + BENCH_FAMILIES,
+    bench.add_argument("family", nargs="?", default="all", choices=("all", "tune") + BENCH_FAMILIES,
                        help="op family to benchmark")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, noisier figures)")
+    bench.add_argument("--tune", action="store_true",
+                       help="time the CUDA C++ and Triton backends of every op per size class and write the table "
+                            "that `auto` can ship (fastadv/tuned.py); the same as the family 'tune'")
     bench.add_argument("--out", default=None, help="folder for the CSV/JSON results (default benchmarks/results)")
     bench.set_defaults(run=_bench)
     return parser

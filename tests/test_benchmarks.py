@@ -50,3 +50,32 @@ def test_the_gpu_training_benchmark_runs_its_smoke_workload_on_the_cpu(tmp_path)
     report = bench_train_gpu.run("cpu", smoke=True, out_dir=tmp_path)
     assert "official-style, float32" in report and "fastadv default" in report
     assert (tmp_path / "train_gpu_smoke.json").exists()
+
+
+def test_the_tuner_writes_a_table_that_auto_follows(tmp_path, monkeypatch):
+    """`fastadv bench --tune`: a table module per op and size class (here on the CPU's two
+    candidates, two ops, two classes), and `auto` on CUDA tensors runs what such a table names."""
+    import importlib.util
+
+    from fastadv import backend, tuned
+    from fastadv.benchmarks import bench_tune
+
+    bench_tune.run("cpu", quick=True, out_dir=tmp_path, only=("trades_kl", "pgd_step_"), classes=2)
+    spec = importlib.util.spec_from_file_location("written_table", tmp_path / "tuned.py")
+    written = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(written)
+    assert set(written.TABLE) == {"trades_kl", "pgd_step_"}
+    # one choice per class; the classes not timed repeat the last one timed
+    assert all(len(choices) == len(tuned.SIZE_CLASSES) + 1 and set(choices) <= {"cpu", "reference"}
+               and choices[2:] == (choices[1],) * (len(choices) - 2) for choices in written.TABLE.values())
+    assert written.SIZE_CLASSES == tuned.SIZE_CLASSES and written.MEASURED_ON
+
+    monkeypatch.delenv("FASTADV_BACKEND", raising=False)
+    monkeypatch.setitem(backend._capabilities, "triton", True)
+    monkeypatch.setitem(backend._capabilities, "cuda", True)
+    monkeypatch.setattr(tuned, "TABLE", {"trades_kl": ("cuda", "triton", "triton", "triton")})
+    cuda = torch.device("cuda")
+    assert backend.size_class(100) == 0 and backend.size_class(1 << 14) == 1 and backend.size_class(1 << 30) == 3
+    assert backend.select("trades_kl", cuda, torch.float32, size=0) == "cuda"
+    assert backend.select("trades_kl", cuda, torch.float32, size=1) == "triton"
+    assert backend.select("mart_loss", cuda, torch.float32, size=0) == "triton"  # no entry: the default rule

@@ -276,15 +276,18 @@ class Family:
         self.clear()
         return self
 
-    def kernel(self, op: str, device, dtype: torch.dtype, triton_fits: bool = True):
-        """``device``: a torch.device or its type, "cpu" or "cuda" (:func:`device_type`, cheaper)."""
+    def kernel(self, op: str, device, dtype: torch.dtype, triton_fits: bool = True, numel: int = 0):
+        """``device``: a torch.device or its type, "cpu" or "cuda" (:func:`device_type`, cheaper);
+        ``numel``: the elements of the first input, whose size class picks among the GPU backends
+        (fastadv.tuned; not looked at elsewhere)."""
         kind = device if type(device) is str else device.type
-        key = (op, kind, dtype, triton_fits, backend.requested())
+        size = backend.size_class(numel) if kind == "cuda" and numel else 0
+        key = (op, kind, dtype, triton_fits, size, backend.requested())
         try:
             return self._kernels[key]
         except KeyError:
             pass
-        chosen = backend.select(op, torch.device(kind), dtype, triton_fits)
+        chosen = backend.select(op, torch.device(kind), dtype, triton_fits, size)
         kernel = None if chosen == "reference" else getattr(self.triton, op) if chosen == "triton" else self.cpp[op]
         self._kernels[key] = kernel
         return kernel

@@ -91,9 +91,9 @@ def _check_values(op: str, labels: torch.Tensor, preds=None, pair=None) -> None:
 
 
 # ----------------------------------------------------------------------------- dispatch
-def _implementation(name: str, device: torch.device, dtype: torch.dtype):
+def _implementation(name: str, device: torch.device, dtype: torch.dtype, numel: int = 0):
     """The op that runs ``name`` here, or None for the reference."""
-    return _FAMILY.kernel(name, device, dtype)
+    return _FAMILY.kernel(name, device, dtype, True, numel)
 
 
 def _long(t: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,7 @@ def _long(t: torch.Tensor) -> torch.Tensor:
 def _supcon_loss(z: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, pair: torch.Tensor,
                  tau: float = DEFAULT_TAU, strategy: str = "global", sim: str = "cosine",
                  reduction: str = "mean") -> torch.Tensor:
-    op = _implementation("supcon_loss", _registry.device_type(z), z.dtype)
+    op = _implementation("supcon_loss", _registry.device_type(z), z.dtype, z.numel())
     if op is None:
         return reference.supcon_loss(z, labels, preds, pair, tau, strategy, sim, reduction)
     return op(z.contiguous(), _long(labels), _long(preds), _long(pair), float(tau), _code(STRATEGIES, strategy),
@@ -149,7 +149,7 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, pair
 
 def _pairwise_compactness(f: torch.Tensor, labels: torch.Tensor, a: float = DEFAULT_A,
                           p: int = DEFAULT_P) -> torch.Tensor:
-    op = _implementation("pairwise_compactness", _registry.device_type(f), f.dtype)
+    op = _implementation("pairwise_compactness", _registry.device_type(f), f.dtype, f.numel())
     if op is None:
         return reference.pairwise_compactness(f, labels, a, p)
     return op(f.contiguous(), _long(labels), float(a), int(p))

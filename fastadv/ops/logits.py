@@ -99,11 +99,11 @@ def _elementwise_rows(shape) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- dispatch
-def _implementation(name: str, device: torch.device, dtype: torch.dtype, columns: int = 0):
+def _implementation(name: str, device: torch.device, dtype: torch.dtype, columns: int = 0, numel: int = 0):
     """The op that runs ``name`` here, or None for the reference: ``auto`` leaves rows wider than
     the Triton kernels take to the CUDA C++ kernels (``columns``: the rows' width; the member
     ops' Triton kernels loop over the columns and take any)."""
-    return _FAMILY.kernel(name, device, dtype, columns <= TRITON_MAX_COLUMNS)
+    return _FAMILY.kernel(name, device, dtype, columns <= TRITON_MAX_COLUMNS, numel)
 
 
 def _run(name: str, inputs: tuple, rest: tuple):
@@ -111,7 +111,7 @@ def _run(name: str, inputs: tuple, rest: tuple):
     schema's other arguments ``rest``, or None where the reference runs. A flag per input asks
     for its gradient when autograd will want it."""
     first = inputs[0]
-    op = _implementation(name, _registry.device_type(first), first.dtype, first.shape[-1])
+    op = _implementation(name, _registry.device_type(first), first.dtype, first.shape[-1], first.numel())
     if op is None:
         return None
     grad = torch.is_grad_enabled()
@@ -309,7 +309,7 @@ def logit_squeeze(z: torch.Tensor) -> torch.Tensor:
 
 @_fused
 def _masked_gram(V: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    op = _implementation("masked_gram", _registry.device_type(V), V.dtype)
+    op = _implementation("masked_gram", _registry.device_type(V), V.dtype, 0, V.numel())
     return reference.masked_gram(V, y, normalize) if op is None else op(V.contiguous(), y, bool(normalize))
 
 

@@ -116,7 +116,7 @@ def _run(op: str, args: tuple, oracle):
     reference (``oracle(args)``). An in-place op (its name ends in "_") writes ``args[0]``; the
     oracle's result is copied there."""
     first = args[0]
-    kernel = _FAMILY.kernel(op, _registry.device_type(first), first.dtype)
+    kernel = _FAMILY.kernel(op, _registry.device_type(first), first.dtype, True, first.numel())
     if kernel is not None:
         return kernel(*args)
     result = oracle(args)
@@ -305,7 +305,7 @@ def _unchecked_pgd_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tenso
     tensors on x_adv's device in the accumulation dtype (float64 for float64, else float32);
     ``norm`` is "linf" or "l2"; ``clip`` a (min, max) pair of floats (±inf for no box);
     ``active`` a contiguous bool [B] tensor or None."""
-    kernel = _FAMILY.kernel("pgd_step_", _registry.device_type(x_adv), x_adv.dtype)
+    kernel = _FAMILY.kernel("pgd_step_", _registry.device_type(x_adv), x_adv.dtype, True, x_adv.numel())
     if isinstance(eps, float) and isinstance(alpha, float) and kernel is not None:  # the attacks' case
         kernel(x_adv, grad, x, eps, alpha, None, None, norm, clip[0], clip[1], active)
         return x_adv

@@ -82,9 +82,9 @@ def _gram(op: str, Q) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- dispatch
-def _implementation(name: str, device: torch.device, dtype: torch.dtype):
+def _implementation(name: str, device: torch.device, dtype: torch.dtype, numel: int = 0):
     """The op that runs ``name`` here, or None for the reference."""
-    return _FAMILY.kernel(name, device, dtype)
+    return _FAMILY.kernel(name, device, dtype, True, numel)
 
 
 def _optional(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -94,7 +94,7 @@ def _optional(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 # ----------------------------------------------------------------------------- the ops
 def _simplex_project(v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     v = v.detach()
-    op = _implementation("simplex_project", _registry.device_type(v), v.dtype)
+    op = _implementation("simplex_project", _registry.device_type(v), v.dtype, v.numel())
     if op is None:
         return reference.simplex_project(v, mask)
     return op(v.contiguous(), _optional(mask))
@@ -114,7 +114,7 @@ def simplex_project(v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tor
 
 
 def _simplex_distance_sq(w: torch.Tensor, achieved: Optional[torch.Tensor] = None) -> torch.Tensor:
-    op = _implementation("simplex_distance_sq", _registry.device_type(w), w.dtype)
+    op = _implementation("simplex_distance_sq", _registry.device_type(w), w.dtype, w.numel())
     if op is None:
         return reference.simplex_distance_sq(w, achieved)
     grad_w = torch.is_grad_enabled() and w.requires_grad
@@ -140,7 +140,7 @@ def _min_norm_weights(Q: torch.Tensor, achieved: Optional[torch.Tensor] = None, 
     steps = DEFAULT_STEPS if steps is None else steps
     if solver == "softmax-gd" and lr is None:
         lr = DEFAULT_LR
-    op = _implementation("min_norm_weights", _registry.device_type(Q), Q.dtype)
+    op = _implementation("min_norm_weights", _registry.device_type(Q), Q.dtype, Q.numel())
     if op is None:
         return reference.min_norm_weights(Q, achieved, lam, solver, steps, lr, init)
     return op(Q.contiguous(), _optional(achieved), _optional(init), float(lam), _SOLVER_CODES[solver], int(steps),
