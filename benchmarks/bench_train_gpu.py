@@ -196,6 +196,42 @@ def graph_equality(device) -> dict:
             "examples": 64, "calls": 2}
 
 
+# ----------------------------------------------------------------------------- AMP's robustness
+def amp_check(device, quick: bool, seeds=(0, 1), epochs=None) -> list[dict]:
+    """Is bf16 autocast (the trainer's default on CUDA) safe for robustness? TRADES on the digits
+    (digits_cnn, fastadv's trainer, the same seed) trained with --amp and with --no-amp, each
+    judged by float32 PGD-20 (ε 0.2, α 0.05, uniform start from the same generator seed) on the
+    held-out digits."""
+    import contextlib
+    import io
+    import tempfile
+    from pathlib import Path
+
+    from fastadv.data import load_dataset
+    from fastadv.evaluate import robust_accuracy
+    from fastadv.runs import load_model
+    from fastadv.train import TrainConfig, train
+
+    _, test_set, _ = load_dataset("digits", augment=False)
+    rows = []
+    for seed in seeds[:1] if quick else seeds:
+        accuracy = {}
+        for amp in (False, True):
+            with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
+                run_dir = train(TrainConfig(method="trades", dataset="digits", epochs=epochs or (5 if quick else 15), seed=seed,
+                                            amp=amp, device=str(device), run_dir=folder, progress=False,
+                                            overwrite=True))
+                model, _, _, _ = load_model(Path(run_dir) / "checkpoint.pt", device)
+            generator = torch.Generator(device=device).manual_seed(seed)
+            attack = PGD(model, eps=0.2, alpha=0.05, steps=20, generator=generator)
+            result = robust_accuracy(model, test_set, {"pgd20": attack}, device, progress=False)
+            accuracy[amp] = (result["accuracy"]["clean"], result["accuracy"]["pgd20"])
+        rows.append({"seed": seed, "float32_clean": accuracy[False][0], "float32_pgd20": accuracy[False][1],
+                     "amp_clean": accuracy[True][0], "amp_pgd20": accuracy[True][1],
+                     "points": 100 * (accuracy[True][1] - accuracy[False][1])})
+    return rows
+
+
 # ----------------------------------------------------------------------------- ops inside a graph
 def _graph_time(fn, device, calls: int = 20, replays: int = 20) -> float:
     """Device seconds per call of ``fn`` captured ``calls`` times in one CUDA graph."""
@@ -223,41 +259,80 @@ def _graph_time(fn, device, calls: int = 20, replays: int = 20) -> float:
     return times[len(times) // 2]
 
 
-def op_rows(device) -> list[dict]:
-    """Fused op vs torch.compile of its eager formula, device time inside a graph."""
+def op_cases(device, quick: bool) -> dict[str, tuple]:
+    """name -> (fused call, eager formula call), each a closure over CIFAR-sized inputs that
+    returns nothing (a loss case takes its gradient too): the fused op through its unchecked form
+    (what the loops run, capturable: no labels' read), the eager formula as the benchmarks of its
+    family write it (TRADES' official KL; the logits family's formulas; the pgd family's clamps)."""
     from fastadv.ops import logits as L
+    from fastadv.ops import simplex as S
     from fastadv.ops.pgd import unchecked as P
+    from fastadv.reference import logits as reference_logits
+    from fastadv.reference import simplex as reference_simplex
 
-    rows = []
-    x = torch.rand(512, 3, 32, 32, device=device)
-    x_adv, grad = (x + 0.01 * torch.randn_like(x)).clamp(0, 1), torch.randn_like(x)
+    from . import bench_logits
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(512, 3, 32, 32, generator=g).to(device)
+    x_adv = (x + 0.01 * torch.randn(x.shape, generator=g).to(device)).clamp(0, 1)
+    grad = torch.randn(x.shape, generator=g).to(device)
     eps, alpha = 8 / 255, 2 / 255
 
-    def eager_pgd(x_adv, grad, x):
-        step = torch.min(torch.max(x_adv + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
-        x_adv.copy_(step)
+    def eager_linf(x_adv, grad, x):
+        x_adv.copy_(torch.min(torch.max(x_adv + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1))
 
-    compiled_pgd = torch.compile(eager_pgd)
-    fused = {"pgd_step_ (L∞, [512, 3, 32, 32] float32)": (
-        lambda: P.pgd_step_(x_adv, grad, x, eps, alpha, "linf", (0.0, 1.0)),
-        lambda: compiled_pgd(x_adv, grad, x))}
-    z_nat = torch.randn(512, 10, device=device)
-    z_adv = torch.randn(512, 10, device=device, requires_grad=True)
+    def eager_l2(x_adv, grad, x):
+        step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        delta = x_adv + 0.1 * step - x
+        scale = (0.5 / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0).view(-1, 1, 1, 1)
+        x_adv.copy_((x + delta * scale).clamp(0, 1))
 
-    def eager_kl(z_nat, z_adv):
-        return F.kl_div(F.log_softmax(z_adv, dim=1), F.softmax(z_nat, dim=1), reduction="batchmean")
+    cases = {}
+    for name, fused, eager in (
+            ("pgd_step_ L∞ [512, 3, 32, 32]", lambda: P.pgd_step_(x_adv, grad, x, eps, alpha, "linf", (0.0, 1.0)),
+             eager_linf),
+            ("pgd_step_ L2 [512, 3, 32, 32]", lambda: P.pgd_step_(x_adv, grad, x, 0.5, 0.1, "l2", (0.0, 1.0)),
+             eager_l2)):
+        compiled = torch.compile(eager)
+        cases[name] = (fused, lambda compiled=compiled: compiled(x_adv, grad, x))
+    inputs = {k: v[:512, :10].contiguous() if v.dim() == 2 else v[:512] % 10
+              for k, v in bench_logits.make_inputs(device).items()}
+    a = inputs["z_nat"].requires_grad_()
+    b = inputs["z_adv"].requires_grad_()
+    others = (inputs["ema_nat"], inputs["ema_adv"], inputs["y"])
+    names = ("trades_kl", "LMA-AT loss") if quick else tuple(bench_logits.CASES)
+    for name in names:
+        case = bench_logits.CASES[name]
+        if name == "trades_kl":
+            formula = lambda a, b, ea, eb, y: bench_logits.official_trades_kl(a, b)  # noqa: E731
+        else:
+            formula = lambda a, b, ea, eb, y, case=case: case(reference_logits, a, b, ea, eb, y)  # noqa: E731
+        compiled = torch.compile(formula)
+        cases[f"{name} fwd+bwd [512, 10]"] = (
+            lambda case=case: torch.autograd.grad(case(L.unchecked, a, b, *others), [a, b], allow_unused=True),
+            lambda compiled=compiled: torch.autograd.grad(compiled(a, b, *others), [a, b], allow_unused=True))
+    V = torch.randn(3, 512, 10, generator=g).to(device).requires_grad_()
+    y = inputs["y"]
+    weights = torch.randn(512, 3, 3, generator=g).to(device)
+    compiled_gram = torch.compile(bench_logits.eager_masked_gram)
+    cases["masked_gram fwd+bwd [3, 512, 10]"] = (
+        lambda: torch.autograd.grad((L.unchecked.masked_gram(V, y) * weights).sum(), [V]),
+        lambda: torch.autograd.grad((compiled_gram(V, y) * weights).sum(), [V]))
+    if not quick:
+        w = torch.randn(512, 4, generator=g).to(device)
+        compiled_projection = torch.compile(reference_simplex.simplex_project)
+        cases["simplex_project [512, 4]"] = (lambda: S.unchecked.simplex_project(w),
+                                             lambda: compiled_projection(w))
+    return cases
 
-    compiled_kl = torch.compile(eager_kl)
 
-    def fused_kl():
-        torch.autograd.grad(L.unchecked.trades_kl(z_nat, z_adv, "mean"), z_adv)
-
-    def compiled_kl_call():
-        torch.autograd.grad(compiled_kl(z_nat, z_adv), z_adv)
-
-    fused["trades_kl forward+backward ([512, 10] float32)"] = (fused_kl, compiled_kl_call)
-    for name, (ours, theirs) in fused.items():
-        t_ours, t_theirs = _graph_time(ours, device), _graph_time(theirs, device)
+def op_rows(device, quick: bool = True, timer=None) -> list[dict]:
+    """Fused op vs torch.compile of its eager formula, device time per call inside a CUDA graph
+    (``timer``: another way to time a call, for the CPU's smoke run)."""
+    timer = timer or (lambda fn: _graph_time(fn, device))
+    rows = []
+    for name, (ours, theirs) in op_cases(device, quick).items():
+        t_ours, t_theirs = timer(ours), timer(theirs)
         rows.append({"op": name, "fused_us": t_ours * 1e6, "compiled_us": t_theirs * 1e6,
                      "speedup_vs_compiled": t_theirs / t_ours})
     return rows
@@ -275,7 +350,8 @@ def run(device: str = "cuda", quick: bool = False, out_dir=None, smoke: bool = F
             "fastadv": fastadv.__version__, "quick": quick, "smoke": smoke, "timing": plan,
             "bf16_matmul_tflops": rate / 1e12, "notes": notes}
     if device.type == "cuda":  # first: quick, and what the rest relies on
-        for name, part in (("graph_equality", graph_equality), ("ops_in_graph", op_rows)):
+        for name, part in (("graph_equality", graph_equality),
+                           ("ops_in_graph", functools.partial(op_rows, quick=quick))):
             try:
                 meta[name] = part(device)
             except Exception as error:  # reported, and the workloads still run
@@ -320,6 +396,13 @@ def run(device: str = "cuda", quick: bool = False, out_dir=None, smoke: bool = F
                                 compile_seconds=first_call[name] if name == OFFICIAL_COMPILE else None))
             print(f"{spec['method']} {spec['model']} {spec['batch']} {name}: {s['median'] * 1e3:.2f} ms "
                   f"(epoch {records[-1]['epoch_seconds']:.1f} s, floor {floor_epoch:.2f} s)", flush=True)
+    if device.type == "cuda":
+        try:
+            meta["amp_check"] = amp_check(device, quick)
+        except Exception as error:
+            notes.append(f"amp_check failed: {type(error).__name__}: {error}")
+            meta["amp_check"] = None
+        print("amp_check", meta["amp_check"], flush=True)
     meta["seconds"] = time.perf_counter() - started
     common.write_results("train_gpu" if not smoke else "train_gpu_smoke", records, meta, out_dir)
     if not smoke:
@@ -383,9 +466,18 @@ def report(records, meta) -> str:
     if meta.get("ops_in_graph"):
         rows = [[r["op"], f"{r['fused_us']:.1f}", f"{r['compiled_us']:.1f}", f"{r['speedup_vs_compiled']:.2f}×"]
                 for r in meta["ops_in_graph"]]
-        lines += ["Fused ops inside a CUDA graph (device time per call, 20 calls per graph, median of 20 replays):", "",
+        lines += ["Fused ops inside a CUDA graph (device time per call, 20 calls per graph, median of 20 replays; "
+                  "every input float32):", "",
                   common.markdown_table(["op", "fastadv µs", "torch.compile of the eager formula µs", "speedup"], rows),
                   ""]
+    if meta.get("amp_check"):
+        rows = [[r["seed"], f"{100 * r['float32_clean']:.1f}%", f"{100 * r['float32_pgd20']:.1f}%",
+                 f"{100 * r['amp_clean']:.1f}%", f"{100 * r['amp_pgd20']:.1f}%", f"{r['points']:+.1f}"]
+                for r in meta["amp_check"]]
+        lines += ["AMP's robustness: TRADES on the digits trained with --no-amp and with --amp (bf16, the default on "
+                  "CUDA), same seed, judged by float32 PGD-20 (ε 0.2) on the 450 held-out digits, last checkpoint:", "",
+                  common.markdown_table(["seed", "float32 clean", "float32 PGD-20", "AMP clean", "AMP PGD-20",
+                                         "AMP − float32 (points)"], rows), ""]
     lines += _verdicts(records)
     lines += ["", f"Benchmark wall time: {meta['seconds']:.0f} s."]
     return "\n".join(lines)
