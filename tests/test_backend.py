@@ -100,3 +100,43 @@ def test_reference_backend_runs_the_oracle(monkeypatch):
     with fastadv.use_backend("reference"):
         out = pgd_step(x_adv, grad, x, 0.1, 0.01)
     assert calls and out.dtype == torch.bfloat16
+
+
+def test_the_one_dispatch_path_follows_every_change_of_backend(monkeypatch):
+    """Family.kernel remembers choices, never a stale one: the environment, use_backend and the
+    dtype each change what runs, and an explicit backend that cannot run refuses on every call."""
+    from fastadv.ops import logits
+
+    family = logits._FAMILY
+    monkeypatch.delenv("FASTADV_BACKEND", raising=False)
+    cpu_op = torch.ops.fastadv.trades_kl.default
+    assert family.kernel("trades_kl", "cpu", torch.float32) is cpu_op
+    assert family.kernel("trades_kl", "cpu", torch.float32) is cpu_op  # remembered
+    monkeypatch.setenv("FASTADV_BACKEND", "reference")
+    assert family.kernel("trades_kl", "cpu", torch.float32) is None
+    monkeypatch.setenv("FASTADV_BACKEND", "auto")
+    assert family.kernel("trades_kl", "cpu", torch.float32) is cpu_op
+    with fastadv.use_backend("reference"):
+        assert family.kernel("trades_kl", "cpu", torch.float32) is None
+    assert family.kernel("trades_kl", "cpu", torch.float16) is None  # no C++ CPU kernel for half
+    for _ in range(2):
+        with fastadv.use_backend("cpu"), pytest.raises(fastadv.BackendUnavailable, match="float16"):
+            family.kernel("trades_kl", "cpu", torch.float16)
+    monkeypatch.setenv("FASTADV_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="FASTADV_BACKEND must be one of"):
+        family.kernel("trades_kl", "cpu", torch.float32)
+
+
+def test_every_family_dispatches_through_the_registry():
+    """The four families share one mechanism: each has its Family, whose unchecked namespace is
+    the family's `unchecked`, holding a form of every public op of the family that loops call."""
+    from fastadv.ops import _registry, contrastive, logits, pgd, simplex
+
+    for module in (pgd, logits, simplex, contrastive):
+        assert isinstance(module._FAMILY, _registry.Family)
+        assert module.unchecked is module._FAMILY.unchecked
+        assert module._TRITON is module._FAMILY.triton
+    assert set(vars(logits.unchecked)) == set(logits.__all__)
+    assert set(vars(simplex.unchecked)) == set(simplex.__all__)
+    assert set(vars(contrastive.unchecked)) == {"supcon_loss", "pairwise_compactness"}
+    assert set(vars(pgd.unchecked)) == {"pgd_step_", "pgd_init", "udr_step_", "soft_cost"}
