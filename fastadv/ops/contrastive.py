@@ -97,7 +97,7 @@ def _implementation(name: str, device: torch.device, dtype: torch.dtype, numel: 
 
 
 def _long(t: torch.Tensor) -> torch.Tensor:
-    return t.to(torch.int64).contiguous()
+    return t if t.dtype is torch.int64 and t.is_contiguous() else t.to(torch.int64).contiguous()
 
 
 # ----------------------------------------------------------------------------- the ops
