@@ -31,26 +31,16 @@ from . import common
 TARGETS = {"unchecked": 3.0, "public": 6.0, "trades_kl_vs_eager": 0.3}
 
 
-def cases(device, batch: int = 4, image=(3, 4, 4), features: int = 4) -> dict[str, tuple]:
-    """op -> (public call, unchecked call or None), each a closure over inputs of ``batch``
-    samples (images of shape ``image``, [batch, 10] logits, [batch, 3] simplex rows, 2·batch
-    feature rows of ``features``)."""
+def _random(device):
     g = torch.Generator().manual_seed(0)
+    return lambda *shape: torch.rand(*shape, generator=g).to(device)
 
-    def rand(*shape):
-        return torch.rand(*shape, generator=g).to(device)
 
+def pgd_cases(device, batch: int = 4, image=(3, 4, 4)) -> dict[str, tuple]:
+    """The pgd family's calls on ``batch`` images of shape ``image``."""
+    rand = _random(device)
     x = rand(batch, *image)
     x_adv, grad = (x + 0.01).clamp(0, 1), rand(batch, *image) - 0.5
-    z, z2, target = rand(batch, 10), rand(batch, 10), torch.softmax(rand(batch, 10), dim=1)
-    y = (torch.arange(batch) % 10).to(device)
-    u, v, u_avg, v_avg = rand(batch, 10), rand(batch, 10), rand(batch, 10), rand(batch, 10)
-    V = rand(3, batch, 10)
-    w, Q = rand(batch, 3), rand(batch, 3, 3)
-    Q = Q @ Q.transpose(1, 2)
-    feats = rand(2 * batch, features)
-    labels = (torch.arange(2 * batch) % 4).to(device)
-    pair = ops.two_view_pair(batch).to(device)
     eps, alpha, clip = 8 / 255, 2 / 255, (0.0, 1.0)
     return {
         "pgd_step": (lambda: ops.pgd_step(x_adv, grad, x, eps, alpha), None),
@@ -62,6 +52,17 @@ def cases(device, batch: int = 4, image=(3, 4, 4), features: int = 4) -> dict[st
                       lambda: P.unchecked.udr_step_(x_adv, grad, x, eps, alpha, 1.0, 2 * alpha, "l2", clip)),
         "soft_cost": (lambda: ops.soft_cost(x_adv, x, eps, 2 * alpha),
                       lambda: P.unchecked.soft_cost(x_adv, x, eps, 2 * alpha, "l2")),
+    }
+
+
+def logits_cases(device, batch: int = 4) -> dict[str, tuple]:
+    """The logits family's calls on [batch, 10] logits (masked_gram: 3 members)."""
+    rand = _random(device)
+    z, z2, target = rand(batch, 10), rand(batch, 10), torch.softmax(rand(batch, 10), dim=1)
+    y = (torch.arange(batch) % 10).to(device)
+    u, v, u_avg, v_avg = rand(batch, 10), rand(batch, 10), rand(batch, 10), rand(batch, 10)
+    V = rand(3, batch, 10)
+    return {
         "soft_cross_entropy": (lambda: ops.soft_cross_entropy(z, target),
                                lambda: L.unchecked.soft_cross_entropy(z, target)),
         "smoothed_cross_entropy": (lambda: ops.smoothed_cross_entropy(z, y),
@@ -77,14 +78,38 @@ def cases(device, batch: int = 4, image=(3, 4, 4), features: int = 4) -> dict[st
         "logit_pairing": (lambda: ops.logit_pairing(z, z2), lambda: L.unchecked.logit_pairing(z, z2)),
         "logit_squeeze": (lambda: ops.logit_squeeze(z), lambda: L.unchecked.logit_squeeze(z)),
         "masked_gram": (lambda: ops.masked_gram(V, y), lambda: L.unchecked.masked_gram(V, y)),
+    }
+
+
+def simplex_cases(device, batch: int = 4) -> dict[str, tuple]:
+    """The simplex family's calls on [batch, 3] rows ([batch, 3, 3] Gram matrices)."""
+    rand = _random(device)
+    w, Q = rand(batch, 3), rand(batch, 3, 3)
+    Q = Q @ Q.transpose(1, 2)
+    return {
         "simplex_project": (lambda: ops.simplex_project(w), lambda: S.unchecked.simplex_project(w)),
         "simplex_distance_sq": (lambda: ops.simplex_distance_sq(w), lambda: S.unchecked.simplex_distance_sq(w)),
         "min_norm_weights": (lambda: ops.min_norm_weights(Q), lambda: S.unchecked.min_norm_weights(Q)),
+    }
+
+
+def contrastive_cases(device, batch: int = 4, features: int = 4) -> dict[str, tuple]:
+    """The contrastive family's calls on 2·batch feature rows (two views) of ``features``."""
+    rand = _random(device)
+    feats = rand(2 * batch, features)
+    labels = (torch.arange(2 * batch) % 4).to(device)
+    pair = ops.two_view_pair(batch).to(device)
+    return {
         "supcon_loss": (lambda: ops.supcon_loss(feats, labels, labels, pair),
                         lambda: C.unchecked.supcon_loss(feats, labels, labels, pair)),
         "pairwise_compactness": (lambda: ops.pairwise_compactness(feats, labels),
                                  lambda: C.unchecked.pairwise_compactness(feats, labels)),
     }
+
+
+def cases(device) -> dict[str, tuple]:
+    """op -> (public call, unchecked call or None) of every op, on tiny inputs (4 samples)."""
+    return {**pgd_cases(device), **logits_cases(device), **simplex_cases(device), **contrastive_cases(device)}
 
 
 def _time_per_call(functions: dict, device, rounds: int, calls: int) -> dict[str, float]:

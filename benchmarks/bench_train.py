@@ -164,9 +164,11 @@ def official_pgd_at_step(model, optimizer, x, y, eps, alpha, steps, amp_dtype=No
     return loss
 
 
-def fastadv_step(method, model, optimizer, x, y):
-    """A training step as fastadv's trainer takes it."""
-    loss, _ = method(model, x, y)
+def fastadv_step(method, model, optimizer, x, y, amp: bool = False):
+    """A training step as fastadv's trainer takes it: the method (under bf16 autocast with ``amp``,
+    the trainer's default on CUDA), then the backward and the optimizer outside autocast."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss, _ = method(model, x, y)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -27,13 +27,11 @@ On the CPU the same code runs a small smoke workload (``smoke=True``, used by th
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -44,7 +42,7 @@ from fastadv.methods import build_method
 from fastadv.models import build_model
 
 from . import common
-from .bench_train import official_pgd_at_step, official_trades_step
+from .bench_train import fastadv_step, official_pgd_at_step, official_trades_step
 
 EPOCH_IMAGES = 50_000
 ATTACK = dict(eps=8 / 255, alpha=2 / 255, steps=10)
@@ -91,17 +89,6 @@ def _official(spec, model, optimizer, x, y, amp: bool):
         return functools.partial(official_trades_step, model, optimizer, x, y, beta=6.0, amp_dtype=dtype,
                                  train_amp=amp, **options)
     return functools.partial(official_pgd_at_step, model, optimizer, x, y, amp_dtype=dtype, train_amp=amp, **options)
-
-
-def fastadv_step(method, model, optimizer, x, y, amp: bool):
-    """A step as fastadv's trainer takes it on CUDA: the method under bf16 autocast, the backward
-    and the optimizer outside it."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        loss, _ = method(model, x, y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss
 
 
 def _with_cudnn_benchmark(flag: bool, step):

@@ -20,17 +20,21 @@ from pathlib import Path
 import torch
 
 import fastadv
-from fastadv import backend, tuned
+from fastadv import tuned
 
 from . import bench_overhead, common
 
-# The elements of one sample of each op's first input (bench_overhead.cases' tuning shapes).
+# Each family's calls at a batch size (bench_overhead's builders, at CIFAR's image and a typical
+# feature width), and the elements per sample of the first input of each op.
 IMAGE, FEATURES = (3, 32, 32), 128
-PER_SAMPLE = {"pgd": 3 * 32 * 32, "logits": 10, "masked_gram": 30, "simplex": 3, "simplex_gram": 9,
-              "contrastive": 2 * FEATURES}
-FAMILY_OF = {"pgd_step": "pgd", "pgd_step_": "pgd", "udr_step": "pgd", "udr_step_": "pgd", "soft_cost": "pgd",
-             "masked_gram": "masked_gram", "simplex_project": "simplex", "simplex_distance_sq": "simplex",
-             "min_norm_weights": "simplex_gram", "supcon_loss": "contrastive", "pairwise_compactness": "contrastive"}
+BUILDERS = {
+    "pgd": lambda device, batch: bench_overhead.pgd_cases(device, batch, IMAGE),
+    "logits": bench_overhead.logits_cases,
+    "simplex": bench_overhead.simplex_cases,
+    "contrastive": lambda device, batch: bench_overhead.contrastive_cases(device, batch, FEATURES),
+}
+PER_SAMPLE = {"pgd": 3 * 32 * 32, "logits": 10, "simplex": 3, "contrastive": 2 * FEATURES}
+FIRST_INPUT_SCALE = {"masked_gram": 3, "min_norm_weights": 3}  # [3, B, C] members; [B, 3, 3] matrices
 # Contrastive ops cost N² per call: the largest class is left to the default rule.
 LARGEST_BATCH = {"contrastive": 8192}
 
@@ -52,28 +56,31 @@ def run(device: str = "cuda", quick: bool = False, out_dir=None, only=None, clas
     calls, rounds = (20, 3) if quick else (100, 5)
     records, table = [], {}
     for size, target in enumerate(targets()[:classes]):
-        for op in sorted(bench_overhead.cases(device)):
-            if op == "pgd_init" or (only is not None and op not in only):  # pgd_init: torch's random ops
-                continue
-            family = FAMILY_OF.get(op, "logits")
-            batch = max(1, target // PER_SAMPLE[family])
-            if batch > LARGEST_BATCH.get(family, batch) or (device.type == "cpu" and batch > 4096):
-                continue
-            public, unchecked = bench_overhead.cases(device, batch, IMAGE, FEATURES)[op]
-            call = unchecked or public
-            functions = {}
-            for name in names:
-                def timed(name=name):
-                    with fastadv.use_backend(name):
-                        for _ in range(calls):
-                            call()
-                functions[name] = timed
-            stats = common.time_interleaved(functions, device, rounds=rounds, calls_per_round=1, warmup=1)
-            per_call = {name: stats[name]["median"] / calls for name in names}
-            best = min(per_call, key=per_call.get)
-            table.setdefault(op, [None] * len(targets()))[size] = best
-            records.append({"op": op, "size_class": size, "batch": batch,
-                            **{f"{name}_us": per_call[name] * 1e6 for name in names}, "fastest": best})
+        for family, builder in BUILDERS.items():
+            names_here = [op for op in builder(device, 1) if op != "pgd_init"  # torch's random ops
+                          and (only is None or op in only)]
+            built = {}  # batch -> the family's calls on inputs of that batch, made once
+            for op in names_here:
+                batch = max(1, target // (PER_SAMPLE[family] * FIRST_INPUT_SCALE.get(op, 1)))
+                if batch > LARGEST_BATCH.get(family, batch) or (device.type == "cpu" and batch > 4096):
+                    continue
+                if batch not in built:
+                    built[batch] = builder(device, batch)
+                public, unchecked = built[batch][op]
+                call = unchecked or public
+                functions = {}
+                for name in names:
+                    def timed(name=name):
+                        with fastadv.use_backend(name):
+                            for _ in range(calls):
+                                call()
+                    functions[name] = timed
+                stats = common.time_interleaved(functions, device, rounds=rounds, calls_per_round=1, warmup=1)
+                per_call = {name: stats[name]["median"] / calls for name in names}
+                best = min(per_call, key=per_call.get)
+                table.setdefault(op, [None] * len(targets()))[size] = best
+                records.append({"op": op, "size_class": size, "batch": batch,
+                                **{f"{name}_us": per_call[name] * 1e6 for name in names}, "fastest": best})
     # A class left out (contrastive's largest) keeps the class before it.
     for op, choices in table.items():
         for i, choice in enumerate(choices):

@@ -15,6 +15,8 @@ import os
 
 import torch
 
+from . import tuned
+
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 CPU_DTYPES = (torch.float32, torch.float64)
 GPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -87,15 +89,11 @@ def _dtype_names(dtypes) -> str:
 
 def size_class(numel: int) -> int:
     """The size class of an op whose first input has ``numel`` elements (fastadv.tuned)."""
-    from . import tuned
-
     return bisect.bisect_left(tuned.SIZE_CLASSES, numel)
 
 
 def tuned_choice(op: str, size: int) -> str | None:
     """The backend fastadv.tuned measured fastest for ``op`` in size class ``size``, or None."""
-    from . import tuned
-
     choices = tuned.TABLE.get(op)
     return None if choices is None or size >= len(choices) else choices[size]
 

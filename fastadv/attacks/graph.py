@@ -70,7 +70,6 @@ class _Captured:
         self.inputs: dict[str, torch.Tensor] = {}
         self.output: Optional[torch.Tensor] = None
         self.classes = 0
-        self.replays = 0
         # the generator the graph draws from, held so that its id (part of the key) is not reused
         self.generator: Optional[torch.Generator] = None
 
@@ -89,13 +88,15 @@ def _radius_key(value):
     return ("tensor", value.dtype) if isinstance(value, torch.Tensor) else ("float", float(value))
 
 
+def early_stop_reason(owner: str) -> str:
+    return (f"{owner}: graph=True cannot capture early_stop, which reads the device once per step "
+            f"(whether any sample is left)")
+
+
 def _static_reason(owner: str, x: torch.Tensor, early_stop: bool) -> Optional[str]:
     if x.device.type != "cuda":
         return f"{owner}: graph=True captures the attack in a CUDA graph, but x is on {x.device}"
-    if early_stop:
-        return (f"{owner}: graph=True cannot capture early_stop, which reads the device once per step "
-                f"(whether any sample is left)")
-    return None
+    return early_stop_reason(owner) if early_stop else None
 
 
 def _refuse(mode, reason: str) -> None:
@@ -108,7 +109,7 @@ def _refuse(mode, reason: str) -> None:
 
 def run_graphed(owner: str, mode, model: nn.Module, settings: tuple, x: torch.Tensor, y: torch.Tensor, eps, alpha,
                 body: Callable, check_labels: Callable, generator: Optional[torch.Generator] = None,
-                early_stop: bool = False) -> Optional[torch.Tensor]:
+                early_stop: bool = False, read_labels: bool = True) -> Optional[torch.Tensor]:
     """One run of an attack through its CUDA graph, or None when it must run eagerly (``mode`` is
     "auto" and the run cannot be captured; ``mode=True`` raises :class:`GraphUnavailable` then).
 
@@ -116,7 +117,8 @@ def run_graphed(owner: str, mode, model: nn.Module, settings: tuple, x: torch.Te
     ``check(logits, y)`` on its first logits unless ``check`` is None) and returns its final point;
     ``settings`` is everything else that changes what it computes (a new value captures a new
     graph); ``check_labels(logits, y)`` is the attack's check of the labels on the first logits,
-    run in the warm-up of a capture (later calls check the range against the captured classes)."""
+    run in the warm-up of a capture (later calls check the range against the captured classes,
+    unless ``read_labels`` is False: a later restart of the same call, whose labels were read)."""
     reason = _static_reason(owner, x, early_stop)
     if reason is not None:
         _refuse(mode, reason)
@@ -138,7 +140,8 @@ def run_graphed(owner: str, mode, model: nn.Module, settings: tuple, x: torch.Te
     if isinstance(captured, str):
         _refuse(mode, captured)
         return None
-    check.labels(owner, y, batch=y.shape[0], classes=captured.classes, device=x.device)
+    if read_labels:
+        check.labels(owner, y, batch=y.shape[0], classes=captured.classes, device=x.device)
     inputs = captured.inputs
     inputs["x"].copy_(x)
     inputs["y"].copy_(y)
@@ -147,7 +150,6 @@ def run_graphed(owner: str, mode, model: nn.Module, settings: tuple, x: torch.Te
             inputs[name].copy_(value)
     with _autocast_without_cache(device_type):
         captured.graph.replay()
-    captured.replays += 1
     return captured.output.clone()
 
 

@@ -95,8 +95,7 @@ class PGD(Attack):
         self.generator = generator
         self.graph = graphs.graph_mode(owner, graph)
         if self.graph is True and early_stop:
-            raise graphs.GraphUnavailable(f"{owner}: graph=True cannot capture early_stop, which reads the device "
-                                          f"once per step (whether any sample is left)")
+            raise graphs.GraphUnavailable(graphs.early_stop_reason(owner))
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps, alpha=None) -> torch.Tensor:
         owner = type(self).__name__
@@ -110,7 +109,8 @@ class PGD(Attack):
             x_adv = None
             if self.graph:
                 x_adv = graphs.run_graphed(owner, self.graph, self.model, self._graph_settings(), x, y, eps, alpha, run,
-                                           self.check_labels, self.generator, self.early_stop)
+                                           self.check_labels, self.generator, self.early_stop,
+                                           read_labels=restart == 0)
             if x_adv is None:
                 if target is None:
                     target = self._target(x, y)

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from .. import backend
+from .. import backend, tuned
 
 
 def schema(name: str) -> torch._C.FunctionSchema:
@@ -264,15 +264,14 @@ class Family:
         self._kernels: dict = {}
 
     def register(self, names: Iterable[str], fake: Callable[[str], Callable],
-                 autograd: Optional[Callable[[str], tuple]] = None, triton_names: Optional[Iterable[str]] = None):
+                 autograd: Optional[Callable[[str], tuple]] = None):
         """The fakes of the C++ ops ``names`` (backward ops included), the C++ ops by name, and
-        the Triton custom ops of ``triton_names`` (default: ``names``)."""
+        their Triton custom ops."""
         names = tuple(names)
         for op in names:
             torch.library.register_fake(f"fastadv::{op}")(fake(op))
         self.cpp = {op: getattr(torch.ops.fastadv, op).default for op in names}
-        self.triton = TritonOps(self.name, names if triton_names is None else triton_names, fake=fake,
-                                autograd=autograd)
+        self.triton = TritonOps(self.name, names, fake=fake, autograd=autograd)
         self.clear()
         return self
 
@@ -281,7 +280,8 @@ class Family:
         ``numel``: the elements of the first input, whose size class picks among the GPU backends
         (fastadv.tuned; not looked at elsewhere)."""
         kind = device if type(device) is str else device.type
-        size = backend.size_class(numel) if kind == "cuda" and numel else 0
+        # the size class matters only where a measured table can choose by it
+        size = backend.size_class(numel) if kind == "cuda" and numel and tuned.TABLE else 0
         key = (op, kind, dtype, triton_fits, size, backend.requested())
         try:
             return self._kernels[key]

@@ -306,10 +306,12 @@ def _unchecked_pgd_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tenso
     ``norm`` is "linf" or "l2"; ``clip`` a (min, max) pair of floats (±inf for no box);
     ``active`` a contiguous bool [B] tensor or None."""
     kernel = _FAMILY.kernel("pgd_step_", _registry.device_type(x_adv), x_adv.dtype, True, x_adv.numel())
-    if isinstance(eps, float) and isinstance(alpha, float) and kernel is not None:  # the attacks' case
+    if kernel is None:
+        x_adv.copy_(_reference_step(_step_arguments(x_adv, grad, x, eps, alpha, norm, clip[0], clip[1], active)))
+    elif isinstance(eps, float) and isinstance(alpha, float):  # the attacks' case: no argument tuple to build
         kernel(x_adv, grad, x, eps, alpha, None, None, norm, clip[0], clip[1], active)
-        return x_adv
-    _run("pgd_step_", _step_arguments(x_adv, grad, x, eps, alpha, norm, clip[0], clip[1], active), _reference_step)
+    else:
+        kernel(*_step_arguments(x_adv, grad, x, eps, alpha, norm, clip[0], clip[1], active))
     return x_adv
 
 

@@ -4,7 +4,6 @@ GPU (`cuda`-marked) the graphed attack against the eager one from the same rando
 from __future__ import annotations
 
 import collections
-import warnings
 
 import pytest
 import torch
