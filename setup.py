@@ -104,7 +104,7 @@ def extension():
     cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", f"-DFASTADV_WITH_CUDA={int(with_cuda)}"]
     common = dict(
         name="fastadv._C",
-        sources=sources("ops.cpp") + sources("autograd/*.cpp") + sources("cpu/*.cpp"),
+        sources=sources("ops.cpp") + sources("python.cpp") + sources("autograd/*.cpp") + sources("cpu/*.cpp"),
         include_dirs=[str(CSRC / "include")],
         extra_link_args=["-fopenmp"],
     )

@@ -1,19 +1,12 @@
 // Every fastadv operator schema, in one place (the logits family's come from its op list).
 // Backends register their implementations in csrc/cpu/<family>.cpp and csrc/cuda/<family>.cpp,
-// autograd in csrc/autograd/<family>.cpp; Triton kernels are registered from Python.
-#include <Python.h>
+// autograd in csrc/autograd/<family>.cpp; Triton kernels are registered from Python. The Python
+// module fastadv._C itself (what `import fastadv._C` returns) is csrc/python.cpp.
 #include <torch/library.h>
 
 #include <string>
 
 #include "fastadv/logits.h"
-
-// `import fastadv._C` loads this library, which registers the operators below as a side effect;
-// the module itself is empty (the ops are reached through torch.ops.fastadv).
-extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}
 
 #ifndef FASTADV_WITH_CUDA
 #define FASTADV_WITH_CUDA 0

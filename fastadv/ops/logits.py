@@ -108,18 +108,14 @@ def _implementation(name: str, device: torch.device, dtype: torch.dtype, columns
 
 def _run(name: str, inputs: tuple, rest: tuple):
     """The fused op's outputs (losses and extras) for differentiable ``inputs`` followed by the
-    schema's other arguments ``rest``, or None where the reference runs. A flag per input asks
-    for its gradient when autograd will want it."""
+    schema's other arguments ``rest``, or None where the reference runs. The op's flags ask for
+    each input's gradient when autograd will want it."""
     first = inputs[0]
     op = _implementation(name, _registry.device_type(first), first.dtype, first.shape[-1], first.numel())
     if op is None:
         return None
-    grad = torch.is_grad_enabled()
-    if len(inputs) == 2:  # most ops: spelled out, generators cost more than these ops' kernels
-        a, b = inputs
-        outputs = op(a.contiguous(), b.contiguous(), *rest, grad and a.requires_grad, grad and b.requires_grad)
-    else:
-        outputs = op(*(t.contiguous() for t in inputs), *rest, *(grad and t.requires_grad for t in inputs))
+    # the op makes its inputs contiguous and sets its grad_<input> flags (_registry.fast_op)
+    outputs = op(*inputs, *rest)
     returned = _RETURNED[name]
     return outputs if returned == len(outputs) else outputs[:returned]
 
