@@ -163,6 +163,15 @@ def tensor(owner: Optional[str], name: str, value, *, floating: bool = True, dim
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
+def _label_range(y: torch.Tensor) -> tuple[int, int]:
+    """The smallest and largest label, read in one pass: by fastadv._C on the CPU (torch's
+    aminmax and tolist cost more than a small op), by one aminmax and one read elsewhere."""
+    if y.is_cpu:
+        from . import _C
+        return _C.label_range(y)
+    return tuple(torch.stack(torch.aminmax(y)).tolist())
+
+
 def labels(owner: Optional[str], y, *, batch: int, classes: Optional[int], device: torch.device,
            name: str = "y") -> torch.Tensor:
     """Class indices: an integer tensor of shape [batch] on ``device``, every entry in
@@ -176,7 +185,7 @@ def labels(owner: Optional[str], y, *, batch: int, classes: Optional[int], devic
     if y.device != device:
         raise ValueError(f"{_prefix(owner)}{name} must be on {device}, got {y.device}")
     if classes is not None and y.numel() and not torch.compiler.is_compiling():
-        low, high = torch.stack(torch.aminmax(y)).tolist()
+        low, high = _label_range(y)
         if low < 0 or high >= classes:
             raise ValueError(f"{_prefix(owner)}every label in {name} must lie in [0, {classes}) for {classes} "
                              f"classes, got labels from {low} to {high}")

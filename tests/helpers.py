@@ -5,6 +5,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import fastadv
+
 
 def device_of(backend: str) -> torch.device:
     """Where a backend's tensors live in the tests: Triton runs on CPU tensors under the
@@ -35,8 +37,8 @@ def one_thread():
 
 class ValueReads(TorchDispatchMode):
     """Counts the reads of a tensor's value by the host (what synchronises with a GPU): a scalar
-    read, a value-shaped op, and ``.tolist()``, which reads a CPU tensor's storage without a
-    dispatch (tests/test_synchronisation.py counts the same way)."""
+    read, a value-shaped op, and ``.tolist()`` and fastadv._C.label_range, which read a CPU
+    tensor's storage without a dispatch (tests/test_synchronisation.py counts the same way)."""
 
     _VALUE_SHAPED = {torch.ops.aten.nonzero, torch.ops.aten.masked_select, torch.ops.aten._unique2}
 
@@ -55,10 +57,18 @@ class ValueReads(TorchDispatchMode):
         def counted(tensor, *args, **kwargs):
             self.reads += 1
             return tolist(tensor, *args, **kwargs)
-        self._patch = mock.patch.object(torch.Tensor, "tolist", counted)
-        self._patch.start()
+        label_range = fastadv._C.label_range
+
+        def counted_range(tensor):
+            self.reads += 1
+            return label_range(tensor)
+        self._patches = [mock.patch.object(torch.Tensor, "tolist", counted),
+                         mock.patch.object(fastadv._C, "label_range", counted_range)]
+        for patch in self._patches:
+            patch.start()
         return super().__enter__()
 
     def __exit__(self, *exc):
-        self._patch.stop()
+        for patch in self._patches:
+            patch.stop()
         return super().__exit__(*exc)

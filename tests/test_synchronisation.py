@@ -74,6 +74,7 @@ class CountReads(TorchDispatchMode):
     def __enter__(self):
         self._patches = [mock.patch.object(torch.Tensor, name, self._counted(getattr(torch.Tensor, name)))
                          for name in ("tolist", "numpy")]
+        self._patches.append(mock.patch.object(fastadv._C, "label_range", self._counted(fastadv._C.label_range)))
         for patch in self._patches:
             patch.start()
         return super().__enter__()
@@ -101,8 +102,9 @@ def reads(run) -> dict:
     lambda t: torch.is_nonzero(t[:1]), lambda t: 1 if t[0] else 0, lambda t: t.tolist(), lambda t: np.asarray(t),
     lambda t: t.numpy(), lambda t: torch.equal(t, t), lambda t: torch.allclose(t, t), lambda t: t.nonzero(),
     lambda t: t[t > 1], lambda t: t.__setitem__(t > 1, 0.0), lambda t: torch.unique(t), lambda t: torch.where(t > 1),
+    lambda t: fastadv._C.label_range(t.long()),
 ], ids=["item", "bool", "int", "float", "is_nonzero", "if", "tolist", "asarray", "numpy", "equal", "allclose",
-        "nonzero", "mask_index", "mask_assign", "unique", "where"])
+        "nonzero", "mask_index", "mask_assign", "unique", "where", "label_range"])
 def test_the_counter_sees_every_read(read):
     assert reads(lambda: read(torch.tensor([1.0, 2.0, 3.0]))) == {"outside fastadv": 1}
     assert reads(lambda: torch.tensor([1.0, 2.0]).mul(2).sum().sqrt()) == {}

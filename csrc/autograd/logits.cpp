@@ -4,7 +4,7 @@
 // incoming ones. In C++ rather than torch.library.register_autograd: the Python path
 // (argument filling, redispatch, a Python backward) cost more than the whole kernel at
 // [128, 10]. The ops are differentiable once: the saved gradients carry no history. The member
-// ops (masked_gram) have a backward op instead; their node calls it (MemberBackward below).
+// ops (masked_gram) have a backward op instead; their node calls it (backward_op.h).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/core/stack.h>
@@ -23,27 +23,12 @@
 #include <vector>
 
 #include "../logits_glue.h"
+#include "backward_op.h"
 
 namespace fastadv {
 namespace {
 
 using torch::autograd::variable_list;
-
-// The pointer that owns an autograd node: c10::intrusive_ptr where Node derives from
-// intrusive_ptr_target (recent torch), std::shared_ptr before. Both are accepted by set_history
-// of their own torch, so the extension builds against either.
-constexpr bool kIntrusiveNodes = std::is_base_of_v<c10::intrusive_ptr_target, torch::autograd::Node>;
-template <typename T>
-using NodePtr = std::conditional_t<kIntrusiveNodes, c10::intrusive_ptr<T>, std::shared_ptr<T>>;
-
-template <typename T>
-NodePtr<T> make_node() {
-  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, T>) {
-    return c10::make_intrusive<T>();
-  } else {
-    return std::make_shared<T>();
-  }
-}
 
 // Whether `grad` is a plain CPU scalar of exactly 1, read without a dispatcher call. Only a
 // dense CPU tensor qualifies: a fake, functional or batched tensor (torch.compile, functorch)
@@ -127,72 +112,6 @@ void logits_autograd(const c10::OperatorHandle& handle, c10::DispatchKeySet keys
   for (int i = 0; i < l.losses; ++i) torch::autograd::set_history(outputs[i].toTensor(), node);
 }
 
-// The member ops (FASTADV_LOGITS_MEMBER_OPS): the backward is an op of its own,
-// `_<op>_backward(grad, <the forward's arguments>)`, called through the dispatcher (so it runs on
-// the forward's backend, and traces under torch.compile through its fake). The node keeps the
-// forward's arguments: V and y as saved variables, the flags as they are.
-struct MemberBackward : torch::autograd::Node {
-  std::string op;
-  std::optional<c10::OperatorHandle> backward;
-  std::vector<c10::IValue> arguments;                 // the flags; an empty IValue where a tensor goes
-  std::vector<torch::autograd::SavedVariable> saved;  // the tensors, in order
-
-  variable_list apply(variable_list&& incoming) override {
-    if (!incoming[0].defined() || !should_compute_output(0)) return {at::Tensor()};
-    torch::jit::Stack stack;
-    stack.emplace_back(incoming[0].contiguous());
-    size_t tensor = 0;
-    for (const c10::IValue& argument : arguments) {
-      if (argument.isNone()) {
-        stack.emplace_back(saved[tensor++].unpack());
-      } else {
-        stack.emplace_back(argument);
-      }
-    }
-    backward->callBoxed(&stack);
-    return {stack.back().toTensor()};
-  }
-
-  void release_variables() override {
-    for (auto& variable : saved) variable.reset_data();
-  }
-
-  std::string name() const override { return op + "Backward"; }
-};
-
-template <MemberOp Op>
-void member_autograd(const c10::OperatorHandle& handle, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
-  const auto& schema = handle.schema();
-  static const c10::OperatorHandle backward =
-      c10::Dispatcher::singleton().findSchemaOrThrow(("fastadv::_" + schema.name().substr(schema.name().find("::") + 2) +
-                                                      "_backward").c_str(), "");
-  const size_t n = schema.arguments().size();
-  const size_t base = stack->size() - n;
-  const at::Tensor V = (*stack)[base].toTensor();
-  const bool differentiated = at::GradMode::is_enabled() && V.requires_grad();
-  NodePtr<MemberBackward> node;
-  if (differentiated) {
-    node = make_node<MemberBackward>();
-    node->op = schema.name();
-    node->backward = backward;
-    node->set_next_edges(torch::autograd::collect_next_edges(V));
-    for (size_t i = 0; i < n; ++i) {
-      const c10::IValue& argument = (*stack)[base + i];
-      if (argument.isTensor()) {
-        node->saved.emplace_back(argument.toTensor(), /*is_output=*/false);
-        node->arguments.emplace_back();
-      } else {
-        node->arguments.push_back(argument);
-      }
-    }
-  }
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    handle.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
-  }
-  if (differentiated) torch::autograd::set_history(stack->back().toTensor(), node);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastadv, Autograd, m) {
@@ -203,7 +122,7 @@ TORCH_LIBRARY_IMPL(fastadv, Autograd, m) {
 // A member op's backward op has no gradient (the ops are differentiable once): differentiating
 // through it, a double backward, raises "derivative for ... is not implemented".
 #define FASTADV_LOGITS_MEMBER_AUTOGRAD(name, schema, backward_schema)                             \
-  m.impl(#name, torch::CppFunction::makeFromBoxedFunction<&member_autograd<MemberOp::name>>()); \
+  m.impl(#name, torch::CppFunction::makeFromBoxedFunction<&backward_op_autograd>());             \
   m.impl("_" #name "_backward", torch::autograd::autogradNotImplementedFallback());
   FASTADV_LOGITS_MEMBER_OPS(FASTADV_LOGITS_MEMBER_AUTOGRAD)
 #undef FASTADV_LOGITS_MEMBER_AUTOGRAD

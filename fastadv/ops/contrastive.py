@@ -222,10 +222,7 @@ def _autograd(backward_op_of):
 _FAMILY = _registry.Family("contrastive")
 _TRITON = _FAMILY.register(_OPS + _BACKWARD_OPS, fake=_fake, autograd=_autograd(lambda name: getattr(_TRITON, name))
                            ).triton
-_cpp_autograd = _autograd(lambda name: getattr(torch.ops.fastadv, name).default)
-for _name in _OPS:
-    _backward, _setup_context = _cpp_autograd(_name)
-    torch.library.register_autograd(f"fastadv::{_name}", _backward, setup_context=_setup_context)
+# The C++ ops' autograd is in C++ (csrc/autograd/contrastive.cpp); the Triton ops' is above.
 
 
 #: The family's ops for callers that validated their arguments once (the training methods): no

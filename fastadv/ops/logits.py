@@ -252,8 +252,8 @@ def _mhuber_moving_average(u: torch.Tensor, v: torch.Tensor, u_average: torch.Te
         return reference.mhuber_moving_average(u, v, u_average, v_average, tau, alpha)
     rows, cols = _elementwise_rows(u.shape)
     result = _run("mhuber_moving_average", (_as_rows(u, rows, cols), _as_rows(v, rows, cols)),
-                  (_as_rows(_constant(u_average), rows, cols).contiguous(),
-                   _as_rows(_constant(v_average), rows, cols).contiguous(), float(alpha), float(tau), _ELEMENT_MEAN))
+                  (_as_rows(_constant(u_average), rows, cols), _as_rows(_constant(v_average), rows, cols),
+                   float(alpha), float(tau), _ELEMENT_MEAN))
     if result is None:
         return reference.mhuber_moving_average(u, v, u_average, v_average, tau, alpha)
     loss, u_next, v_next = result
