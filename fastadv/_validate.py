@@ -13,13 +13,32 @@ never inside a loop over steps (the loops call each family's ``unchecked`` ops).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from numbers import Integral, Real
 from typing import Iterable, Optional
 
 import torch
 
-__all__ = ["number", "integer", "choice", "flag", "radius", "clip_range", "tensor", "labels"]
+__all__ = ["number", "integer", "choice", "flag", "radius", "clip_range", "tensor", "labels", "values_checked_elsewhere"]
+
+_VALUES_CHECKED_ELSEWHERE = [0]  # the depth of values_checked_elsewhere blocks
+
+
+@contextlib.contextmanager
+def values_checked_elsewhere():
+    """Inside the block, checks of values held in tensors (labels in range, radii >= 0) are not
+    made: the caller checked them once where they entered. What a CUDA graph's capture needs
+    (a capture reads nothing back from the device); metadata is still checked."""
+    _VALUES_CHECKED_ELSEWHERE[0] += 1
+    try:
+        yield
+    finally:
+        _VALUES_CHECKED_ELSEWHERE[0] -= 1
+
+
+def _read_values() -> bool:
+    return not _VALUES_CHECKED_ELSEWHERE[0] and not torch.compiler.is_compiling()
 
 
 def _prefix(owner: Optional[str]) -> str:
@@ -110,7 +129,7 @@ def radius(owner: Optional[str], name: str, value, *, like: Optional[torch.Tenso
     if value.dim() != 1 or (like is not None and value.shape[0] != like.shape[0]):
         batch = "B" if like is None else f"B] = [{like.shape[0]}"
         raise ValueError(f"{_prefix(owner)}{name} must be a float or have shape [{batch}], got {list(value.shape)}")
-    if not torch.compiler.is_compiling() and bool(((value < 0) | value.isnan()).any()):
+    if _read_values() and bool(((value < 0) | value.isnan()).any()):
         raise ValueError(f"{_prefix(owner)}every entry of {name} must be >= 0 (and not NaN)")
     value = value.detach()
     if like is not None:
@@ -175,8 +194,9 @@ def _label_range(y: torch.Tensor) -> tuple[int, int]:
 def labels(owner: Optional[str], y, *, batch: int, classes: Optional[int], device: torch.device,
            name: str = "y") -> torch.Tensor:
     """Class indices: an integer tensor of shape [batch] on ``device``, every entry in
-    [0, classes) (read once: one synchronisation; skipped with ``classes=None`` and while
-    torch.compile traces). Returned as a contiguous int64 tensor."""
+    [0, classes) (read once: one synchronisation; skipped with ``classes=None``, while
+    torch.compile traces and inside :func:`values_checked_elsewhere`). Returned as a contiguous
+    int64 tensor."""
     if not isinstance(y, torch.Tensor) or y.dtype not in _LABEL_DTYPES:
         got = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
         raise TypeError(f"{_prefix(owner)}{name} must be an integer tensor of class indices, got {got}")
@@ -184,7 +204,7 @@ def labels(owner: Optional[str], y, *, batch: int, classes: Optional[int], devic
         raise ValueError(f"{_prefix(owner)}{name} must have shape [B] = [{batch}], got {list(y.shape)}")
     if y.device != device:
         raise ValueError(f"{_prefix(owner)}{name} must be on {device}, got {y.device}")
-    if classes is not None and y.numel() and not torch.compiler.is_compiling():
+    if classes is not None and y.numel() and _read_values():
         low, high = _label_range(y)
         if low < 0 or high >= classes:
             raise ValueError(f"{_prefix(owner)}every label in {name} must lie in [0, {classes}) for {classes} "

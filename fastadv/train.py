@@ -35,20 +35,206 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import _validate
 from .attacks import PGD
-from .config import FREE_ON_RESUME, TrainConfig
 from .attacks.graph import graphs_captured
+from .config import FREE_ON_RESUME, TrainConfig
 from .data import DeviceBatches, load_dataset
 from .evaluate import robust_accuracy
 from .hardware import warn_slow_cpu_bf16
 from .methods import build_method
 from .runs import RunFolder, build_run_model, load_teacher, rng_state, seed_everything, set_rng_state
 
-__all__ = ["TrainConfig", "Trainer", "Interrupted", "train", "epoch_batches", "make_scheduler", "method_options"]
+__all__ = ["TrainConfig", "Trainer", "Interrupted", "train", "epoch_batches", "make_scheduler", "method_options",
+           "GraphedStep", "sgd_update"]
 
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C arrived; the run stopped at a batch boundary after writing its checkpoint."""
+
+
+# ----------------------------------------------------------------------------- the graphed step
+@torch.no_grad()
+def sgd_update(optimizer: torch.optim.SGD, learning_rates: list[torch.Tensor]) -> None:
+    """torch.optim.SGD's update (weight decay, momentum, dampening, Nesterov, maximize) with each
+    group's learning rate read from a 0-dim tensor on the parameters' device, so that a CUDA graph
+    captures it once and a schedule changes it by writing the tensor: torch's SGD turns a tensor
+    learning rate into a Python number (``alpha=-lr``), a read of the device, outside
+    torch.compile. The parameters and momentum buffers are torch's own (its state_dict holds
+    them); a missing buffer starts as the gradient, as in torch."""
+    for group, lr in zip(optimizer.param_groups, learning_rates):
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        grads = [p.grad for p in params]
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
+        if group["weight_decay"]:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        momentum = group["momentum"]
+        if momentum:
+            states = [optimizer.state[p] for p in params]
+            if all(state.get("momentum_buffer") is not None for state in states):
+                buffers = [state["momentum_buffer"] for state in states]
+                torch._foreach_mul_(buffers, momentum)
+                torch._foreach_add_(buffers, grads, alpha=1 - group["dampening"])
+            else:
+                buffers = []
+                for state, grad in zip(states, grads):
+                    if state.get("momentum_buffer") is None:
+                        state["momentum_buffer"] = grad.detach().clone()
+                    else:
+                        state["momentum_buffer"].mul_(momentum).add_(grad, alpha=1 - group["dampening"])
+                    buffers.append(state["momentum_buffer"])
+            grads = torch._foreach_add(grads, buffers, alpha=momentum) if group["nesterov"] else buffers
+        torch._foreach_add_(params, torch._foreach_mul(grads, lr), alpha=-1.0)
+
+
+class GraphedStep:
+    """A whole training step — the method's attack and loss, the backward pass, gradient
+    clipping and SGD's update — captured in one CUDA graph per batch shape and replayed per batch
+    (``--cuda-graphs`` where the method has ``step_graph``; otherwise the trainer graphs the
+    attack alone, :mod:`fastadv.attacks.graph`).
+
+    What it relies on, and how:
+
+    - The step reads nothing back from the device: the labels of the whole training split are
+      checked once here, and the step runs inside :func:`fastadv._validate.values_checked_elsewhere`;
+      the first eager steps run with ``torch.cuda.set_sync_debug_mode("error")``, so a model or
+      method that reads a value is found before any capture and the run goes on without the
+      graph (with a warning naming the reason).
+    - The learning rate is a device tensor per parameter group, written from the schedule's
+      value before each replay (:func:`sgd_update`); the momentum buffers, weights and
+      BatchNorm statistics are updated in place, where the graph left them.
+    - The batch is copied into buffers the graph reads; the metrics are the graph's outputs,
+      added to the epoch's sums after each replay. A batch of another shape (an epoch's last)
+      captures its own graph (at most :data:`MAX_GRAPHS`; beyond, it runs eagerly).
+    - The random start of the attack is drawn inside the graph from torch's default CUDA
+      generator, whose offset each replay advances (torch.cuda.graph registers it).
+
+    ``capture=False`` runs the same step eagerly on any device: what the CPU tests check against
+    the trainer's own step."""
+
+    WARMUP = 2  # eager steps before the first capture: cuDNN's search, the momentum buffers
+    MAX_GRAPHS = 4
+
+    def __init__(self, trainer: "Trainer", capture: bool = True):
+        self.trainer, self.capture = trainer, capture
+        self.graphs: dict = {}
+        self.steps = 0
+        self.learning_rates = [torch.zeros((), dtype=torch.float32, device=trainer.device)
+                               for _ in trainer.optimizer.param_groups]
+        self.refused = self.refusal(trainer) if capture else None
+        labels = getattr(trainer.train_set, "labels", None)
+        if self.refused is None and labels is None:
+            self.refused = "the training set does not expose its labels, which are checked once, before any capture"
+        elif labels is not None:
+            _validate.labels("fastadv train", labels, batch=labels.shape[0], classes=trainer.info.num_classes,
+                             device=labels.device, name="the training labels")
+
+    @staticmethod
+    def refusal(trainer: "Trainer"):
+        """Why the run's step cannot be captured as a whole, or None."""
+        method, config = trainer.method, trainer.config
+        if trainer.device.type != "cuda":
+            return f"the whole step is captured in a CUDA graph, but the device is {trainer.device}"
+        if not method.step_graph:
+            return (f"the method {method.name} keeps state between batches or draws host randomness "
+                    f"(step_graph is False)")
+        if trainer.distributed.enabled:
+            return "under torchrun, DistributedDataParallel's gradient all-reduce is not captured"
+        if config.models is not None and not method.ensemble:
+            return f"{method.name} trains an ensemble's members one optimiser step each"
+        if config.compile:
+            return "--compile: the compiled model is not captured by fastadv's graph"
+        return None
+
+    def _step(self, x, y):
+        """One step on (x, y): the body the graph captures."""
+        trainer = self.trainer
+        with _validate.values_checked_elsewhere():
+            turns = trainer.method.turns(trainer.trained_model, x, y, attack_model=trainer.attack_model)
+            with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.amp, cache_enabled=False):
+                loss, metrics = next(turns)
+            trainer.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            trainer.clip_gradients()
+            sgd_update(trainer.optimizer, self.learning_rates)
+        return metrics
+
+    def _set_learning_rates(self):
+        for lr, group in zip(self.learning_rates, self.trainer.optimizer.param_groups):
+            lr.fill_(group["lr"])
+
+    def run(self, x: torch.Tensor, y: torch.Tensor):
+        """The batch's step through the graph (or eagerly, while warming up or with
+        ``capture=False``): its metrics, or None where the trainer must take its own step."""
+        if self.refused is not None:
+            return None
+        self._set_learning_rates()
+        self.steps += 1
+        if not self.capture:
+            return self._step(x, y)
+        if self.steps <= self.WARMUP:
+            return self._checked_step(x, y)
+        key = (tuple(x.shape), x.dtype, x.stride(), tuple(y.shape))
+        graph = self.graphs.get(key)
+        if graph is None:
+            if len(self.graphs) >= self.MAX_GRAPHS:
+                return self._step(x, y)
+            graph = self.graphs[key] = self._capture(x, y)
+            if graph is None:
+                return None
+        static_x, static_y, cuda_graph, metrics = graph
+        static_x.copy_(x)
+        static_y.copy_(y)
+        cuda_graph.replay()
+        return metrics
+
+    def _checked_step(self, x, y):
+        """An eager step with reads of the device refused: the first one found stops the graph."""
+        device = x.device
+        previous = torch.cuda.get_sync_debug_mode()
+        # on a side stream, as a capture runs (lazy initialisations then happen off the default stream)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.cuda.stream(side):
+                return self._step(x, y)
+        except RuntimeError as error:
+            if "synchroniz" not in str(error):
+                raise
+            self._refuse(f"the step reads a value back from the device ({str(error).splitlines()[0]})")
+            return None
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+            torch.cuda.current_stream(device).wait_stream(side)
+
+    def _refuse(self, reason: str) -> None:
+        import warnings
+
+        self.refused = reason
+        warnings.warn(f"fastadv train --cuda-graphs: {reason}; training on without the step's graph",
+                      RuntimeWarning, stacklevel=3)
+
+    def _capture(self, x, y):
+        device = x.device
+        static_x, static_y = x.clone(), y.clone()
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(device)
+        try:
+            with torch.cuda.graph(graph):
+                metrics = self._step(static_x, static_y)
+        except RuntimeError as error:
+            self._refuse(f"the capture of the step failed ({str(error).splitlines()[0]})")
+            return None
+        return static_x, static_y, graph, metrics
+
+    @property
+    def mode(self) -> str:
+        """What the run graphs: "step" (the whole step), or why not."""
+        return "step" if self.refused is None else f"attack only: {self.refused}"
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -187,6 +373,15 @@ class Trainer:
                                                  distributed.rank, distributed.world_size))
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.method.prepare(self.model, config.epochs * self.steps_per_epoch)
+        self.graphed_step, self.step_graph_refusal = None, None
+        if config.cuda_graphs:
+            self.graphed_step = GraphedStep(self)
+            if self.graphed_step.refused is not None:
+                # the attack alone is graphed (method.attack_graph)
+                self.step_graph_refusal, self.graphed_step = self.graphed_step.refused, None
+            else:
+                self.method.attack_graph = False  # the attack is part of the step's graph
+            self.speed["cuda_graphs"] = "whole step" if self.graphed_step is not None else "attack only"
         amp = config.amp
         if amp is None:
             amp = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -266,8 +461,11 @@ class Trainer:
                 dataset_info=dataclasses.asdict(self.info), world_size=self.distributed.world_size,
                 amp_enabled=self.amp, speed=self.speed, best_selected_by=self.selection, torch=torch.__version__))
             if self.device.type == "cuda":
-                used = [name for name, on in self.speed.items() if on] + (["amp (bf16)"] if self.amp else [])
+                used = [name if on is True else f"{name} ({on})" for name, on in self.speed.items() if on]
+                used += ["amp (bf16)"] if self.amp else []
                 print(f"speed settings on {self.device}: {', '.join(used) or 'none'}", flush=True)
+                if self.step_graph_refusal is not None:
+                    print(f"cuda graphs: the attack alone, not the whole step: {self.step_graph_refusal}", flush=True)
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
@@ -335,20 +533,11 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            turns = self.method.turns(self.trained_model, x, y, attack_model=self.attack_model)
-            while True:
-                # The method's forward passes run under autocast; the backward passes outside it.
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    turn = next(turns, None)
-                if turn is None:
-                    break
-                loss, metrics = turn
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-                self.optimizer.step()
+            metrics = self.graphed_step.run(x, y) if self.graphed_step is not None else None
+            if metrics is not None:
                 self._accumulate(metrics, len(y))
+            else:
+                self._step(x, y)
             self.scheduler.step()
             self.batch += 1
             bar.update(1)
@@ -361,6 +550,26 @@ class Trainer:
                 raise Interrupted
         bar.close()
         self._end_epoch(time.perf_counter() - started)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The batch's optimiser steps, one per turn of the method."""
+        turns = self.method.turns(self.trained_model, x, y, attack_model=self.attack_model)
+        while True:
+            # The method's forward passes run under autocast; the backward passes outside it.
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                turn = next(turns, None)
+            if turn is None:
+                break
+            loss, metrics = turn
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.clip_gradients()
+            self.optimizer.step()
+            self._accumulate(metrics, len(y))
+
+    def clip_gradients(self) -> None:
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
 
     def _evaluate(self) -> dict:
         """Clean and PGD-k accuracy (α = ε/4, uniform start) on the held-out split, sharded over
@@ -392,6 +601,8 @@ class Trainer:
         record["eval_steps"] = config.eval_steps
         if config.cuda_graphs:
             record["attack_graphs"] = graphs_captured(self.attack_model)
+            if self.graphed_step is not None:
+                record["step_graphs"] = len(self.graphed_step.graphs)
         if distributed.enabled:
             record["ranks_in_sync"] = self._ranks_in_sync()
         self.history.append(record)

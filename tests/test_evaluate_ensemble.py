@@ -3,22 +3,17 @@ members' PGD-20 transfer matrix, the mean pairwise masked cosine, the table, eva
 heat map; a single model's evaluation unchanged."""
 import collections
 import json
-import os
-import traceback
-from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
-import fastadv
 from fastadv import cli, evaluate
 from fastadv.data import load_dataset
 from fastadv.ensemble import Ensemble
 from fastadv.runs import load_checkpoint, load_model
 from fastadv.train import TrainConfig, train
-from tests.helpers import one_thread  # noqa: F401  (autouse: one torch thread here)
+from tests.helpers import CountReads, one_thread  # noqa: F401  (autouse: one torch thread here)
 
 SIZE = 40
 BATCH = 16  # three batches: the attacks' random starts must follow each other across batches as when run alone
@@ -157,50 +152,13 @@ def test_masked_cosines_match_an_eager_computation(results, loaded):
     assert results["masked_cosine"]["clean"] != pytest.approx(results["masked_cosine"]["pgd20"], abs=1e-4)
 
 
-class HostReads(TorchDispatchMode):
-    """Reads of a tensor's value (``int(t)``, ``.item()``, ``.tolist()``...), each counted under
-    the innermost fastadv function that asked for it (outside fastadv._validate), as
-    tests/test_synchronisation.py counts them."""
-
-    package = os.path.dirname(fastadv.__file__) + os.sep
-
-    def __init__(self):
-        super().__init__()
-        self.origins = collections.Counter()
-
-    def count(self):
-        for frame in reversed(traceback.extract_stack()):
-            if frame.filename.startswith(self.package) and not frame.filename.endswith("_validate.py"):
-                self.origins[frame.filename[len(self.package):-3].replace(os.sep, ".") + "." + frame.name] += 1
-                return
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count()
-        return func(*args, **(kwargs or {}))
-
-    def __enter__(self):
-        tolist = torch.Tensor.tolist
-
-        def counted(tensor):  # a CPU tensor's tolist reads its storage without dispatching
-            self.count()
-            return tolist(tensor)
-        self.patch = mock.patch.object(torch.Tensor, "tolist", counted)
-        self.patch.start()
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        self.patch.stop()
-        return super().__exit__(*exc)
-
-
 def test_reads_back_once_whatever_the_batches(loaded):
     """The evaluation reads its counts once, at the end; per batch only the attacks read (each
     its labels' range, once a call), and the dataset's labels are host values."""
     ensemble, config, info, test_set = loaded
     models = [ensemble, *ensemble.members]
     suites = [evaluate.build_attacks(m, config["eps"], config["norm"], info.num_classes, ATTACKS) for m in models]
-    with HostReads() as reads:
+    with CountReads() as reads:
         evaluate.ensemble_accuracy(ensemble, test_set, suites[0], suites[1:], torch.device("cpu"), BATCH, SIZE,
                                    progress=False)
     batches = -(-SIZE // BATCH)

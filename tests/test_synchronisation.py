@@ -17,85 +17,18 @@ synchronisation comes from.
 """
 from __future__ import annotations
 
-import collections
-import os
-import traceback
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastadv
 from fastadv.attacks import CW, FGSM, PGD, PGDL2, UDRPGD
 from fastadv.ensemble import Ensemble
 from fastadv.methods import METHODS, build_method, method_parameters
 from fastadv.models import NormalizedModel
-
-aten = torch.ops.aten
-PACKAGE = os.path.dirname(fastadv.__file__) + os.sep
-VALIDATE = os.path.join(PACKAGE, "_validate.py")
-
-_SCALAR_READS = {aten._local_scalar_dense.default, aten.equal.default, aten.allclose.default}
-_VALUE_SHAPED = {aten.nonzero, aten.masked_select, aten._unique2, aten.unique_dim, aten.unique_consecutive}
-
-
-def _boolean_index(func, args) -> bool:
-    """``t[mask]`` and ``t[mask] = v``: a boolean index is turned into positions (a nonzero)."""
-    if func.overloadpacket not in (aten.index, aten.index_put_, aten.index_put):
-        return False
-    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1])
-
-
-def _origin() -> str:
-    """``module.function`` of the innermost fastadv frame outside fastadv._validate, e.g.
-    ``attacks.base.check_labels``: who asked for the read, whichever check made it."""
-    for frame in reversed(traceback.extract_stack()):
-        if frame.filename.startswith(PACKAGE) and frame.filename != VALIDATE:
-            module = frame.filename[len(PACKAGE):-len(".py")].replace(os.sep, ".")
-            return f"{module}.{frame.name}"
-    return "outside fastadv"
-
-
-class CountReads(TorchDispatchMode):
-    """Records the origin of every read of a tensor's value by the host (see the module docstring)."""
-
-    def __init__(self):
-        super().__init__()
-        self.origins = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in _SCALAR_READS or func.overloadpacket in _VALUE_SHAPED or _boolean_index(func, args):
-            self.origins[_origin()] += 1
-        return func(*args, **(kwargs or {}))
-
-    def __enter__(self):
-        self._patches = [mock.patch.object(torch.Tensor, name, self._counted(getattr(torch.Tensor, name)))
-                         for name in ("tolist", "numpy")]
-        self._patches.append(mock.patch.object(fastadv._C, "label_range", self._counted(fastadv._C.label_range)))
-        for patch in self._patches:
-            patch.start()
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        for patch in self._patches:
-            patch.stop()
-        return super().__exit__(*exc)
-
-    def _counted(self, method):
-        def read(tensor, *args, **kwargs):
-            self.origins[_origin()] += 1
-            return method(tensor, *args, **kwargs)
-        return read
-
-
-def reads(run) -> dict:
-    with CountReads() as counter:
-        run()
-    return dict(counter.origins)
-
+from tests.helpers import reads
 
 @pytest.mark.parametrize("read", [
     lambda t: t[0].item(), lambda t: bool(t[0]), lambda t: int(t[0]), lambda t: float(t[0]),

@@ -13,8 +13,9 @@ from fastadv import hardware
 from fastadv.data import load_dataset, write_cifar_folder
 from fastadv.ensemble import Ensemble
 from fastadv.runs import build_run_model, load_model
-from fastadv.train import Interrupted, TrainConfig, Trainer, epoch_batches, train
-from tests.test_synchronisation import CountReads
+from fastadv.methods import METHODS, build_method
+from fastadv.train import GraphedStep, Interrupted, TrainConfig, Trainer, epoch_batches, sgd_update, train
+from tests.helpers import CountReads
 
 QUICK = dict(dataset="digits", epochs=2, steps=2, eval_steps=3, eval_size=90, progress=False)
 
@@ -246,3 +247,128 @@ def test_compile_trains(tmp_path):
                                 **dict(QUICK, epochs=1)))
     assert json.loads((run_dir / "config.json").read_text())["speed"]["compile"]
     assert 0 <= metrics(run_dir)[0]["test_robust_acc"] <= 1
+
+
+# ----------------------------------------------------------------------------- the graphed step
+@pytest.mark.parametrize("options", [
+    dict(momentum=0.9, weight_decay=5e-4), dict(momentum=0.9, nesterov=True, weight_decay=5e-4),
+    dict(momentum=0.9, dampening=0.1), dict(momentum=0.0, weight_decay=1e-3), dict(momentum=0.9, maximize=True),
+], ids=["momentum", "nesterov", "dampening", "plain", "maximize"])
+def test_sgd_update_is_torchs_sgd_with_a_tensor_learning_rate(options):
+    """The update the step's graph captures is torch's SGD, the learning rate read from a tensor
+    (a schedule changing it between steps), to the one rounding it adds: lr·g is rounded before
+    it is subtracted, where torch's foreach add rounds p − lr·g once."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(5, 3), (7,)]
+    torch_params = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
+    our_params = [torch.nn.Parameter(p.detach().clone()) for p in torch_params]
+    torch_sgd = torch.optim.SGD(torch_params, lr=0.1, **options)
+    our_sgd = torch.optim.SGD(our_params, lr=0.1, **options)
+    lr = torch.zeros(())
+    for step in range(5):
+        grads = [torch.randn(s, generator=generator) for s in shapes]
+        for params in (torch_params, our_params):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+        torch_sgd.param_groups[0]["lr"] = 0.1 * 0.5 ** step
+        torch_sgd.step()
+        lr.fill_(0.1 * 0.5 ** step)
+        sgd_update(our_sgd, [lr])
+    for ours, theirs in zip(our_params, torch_params):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+        if options["momentum"]:
+            torch.testing.assert_close(our_sgd.state[ours]["momentum_buffer"], torch_sgd.state[theirs]["momentum_buffer"],
+                                       rtol=1e-6, atol=1e-7)
+
+
+def _one_batch(trainer, size=32):
+    x = torch.stack([trainer.train_set[i][0] for i in range(size)]).to(trainer.device)
+    y = torch.stack([torch.as_tensor(trainer.train_set[i][1]) for i in range(size)]).to(trainer.device)
+    return x, y
+
+
+def _snapshot(trainer):
+    return ({k: v.clone() for k, v in trainer.model.state_dict().items()},
+            {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in trainer.optimizer.state.items()})
+
+
+@pytest.mark.parametrize("method", ["pgd_at", "trades", "mart"])
+def test_the_graphed_steps_body_is_the_trainers_step(tmp_path, method):
+    """What --cuda-graphs captures as a whole (GraphedStep's body, run eagerly here) takes the
+    trainer's own step: from the same weights and random state, the same weights after two
+    batches, to the rounding sgd_update adds."""
+    trainer = Trainer(TrainConfig(method=method, run_dir=str(tmp_path / "run"), **dict(QUICK, epochs=1)))
+    graphed = GraphedStep(trainer, capture=False)
+    x, y = _one_batch(trainer)
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    results = []
+    for step in (trainer._step, graphed.run):
+        trainer.model.load_state_dict(weights)
+        trainer.optimizer.state.clear()
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            step(x, y)
+        results.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+    for name, value in results[0].items():
+        torch.testing.assert_close(results[1][name], value, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("method", sorted(name for name, cls in METHODS.items() if cls.step_graph))
+def test_the_graphed_steps_body_reads_nothing(tmp_path, method):
+    """What a capture needs: the step reads no value back from the device (the training labels
+    are checked once, when the GraphedStep is made)."""
+    options = dict(QUICK, epochs=1)
+    if METHODS[method].ensemble:
+        options["models"] = "digits_cnn, digits_cnn"
+    if method == "ltd":
+        pytest.skip("ltd needs a teacher run; its step is the TRADES step with the teacher's soft labels")
+    trainer = Trainer(TrainConfig(method=method, run_dir=str(tmp_path / "run"), **options))
+    graphed = GraphedStep(trainer, capture=False)
+    x, y = _one_batch(trainer)
+    graphed.run(x, y)  # the momentum buffers are made on the first step
+    with CountReads() as counter:
+        metrics = graphed.run(x, y)
+    assert dict(counter.origins) == {}
+    assert set(metrics) >= {"loss"}
+
+
+def test_the_whole_step_is_refused_with_its_reason(tmp_path):
+    trainer = Trainer(TrainConfig(method="trades", run_dir=str(tmp_path / "a"), **dict(QUICK, epochs=1)))
+    assert "device is cpu" in GraphedStep.refusal(trainer)
+    trainer.device = torch.device("cuda")  # what would be refused on a GPU
+    assert GraphedStep.refusal(trainer) is None
+    trainer.method = build_method("udr_trades")
+    assert "step_graph is False" in GraphedStep.refusal(trainer)
+    trainer.method = build_method("trades")
+    trainer.config.compile = True
+    assert "--compile" in GraphedStep.refusal(trainer)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", ["pgd_at", "trades"])
+def test_the_replayed_step_is_the_eager_step(tmp_path, method):
+    """On a GPU: the whole step replayed from its graph equals the same step run eagerly from the
+    same weights, optimiser state and random state (the attack's start drawn bit for bit alike;
+    the rest to the rounding of cuDNN's algorithms, which a capture may pick differently)."""
+    trainer = Trainer(TrainConfig(method=method, run_dir=str(tmp_path / "run"), cuda_graphs=True, device="cuda",
+                                  **dict(QUICK, epochs=1)))
+    assert trainer.graphed_step is not None and trainer.speed["cuda_graphs"] == "whole step"
+    x, y = _one_batch(trainer)
+    for _ in range(GraphedStep.WARMUP):
+        trainer.graphed_step.run(x, y)
+    weights, state = _snapshot(trainer)
+    rng = torch.cuda.get_rng_state()
+    trainer.graphed_step.run(x, y)  # captured, then replayed
+    assert len(trainer.graphed_step.graphs) == 1
+    weights, state = _snapshot(trainer), (weights, state)
+    trainer.model.load_state_dict(state[0])
+    for parameter, saved in state[1].items():
+        trainer.optimizer.state[parameter] = {k: v.clone() for k, v in saved.items()}
+    torch.cuda.set_rng_state(rng)
+    trainer.graphed_step._step(x, y)
+    torch.cuda.synchronize()
+    for name, value in weights[0].items():
+        torch.testing.assert_close(trainer.model.state_dict()[name], value, rtol=1e-3, atol=1e-5, msg=name)
+    run_dir = train(TrainConfig(method=method, run_dir=str(tmp_path / "full"), cuda_graphs=True, device="cuda",
+                                **dict(QUICK, epochs=1)))
+    assert metrics(run_dir)[-1]["step_graphs"] >= 1

@@ -29,6 +29,7 @@ class ALP(NaturalAndAdversarialMethod):
     """
 
     name = "alp"
+    step_graph = True
     attack_loss = "ce"
     attack_init = "uniform"
     default_beta = 0.5

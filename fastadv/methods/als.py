@@ -63,6 +63,8 @@ class ALS(TRADES):
     """
 
     name = "als"
+    # λ follows a schedule over the run, a Python float read per batch
+    step_graph = False
     ensemble = True
     min_members = 2
     max_members = L.MAX_MEMBERS  # masked_gram's

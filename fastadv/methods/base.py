@@ -81,6 +81,11 @@ class Method:
     #: a single-model method whose attack and loss are apart (:meth:`objective_given`), so that
     #: it can train an ensemble's members by seed 000's protocol (:meth:`reference_turns`)
     trains_members: ClassVar[bool] = False
+    #: whether a batch's step is a function of the weights, the batch and the device's random
+    #: stream alone (no Python state that changes from batch to batch, no host randomness, one
+    #: optimiser step on a single model): the trainer's ``--cuda-graphs`` then captures the whole
+    #: step, attack to update, in one CUDA graph (fastadv.train.GraphedStep)
+    step_graph: ClassVar[bool] = False
 
     def __init__(self, *, logit_squeeze: float = 0.0):
         self.logit_squeeze = check.number(self.name, "logit_squeeze", logit_squeeze, low=0)

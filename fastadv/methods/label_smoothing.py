@@ -17,6 +17,7 @@ class LabelSmoothing(Method):
     """
 
     name = "label_smoothing"
+    step_graph = True
     adversarial = False
     option_help = {"smoothing": "label smoothing s: the target is 1 - s on y and s/(C - 1) elsewhere"}
 

@@ -38,6 +38,7 @@ class LTD(NaturalAndAdversarialMethod):
     """
 
     name = "ltd"
+    step_graph = True
     attack_loss = "kl"
     attack_init = "normal"
     default_beta = 6.0

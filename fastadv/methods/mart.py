@@ -21,6 +21,7 @@ class MART(NaturalAndAdversarialMethod):
     """
 
     name = "mart"
+    step_graph = True
     attack_loss = "ce"
     attack_init = "normal"
     default_beta = 5.0

@@ -13,6 +13,7 @@ class PGDAT(AdversarialMethod):
     """
 
     name = "pgd_at"
+    step_graph = True
     attack_loss = "ce"
     attack_init = "uniform"
 

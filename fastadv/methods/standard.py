@@ -10,6 +10,7 @@ class Standard(Method):
     """``CE(z(x), y)`` on clean inputs only; no attack."""
 
     name = "standard"
+    step_graph = True
     adversarial = False
 
     def objective(self, model, x, y, attack_model):

@@ -16,6 +16,8 @@ class TAMOOAT(ADVEN):
     combined output, as PGD-AT trains ADV-EN's. The attack is L∞ only."""
 
     name = "tamoo_at"
+    # its multi-objective attack (MultiObjectivePGD) has no path through a CUDA graph yet
+    step_graph = False
     option_help = {"lam": "λ of TA-MOO's task-oriented regulariser (seed 003: 100)",
                    "solver": "how the attack finds its task weights: softmax-gd (the seed's), pgd, apgd or exact2 (2 members)"}
 

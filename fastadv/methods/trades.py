@@ -28,6 +28,7 @@ class TRADES(NaturalAndAdversarialMethod):
     """
 
     name = "trades"
+    step_graph = True
     attack_loss = "kl"
     attack_init = "normal"
     default_beta = 6.0
