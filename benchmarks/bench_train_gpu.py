@@ -15,7 +15,10 @@ interleaved rounds:
   (``quick``: batch 512 of PGD-AT only, compilation is minutes);
 - fastadv default: fastadv's trainer on CUDA (bf16 autocast, channels_last model and batch,
   ``cudnn.benchmark``, the fused ops);
-- fastadv --cuda-graphs: the same with the training attack replayed as a CUDA graph.
+- fastadv, attack graphed: the same with the training attack replayed as a CUDA graph (what
+  ``--cuda-graphs`` does for a method whose step cannot be captured whole);
+- fastadv --cuda-graphs: the whole step (attack, loss, backward, SGD's update) replayed as one
+  CUDA graph (fastadv.train.GraphedStep), what the trainer does for PGD-AT and TRADES.
 
 The floor: the step's FLOPs (torch.utils.flop_counter's formulas on fastadv's float32 step) per image
 × 50,000 at the dense bf16 matrix rate this run measures (an 8192³ product on random data).
@@ -40,6 +43,7 @@ from fastadv.attacks import PGD
 from fastadv.data import dataset_info
 from fastadv.methods import build_method
 from fastadv.models import build_model
+from fastadv.train import GraphedStep
 
 from . import common
 from .bench_train import fastadv_step, official_pgd_at_step, official_trades_step
@@ -50,8 +54,10 @@ OFFICIAL_FP32 = "official-style, float32"
 OFFICIAL_AMP = "official-style + AMP (bf16)"
 OFFICIAL_COMPILE = "official-style + torch.compile"
 FASTADV = "fastadv default"
+FASTADV_ATTACK_GRAPH = "fastadv, attack graphed"
 FASTADV_GRAPHS = "fastadv --cuda-graphs"
-VARIANTS = (OFFICIAL_FP32, OFFICIAL_AMP, OFFICIAL_COMPILE, FASTADV, FASTADV_GRAPHS)
+VARIANTS = (OFFICIAL_FP32, OFFICIAL_AMP, OFFICIAL_COMPILE, FASTADV, FASTADV_ATTACK_GRAPH, FASTADV_GRAPHS)
+CUDA_ONLY = (FASTADV_ATTACK_GRAPH, FASTADV_GRAPHS)
 TARGETS = {"vs_official_fp32": 3.0, "vs_official_amp": 1.5, "graphs_vs_default": 1.3, "epoch_seconds": 10.0}
 
 
@@ -117,10 +123,14 @@ def make_variants(spec, device, x, y, info, names):
             if cuda:
                 net = net.to(memory_format=torch.channels_last)
             method = build_method(spec["method"], **_attack_settings(spec))
-            if name == FASTADV_GRAPHS:
+            if name == FASTADV_ATTACK_GRAPH:
                 method.attack_graph = True
-            steps[name] = _with_cudnn_benchmark(cuda, functools.partial(fastadv_step, method, net, opt, x_last, y,
-                                                                        amp=cuda))
+            if name == FASTADV_GRAPHS:
+                graphed = GraphedStep(method, net, opt, amp=cuda)
+                steps[name] = _with_cudnn_benchmark(cuda, functools.partial(graphed.run, x_last, y))
+            else:
+                steps[name] = _with_cudnn_benchmark(cuda, functools.partial(fastadv_step, method, net, opt, x_last,
+                                                                            y, amp=cuda))
     return steps
 
 
@@ -349,7 +359,7 @@ def run(device: str = "cuda", quick: bool = False, out_dir=None, smoke: bool = F
     for spec in sorted(workloads(quick, smoke), key=lambda spec: spec["compile"]):
         x, y, info = _batch(spec, device)
         names = [n for n in VARIANTS if (n != OFFICIAL_COMPILE or spec["compile"])
-                 and (n != FASTADV_GRAPHS or device.type == "cuda")]
+                 and (n not in CUDA_ONLY or device.type == "cuda")]
         steps = make_variants(spec, device, x, y, info, names)
         first_call = {}
         try:

@@ -93,22 +93,23 @@ def sgd_update(optimizer: torch.optim.SGD, learning_rates: list[torch.Tensor]) -
 class GraphedStep:
     """A whole training step — the method's attack and loss, the backward pass, gradient
     clipping and SGD's update — captured in one CUDA graph per batch shape and replayed per batch
-    (``--cuda-graphs`` where the method has ``step_graph``; otherwise the trainer graphs the
-    attack alone, :mod:`fastadv.attacks.graph`).
+    (the trainer's ``--cuda-graphs`` where the method has ``step_graph``; otherwise the trainer
+    graphs the attack alone, :mod:`fastadv.attacks.graph`).
 
     What it relies on, and how:
 
-    - The step reads nothing back from the device: the labels of the whole training split are
-      checked once here, and the step runs inside :func:`fastadv._validate.values_checked_elsewhere`;
-      the first eager steps run with ``torch.cuda.set_sync_debug_mode("error")``, so a model or
-      method that reads a value is found before any capture and the run goes on without the
-      graph (with a warning naming the reason).
-    - The learning rate is a device tensor per parameter group, written from the schedule's
-      value before each replay (:func:`sgd_update`); the momentum buffers, weights and
-      BatchNorm statistics are updated in place, where the graph left them.
-    - The batch is copied into buffers the graph reads; the metrics are the graph's outputs,
-      added to the epoch's sums after each replay. A batch of another shape (an epoch's last)
-      captures its own graph (at most :data:`MAX_GRAPHS`; beyond, it runs eagerly).
+    - The step reads nothing back from the device: it runs inside
+      :func:`fastadv._validate.values_checked_elsewhere` (the caller checks the labels once: the
+      trainer checks the whole training split's before it makes the step), and the first eager
+      steps run with ``torch.cuda.set_sync_debug_mode("error")``, so a model or method that reads
+      a value is found before any capture and training goes on without the graph (a warning
+      names the reason; :attr:`refused` keeps it).
+    - The learning rate is a device tensor per parameter group, written from the optimizer's
+      value (the schedule's) before each replay (:func:`sgd_update`); the momentum buffers,
+      weights and BatchNorm statistics are updated in place, where the graph left them.
+    - The batch is copied into buffers the graph reads; the metrics are the graph's outputs (valid
+      until the next step). A batch of another shape (an epoch's last) captures its own graph (at
+      most :data:`MAX_GRAPHS`; beyond, it runs eagerly).
     - The random start of the attack is drawn inside the graph from torch's default CUDA
       generator, whose offset each replay advances (torch.cuda.graph registers it).
 
@@ -118,60 +119,62 @@ class GraphedStep:
     WARMUP = 2  # eager steps before the first capture: cuDNN's search, the momentum buffers
     MAX_GRAPHS = 4
 
-    def __init__(self, trainer: "Trainer", capture: bool = True):
-        self.trainer, self.capture = trainer, capture
+    def __init__(self, method, model: nn.Module, optimizer: torch.optim.SGD, *, amp: bool = False,
+                 grad_clip: float | None = None, trained_model: nn.Module | None = None,
+                 attack_model: nn.Module | None = None, capture: bool = True):
+        self.method, self.model, self.optimizer = method, model, optimizer
+        self.trained_model = trained_model if trained_model is not None else model
+        self.attack_model = attack_model if attack_model is not None else model
+        self.amp, self.grad_clip, self.capture = amp, grad_clip, capture
+        self.device = next(model.parameters()).device
         self.graphs: dict = {}
         self.steps = 0
-        self.learning_rates = [torch.zeros((), dtype=torch.float32, device=trainer.device)
-                               for _ in trainer.optimizer.param_groups]
-        self.refused = self.refusal(trainer) if capture else None
-        labels = getattr(trainer.train_set, "labels", None)
-        if self.refused is None and labels is None:
-            self.refused = "the training set does not expose its labels, which are checked once, before any capture"
-        elif labels is not None:
-            _validate.labels("fastadv train", labels, batch=labels.shape[0], classes=trainer.info.num_classes,
-                             device=labels.device, name="the training labels")
+        self.refused = None
+        self.learning_rates = [torch.zeros((), dtype=torch.float32, device=self.device)
+                               for _ in optimizer.param_groups]
 
     @staticmethod
-    def refusal(trainer: "Trainer"):
-        """Why the run's step cannot be captured as a whole, or None."""
-        method, config = trainer.method, trainer.config
-        if trainer.device.type != "cuda":
-            return f"the whole step is captured in a CUDA graph, but the device is {trainer.device}"
+    def refusal(method, device: torch.device, optimizer=None, *, distributed: bool = False,
+                members: bool = False, compiled: bool = False):
+        """Why a run's step cannot be captured as a whole, or None. ``members``: a single-model
+        method training an ensemble's members (one optimiser step each); ``compiled``: the model
+        is torch.compile'd (its graphs are its own)."""
+        if device.type != "cuda":
+            return f"the whole step is captured in a CUDA graph, but the device is {device}"
         if not method.step_graph:
             return (f"the method {method.name} keeps state between batches or draws host randomness "
                     f"(step_graph is False)")
-        if trainer.distributed.enabled:
+        if distributed:
             return "under torchrun, DistributedDataParallel's gradient all-reduce is not captured"
-        if config.models is not None and not method.ensemble:
+        if members:
             return f"{method.name} trains an ensemble's members one optimiser step each"
-        if config.compile:
+        if compiled:
             return "--compile: the compiled model is not captured by fastadv's graph"
+        if optimizer is not None and type(optimizer) is not torch.optim.SGD:
+            return f"the optimiser is {type(optimizer).__name__}; the graphed update is SGD's (sgd_update)"
         return None
 
     def _step(self, x, y):
         """One step on (x, y): the body the graph captures."""
-        trainer = self.trainer
         with _validate.values_checked_elsewhere():
-            turns = trainer.method.turns(trainer.trained_model, x, y, attack_model=trainer.attack_model)
-            with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.amp, cache_enabled=False):
+            turns = self.method.turns(self.trained_model, x, y, attack_model=self.attack_model)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
                 loss, metrics = next(turns)
-            trainer.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            trainer.clip_gradients()
-            sgd_update(trainer.optimizer, self.learning_rates)
+            if self.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            sgd_update(self.optimizer, self.learning_rates)
         return metrics
-
-    def _set_learning_rates(self):
-        for lr, group in zip(self.learning_rates, self.trainer.optimizer.param_groups):
-            lr.fill_(group["lr"])
 
     def run(self, x: torch.Tensor, y: torch.Tensor):
         """The batch's step through the graph (or eagerly, while warming up or with
-        ``capture=False``): its metrics, or None where the trainer must take its own step."""
+        ``capture=False``): its metrics, or None where the caller must take its own step (the
+        step was refused: :attr:`refused` says why)."""
         if self.refused is not None:
             return None
-        self._set_learning_rates()
+        for lr, group in zip(self.learning_rates, self.optimizer.param_groups):
+            lr.fill_(group["lr"])
         self.steps += 1
         if not self.capture:
             return self._step(x, y)
@@ -182,9 +185,10 @@ class GraphedStep:
         if graph is None:
             if len(self.graphs) >= self.MAX_GRAPHS:
                 return self._step(x, y)
-            graph = self.graphs[key] = self._capture(x, y)
+            graph = self._capture(x, y)
             if graph is None:
                 return None
+            self.graphs[key] = graph
         static_x, static_y, cuda_graph, metrics = graph
         static_x.copy_(x)
         static_y.copy_(y)
@@ -215,14 +219,12 @@ class GraphedStep:
         import warnings
 
         self.refused = reason
-        warnings.warn(f"fastadv train --cuda-graphs: {reason}; training on without the step's graph",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(f"--cuda-graphs: {reason}; training on without the step's graph", RuntimeWarning, stacklevel=3)
 
     def _capture(self, x, y):
-        device = x.device
         static_x, static_y = x.clone(), y.clone()
         graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize(x.device)
         try:
             with torch.cuda.graph(graph):
                 metrics = self._step(static_x, static_y)
@@ -230,11 +232,6 @@ class GraphedStep:
             self._refuse(f"the capture of the step failed ({str(error).splitlines()[0]})")
             return None
         return static_x, static_y, graph, metrics
-
-    @property
-    def mode(self) -> str:
-        """What the run graphs: "step" (the whole step), or why not."""
-        return "step" if self.refused is None else f"attack only: {self.refused}"
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -373,19 +370,13 @@ class Trainer:
                                                  distributed.rank, distributed.world_size))
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.method.prepare(self.model, config.epochs * self.steps_per_epoch)
-        self.graphed_step, self.step_graph_refusal = None, None
-        if config.cuda_graphs:
-            self.graphed_step = GraphedStep(self)
-            if self.graphed_step.refused is not None:
-                # the attack alone is graphed (method.attack_graph)
-                self.step_graph_refusal, self.graphed_step = self.graphed_step.refused, None
-            else:
-                self.method.attack_graph = False  # the attack is part of the step's graph
-            self.speed["cuda_graphs"] = "whole step" if self.graphed_step is not None else "attack only"
         amp = config.amp
         if amp is None:
             amp = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.amp = bool(amp)
+        self.graphed_step, self.step_graph_refusal = None, None
+        if config.cuda_graphs:
+            self._graph_setup()
         if self.device.type == "cpu":
             bf16 = [flag for flag, used in (("--amp", self.amp), ("--attack-dtype bfloat16",
                                                                    config.attack_dtype == "bfloat16")) if used]
@@ -417,6 +408,26 @@ class Trainer:
         self.speed = {"channels_last": self.channels_last, "cudnn_benchmark": bool(cudnn_benchmark and cuda),
                       "device_data": self.device_data, "cuda_graphs": config.cuda_graphs, "compile": config.compile}
         self.device_batches = DeviceBatches(self.train_set, self.device) if self.device_data else None
+
+    def _graph_setup(self):
+        """--cuda-graphs: the whole step in one graph where it can be (GraphedStep), the attack
+        alone otherwise (method.attack_graph, set in _speed_setup)."""
+        config = self.config
+        labels = getattr(self.train_set, "labels", None)
+        reason = GraphedStep.refusal(self.method, self.device, self.optimizer, distributed=self.distributed.enabled,
+                                     members=config.models is not None and not self.method.ensemble,
+                                     compiled=config.compile)
+        if reason is None and labels is None:
+            reason = "the training set does not expose its labels, which are checked once, before any capture"
+        if reason is None:
+            _validate.labels("fastadv train", labels, batch=labels.shape[0], classes=self.info.num_classes,
+                             device=labels.device, name="the training labels")
+            self.graphed_step = GraphedStep(self.method, self.model, self.optimizer, amp=self.amp,
+                                            grad_clip=config.grad_clip, trained_model=self.trained_model,
+                                            attack_model=self.attack_model)
+            self.method.attack_graph = False  # the attack is part of the step's graph
+        self.step_graph_refusal = reason
+        self.speed["cuda_graphs"] = "whole step" if reason is None else "attack only"
 
     # -- checkpoints
     def _state(self) -> dict:
@@ -537,6 +548,9 @@ class Trainer:
             if metrics is not None:
                 self._accumulate(metrics, len(y))
             else:
+                if self.graphed_step is not None and self.graphed_step.refused is not None:
+                    self.step_graph_refusal, self.graphed_step = self.graphed_step.refused, None
+                    self.speed["cuda_graphs"] = "attack only"
                 self._step(x, y)
             self.scheduler.step()
             self.batch += 1
@@ -552,7 +566,8 @@ class Trainer:
         self._end_epoch(time.perf_counter() - started)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """The batch's optimiser steps, one per turn of the method."""
+        """The batch's optimiser steps, one per turn of the method (what GraphedStep captures as
+        one graph, where it can)."""
         turns = self.method.turns(self.trained_model, x, y, attack_model=self.attack_model)
         while True:
             # The method's forward passes run under autocast; the backward passes outside it.
@@ -563,13 +578,10 @@ class Trainer:
             loss, metrics = turn
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.clip_gradients()
+            if self.config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.optimizer.step()
             self._accumulate(metrics, len(y))
-
-    def clip_gradients(self) -> None:
-        if self.config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
 
     def _evaluate(self) -> dict:
         """Clean and PGD-k accuracy (α = ε/4, uniform start) on the held-out split, sharded over

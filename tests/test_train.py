@@ -287,9 +287,14 @@ def _one_batch(trainer, size=32):
     return x, y
 
 
+def _eager_graphed_step(trainer):
+    return GraphedStep(trainer.method, trainer.model, trainer.optimizer, amp=trainer.amp, capture=False)
+
+
 def _snapshot(trainer):
+    """(the model's state, the optimizer's per-parameter state), copied."""
     return ({k: v.clone() for k, v in trainer.model.state_dict().items()},
-            {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in trainer.optimizer.state.items()})
+            {p: {k: v.clone() for k, v in state.items()} for p, state in trainer.optimizer.state.items()})
 
 
 @pytest.mark.parametrize("method", ["pgd_at", "trades", "mart"])
@@ -298,7 +303,7 @@ def test_the_graphed_steps_body_is_the_trainers_step(tmp_path, method):
     trainer's own step: from the same weights and random state, the same weights after two
     batches, to the rounding sgd_update adds."""
     trainer = Trainer(TrainConfig(method=method, run_dir=str(tmp_path / "run"), **dict(QUICK, epochs=1)))
-    graphed = GraphedStep(trainer, capture=False)
+    graphed = _eager_graphed_step(trainer)
     x, y = _one_batch(trainer)
     weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     results = []
@@ -323,7 +328,7 @@ def test_the_graphed_steps_body_reads_nothing(tmp_path, method):
     if method == "ltd":
         pytest.skip("ltd needs a teacher run; its step is the TRADES step with the teacher's soft labels")
     trainer = Trainer(TrainConfig(method=method, run_dir=str(tmp_path / "run"), **options))
-    graphed = GraphedStep(trainer, capture=False)
+    graphed = _eager_graphed_step(trainer)
     x, y = _one_batch(trainer)
     graphed.run(x, y)  # the momentum buffers are made on the first step
     with CountReads() as counter:
@@ -332,16 +337,21 @@ def test_the_graphed_steps_body_reads_nothing(tmp_path, method):
     assert set(metrics) >= {"loss"}
 
 
-def test_the_whole_step_is_refused_with_its_reason(tmp_path):
-    trainer = Trainer(TrainConfig(method="trades", run_dir=str(tmp_path / "a"), **dict(QUICK, epochs=1)))
-    assert "device is cpu" in GraphedStep.refusal(trainer)
-    trainer.device = torch.device("cuda")  # what would be refused on a GPU
-    assert GraphedStep.refusal(trainer) is None
-    trainer.method = build_method("udr_trades")
-    assert "step_graph is False" in GraphedStep.refusal(trainer)
-    trainer.method = build_method("trades")
-    trainer.config.compile = True
-    assert "--compile" in GraphedStep.refusal(trainer)
+def test_the_whole_step_is_refused_with_its_reason():
+    cuda, trades = torch.device("cuda"), build_method("trades")  # what would be refused on a GPU
+    assert "device is cpu" in GraphedStep.refusal(trades, torch.device("cpu"))
+    assert GraphedStep.refusal(trades, cuda) is None
+    assert "step_graph is False" in GraphedStep.refusal(build_method("udr_trades"), cuda)
+    assert "--compile" in GraphedStep.refusal(trades, cuda, compiled=True)
+    assert "torchrun" in GraphedStep.refusal(trades, cuda, distributed=True)
+    assert "members" in GraphedStep.refusal(trades, cuda, members=True)
+    adam = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    assert "Adam" in GraphedStep.refusal(trades, cuda, adam)
+
+
+def test_cuda_graphs_on_the_cpu_is_refused_at_once(tmp_path):
+    with pytest.raises(ValueError, match="cuda_graphs: CUDA graphs need a CUDA device"):
+        Trainer(TrainConfig(method="trades", run_dir=str(tmp_path / "run"), cuda_graphs=True, **QUICK))
 
 
 @pytest.mark.cuda
@@ -354,20 +364,20 @@ def test_the_replayed_step_is_the_eager_step(tmp_path, method):
                                   **dict(QUICK, epochs=1)))
     assert trainer.graphed_step is not None and trainer.speed["cuda_graphs"] == "whole step"
     x, y = _one_batch(trainer)
-    for _ in range(GraphedStep.WARMUP):
+    for _ in range(GraphedStep.WARMUP + 1):  # eager steps, then the capture and its first replay
         trainer.graphed_step.run(x, y)
-    weights, state = _snapshot(trainer)
-    rng = torch.cuda.get_rng_state()
-    trainer.graphed_step.run(x, y)  # captured, then replayed
     assert len(trainer.graphed_step.graphs) == 1
-    weights, state = _snapshot(trainer), (weights, state)
-    trainer.model.load_state_dict(state[0])
-    for parameter, saved in state[1].items():
-        trainer.optimizer.state[parameter] = {k: v.clone() for k, v in saved.items()}
+    before, rng = _snapshot(trainer), torch.cuda.get_rng_state()
+    trainer.graphed_step.run(x, y)  # a replay
+    after = _snapshot(trainer)
+    trainer.model.load_state_dict(before[0])
+    for parameter, saved in before[1].items():
+        for name, value in saved.items():
+            trainer.optimizer.state[parameter][name].copy_(value)
     torch.cuda.set_rng_state(rng)
-    trainer.graphed_step._step(x, y)
+    trainer.graphed_step._step(x, y)  # the same step, eagerly
     torch.cuda.synchronize()
-    for name, value in weights[0].items():
+    for name, value in after[0].items():
         torch.testing.assert_close(trainer.model.state_dict()[name], value, rtol=1e-3, atol=1e-5, msg=name)
     run_dir = train(TrainConfig(method=method, run_dir=str(tmp_path / "full"), cuda_graphs=True, device="cuda",
                                 **dict(QUICK, epochs=1)))
