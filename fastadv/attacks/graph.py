@@ -63,12 +63,12 @@ def graph_mode(owner: str, value):
 
 
 class _Captured:
-    """One captured run: its graph, the buffers it reads and the output it writes."""
+    """One captured run: its graph, the buffers it reads and the output(s) it writes."""
 
     def __init__(self):
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.inputs: dict[str, torch.Tensor] = {}
-        self.output: Optional[torch.Tensor] = None
+        self.output = None
         self.classes = 0
         # the generator the graph draws from, held so that its id (part of the key) is not reused
         self.generator: Optional[torch.Generator] = None
@@ -114,7 +114,8 @@ def run_graphed(owner: str, mode, model: nn.Module, settings: tuple, x: torch.Te
     "auto" and the run cannot be captured; ``mode=True`` raises :class:`GraphUnavailable` then).
 
     ``body(x, y, eps, alpha, check)`` is the attack's run on those tensors (it calls
-    ``check(logits, y)`` on its first logits unless ``check`` is None) and returns its final point;
+    ``check(logits, y)`` on its first logits unless ``check`` is None) and returns its final point
+    (or a named tuple of tensors, the point first: each is copied out of the graph);
     ``settings`` is everything else that changes what it computes (a new value captures a new
     graph); ``check_labels(logits, y)`` is the attack's check of the labels on the first logits,
     run in the warm-up of a capture (later calls check the range against the captured classes,
@@ -150,7 +151,8 @@ def run_graphed(owner: str, mode, model: nn.Module, settings: tuple, x: torch.Te
             inputs[name].copy_(value)
     with _autocast_without_cache(device_type):
         captured.graph.replay()
-    return captured.output.clone()
+    output = captured.output
+    return output.clone() if isinstance(output, torch.Tensor) else type(output)(*(t.clone() for t in output))
 
 
 class _autocast_without_cache:

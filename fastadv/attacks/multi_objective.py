@@ -38,9 +38,9 @@ Nothing is read back from the device during the steps.
 from __future__ import annotations
 
 import abc
+import functools
 import math
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,7 @@ from torch import nn
 from .. import _validate as check
 from ..ensemble import Ensemble
 from ..ops import simplex as simplex_ops
+from . import graph as graphs
 from .base import Attack
 from .losses import UNCHECKED
 
@@ -105,7 +106,7 @@ class TaskSet(abc.ABC):
 
     @abc.abstractmethod
     def prepare(self, attack: "MultiObjectivePGD", x: torch.Tensor, y: torch.Tensor) -> dict:
-        """What the steps need that does not change with δ, computed without a graph: at least
+        """What the steps need that does not change with δ, computed without autograd: at least
         ``logits``, the clean logits [B, C] of (the first) model, on which the labels are checked."""
 
     @abc.abstractmethod
@@ -348,8 +349,7 @@ class TransformTasks(TaskSet):
 
 
 # ----------------------------------------------------------------------------- the attack
-@dataclass
-class MultiObjectiveResult:
+class MultiObjectiveResult(NamedTuple):
     """What one attack call found: the adversarial batch, and per problem [P, m] which tasks
     reached their goal at the end and the last weights."""
 
@@ -380,6 +380,10 @@ class MultiObjectivePGD(Attack):
             step's weights.
         lam: λ of TA-MOO (100). gamma, minmax_step: γ = 3 and the step 1/β = 1/40 of MinMax.
         seed: seeds the random start (δ₀ ∼ U(−ε, ε), Algorithm 1) and the stochastic transformations.
+        graph: False, True or "auto": on CUDA, the whole run (start, steps, solves, final goals)
+            captured as a CUDA graph once per task set, batch shape and settings and replayed per
+            call, as PGD's ``graph`` (:mod:`fastadv.attacks.graph`); the seeded generator is one
+            object per attack, reseeded every call, so a replay draws what an eager call draws.
 
     ``attack(x, y)`` returns the adversarial batch; :meth:`run` also returns the goals and weights.
     """
@@ -388,7 +392,7 @@ class MultiObjectivePGD(Attack):
                  steps: int = DEFAULT_STEPS, solver: str = "softmax-gd", solver_steps: Optional[int] = None,
                  solver_lr: Optional[float] = None, lam: float = TAMOO_LAMBDA, gamma: float = MINMAX_GAMMA,
                  minmax_step: float = MINMAX_STEP, kappa: float = CW_KAPPA, seed: Optional[int] = None,
-                 amp_dtype: Optional[torch.dtype] = None, clip=(0.0, 1.0)):
+                 amp_dtype: Optional[torch.dtype] = None, clip=(0.0, 1.0), graph=False):
         owner = type(self).__name__
         if not isinstance(tasks, TaskSet):
             raise TypeError(f"{owner}: tasks must be an EnsembleTasks, UniversalTasks or TransformTasks, "
@@ -415,6 +419,8 @@ class MultiObjectivePGD(Attack):
         self.minmax_step = check.number(owner, "minmax_step", minmax_step, low=0, low_open=True)
         self.kappa = check.number(owner, "kappa", kappa, low=0, low_open=True)
         self.seed = None if seed is None else check.integer(owner, "seed", seed, low=0)
+        self.graph = graphs.graph_mode(owner, graph)
+        self._graph_generator: Optional[torch.Generator] = None
 
     def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """A module's logits, under autocast when ``amp_dtype`` is set (then float32)."""
@@ -440,14 +446,38 @@ class MultiObjectivePGD(Attack):
 
     def _run(self, x, y, eps) -> MultiObjectiveResult:
         owner = type(self).__name__
-        tasks = self.tasks
-        tasks.check_batch(owner, x)
-        m, problems = tasks.tasks, tasks.problems(x)
+        self.tasks.check_batch(owner, x)
         generator = None
         if self.seed is not None:
-            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+            if self.graph and x.is_cuda:
+                # one generator object per attack (a graph registers it), reseeded every call
+                if self._graph_generator is None or self._graph_generator.device != x.device:
+                    self._graph_generator = torch.Generator(device=x.device)
+                generator = self._graph_generator.manual_seed(self.seed)
+            else:
+                generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        if self.graph:
+            result = graphs.run_graphed(owner, self.graph, self.model, self._graph_settings(), x, y, eps, self.alpha,
+                                        functools.partial(self._ascend, generator=generator), self.check_labels,
+                                        generator)
+            if result is not None:
+                return result
+        return self._ascend(x, y, eps, self.alpha, self.check_labels, generator)
+
+    def _graph_settings(self) -> tuple:
+        """What a captured run depends on besides its tensors: a change captures a new graph."""
+        return (type(self), type(self.tasks), id(self.tasks), self.weighting, self.loss, self.steps, self.solver,
+                self.solver_steps, self.solver_lr, self.lam, self.gamma, self.minmax_step, self.kappa, self.amp_dtype,
+                self.clip)
+
+    def _ascend(self, x, y, eps, alpha, check_labels, generator) -> MultiObjectiveResult:
+        """The attack's run as a function of its tensors (what a CUDA graph captures); it calls
+        ``check_labels(logits, y)`` on the clean logits unless it is None."""
+        tasks = self.tasks
+        m, problems = tasks.tasks, tasks.problems(x)
         state = tasks.prepare(self, x, y)
-        self.check_labels(state["logits"], y)
+        if check_labels is not None:
+            check_labels(state["logits"], y)
         low, high = tasks.bounds(x, self.clip)
         low, high = torch.clamp(low, min=-eps), torch.clamp(high, max=eps)
         shape = tasks.perturbation_shape(x)
@@ -472,7 +502,7 @@ class MultiObjectivePGD(Attack):
                     self.solver, self.solver_steps, self.solver_lr, weights)
                 direction = torch.einsum("pm,pmd->pd", weights, G).reshape(shape)
             with torch.no_grad():
-                delta = torch.maximum(torch.minimum(delta + self.alpha * torch.sign(direction).to(delta.dtype), high), low)
+                delta = torch.maximum(torch.minimum(delta + alpha * torch.sign(direction).to(delta.dtype), high), low)
         with torch.no_grad():
             copies = delta.unsqueeze(0).expand((m,) + tuple(shape))
             _, achieved = tasks.evaluate(self, x, y, copies, state, generator)

@@ -91,6 +91,35 @@ def test_bad_graph_arguments():
         PGD(small_model(), graph=True, early_stop=True)
 
 
+def _moo_tasks(kind, model):
+    from fastadv.attacks.multi_objective import EnsembleTasks, TransformTasks, UniversalTasks
+
+    if kind == "ens":
+        torch.manual_seed(1)
+        return EnsembleTasks([model, small_model(), small_model()])
+    if kind == "uni":
+        return UniversalTasks(model, group=2)
+    return TransformTasks(model, ("identity", "hflip", "rotation"), stochastic=True)
+
+
+@pytest.mark.parametrize("kind", ["ens", "uni", "eot"])
+def test_multi_objective_graph_on_cpu_is_refused_or_runs_eagerly(kind):
+    from fastadv.attacks.multi_objective import MultiObjectivePGD
+
+    model = small_model().eval()
+    x, y = torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    tasks = _moo_tasks(kind, model)
+    with pytest.raises(GraphUnavailable, match="MultiObjectivePGD: graph=True .* x is on cpu"):
+        MultiObjectivePGD(tasks, steps=2, seed=0, graph=True)(x, y)
+    eager = MultiObjectivePGD(tasks, steps=3, seed=0).run(x, y)
+    graphs._WARNED.clear()
+    with pytest.warns(RuntimeWarning, match="without a graph"):
+        auto = MultiObjectivePGD(tasks, steps=3, seed=0, graph="auto").run(x, y)
+    assert all(torch.equal(a, b) for a, b in zip(auto, eager))
+    with pytest.raises(ValueError, match="graph must be False, True or 'auto'"):
+        MultiObjectivePGD(tasks, graph=1)
+
+
 def test_trainer_refuses_cuda_graphs_on_the_cpu(tmp_path):
     from fastadv.train import TrainConfig, Trainer
 
@@ -242,3 +271,30 @@ def test_trainer_with_cuda_graphs(tmp_path):
     assert config["speed"]["cuda_graphs"] and config["speed"]["channels_last"] and config["speed"]["device_data"]
     metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert metrics["attack_graphs"] >= 1
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("weighting", ["uniform", "tamoo"])
+@pytest.mark.parametrize("kind", ["ens", "uni", "eot"])
+def test_multi_objective_graphed_equals_eager(float32_convolutions, kind, weighting):
+    """The multi-objective attack through its graph, from the same seed as the eager run: with
+    α = 0, its start bit for bit and its weights to the rounding of the gradients; with steps,
+    its examples as for PGD. The second call replays (the generator reseeded: the same again)."""
+    from fastadv.attacks.multi_objective import MultiObjectivePGD
+
+    device = torch.device("cuda")
+    model = small_model().to(device).eval()
+    x, y = torch.rand(8, 3, 8, 8, device=device), torch.randint(0, 10, (8,), device=device)
+    tasks = _moo_tasks(kind, model)
+    tasks.model.to(device)  # an ensemble's other members
+    for alpha, steps in ((0.0, 2), (2 / 255, 5)):
+        eager = MultiObjectivePGD(tasks, weighting=weighting, alpha=alpha, steps=steps, seed=3).run(x, y)
+        attack = MultiObjectivePGD(tasks, weighting=weighting, alpha=alpha, steps=steps, seed=3, graph=True)
+        for graphed in (attack.run(x, y), attack.run(x, y)):  # captured, then replayed; reseeded each call
+            assert graphed.achieved.shape == eager.achieved.shape
+            if alpha == 0.0:  # every step's gradients at the same points: the weights to their rounding
+                assert torch.equal(graphed.x_adv, eager.x_adv)
+                torch.testing.assert_close(graphed.weights, eager.weights, rtol=1e-3, atol=1e-4)
+            else:
+                assert_same_examples([eager.x_adv], [graphed.x_adv], "linf", alpha, steps)
+    assert graphs.graphs_captured(tasks.model) >= 1
