@@ -61,6 +61,9 @@ struct LogitsLayout {
         l.scalars[l.n_scalars++] = i;
       } else if (kind == c10::TypeKind::IntType && argument.name() == "reduction") {
         l.reduction = i;
+      } else if (kind == c10::TypeKind::OptionalType) {
+        // a tensor that is not differentiated (simplex_distance_sq's achieved mask); the logits
+        // family's own ops have none, so its kernels never look for one
       } else if (kind == c10::TypeKind::BoolType) {
         TORCH_CHECK(l.differentiable < l.n_tensors && argument.name() == "grad_" + names[l.differentiable],
                     "fastadv: ", op, ": flag ", argument.name(), " must be grad_<input>, one per input, in order");

@@ -21,8 +21,7 @@ The Gram matrix Q of the tasks' gradients and the combination Σ w_i g_i stay to
 (they are matrix products). ``min_norm_weights`` runs every step of a row in one kernel, the row's
 Q and w in registers. It is an argmin: not differentiable (its outputs carry no gradient).
 ``simplex_distance_sq`` computes its gradient in the forward pass (as the logits family does) and
-its backward multiplies the saved gradient, registered from Python with
-``torch.library.register_autograd`` (not a per-step hot path).
+its backward multiplies the saved gradient (csrc/autograd/simplex.cpp, as the logits family's).
 
 Backends: C++ (CPU), CUDA C++, Triton and the reference (fastadv.backend); the schemas are in
 csrc/ops.cpp, the per-row math in csrc/include/fastadv/simplex.h. Attack loops call
@@ -117,8 +116,8 @@ def _simplex_distance_sq(w: torch.Tensor, achieved: Optional[torch.Tensor] = Non
     op = _implementation("simplex_distance_sq", _registry.device_type(w), w.dtype, w.numel())
     if op is None:
         return reference.simplex_distance_sq(w, achieved)
-    grad_w = torch.is_grad_enabled() and w.requires_grad
-    return op(w.contiguous(), _optional(achieved), grad_w)[0]
+    # the op makes w contiguous and asks for dΩ/dw when autograd will want it (_registry.fast_op)
+    return op(w, _optional(achieved))[0]
 
 
 def simplex_distance_sq(w: torch.Tensor, achieved: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -197,8 +196,7 @@ def _autograd(name: str):
 
 _FAMILY = _registry.Family("simplex")
 _TRITON = _FAMILY.register(_OPS, fake=_fake, autograd=_autograd).triton
-_backward, _setup_context = _autograd("simplex_distance_sq")
-torch.library.register_autograd("fastadv::simplex_distance_sq", _backward, setup_context=_setup_context)
+# The C++ op's autograd is in C++ (csrc/autograd/simplex.cpp); the Triton op's is above.
 
 
 #: The family's ops for callers that validated their arguments once, where they entered (the
