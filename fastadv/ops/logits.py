@@ -85,17 +85,21 @@ def _labels(op: str, y, z: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def _elementwise_rows(shape) -> tuple[int, int]:
-    """The [rows, cols] view the mhuber kernels get of a tensor of ``shape``. mhuber is elementwise
-    with one mean over every element, so any split into rows gives the same loss; rows of whole
-    16-element vectors (up to 1024 elements) spare the kernels the scalar tail each short row
-    (a [B, 100] one) would end in. The split depends on the shape alone, so the summation order,
-    and the result, do not change from call to call."""
+def _elementwise_rows(shape) -> tuple[int, int] | None:
+    """The [rows, cols] view the mhuber kernels get of a tensor of ``shape``, or None where they
+    take it as it is (a [rows, cols] tensor already). mhuber is elementwise with one mean over
+    every element, so any split into rows gives the same loss; rows of whole 16-element vectors
+    (up to 1024 elements) spare the kernels the scalar tail each short row (a [B, 100] one) would
+    end in. The split depends on the shape alone, so the summation order, and the result, do not
+    change from call to call."""
     count, rows = math.prod(shape), shape[0]
     for width in (1024, 512, 256, 128, 64, 32, 16):
         if count % width == 0:
-            return count // width, width
-    return rows, count // rows
+            split = count // width, width
+            break
+    else:
+        split = rows, count // rows
+    return None if tuple(shape) == split else split
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -216,11 +220,11 @@ def margin_sq_hinge(z: torch.Tensor, y: torch.Tensor, delta: float = 0.9) -> tor
     return _margin_sq_hinge(z, y, _validate.number(op, "delta", delta))
 
 
-def _as_rows(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """``t`` as [rows, cols] (a view where it can be; nothing when it already is)."""
-    if t.dim() == 2 and t.shape[0] == rows:
+def _as_rows(t: torch.Tensor, split) -> torch.Tensor:
+    """``t`` as [rows, cols] (a view where it can be; ``split`` None: as it is)."""
+    if split is None:
         return t
-    return t.view(rows, cols) if t.is_contiguous() else t.reshape(rows, cols)
+    return t.view(split) if t.is_contiguous() else t.reshape(split)
 
 
 def _constant(t: torch.Tensor) -> torch.Tensor:
@@ -231,8 +235,8 @@ def _constant(t: torch.Tensor) -> torch.Tensor:
 def _mhuber(u: torch.Tensor, v: torch.Tensor, alpha: float) -> torch.Tensor:
     if not u.numel():
         return reference.mhuber(u, v, alpha)
-    rows, cols = _elementwise_rows(u.shape)
-    result = _run("mhuber", (_as_rows(u, rows, cols), _as_rows(v, rows, cols)), (float(alpha), _ELEMENT_MEAN))
+    split = _elementwise_rows(u.shape)
+    result = _run("mhuber", (_as_rows(u, split), _as_rows(v, split)), (float(alpha), _ELEMENT_MEAN))
     return reference.mhuber(u, v, alpha) if result is None else result[0]
 
 
@@ -250,14 +254,14 @@ def _mhuber_moving_average(u: torch.Tensor, v: torch.Tensor, u_average: torch.Te
                            tau: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if not u.numel():
         return reference.mhuber_moving_average(u, v, u_average, v_average, tau, alpha)
-    rows, cols = _elementwise_rows(u.shape)
-    result = _run("mhuber_moving_average", (_as_rows(u, rows, cols), _as_rows(v, rows, cols)),
-                  (_as_rows(_constant(u_average), rows, cols), _as_rows(_constant(v_average), rows, cols),
+    split = _elementwise_rows(u.shape)
+    result = _run("mhuber_moving_average", (_as_rows(u, split), _as_rows(v, split)),
+                  (_as_rows(_constant(u_average), split), _as_rows(_constant(v_average), split),
                    float(alpha), float(tau), _ELEMENT_MEAN))
     if result is None:
         return reference.mhuber_moving_average(u, v, u_average, v_average, tau, alpha)
     loss, u_next, v_next = result
-    if u_next.shape == u.shape:
+    if split is None:
         return loss, u_next, v_next
     return loss, u_next.view(u.shape), v_next.view(u.shape)
 
