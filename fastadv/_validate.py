@@ -20,6 +20,8 @@ from typing import Iterable, Optional
 
 import torch
 
+from . import _C  # label_range (fastadv/__init__.py loads it before anything else)
+
 __all__ = ["number", "integer", "choice", "flag", "radius", "clip_range", "tensor", "labels", "values_checked_elsewhere"]
 
 _VALUES_CHECKED_ELSEWHERE = [0]  # the depth of values_checked_elsewhere blocks
@@ -186,7 +188,6 @@ def _label_range(y: torch.Tensor) -> tuple[int, int]:
     """The smallest and largest label, read in one pass: by fastadv._C on the CPU (torch's
     aminmax and tolist cost more than a small op), by one aminmax and one read elsewhere."""
     if y.is_cpu:
-        from . import _C
         return _C.label_range(y)
     return tuple(torch.stack(torch.aminmax(y)).tolist())
 
