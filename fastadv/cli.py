@@ -239,8 +239,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     optimisation.add_argument("--no-amp", dest="amp", action="store_false")
     speed = parser.add_argument_group("speed on a GPU (no effect on what is computed beyond rounding)")
     speed.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true",
-                       help="capture the training attack (random start, K forward/backward passes, fused steps) in a "
-                            "CUDA graph once per batch shape and replay it; a model that cannot be captured runs "
+                       help="capture the whole training step (attack, loss, backward, SGD's update) in one CUDA graph "
+                            "per batch shape and replay it, for the methods whose step allows it (the attack alone "
+                            "for the others; the run log says which); a model that cannot be captured runs "
                             "without, with a warning")
     speed.add_argument("--compile", action="store_true", help="torch.compile the model (the fused ops are opaque to it)")
     speed.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,

@@ -74,7 +74,8 @@ class TrainConfig:
     channels_last: Optional[bool] = None
     cudnn_benchmark: Optional[bool] = None
     device_data: Optional[bool] = None
-    # the training attack as a CUDA graph (fastadv.attacks.graph), and torch.compile of the model
+    # the training step (or its attack) as a CUDA graph (fastadv.train.GraphedStep,
+    # fastadv.attacks.graph), and torch.compile of the model
     cuda_graphs: bool = False
     compile: bool = False
     grad_clip: Optional[float] = None
