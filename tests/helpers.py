@@ -38,45 +38,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-class ValueReads(TorchDispatchMode):
-    """Counts the reads of a tensor's value by the host (what synchronises with a GPU): a scalar
-    read, a value-shaped op, and ``.tolist()`` and fastadv._C.label_range, which read a CPU
-    tensor's storage without a dispatch (tests/test_synchronisation.py counts the same way)."""
-
-    _VALUE_SHAPED = {torch.ops.aten.nonzero, torch.ops.aten.masked_select, torch.ops.aten._unique2}
-
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default or func.overloadpacket in self._VALUE_SHAPED:
-            self.reads += 1
-        return func(*args, **(kwargs or {}))
-
-    def __enter__(self):
-        tolist = torch.Tensor.tolist
-
-        def counted(tensor, *args, **kwargs):
-            self.reads += 1
-            return tolist(tensor, *args, **kwargs)
-        label_range = fastadv._C.label_range
-
-        def counted_range(tensor):
-            self.reads += 1
-            return label_range(tensor)
-        self._patches = [mock.patch.object(torch.Tensor, "tolist", counted),
-                         mock.patch.object(fastadv._C, "label_range", counted_range)]
-        for patch in self._patches:
-            patch.start()
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        for patch in self._patches:
-            patch.stop()
-        return super().__exit__(*exc)
-
-
 # ----------------------------------------------------------------------------- host reads by origin
 aten = torch.ops.aten
 PACKAGE = os.path.dirname(fastadv.__file__) + os.sep
@@ -134,8 +95,15 @@ class CountReads(TorchDispatchMode):
             return method(tensor, *args, **kwargs)
         return read
 
+    @property
+    def total(self) -> int:
+        """How many reads, from wherever they came."""
+        return sum(self.origins.values())
+
 
 def reads(run) -> dict:
     with CountReads() as counter:
         run()
     return dict(counter.origins)
+
+

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import fastadv
 from fastadv.ops import simplex as ops
 from fastadv.reference import simplex as reference
-from tests.helpers import BACKENDS, ValueReads, device_of, one_thread  # noqa: F401  (one_thread: autouse)
+from tests.helpers import BACKENDS, CountReads, device_of, one_thread  # noqa: F401  (one_thread: autouse)
 
 BATCHES = (1, 7, 4097)
 TASKS = (1, 2, 3, 4, 8, 17, 32)
@@ -483,12 +483,12 @@ def test_no_value_is_read(backend):
     w = simplex_points(8, 3, device=device).requires_grad_()
     with fastadv.use_backend(backend):
         for namespace in (ops.unchecked, ops):
-            with ValueReads() as reads:
+            with CountReads() as reads:
                 namespace.simplex_project(w.detach(), ~achieved)
                 torch.autograd.grad(namespace.simplex_distance_sq(w, achieved).sum(), [w])
                 for solver in ("softmax-gd", "apgd"):
                     namespace.min_norm_weights(Q, achieved, 1.0, solver=solver, init=w.detach())
-            assert reads.reads == 0, namespace
+            assert reads.total == 0, namespace
 
 
 def _bad_cases():
