@@ -131,8 +131,9 @@ struct PgdStepEntryPoints {
 
 // ----------------------------------------------------------------------------- UDR
 inline UdrCost udr_cost(c10::string_view cost) {
-  TORCH_CHECK(cost == "l2" || cost == "linf", "fastadv: cost must be 'l2' or 'linf', got '", std::string(cost), "'");
-  return cost == "l2" ? UdrCost::L2 : UdrCost::Linf;
+  TORCH_CHECK(cost == "pixel" || cost == "l2" || cost == "linf", "fastadv: cost must be 'pixel', 'l2' or 'linf', got '",
+              std::string(cost), "'");
+  return cost == "pixel" ? UdrCost::Pixel : (cost == "l2" ? UdrCost::L2 : UdrCost::Linf);
 }
 
 inline UdrStepParams udr_step_params(const at::Tensor& out, const at::Tensor& x_adv, const at::Tensor& grad,

@@ -167,8 +167,9 @@ def _pgd_l2_step_kernel(
 
 # ----------------------------------------------------------------------------- UDR
 # UDR's step (METHODS.md section 5): x_int = x_adv + η·sign(g), then x' = clip(x_int − η·λ·∇ĉ(x_int, x)),
-# no projection onto the ball; a program per row, like the CUDA kernel's block per row: the row's
-# reduction over x_int − x (Σd², or max |d| and then the ties), then the write.
+# no projection onto the ball; a program per row, like the CUDA kernel's block per row: for pixel
+# and l2 one elementwise pass, for linf the row's reduction over x_int − x (max |d|, then the
+# ties) before the write.
 @triton.jit
 def _udr_intermediate(x_adv, g, eta):
     return x_adv + eta * _sign_propagating_nan(g)
@@ -183,26 +184,34 @@ def _udr_difference(x_adv_ptr, grad_ptr, x_ptr, offsets, mask, eta, STEP: tl.con
     return point - tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
 
 
+# The costs' codes (UdrCost in csrc/include/fastadv/pgd.h).
+_L2, _LINF, _PIXEL = 0, 1, 2
+_COST_CODES = {"l2": _L2, "linf": _LINF, "pixel": _PIXEL}
+
+
 @triton.jit
-def _udr_row_distance(x_adv_ptr, grad_ptr, x_ptr, row_start, row_size, eta,
-                      LINF: tl.constexpr, STEP: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """row_distance of csrc/cpu/pgd.cpp: (‖d‖₂, 0) or, for L-inf, (max |d|, the number of
-    coordinates reaching it; counted for the step only). Lanes reduce separately, once at the end.
-    The L-inf maximum skips NaN (a NaN never wins the comparison), the same on a GPU and in the
-    interpreter; a NaN coordinate still propagates to its own output (udr_element)."""
+def _udr_row_reduction(x_adv_ptr, grad_ptr, x_ptr, row_start, row_size, eta,
+                       SUM: tl.constexpr, TIES: tl.constexpr, STEP: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """The reductions of csrc/cpu/pgd.cpp: Σ|d| (SUM, pixel's statistic) or max |d| and, with TIES
+    (linf's step), the number of elements reaching it. Lanes reduce separately, once at the end.
+    The maximum skips NaN (a NaN never wins the comparison), the same on a GPU and in the
+    interpreter; a NaN element still propagates to its own output."""
     partial = tl.zeros((BLOCK,), ACC)
     for start in range(0, row_size, BLOCK):
         lanes = start + tl.arange(0, BLOCK)
         d = _udr_difference(x_adv_ptr, grad_ptr, x_ptr, row_start + lanes, lanes < row_size, eta, STEP, ACC)
-        if LINF:
-            magnitude = tl.where(d < 0, -d, d)
-            partial = tl.where(magnitude > partial, magnitude, partial)
+        magnitude = tl.where(d < 0, -d, d)
+        if SUM:
+            partial += magnitude
         else:
-            partial += d * d
+            partial = tl.where(magnitude > partial, magnitude, partial)
     ties = tl.zeros((), ACC)
-    if LINF:
+    if SUM:
+        c = tl.sum(partial, axis=0)
+    else:
         c = tl.max(partial, axis=0)
-        if STEP:
+        if TIES:
             count = tl.zeros((BLOCK,), ACC)
             for start in range(0, row_size, BLOCK):
                 lanes = start + tl.arange(0, BLOCK)
@@ -210,8 +219,6 @@ def _udr_row_distance(x_adv_ptr, grad_ptr, x_ptr, row_start, row_size, eta,
                 d = _udr_difference(x_adv_ptr, grad_ptr, x_ptr, row_start + lanes, mask, eta, STEP, ACC)
                 count += tl.where(mask & (tl.where(d < 0, -d, d) == c), 1.0, 0.0)
             ties = tl.sum(count, axis=0)
-    else:
-        c = _sqrt(tl.sum(partial, axis=0), ACC)
     return c, ties
 
 
@@ -221,26 +228,31 @@ def _soft_cost_of(c, eps, tau, ACC: tl.constexpr):
 
 
 @triton.jit
-def _udr_coefficient(c, ties, eps, eta, lam, tau, LINF: tl.constexpr, ACC: tl.constexpr):
-    """η·λ·slope over ‖d‖₂ (l2) or the number of ties (linf); 0 where c = 0 (the norm's subgradient).
-    tl.where evaluates both sides, so the discarded quotient gets a harmless denominator."""
+def _udr_linf_coefficient(c, ties, eps, eta, lam, tau, ACC: tl.constexpr):
+    """η·λ·slope over the number of ties; 0 where c = 0 (the norm's subgradient). tl.where
+    evaluates both sides, so the discarded quotient gets a harmless denominator."""
     slope = tl.where(c < eps, 1.0, _divide(tl.full((), 1.0, ACC), tau, ACC))
-    if LINF:
-        divisor = ties
-    else:
-        divisor = c
     zero = c == 0
-    return tl.where(zero, 0.0, _divide(eta * lam * slope, tl.where(zero, 1.0, divisor), ACC))
+    return tl.where(zero, 0.0, _divide(eta * lam * slope, tl.where(zero, 1.0, ties), ACC))
 
 
 @triton.jit
-def _udr_element(x_int, x, c, coefficient, lo, hi, LINF: tl.constexpr):
+def _udr_linf_element(x_int, x, c, coefficient, lo, hi):
     d = x_int - x
-    if LINF:
-        correction = tl.where(tl.where(d < 0, -d, d) == c, _sign_propagating_nan(d), 0.0)
-    else:
-        correction = d
+    correction = tl.where(tl.where(d < 0, -d, d) == c, _sign_propagating_nan(d), 0.0)
     return _clamp_propagating_nan(x_int - coefficient * correction, lo, hi)
+
+
+@triton.jit
+def _udr_elementwise_element(x_int, x, eps, eta_lam, tau, COST: tl.constexpr, ACC: tl.constexpr):
+    """udr_elementwise_element of pgd.h before the clip: x_int − η·λ·pull(d), pixel's pull the
+    excess over the L∞ ball over τ, l2's d inside the per-element ball and d/τ outside."""
+    d = x_int - x
+    if COST == 2:
+        pull = _divide(d - _clamp_propagating_nan(d, -eps, eps), tau, ACC)  # the excess over the ball
+    else:
+        pull = tl.where(tl.where(d < 0, -d, d) < eps, d, _divide(d, tau, ACC))
+    return x_int - eta_lam * pull
 
 
 @triton.jit
@@ -249,7 +261,7 @@ def _udr_step_kernel(
     eps: tl.float64, eta: tl.float64, lam: tl.float64, tau: tl.float64,
     clip_min: tl.float64, clip_max: tl.float64,
     row_size,
-    ACC: tl.constexpr, LINF: tl.constexpr,
+    ACC: tl.constexpr, COST: tl.constexpr,
     HAS_EPS_PER_SAMPLE: tl.constexpr, HAS_ACTIVE: tl.constexpr, IN_PLACE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -264,20 +276,27 @@ def _udr_step_kernel(
 
     # The scalars in ACC before any use, as the C++ kernels cast them to acc_t.
     eta_acc = tl.full((), eta, ACC)
-    c, ties = _udr_row_distance(x_adv_ptr, grad_ptr, x_ptr, row_start, row_size, eta_acc, LINF, True, ACC, BLOCK)
+    lam_acc = tl.full((), lam, ACC)
+    tau_acc = tl.full((), tau, ACC)
     eps_row = _per_sample(eps, eps_per_sample_ptr, row, True, HAS_EPS_PER_SAMPLE, ACC)
-    coefficient = _udr_coefficient(c, ties, eps_row, eta_acc, tl.full((), lam, ACC), tl.full((), tau, ACC), LINF,
-                                   ACC)
     lo = tl.full((), clip_min, ACC)
     hi = tl.full((), clip_max, ACC)
-
+    if COST == 1:
+        c, ties = _udr_row_reduction(x_adv_ptr, grad_ptr, x_ptr, row_start, row_size, eta_acc, False, True, True, ACC,
+                                     BLOCK)
+        coefficient = _udr_linf_coefficient(c, ties, eps_row, eta_acc, lam_acc, tau_acc, ACC)
     for start in range(0, row_size, BLOCK):
         lanes = start + tl.arange(0, BLOCK)
         offsets = row_start + lanes
         mask = lanes < row_size
         x_int = _udr_intermediate(tl.load(x_adv_ptr + offsets, mask=mask).to(ACC),
                                   tl.load(grad_ptr + offsets, mask=mask).to(ACC), eta_acc)
-        result = _udr_element(x_int, tl.load(x_ptr + offsets, mask=mask).to(ACC), c, coefficient, lo, hi, LINF)
+        x_row = tl.load(x_ptr + offsets, mask=mask).to(ACC)
+        if COST == 1:
+            result = _udr_linf_element(x_int, x_row, c, coefficient, lo, hi)
+        else:
+            result = _clamp_propagating_nan(
+                _udr_elementwise_element(x_int, x_row, eps_row, eta_acc * lam_acc, tau_acc, COST, ACC), lo, hi)
         tl.store(out_ptr + offsets, result.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -286,16 +305,19 @@ def _soft_cost_kernel(
     out_ptr, x_adv_ptr, x_ptr, eps_per_sample_ptr,
     eps: tl.float64, tau: tl.float64,
     row_size,
-    ACC: tl.constexpr, LINF: tl.constexpr, HAS_EPS_PER_SAMPLE: tl.constexpr,
+    ACC: tl.constexpr, COST: tl.constexpr, HAS_EPS_PER_SAMPLE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    c, _ = _udr_row_distance(x_adv_ptr, x_adv_ptr, x_ptr, row * row_size, row_size, tl.zeros((), ACC), LINF, False,
-                             ACC, BLOCK)
-    eps_row = _per_sample(eps, eps_per_sample_ptr, row, True, HAS_EPS_PER_SAMPLE, ACC)
+    reduced, _ = _udr_row_reduction(x_adv_ptr, x_adv_ptr, x_ptr, row * row_size, row_size, tl.zeros((), ACC),
+                                    COST == 2, False, False, ACC, BLOCK)
     # Computed in ACC and stored in x_adv's dtype, as the C++ op's `out.to(x_adv.scalar_type())`.
-    cost = _soft_cost_of(c, eps_row, tl.full((), tau, ACC), ACC)
-    tl.store(out_ptr + row, cost.to(out_ptr.dtype.element_ty))
+    if COST == 2:
+        statistic = _divide(reduced, tl.full((), row_size, ACC), ACC)
+    else:
+        eps_row = _per_sample(eps, eps_per_sample_ptr, row, True, HAS_EPS_PER_SAMPLE, ACC)
+        statistic = _soft_cost_of(reduced, eps_row, tl.full((), tau, ACC), ACC)
+    tl.store(out_ptr + row, statistic.to(out_ptr.dtype.element_ty))
 
 
 def _accumulation(dtype: torch.dtype):
@@ -377,7 +399,7 @@ def udr_step_into(out: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, x:
         x if eps_per_sample is None else eps_per_sample, x if active is None else active,
         float(eps), float(eta), float(lam), float(tau), float(clip_min), float(clip_max),
         row_size,
-        ACC=_accumulation(x_adv.dtype), LINF=cost == "linf",
+        ACC=_accumulation(x_adv.dtype), COST=_COST_CODES[cost],
         HAS_EPS_PER_SAMPLE=eps_per_sample is not None, HAS_ACTIVE=active is not None,
         IN_PLACE=out is x_adv,  # identity, as in pgd_step_into
         BLOCK=block, num_warps=num_warps)
@@ -403,6 +425,6 @@ def soft_cost(x_adv, x, eps, eps_per_sample, tau, cost):
     _soft_cost_kernel[(rows,)](
         out, x_adv, x, x if eps_per_sample is None else eps_per_sample,
         float(eps), float(tau), row_size,
-        ACC=_accumulation(x_adv.dtype), LINF=cost == "linf", HAS_EPS_PER_SAMPLE=eps_per_sample is not None,
+        ACC=_accumulation(x_adv.dtype), COST=_COST_CODES[cost], HAS_EPS_PER_SAMPLE=eps_per_sample is not None,
         BLOCK=block, num_warps=num_warps)
     return out

@@ -84,17 +84,11 @@ void pgd_step_kernel(const PgdStepParams& p) {
   });
 }
 
-// ‖d‖₂ or ‖d‖∞ of a row's differences d(i), and for ‖·‖∞ the number of coordinates reaching it.
-// Inlined into its callers (flatten), so that the loops over the lambda vectorise in every clone.
+// max |d| of a row's differences d(i) and the number of elements reaching it (linf), or Σ|d|
+// (pixel's statistic). Inlined into its callers (flatten), so that the loops over the lambda
+// vectorise in every clone.
 template <typename T, typename Difference>
-inline __attribute__((always_inline)) T row_distance(int64_t n, UdrCost cost, const Difference& difference,
-                                                     T* ties = nullptr) {
-  if (cost == UdrCost::L2) {
-    T sq = 0;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t i = 0; i < n; ++i) sq += difference(i) * difference(i);
-    return sqrt(sq);
-  }
+inline __attribute__((always_inline)) T row_max_abs(int64_t n, const Difference& difference, T* ties = nullptr) {
   T c = 0;
 #pragma omp simd reduction(max : c)
   for (int64_t i = 0; i < n; ++i) {
@@ -113,18 +107,38 @@ inline __attribute__((always_inline)) T row_distance(int64_t n, UdrCost cost, co
   return c;
 }
 
-// UDR: one reduction over the row's x_int − x (recomputed from x_adv and the gradient), then the
-// write. `out` may be `x_adv` (in place): each element is read before it is written, at its index.
+template <typename T, typename Difference>
+inline __attribute__((always_inline)) T row_sum_abs(int64_t n, const Difference& difference) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const T d = difference(i);
+    sum += d < T(0) ? -d : d;
+  }
+  return sum;
+}
+
+// UDR: for pixel and l2 one elementwise pass; for linf one reduction over the row's x_int − x
+// (recomputed from x_adv and the gradient), then the write. `out` may be `x_adv` (in place): each
+// element is read before it is written, at its index.
 template <typename T>
 FASTADV_CPU_CLONES __attribute__((flatten)) void udr_row(T* out, const T* x_adv, const T* grad, const T* x, int64_t n,
                                                          T eps, T eta, T lam, T tau, UdrCost cost, T lo, T hi) {
+  if (udr_elementwise(cost)) {
+    const T eta_lam = eta * lam;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = udr_elementwise_element<T>(udr_intermediate<T>(x_adv[i], grad[i], eta), x[i], eps, eta_lam, tau, cost,
+                                          lo, hi);
+    }
+    return;
+  }
   T ties = 0;
-  const T c = row_distance<T>(n, cost, [&](int64_t i) { return udr_intermediate<T>(x_adv[i], grad[i], eta) - x[i]; },
-                              &ties);
-  const T coefficient = udr_coefficient<T>(c, ties, eps, eta, lam, tau, cost);
+  const T c = row_max_abs<T>(n, [&](int64_t i) { return udr_intermediate<T>(x_adv[i], grad[i], eta) - x[i]; }, &ties);
+  const T coefficient = udr_linf_coefficient<T>(c, ties, eps, eta, lam, tau);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    out[i] = udr_element<T>(udr_intermediate<T>(x_adv[i], grad[i], eta), x[i], c, coefficient, cost, lo, hi);
+    out[i] = udr_linf_element<T>(udr_intermediate<T>(x_adv[i], grad[i], eta), x[i], c, coefficient, lo, hi);
   }
 }
 
@@ -141,8 +155,10 @@ void udr_step_kernel(const UdrStepParams& p) {
 }
 
 template <typename T>
-FASTADV_CPU_CLONES __attribute__((flatten)) T row_cost(const T* x_adv, const T* x, int64_t n, UdrCost cost) {
-  return row_distance<T>(n, cost, [&](int64_t i) { return x_adv[i] - x[i]; });
+FASTADV_CPU_CLONES __attribute__((flatten)) T row_statistic_reduction(const T* x_adv, const T* x, int64_t n,
+                                                                      UdrCost cost) {
+  const auto difference = [&](int64_t i) { return x_adv[i] - x[i]; };
+  return cost == UdrCost::Pixel ? row_sum_abs<T>(n, difference) : row_max_abs<T>(n, difference);
 }
 
 template <typename T>
@@ -152,8 +168,10 @@ void soft_cost_kernel(const SoftCostParams& p) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
   at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const T c = row_cost<T>(static_cast<const T*>(p.x_adv) + r * n, static_cast<const T*>(p.x) + r * n, n, p.cost);
-      static_cast<T*>(p.out)[r] = soft_cost_of<T>(c, eps_ps ? eps_ps[r] : static_cast<T>(p.eps), static_cast<T>(p.tau));
+      const T reduced = row_statistic_reduction<T>(static_cast<const T*>(p.x_adv) + r * n,
+                                                   static_cast<const T*>(p.x) + r * n, n, p.cost);
+      static_cast<T*>(p.out)[r] = udr_statistic<T>(reduced, n, eps_ps ? eps_ps[r] : static_cast<T>(p.eps),
+                                                   static_cast<T>(p.tau), p.cost);
     }
   });
 }

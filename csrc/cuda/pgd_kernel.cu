@@ -276,7 +276,8 @@ __device__ acc_t udr_block_reduce(acc_t v, acc_t* shared) {
   return Max ? cuda::warp_max(v) : cuda::warp_sum(v);
 }
 
-// A block per row, grid-stride over rows: the reductions of udr_row (csrc/cpu/pgd.cpp), then the write.
+// A block per row, grid-stride over rows: as udr_row (csrc/cpu/pgd.cpp), the elementwise costs in
+// one pass, linf's reductions, then the write.
 template <typename T>
 __global__ void __launch_bounds__(kThreadsPerBlock) udr_step_kernel(UdrStepParams p) {
   using acc_t = cuda::accumulate_t<T>;
@@ -296,28 +297,31 @@ __global__ void __launch_bounds__(kThreadsPerBlock) udr_step_kernel(UdrStepParam
       }
       continue;
     }
+    const acc_t eps = eps_ps ? eps_ps[r] : static_cast<acc_t>(p.eps);
+    if (udr_elementwise(p.cost)) {  // the same branch for the whole block: no reduction
+      for (int64_t i = threadIdx.x; i < p.row_size; i += blockDim.x) {
+        const acc_t x_int = udr_intermediate<acc_t>(cuda::to_acc(x_adv[i]), cuda::to_acc(grad[i]), eta);
+        out[i] = cuda::from_acc<T>(
+            udr_elementwise_element<acc_t>(x_int, cuda::to_acc(x[i]), eps, eta * lam, tau, p.cost, lo, hi));
+      }
+      continue;
+    }
     acc_t partial = 0;
     for (int64_t i = threadIdx.x; i < p.row_size; i += blockDim.x) {
       const acc_t d = udr_intermediate<acc_t>(cuda::to_acc(x_adv[i]), cuda::to_acc(grad[i]), eta) - cuda::to_acc(x[i]);
-      partial = p.cost == UdrCost::L2 ? partial + d * d : cuda::max_of(partial, d < acc_t(0) ? -d : d);
+      partial = cuda::max_of(partial, d < acc_t(0) ? -d : d);
     }
-    acc_t c, ties = 0;
-    if (p.cost == UdrCost::L2) {
-      c = sqrt(udr_block_reduce<acc_t, false>(partial, shared));
-    } else {
-      c = udr_block_reduce<acc_t, true>(partial, shared);
-      acc_t count = 0;
-      for (int64_t i = threadIdx.x; i < p.row_size; i += blockDim.x) {
-        const acc_t d = udr_intermediate<acc_t>(cuda::to_acc(x_adv[i]), cuda::to_acc(grad[i]), eta) - cuda::to_acc(x[i]);
-        count += (d < acc_t(0) ? -d : d) == c ? acc_t(1) : acc_t(0);
-      }
-      ties = udr_block_reduce<acc_t, false>(count, shared);
+    const acc_t c = udr_block_reduce<acc_t, true>(partial, shared);
+    acc_t count = 0;
+    for (int64_t i = threadIdx.x; i < p.row_size; i += blockDim.x) {
+      const acc_t d = udr_intermediate<acc_t>(cuda::to_acc(x_adv[i]), cuda::to_acc(grad[i]), eta) - cuda::to_acc(x[i]);
+      count += (d < acc_t(0) ? -d : d) == c ? acc_t(1) : acc_t(0);
     }
-    const acc_t eps = eps_ps ? eps_ps[r] : static_cast<acc_t>(p.eps);
-    const acc_t coefficient = udr_coefficient<acc_t>(c, ties, eps, eta, lam, tau, p.cost);
+    const acc_t ties = udr_block_reduce<acc_t, false>(count, shared);
+    const acc_t coefficient = udr_linf_coefficient<acc_t>(c, ties, eps, eta, lam, tau);
     for (int64_t i = threadIdx.x; i < p.row_size; i += blockDim.x) {
       const acc_t x_int = udr_intermediate<acc_t>(cuda::to_acc(x_adv[i]), cuda::to_acc(grad[i]), eta);
-      out[i] = cuda::from_acc<T>(udr_element<acc_t>(x_int, cuda::to_acc(x[i]), c, coefficient, p.cost, lo, hi));
+      out[i] = cuda::from_acc<T>(udr_linf_element<acc_t>(x_int, cuda::to_acc(x[i]), c, coefficient, lo, hi));
     }
   }
 }
@@ -330,16 +334,17 @@ __global__ void __launch_bounds__(kThreadsPerBlock) soft_cost_kernel(SoftCostPar
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
     const T* x_adv = static_cast<const T*>(p.x_adv) + r * p.row_size;
     const T* x = static_cast<const T*>(p.x) + r * p.row_size;
+    const bool sum = p.cost == UdrCost::Pixel;  // Σ|d| for pixel's mean, max |d| otherwise
     acc_t partial = 0;
     for (int64_t i = threadIdx.x; i < p.row_size; i += blockDim.x) {
       const acc_t d = cuda::to_acc(x_adv[i]) - cuda::to_acc(x[i]);
-      partial = p.cost == UdrCost::L2 ? partial + d * d : cuda::max_of(partial, d < acc_t(0) ? -d : d);
+      const acc_t magnitude = d < acc_t(0) ? -d : d;
+      partial = sum ? partial + magnitude : cuda::max_of(partial, magnitude);
     }
-    const acc_t c = p.cost == UdrCost::L2 ? sqrt(udr_block_reduce<acc_t, false>(partial, shared))
-                                          : udr_block_reduce<acc_t, true>(partial, shared);
+    const acc_t reduced = sum ? udr_block_reduce<acc_t, false>(partial, shared) : udr_block_reduce<acc_t, true>(partial, shared);
     if (threadIdx.x == 0) {
-      static_cast<acc_t*>(p.out)[r] =
-          soft_cost_of<acc_t>(c, eps_ps ? eps_ps[r] : static_cast<acc_t>(p.eps), static_cast<acc_t>(p.tau));
+      static_cast<acc_t*>(p.out)[r] = udr_statistic<acc_t>(reduced, p.row_size, eps_ps ? eps_ps[r] : static_cast<acc_t>(p.eps),
+                                                           static_cast<acc_t>(p.tau), p.cost);
     }
   }
 }

@@ -4,10 +4,12 @@ soft-ball pull instead of the projection.
     x⁰ = clip(x + U(−ε, ε));  K times  x_int = xⁿ + η·sign(∇x g(xⁿ)),
                                        xⁿ⁺¹ = clip(x_int − η·λ·∇ĉ(x_int, x))
 
-with ĉ = c inside the ε-ball and ε + (c − ε)/τ outside (c the L∞ or L2 distance, ``cost``): the
-examples may leave the ball, pulled back harder the larger λ. Each step is one fused
-``udr_step_`` (fastadv.ops.pgd.unchecked); λ is a float of the call, held by the training
-method, which updates it after each attack from ``fastadv.ops.soft_cost`` (Eq. 19).
+with the pull ∇ĉ of the ``cost`` (``pixel``: each element outside the L∞ ball pulled back by its
+own excess over τ; ``l2``: d inside the per-element ball, d/τ outside; ``linf``: the soft slope on
+the largest element; :func:`fastadv.ops.udr_step`): the examples may leave the ball, pulled back
+harder the larger λ. Each step is one fused ``udr_step_`` (fastadv.ops.pgd.unchecked); λ is a
+float of the call, held by the training method, which updates it from ``fastadv.ops.soft_cost``
+(Eq. 19).
 """
 from __future__ import annotations
 
@@ -37,10 +39,10 @@ class UDRPGD(PGD):
         lam: λ ≥ 0, the weight of the pull (a float, or a one-element tensor, read once per call).
         tau: τ > 0, the soft cost's temperature outside the ball; None for 2η (seed 003 App. E:
             "We choose τ = 2η").
-        cost: "linf" or "l2", the distance c; the random start is uniform in the ε-ball of that
-            norm (for "linf" exactly Algorithm 1's x + U(−ε, ε)).
-        loss: the part of g that depends on x': "ce" (UDR-PGD), "kl_reverse" (KL(p(x')‖p(x)),
-            UDR-TRADES and UDR-MART) or "kl" (TRADES' order).
+        cost: "pixel" (the default), "l2" or "linf" (METHODS.md section 5); the random start is
+            Algorithm 1's x + U(−ε, ε) for every cost.
+        loss: the part of g that depends on x': "ce" (UDR-PGD), "kl" (KL(p(x)‖p(x')), TRADES'
+            term, UDR-TRADES and UDR-MART) or "kl_reverse" (KL(p(x')‖p(x))).
         restarts, early_stop, amp_dtype, clip, generator: as for :class:`~fastadv.attacks.PGD`.
 
     ``lam`` can be overridden per call: ``attack(x, y, lam=λ)``. Host synchronisations: PGD's
@@ -49,14 +51,14 @@ class UDRPGD(PGD):
     """
 
     def __init__(self, model: nn.Module, eps=8 / 255, alpha: float = 2 / 255, steps: int = 10, lam=1.0,
-                 tau: Optional[float] = None, cost: str = "linf", loss: str = "ce", restarts: int = 1,
+                 tau: Optional[float] = None, cost: str = "pixel", loss: str = "ce", restarts: int = 1,
                  early_stop: bool = False, amp_dtype: Optional[torch.dtype] = None, clip=(0.0, 1.0),
                  generator: Optional[torch.Generator] = None):
         owner = type(self).__name__
         cost = check.choice(owner, "cost", cost.lower() if isinstance(cost, str) else cost, COSTS)
         check.choice(owner, "loss", loss, UDR_LOSSES)
         alpha = check.number(owner, "alpha", alpha, low=0.0, low_open=True)
-        super().__init__(model, eps, alpha, steps, norm=cost, loss=loss, init="uniform", restarts=restarts,
+        super().__init__(model, eps, alpha, steps, norm="linf", loss=loss, init="uniform", restarts=restarts,
                          early_stop=early_stop, amp_dtype=amp_dtype, clip=clip, generator=generator)
         self.cost = cost
         self.lam = _lambda(owner, lam)

@@ -1,31 +1,37 @@
 """UDR: unified distributional robustness (seed 003 ch. 5, METHODS.md section 5).
 
 Each method trains on ``mean g_θ(x^a, x, y)`` where x^a comes from UDR's soft-ball attack
-(:class:`fastadv.attacks.UDRPGD`) with the method's current λ, and λ is then updated by the
-seed's Eq. 19, ``λ ← max(0, λ − η_λ(ε − mean_i ĉ(x_i^a, x_i)))``:
+(:class:`fastadv.attacks.UDRPGD`) with the method's current λ, and λ is updated by the seed's
+Eq. 19, ``λ ← max(0, λ − η_λ(ε − s))``, s the cost's statistic (:func:`fastadv.ops.soft_cost`:
+the mean |x^a − x| per pixel for the ``pixel`` cost, the L∞ soft cost ĉ∞ for ``l2`` and ``linf``):
 
 - ``udr_pgd``:    g = CE(h(x), y) + β·CE(h(x'), y), the attack ascends CE(h(x'), y);
-- ``udr_trades``: g = CE(h(x), y) + β·KL(h(x') ‖ h(x)) (the seed's order, the reverse of TRADES'),
-  the attack ascends KL(h(x') ‖ h(x));
-- ``udr_mart``:   g = BCE(h(x), y) + β·(1 − h_y(x))·KL(h(x') ‖ h(x)), BCE on the natural batch as
+- ``udr_trades``: g = CE(h(x), y) + β·KL(p(x) ‖ p(x')), TRADES' own term (the seed's
+  ``D_KL(h(x'), h(x))`` is the notation its Eq. 6 uses for TRADES), the attack ascends it;
+- ``udr_mart``:   g = BCE(h(x), y) + β·(1 − h_y(x))·KL(p(x) ‖ p(x')), BCE on the natural batch as
   the seed writes it; the attack ascends KL + BCE(h(x), y) (the seed's footnote), whose BCE term
   does not depend on x', so it is the KL ascent of UDR-TRADES.
+
+With the ``pixel`` cost and η·λ/τ = 1 the attack's step is PGD's projected step, so that TRADES
+and MART are UDR-TRADES' and UDR-MART's special cases (Theorem 1).
 
 Resolutions taken in fastadv (METHODS.md section 5 lists them):
 
 - λ starts at 1 and η_λ = 0.02: the seed gives neither; these are the defaults of the authors'
   public code (``--lamda_init 1.0``, ``--lamda_lr 2e-2`` of Unified-Distributional-Robustness's
   train_cifar10_udr.py). τ = 2η (seed 003 App. E).
-- The cost c follows the run's norm (L∞ for an L∞ threat model), so that ε keeps its meaning.
-- λ is updated after every attack (every batch), not every 10 batches as the authors' code does,
-  and is clamped at 0 (λ ≥ 0 in the seed's Eq. 14). Under DDP the mean soft cost is averaged over
-  the ranks (one all-reduce on the device), so every rank holds the same λ, that of the global batch.
+- The cost defaults to ``pixel`` for an L∞ threat (the authors' code, which produced the seed's
+  tables) and ``l2`` for an L2 one (``--cost auto``).
+- λ is updated every ``period`` batches (10, the authors' code) with the mean of those batches'
+  statistics, and clamped at 0 (λ ≥ 0 in the seed's Eq. 14). Under DDP each batch's statistic is
+  averaged over the ranks (one all-reduce on the device), so every rank holds the same λ.
 - λ lives on the device as a float64 tensor: the update reads nothing back; the attack reads it
-  once per batch (the fused step takes λ as a float). It is the method's state, saved in the
-  checkpoints, and logged per epoch (``train_lambda``, the epoch's mean of the λ each attack
-  used) and the mean soft cost (``train_soft_cost``); like every method trained on PGD examples, the
-  share of the examples outside the ε-ball (``train_outside``) and their mean distance in the run's
-  norm (``train_distance``) are logged too.
+  once per batch (the fused step takes λ as a float). It is the method's state with the
+  statistics gathered since the last update, saved in the checkpoints, and logged per epoch
+  (``train_lambda``, the epoch's mean of the λ each attack used) with the statistic
+  (``train_soft_cost``); like every method trained on PGD examples, the share of the examples
+  outside the ε-ball (``train_outside``) and their mean distance in the run's norm
+  (``train_distance``) are logged too.
 """
 from __future__ import annotations
 
@@ -45,9 +51,9 @@ from .base import NaturalAndAdversarialMethod
 __all__ = ["UDRPGDMethod", "UDRTRADES", "UDRMART", "update_lambda"]
 
 
-def update_lambda(lam: torch.Tensor, lam_lr: float, eps: float, mean_soft_cost: torch.Tensor) -> torch.Tensor:
-    """Seed 003 Eq. 19 with λ ≥ 0: ``max(0, λ − η_λ(ε − mean_i ĉ_i))``, on the device."""
-    return (lam - lam_lr * (eps - mean_soft_cost.double())).clamp_min(0.0)
+def update_lambda(lam: torch.Tensor, lam_lr: float, eps: float, statistic: torch.Tensor) -> torch.Tensor:
+    """Seed 003 Eq. 19 with λ ≥ 0: ``max(0, λ − η_λ(ε − s))``, on the device."""
+    return (lam - lam_lr * (eps - statistic.double())).clamp_min(0.0)
 
 
 def global_mean(value: torch.Tensor) -> torch.Tensor:
@@ -61,8 +67,8 @@ def global_mean(value: torch.Tensor) -> torch.Tensor:
 
 
 def udr_kl(logits_natural: torch.Tensor, logits_adv: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """``KL(h(x') ‖ h(x))``: UDR's divergence, TRADES' fused KL with its arguments swapped."""
-    return L.unchecked.trades_kl(logits_adv, logits_natural, reduction)
+    """``KL(p(x) ‖ p(x'))``: UDR's divergence, TRADES' own (the fused trades_kl)."""
+    return L.unchecked.trades_kl(logits_natural, logits_adv, reduction)
 
 
 class UDRMethod(NaturalAndAdversarialMethod):
@@ -70,13 +76,14 @@ class UDRMethod(NaturalAndAdversarialMethod):
 
     option_help = {
         "lam_init": "UDR's λ at the start of training (the authors' code: 1.0)",
-        "lam_lr": "η_λ, the step of λ's update after each attack (the authors' code: 0.02)",
+        "lam_lr": "η_λ, the step of λ's update (the authors' code: 0.02)",
+        "lam_period": "batches between λ's updates, each on the mean of their statistics (the authors' code: 10)",
         "tau_over_eta": "τ of the soft cost outside the ε-ball, in units of the step η = alpha (the seed: τ = 2η)",
-        "cost": "the distance c of the soft cost: linf, l2, or auto for the run's norm",
+        "cost": "the soft cost: pixel, l2, linf (METHODS.md section 5), or auto (pixel for linf, l2 for l2)",
     }
 
-    def __init__(self, *, lam_init: float = 1.0, lam_lr: float = 0.02, tau_over_eta: float = 2.0,
-                 cost: str = "auto", **options):
+    def __init__(self, *, lam_init: float = 1.0, lam_lr: float = 0.02, lam_period: int = 10,
+                 tau_over_eta: float = 2.0, cost: str = "auto", **options):
         super().__init__(**options)
         self.lam_init = check.number(self.name, "lam_init", lam_init, low=0.0)
         self.lam_lr = check.number(self.name, "lam_lr", lam_lr, low=0.0)
@@ -86,8 +93,12 @@ class UDRMethod(NaturalAndAdversarialMethod):
         for name in ("lam_init", "lam_lr", "tau_over_eta"):
             if getattr(self, name) == float("inf"):
                 raise ValueError(f"{self.name}: {name} must be finite, got inf")
-        self.cost = self.norm if cost == "auto" else check.choice(self.name, "cost", cost, COSTS + ("auto",))
+        self.lam_period = check.integer(self.name, "lam_period", lam_period, low=1)
+        cost = check.choice(self.name, "cost", cost, COSTS + ("auto",))
+        self.cost = {"linf": "pixel", "l2": "l2"}[self.norm] if cost == "auto" else cost
         self._lam = torch.tensor(self.lam_init, dtype=torch.float64)
+        self._statistics = torch.zeros((), dtype=torch.float64)  # their sum since λ's last update
+        self._batches = 0  # since λ's last update
         self._attack_metrics: dict = {}
 
     @property
@@ -106,10 +117,15 @@ class UDRMethod(NaturalAndAdversarialMethod):
                         cost=self.cost, loss=self.attack_loss, amp_dtype=self.attack_dtype)
         x_adv = attack(x, y)
         with torch.no_grad():
-            # Under DDP every rank updates λ from the global batch's mean, so that λ stays one value.
-            mean_soft_cost = global_mean(pgd_ops.soft_cost(x_adv, x, self.eps, self.tau, self.cost).double().mean())
-            self._attack_metrics = {"lambda": lam, "soft_cost": mean_soft_cost}
-            self._lam = update_lambda(lam, self.lam_lr, self.eps, mean_soft_cost)
+            # Under DDP every rank takes the global batch's mean, so that λ stays one value.
+            statistic = global_mean(pgd_ops.soft_cost(x_adv, x, self.eps, self.tau, self.cost).double().mean())
+            self._attack_metrics = {"lambda": lam, "soft_cost": statistic}
+            self._statistics = self._statistics.to(x.device) + statistic
+            self._batches += 1
+            self._lam = lam
+            if self._batches == self.lam_period:
+                self._lam = update_lambda(lam, self.lam_lr, self.eps, self._statistics / self._batches)
+                self._statistics, self._batches = torch.zeros_like(self._statistics), 0
         return x_adv
 
     def objective_given(self, model, x, x_adv, y):
@@ -126,15 +142,19 @@ class UDRMethod(NaturalAndAdversarialMethod):
         return natural + self.beta * robust, {"natural_loss": natural, "robust_loss": robust}
 
     def state_dict(self) -> dict:
-        return {"lambda": self._lam.detach().cpu()}
+        return {"lambda": self._lam.detach().cpu(), "statistics": self._statistics.detach().cpu(),
+                "batches": torch.tensor(self._batches)}
 
     def load_state_dict(self, state: dict) -> None:
-        if set(state) != {"lambda"}:
-            raise ValueError(f"{self.name}: expected the method state lambda, got {sorted(state)}")
-        lam = state["lambda"]
-        if not isinstance(lam, torch.Tensor) or lam.numel() != 1:
-            raise ValueError(f"{self.name}: the method state lambda must be a one-element tensor")
-        self._lam = lam.detach().to(torch.float64).reshape(())
+        if set(state) != {"lambda", "statistics", "batches"}:
+            raise ValueError(f"{self.name}: expected the method state lambda, statistics and batches, "
+                             f"got {sorted(state)}")
+        for name in ("lambda", "statistics", "batches"):
+            if not isinstance(state[name], torch.Tensor) or state[name].numel() != 1:
+                raise ValueError(f"{self.name}: the method state {name} must be a one-element tensor")
+        self._lam = state["lambda"].detach().to(torch.float64).reshape(())
+        self._statistics = state["statistics"].detach().to(torch.float64).reshape(())
+        self._batches = int(state["batches"])
 
 
 class UDRPGDMethod(UDRMethod):
@@ -153,30 +173,31 @@ class UDRPGDMethod(UDRMethod):
 
 
 class UDRTRADES(UDRMethod):
-    """UDR-TRADES: ``CE(h(x), y) + β·KL(h(x') ‖ h(x))``, the attack ascending KL(h(x') ‖ h(x)).
+    """UDR-TRADES: ``CE(h(x), y) + β·KL(p(x) ‖ p(x'))``, the attack ascending KL(p(x) ‖ p(x')):
+    TRADES' loss on UDR's examples.
 
     β = 6 (seed 003: "β = 6 for TRADES/UDR-TRADES" on CIFAR; TRADES' default here)."""
 
     name = "udr_trades"
-    attack_loss = "kl_reverse"
+    attack_loss = "kl"
     default_beta: ClassVar[float] = 6.0
-    option_help = {"beta": "weight β of KL(h(x') ‖ h(x))"}
+    option_help = {"beta": "weight β of KL(p(x) ‖ p(x'))"}
 
     def robust_term(self, logits_natural, logits_adv, y):
         return udr_kl(logits_natural, logits_adv)
 
 
 class UDRMART(UDRMethod):
-    """UDR-MART: ``BCE(h(x), y) + β·(1 − h_y(x))·KL(h(x') ‖ h(x))``, the attack ascending
-    KL(h(x') ‖ h(x)) (+ BCE(h(x), y), constant in x').
+    """UDR-MART: ``BCE(h(x), y) + β·(1 − h_y(x))·KL(p(x) ‖ p(x'))``, the attack ascending
+    KL(p(x) ‖ p(x')) (+ BCE(h(x), y), constant in x').
 
     β = 5 (seed 003: "β = 5 for MART/UDR-MART" on CIFAR; MART's default here). The weight
     (1 − h_y(x)) is not detached, as in MART."""
 
     name = "udr_mart"
-    attack_loss = "kl_reverse"
+    attack_loss = "kl"
     default_beta: ClassVar[float] = 5.0
-    option_help = {"beta": "weight β of (1 − h_y(x))·KL(h(x') ‖ h(x))"}
+    option_help = {"beta": "weight β of (1 − h_y(x))·KL(p(x) ‖ p(x'))"}
 
     def loss_terms(self, logits_natural, logits_adv, y):
         bce = L.unchecked.boosted_cross_entropy(logits_natural, y).mean()  # labels read by the attack

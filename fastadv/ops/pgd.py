@@ -237,32 +237,40 @@ def _reference_udr(args) -> torch.Tensor:
 
 
 def udr_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta: float, lam: float, tau: float,
-             cost: str = "l2", clip=(0.0, 1.0), active: Optional[torch.Tensor] = None) -> torch.Tensor:
+             cost: str = "pixel", clip=(0.0, 1.0), active: Optional[torch.Tensor] = None) -> torch.Tensor:
     """UDR's attack step (seed 003 ch. 5, METHODS.md section 5); returns the new batch.
 
-    ``x_int = x_adv + η·sign(grad)``, then ``x' = clip(x_int − η·λ·∇ĉ(x_int, x))`` with the soft
-    cost ``ĉ = c`` inside the ε-ball and ``ε + (c − ε)/τ`` outside, c the L2 or L∞ distance
-    (``cost``): a pull back towards x whose slope drops to 1/τ outside the ball. There is no
-    projection onto the ball; ``clip`` is the box of valid inputs. The gradient of ĉ is 0 where
-    x_int = x (the norm's subgradient); for L∞ the slope is shared equally by the coordinates
-    that reach the maximum |x_int − x| (the minimum-norm subgradient). ``eps`` a float or [B];
-    ``active`` bool [B], inactive samples unchanged.
+    ``x_int = x_adv + η·sign(grad)``, then ``x' = clip(x_int − η·λ·∇ĉ(x_int, x))``: a pull back
+    towards x, with no projection onto the ball (``clip`` is the box of valid inputs). With
+    ``d = x_int − x``, the pull ``∇ĉ`` of each ``cost``:
+
+    - ``"pixel"`` (the default, for an L∞ threat): ``(d − clamp(d, −ε, ε))/τ``, each element
+      outside the L∞ ball pulled back by its own excess, the others not at all (the authors'
+      code); with ``η·λ/τ = 1`` the step is PGD's projected L∞ step;
+    - ``"l2"``: ``c = ½‖d‖²`` with the per-element ball test, ``d`` where ``|d| < ε`` and ``d/τ``
+      where ``|d| ≥ ε`` (seed 003 App. G);
+    - ``"linf"``: ``c = max |d|``, its soft cost's slope (1 inside the ball, 1/τ outside) shared
+      equally by the elements reaching the maximum (the minimum-norm subgradient), 0 where d = 0.
+
+    ``eps`` a float or [B]; ``active`` bool [B], inactive samples unchanged.
     """
     args = _prepare_udr("udr_step", x_adv, grad, x, eps, eta, lam, tau, cost, clip, active)
     return _run("udr_step", args, _reference_udr)
 
 
 def udr_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps, eta: float, lam: float, tau: float,
-              cost: str = "l2", clip=(0.0, 1.0), active: Optional[torch.Tensor] = None) -> torch.Tensor:
+              cost: str = "pixel", clip=(0.0, 1.0), active: Optional[torch.Tensor] = None) -> torch.Tensor:
     """In-place :func:`udr_step`: updates and returns ``x_adv`` (untouched on an invalid argument)."""
     args = _prepare_udr("udr_step_", x_adv, grad, x, eps, eta, lam, tau, cost, clip, active)
     _run("udr_step_", args, _reference_udr)
     return _written_back(x_adv, args[0])
 
 
-def soft_cost(x_adv: torch.Tensor, x: torch.Tensor, eps, tau: float, cost: str = "l2") -> torch.Tensor:
-    """UDR's soft cost per sample [B] (x_adv's dtype): ``ĉ = c`` if ``c < ε``, else
-    ``ε + (c − ε)/τ``, c = ‖x_adv − x‖₂ or ‖x_adv − x‖∞; what λ's update averages."""
+def soft_cost(x_adv: torch.Tensor, x: torch.Tensor, eps, tau: float, cost: str = "pixel") -> torch.Tensor:
+    """What UDR's λ update averages and compares with ε, per sample [B] (x_adv's dtype), with
+    ``d = x_adv − x``: for ``"pixel"`` the mean |d| over the sample's elements; for ``"l2"`` and
+    ``"linf"`` ``ĉ∞``, the soft cost of ``c = max |d|`` (``c`` if ``c < ε``, else
+    ``ε + (c − ε)/τ``). METHODS.md section 5."""
     op = "soft_cost"
     _validate.tensor(op, "x_adv", x_adv, min_dim=1)
     _validate.tensor(op, "x", x, like=x_adv, like_name="x_adv")

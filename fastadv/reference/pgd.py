@@ -51,55 +51,65 @@ def pgd_step(x_adv, grad, x, eps, alpha, norm="linf", clip=(0.0, 1.0), active=No
     return new.to(x_adv.dtype)
 
 
-#: The costs c(x', x) of UDR's soft ball (METHODS.md section 5), in the order of their schema codes.
-COSTS = ("l2", "linf")
+#: The costs of UDR's soft ball (METHODS.md section 5).
+COSTS = ("pixel", "l2", "linf")
 
 
 def _sign(t: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(t), t, torch.sign(t))
 
 
-def _cost(delta: torch.Tensor, cost: str) -> torch.Tensor:
-    flat = delta.flatten(1)
-    if cost == "l2":
-        return flat.norm(dim=1)
-    if cost == "linf":
-        return flat.abs().amax(dim=1)
-    raise ValueError(f"cost must be 'l2' or 'linf', got {cost!r}")
+def _check_cost(cost: str) -> None:
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
 
 
-def soft_cost(x_adv, x, eps, tau, cost="l2"):
-    """UDR's soft cost per sample [B] (seed 003 ch. 5, METHODS.md section 5):
-    ĉ = c if c < ε, else ε + (c − ε)/τ, with c = ‖x_adv − x‖₂ or ‖x_adv − x‖∞."""
+def _soft(c, eps_b, tau):
+    """ĉ from c: c inside the ball (c < ε), ε + (c − ε)/τ outside."""
+    return torch.where(c < eps_b, c, eps_b + (c - eps_b) / tau)
+
+
+def soft_cost(x_adv, x, eps, tau, cost="pixel"):
+    """The statistic UDR's λ update compares with ε, per sample [B] (METHODS.md section 5), with
+    d = x_adv − x: for ``pixel`` the mean |d| over the sample's elements; for ``l2`` and ``linf``
+    ĉ∞, the soft cost of c = max |d| (c if c < ε, else ε + (c − ε)/τ)."""
+    _check_cost(cost)
     accumulate = torch.float64 if x_adv.dtype == torch.float64 else torch.float32
-    delta = x_adv.to(accumulate) - x.to(accumulate)
-    c = _cost(delta, cost)
+    delta = (x_adv.to(accumulate) - x.to(accumulate)).flatten(1)
+    if cost == "pixel":
+        return delta.abs().mean(dim=1).to(x_adv.dtype)
     eps_b = torch.as_tensor(eps, dtype=accumulate, device=x_adv.device).expand(x_adv.shape[0])
-    return torch.where(c < eps_b, c, eps_b + (c - eps_b) / tau).to(x_adv.dtype)
+    return _soft(delta.abs().amax(dim=1), eps_b, tau).to(x_adv.dtype)
 
 
-def soft_cost_gradient(x_adv, x, eps, tau, cost="l2"):
-    """∇ ĉ(x_adv, x) with respect to x_adv, [B, ...]: the slope (1 inside the ball, 1/τ outside)
-    times a subgradient of the norm. l2: (x_adv − x)/‖x_adv − x‖₂, 0 where x_adv = x. linf: the
-    minimum-norm subgradient, sign(d_k)/|T| on the coordinates T where |d_k| reaches the maximum
-    (ties share it equally), 0 elsewhere and where d = 0."""
+def soft_cost_gradient(x_adv, x, eps, tau, cost="pixel"):
+    """UDR's pull ∇ĉ(x_adv, x) with respect to x_adv, [B, ...], with d = x_adv − x:
+
+    - ``pixel``: (d − clamp(d, −ε, ε))/τ, each element outside the L∞ ball pulled back by its own
+      excess, the others not at all;
+    - ``l2``: c = ½‖d‖² with the per-element ball test: d where |d| < ε, d/τ where |d| ≥ ε;
+    - ``linf``: c = max |d|: the slope (1 if c < ε, else 1/τ) times the minimum-norm subgradient,
+      sign(d_k)/|T| on the elements T where |d_k| reaches the maximum (ties share it), 0
+      elsewhere and where d = 0."""
+    _check_cost(cost)
     accumulate = torch.float64 if x_adv.dtype == torch.float64 else torch.float32
     delta = x_adv.to(accumulate) - x.to(accumulate)
     batch = x_adv.shape[0]
     shape = (batch,) + (1,) * (x_adv.dim() - 1)
-    c = _cost(delta, cost).reshape(shape)
-    if cost == "l2":
-        unit = torch.where(c == 0, torch.zeros_like(delta), delta / c)
-    else:
-        ties = delta.abs() == c
-        count = ties.flatten(1).sum(dim=1).reshape(shape).to(accumulate)
-        unit = torch.where(ties, _sign(delta) / count, torch.zeros_like(delta))
     eps_b = torch.as_tensor(eps, dtype=accumulate, device=x_adv.device).expand(batch).reshape(shape)
+    if cost == "pixel":
+        return (delta - torch.maximum(torch.minimum(delta, eps_b), -eps_b)) / tau
+    if cost == "l2":
+        return torch.where(delta.abs() < eps_b, delta, delta / tau)
+    c = delta.flatten(1).abs().amax(dim=1).reshape(shape)
+    ties = delta.abs() == c
+    count = ties.flatten(1).sum(dim=1).reshape(shape).to(accumulate)
+    unit = torch.where(ties & (c > 0), _sign(delta) / count, torch.zeros_like(delta))
     slope = torch.where(c < eps_b, torch.ones_like(c), torch.full_like(c, 1.0 / tau))
     return slope * unit
 
 
-def udr_step(x_adv, grad, x, eps, eta, lam, tau, cost="l2", clip=(0.0, 1.0), active=None):
+def udr_step(x_adv, grad, x, eps, eta, lam, tau, cost="pixel", clip=(0.0, 1.0), active=None):
     """UDR's attack step (METHODS.md section 5): x_int = x_adv + η·sign(grad), then
     x' = clip(x_int − η·λ·∇ĉ(x_int, x)): no projection onto the ball. ``eps`` a float or [B]."""
     accumulate = torch.float64 if x_adv.dtype == torch.float64 else torch.float32

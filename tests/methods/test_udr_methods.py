@@ -37,12 +37,12 @@ def softmax_row(z):
 
 
 def per_sample_by_hand(z_nat, z_adv, y):
-    """Per sample: CE(h(x)), CE(h(x')), KL(h(x') ‖ h(x)), BCE(h(x)) (MART's, 1e-4 floor), 1 − h_y(x)."""
+    """Per sample: CE(h(x)), CE(h(x')), KL(p(x) ‖ p(x')), BCE(h(x)) (MART's, 1e-4 floor), 1 − h_y(x)."""
     rows = []
     for zn, za, label in zip(z_nat.tolist(), z_adv.tolist(), y.tolist()):
         p, q = softmax_row(zn), softmax_row(za)
         other = max(v for k, v in enumerate(p) if k != label)
-        rows.append((-math.log(p[label]), -math.log(q[label]), sum(qi * math.log(qi / pi) for pi, qi in zip(p, q)),
+        rows.append((-math.log(p[label]), -math.log(q[label]), sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)),
                      -math.log(p[label]) - math.log(max(1 - other, 1e-4)), 1 - p[label]))
     return rows
 
@@ -62,19 +62,22 @@ def test_udr_pgd_matches_its_equation(beta):
 
 
 @pytest.mark.parametrize("beta", [1.0, 6.0])
-def test_udr_trades_matches_its_equation_with_the_seeds_argument_order(beta):
-    """g = CE(h(x), y) + β·KL(h(x') ‖ h(x)), not TRADES' KL(h(x) ‖ h(x'))."""
+def test_udr_trades_matches_its_equation_with_trades_kl(beta):
+    """g = CE(h(x), y) + β·KL(p(x) ‖ p(x')), TRADES' own term (METHODS.md section 5), which on
+    these logits differs from the reverse order."""
     z_nat, z_adv, y = fixed_logits(1)
     rows = per_sample_by_hand(z_nat, z_adv, y)
     loss, parts = build_method("udr_trades", beta=beta).loss_terms(z_nat, z_adv, y)
     assert loss.item() == pytest.approx(mean([r[0] for r in rows]) + beta * mean([r[2] for r in rows]), rel=1e-10)
-    trades_order = build_method("trades", beta=beta).loss_terms(z_nat, z_adv, y)[1]["robust_loss"].item()
-    assert parts["robust_loss"].item() != pytest.approx(trades_order, rel=1e-3), "the order matters on these logits"
+    trades = build_method("trades", beta=beta).loss_terms(z_nat, z_adv, y)[1]["robust_loss"].item()
+    assert parts["robust_loss"].item() == pytest.approx(trades, rel=1e-12)
+    reverse = per_sample_by_hand(z_adv, z_nat, y)
+    assert parts["robust_loss"].item() != pytest.approx(mean([r[2] for r in reverse]), rel=1e-3)
 
 
 @pytest.mark.parametrize("beta", [1.0, 5.0])
 def test_udr_mart_matches_its_equation(beta):
-    """g = BCE(h(x), y) + β·(1 − h_y(x))·KL(h(x') ‖ h(x)), BCE on the natural batch."""
+    """g = BCE(h(x), y) + β·(1 − h_y(x))·KL(p(x) ‖ p(x')), BCE on the natural batch."""
     z_nat, z_adv, y = fixed_logits(2)
     rows = per_sample_by_hand(z_nat, z_adv, y)
     loss, parts = build_method("udr_mart", beta=beta).loss_terms(z_nat, z_adv, y)
@@ -107,10 +110,11 @@ def tiny_batch():
     return torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 4, (8,), generator=g)
 
 
-@pytest.mark.parametrize("name, loss", [("udr_pgd", "ce"), ("udr_trades", "kl_reverse"), ("udr_mart", "kl_reverse")])
+@pytest.mark.parametrize("name, loss", [("udr_pgd", "ce"), ("udr_trades", "kl"), ("udr_mart", "kl")])
 def test_each_method_attacks_with_its_lambda_then_updates_it(name, loss, monkeypatch):
-    """The attack is UDRPGD with the method's loss, λ, τ = 2η and the run's norm as cost; after
-    it λ moves by Eq. 19 with the soft costs of the examples it returned."""
+    """The attack is UDRPGD with the method's loss, λ, τ = 2η and the pixel cost (an L∞ run's);
+    with lam_period=1, λ then moves by Eq. 19 with the statistic of the examples it returned, the
+    mean |x^a − x| per pixel."""
     seen = {}
     original = UDRPGD.__init__
 
@@ -119,17 +123,60 @@ def test_each_method_attacks_with_its_lambda_then_updates_it(name, loss, monkeyp
         seen.update(loss=self.loss, lam=float(self.lam), tau=self.tau, cost=self.cost)
 
     monkeypatch.setattr(UDRPGD, "__init__", spy)
-    method = build_method(name, eps=0.3, alpha=0.1, steps=3, lam_init=0.5, lam_lr=0.1)
+    method = build_method(name, eps=0.3, alpha=0.1, steps=3, lam_init=0.5, lam_lr=0.1, lam_period=1)
     model, (x, y) = tiny_model(), tiny_batch()
     x_adv = method.adversarial_examples(model, x, y)
-    assert seen == dict(loss=loss, lam=0.5, tau=pytest.approx(0.2), cost="linf")
-    costs = soft_cost(x_adv, x, 0.3, 0.2, "linf")
+    assert seen == dict(loss=loss, lam=0.5, tau=pytest.approx(0.2), cost="pixel")
+    costs = soft_cost(x_adv, x, 0.3, 0.2, "pixel")
+    assert torch.allclose(costs, (x_adv - x).abs().flatten(1).mean(dim=1))
     assert method.lam.item() == pytest.approx(max(0.0, 0.5 - 0.1 * (0.3 - costs.double().mean().item())), rel=1e-12)
     distance = perturbation_distance(x_adv, x, "linf")
     metrics = method.objective_given(model, x, x_adv, y).metrics
     assert metrics["outside"].item() == (distance > 0.3 * (1 + 1e-5)).double().mean().item()
     assert metrics["distance"].item() == pytest.approx(distance.mean().item(), rel=1e-12)
     assert metrics["lambda"].item() == 0.5 and metrics["soft_cost"].item() == pytest.approx(costs.double().mean().item())
+
+
+def test_lambda_moves_every_period_on_the_mean_of_its_batches():
+    """lam_period = 3: λ stays for two batches, then moves once by Eq. 19 on the mean of the
+    three batches' statistics (the authors' code updates every 10 batches)."""
+    method = build_method("udr_pgd", eps=0.3, alpha=0.1, steps=2, lam_init=0.5, lam_lr=0.1, lam_period=3)
+    model = tiny_model()
+    statistics = []
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        x, y = torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 4, (8,), generator=g)
+        x_adv = method.adversarial_examples(model, x, y)
+        statistics.append(soft_cost(x_adv, x, 0.3, 0.2, "pixel").double().mean().item())
+        if seed < 2:
+            assert method.lam.item() == 0.5
+    assert method.lam.item() == pytest.approx(max(0.0, 0.5 - 0.1 * (0.3 - mean(statistics))), rel=1e-12)
+    assert method.state_dict()["batches"].item() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64])
+def test_udr_trades_with_the_pixel_cost_and_a_unit_pull_is_trades(dtype):
+    """Theorem 1's special case: with the pixel cost and η·λ/τ = 1 (λ = τ/η, held: η_λ = 0),
+    UDR-TRADES' step is PGD's projected step, so from the same start its examples and its loss
+    are TRADES' (in float64, where no sign of a gradient can flip on rounding)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)).to(dtype)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 1, 4, 4, generator=g, dtype=dtype), torch.randint(0, 4, (8,), generator=g)
+    udr = build_method("udr_trades", eps=0.3, alpha=0.1, steps=4, lam_init=2.0, lam_lr=0.0, lam_period=1)
+    assert udr.tau / udr.alpha == 2.0  # so λ = 2 makes η·λ/τ = 1
+    trades = build_method("trades", eps=0.3, alpha=0.1, steps=4)
+    trades.attack_init = "uniform"  # UDR's start (TRADES' own is 0.001·N(0, I))
+    torch.manual_seed(5)
+    udr_loss, _ = udr(model, x, y)
+    torch.manual_seed(5)
+    trades_loss, _ = trades(model, x, y)
+    torch.manual_seed(5)
+    udr_examples = udr.adversarial_examples(model, x, y)
+    torch.manual_seed(5)
+    trades_examples = trades.adversarial_examples(model, x, y)
+    torch.testing.assert_close(udr_examples, trades_examples, atol=1e-12, rtol=0)
+    torch.testing.assert_close(udr_loss, trades_loss, atol=1e-12, rtol=1e-12)
 
 
 def test_a_projected_attack_logs_no_example_outside_the_ball():
@@ -142,7 +189,7 @@ def test_a_projected_attack_logs_no_example_outside_the_ball():
 
 @pytest.mark.parametrize("name", UDR)
 def test_a_training_step_logs_lambda_and_the_perturbations(name):
-    method = build_method(name, eps=0.3, alpha=0.1, steps=2)
+    method = build_method(name, eps=0.3, alpha=0.1, steps=2, lam_period=1)
     model, (x, y) = tiny_model(), tiny_batch()
     loss, metrics = method(model, x, y)
     loss.backward()
@@ -163,10 +210,12 @@ def test_state_round_trips_and_bad_state_is_refused():
     other = build_method("udr_pgd", eps=0.3, alpha=0.1, steps=2)
     other.load_state_dict(state)
     assert torch.equal(other.lam, method.lam) and other.lam.dtype == torch.float64
-    with pytest.raises(ValueError, match="^udr_pgd: expected the method state lambda"):
+    assert other.state_dict()["batches"].item() == 1 and torch.equal(other.state_dict()["statistics"],
+                                                                     state["statistics"])
+    with pytest.raises(ValueError, match="^udr_pgd: expected the method state lambda, statistics and batches"):
         other.load_state_dict({})
     with pytest.raises(ValueError, match="^udr_pgd: the method state lambda must be a one-element tensor"):
-        other.load_state_dict({"lambda": torch.zeros(2)})
+        other.load_state_dict({"lambda": torch.zeros(2), "statistics": torch.zeros(()), "batches": torch.tensor(0)})
 
 
 def test_an_interrupted_run_resumes_with_the_same_lambda(tmp_path):
@@ -201,7 +250,8 @@ def test_an_interrupted_run_resumes_with_the_same_lambda(tmp_path):
     (dict(lam_lr=-0.1), "udr_pgd: lam_lr must be >= 0"),
     (dict(tau_over_eta=0.0), "udr_pgd: tau_over_eta must be > 0"),
     (dict(lam_init=math.inf), "udr_pgd: lam_init must be finite"),
-    (dict(cost="l1"), "udr_pgd: cost must be one of 'l2', 'linf', 'auto'"),
+    (dict(cost="l1"), "udr_pgd: cost must be one of 'pixel', 'l2', 'linf', 'auto'"),
+    (dict(lam_period=0), "udr_pgd: lam_period must be an integer >= 1"),
     (dict(alpha=0.0), "udr_pgd: alpha must be > 0"),
 ])
 def test_bad_options_are_refused_by_name(options, message):
@@ -213,7 +263,8 @@ def test_paper_defaults():
     for name, beta in (("udr_pgd", 1.0), ("udr_trades", 6.0), ("udr_mart", 5.0)):
         method = build_method(name, alpha=0.05)
         assert (method.beta, method.lam_init, method.lam_lr, method.tau) == (beta, 1.0, 0.02, pytest.approx(0.1))
-        assert method.cost == "linf" and build_method(name, norm="l2").cost == "l2"
+        assert (method.lam_period, method.cost) == (10, "pixel")  # the cost for an L∞ threat
+        assert build_method(name, norm="l2").cost == "l2"
     assert set(UDR) <= set(METHODS)
 
 
@@ -222,14 +273,14 @@ def _rank_lambda(rank, world_size, address, results):
 
     dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world_size)
     try:
-        method = build_method("udr_pgd", eps=0.3, alpha=0.1, steps=2, lam_lr=0.5)
+        method = build_method("udr_pgd", eps=0.3, alpha=0.1, steps=2, lam_lr=0.5, lam_period=1)
         model = tiny_model()  # the same weights on both ranks, as DDP keeps them
         torch.manual_seed(rank)  # each rank its own data and its own random starts
         x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 4, (8,))
         costs = []
         for _ in range(3):
             x_adv = method.adversarial_examples(model, x, y)
-            costs.append(soft_cost(x_adv, x, 0.3, method.tau, "linf").double().mean())
+            costs.append(soft_cost(x_adv, x, 0.3, method.tau, "pixel").double().mean())
         gathered = [torch.zeros(4, dtype=torch.float64) for _ in range(world_size)]
         dist.all_gather(gathered, torch.stack([method.lam.reshape(()), *costs]))
         results.put((rank, [t.tolist() for t in gathered]))
@@ -238,8 +289,8 @@ def _rank_lambda(rank, world_size, address, results):
 
 
 def test_ranks_of_a_distributed_run_hold_one_lambda(tmp_path):
-    """Two gloo processes with different data: each updates λ from the global batch's mean soft
-    cost (the ranks' means averaged), so both hold the same λ, that of the transcription."""
+    """Two gloo processes with different data: each updates λ from the global batch's statistic
+    (the ranks' means averaged), so both hold the same λ, that of the transcription."""
     import torch.multiprocessing as mp
 
     context = mp.get_context("spawn")

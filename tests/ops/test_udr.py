@@ -1,5 +1,5 @@
 """UDR's step and soft cost (the pgd family; METHODS.md section 5): every backend (C++ CPU, CUDA
-C++, Triton) against the float64 oracles of fastadv/reference/pgd.py on odd shapes for both costs,
+C++, Triton) against the float64 oracles of fastadv/reference/pgd.py on odd shapes for the three costs,
 float64, channels_last and strided inputs, the soft ball's two slopes, the defined gradient at
 x_int = x and at L∞ ties, in place, opcheck of the C++ and the Triton ops, torch.compile, no value
 read by `unchecked`, bad input. Triton runs on CPU tensors under TRITON_INTERPRET=1 (`-m triton`)
@@ -14,7 +14,14 @@ from fastadv.reference import pgd as reference
 from tests.helpers import BACKENDS, CountReads, device_of, one_thread  # noqa: F401  (one_thread: autouse)
 
 SHAPES = [(1, 1), (7, 3, 5, 5), (4, 1, 8, 8), (3, 1000), (2, 3, 32, 32)]
-COSTS = ("l2", "linf")
+COSTS = ("pixel", "l2", "linf")
+
+
+def _radii(delta: torch.Tensor, cost: str) -> torch.Tensor:
+    """Per-sample radii around the batch's differences, so that elements (pixel, l2) or samples
+    (linf) fall inside and outside the ball: the median |d| of each sample, or its max |d|."""
+    magnitude = delta.flatten(1).abs()
+    return magnitude.amax(dim=1) if cost == "linf" else magnitude.median(dim=1).values
 
 
 def batch(shape, seed=0, device="cpu", dtype=torch.float32):
@@ -37,7 +44,7 @@ def test_udr_step_matches_reference(backend, shape, cost, per_sample):
     device = device_of(backend)
     x_adv, grad, x = batch(shape, seed=len(shape), device=device)
     # Radii around the batch's distances, so that samples fall inside and outside the ball.
-    distance = reference._cost((x_adv - x).double().cpu(), cost)
+    distance = _radii((x_adv - x).double().cpu(), cost)
     eps = (distance * torch.linspace(0.5, 1.5, shape[0], dtype=torch.float64)).float().to(device) if per_sample \
         else float(distance.median())
     active = torch.arange(shape[0], device=device) % 3 != 1
@@ -78,23 +85,28 @@ def test_float64_is_tight(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_soft_cost_inside_and_outside_the_ball(backend):
-    """ĉ = c inside the ball; outside, ε + (c − ε)/τ: slope 1/τ."""
+    """λ's statistic: for l2 and linf ĉ∞, c = max |d| inside the ball and ε + (c − ε)/τ outside
+    (slope 1/τ); for pixel the mean |d| over the sample."""
     device = device_of(backend)
     x = torch.full((3, 4), 0.5, device=device)
     x_adv = x.clone()
     x_adv[0, 0] += 0.1   # c = 0.1 < ε = 0.2
     x_adv[1, 0] += 0.3   # c = 0.3 > ε
+    x_adv[1, 1] -= 0.1
+    expected = {"pixel": [0.1 / 4, 0.4 / 4, 0.0], "l2": [0.1, 0.2 + 0.1 / 0.5, 0.0], "linf": [0.1, 0.2 + 0.1 / 0.5, 0.0]}
     with fastadv.use_backend(backend):
         for cost in COSTS:
             values = ops.soft_cost(x_adv, x, 0.2, 0.5, cost)
-            torch.testing.assert_close(values.cpu(), torch.tensor([0.1, 0.2 + 0.1 / 0.5, 0.0]), atol=1e-6, rtol=0)
+            torch.testing.assert_close(values.cpu(), torch.tensor(expected[cost]), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cost", COSTS)
 def test_the_pull_has_the_soft_slope(backend, cost):
-    """With a zero attack gradient the step is x' = x_adv − η·λ·∇ĉ: a pull of η·λ towards x inside
-    the ball and η·λ/τ outside it, along the unit direction (l2) or the largest coordinate (linf)."""
+    """With a zero attack gradient the step is x' = x_adv − η·λ·∇ĉ, for one element 0.05 inside
+    the ball ε = 0.1 and one 0.3 outside (other samples' elements at x): linf pulls its largest
+    element by η·λ inside and η·λ/τ outside; l2 each element by η·λ·d inside and η·λ·d/τ
+    outside; pixel only the outside one, by η·λ·(d − ε)/τ."""
     device = device_of(backend)
     x = torch.full((2, 5), 0.5, device=device)
     x_adv = x.clone()
@@ -103,10 +115,28 @@ def test_the_pull_has_the_soft_slope(backend, cost):
     grad = torch.zeros_like(x)
     with fastadv.use_backend(backend):
         got = ops.udr_step(x_adv, grad, x, 0.1, 0.01, 2.0, 0.5, cost)
+    eta_lam, tau = 0.01 * 2.0, 0.5
+    inside, outside = {"linf": (eta_lam, eta_lam / tau), "l2": (eta_lam * 0.05, eta_lam * 0.3 / tau),
+                       "pixel": (0.0, eta_lam * (0.3 - 0.1) / tau)}[cost]
     expected = x_adv.clone()
-    expected[0, 2] -= 0.01 * 2.0
-    expected[1, 2] -= 0.01 * 2.0 / 0.5
+    expected[0, 2] -= inside
+    expected[1, 2] -= outside
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pixel_with_unit_pull_is_pgds_projected_step(backend, dtype):
+    """η·λ/τ = 1: x' = x_int − (d − clamp(d, −ε, ε)) = x + clamp(d, −ε, ε), PGD's projected L∞
+    step (METHODS.md section 5: TRADES and MART are UDR's special cases), to rounding."""
+    device = device_of(backend)
+    x_adv, grad, x = batch((5, 3, 6, 6), seed=4, device=device, dtype=dtype)
+    eps, eta, tau = 0.03, 0.01, 0.02
+    with fastadv.use_backend(backend):
+        udr = ops.udr_step(x_adv, grad, x, eps, eta, tau / eta, tau, "pixel")
+        pgd = ops.pgd_step(x_adv, grad, x, eps, eta, "linf")
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(udr, pgd, atol=tolerance, rtol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -79,10 +79,19 @@ FASTADV_HOST_DEVICE acc_t pgd_l2_element(acc_t x_adv, acc_t g, acc_t x,
 
 // ----------------------------------------------------------------------------- UDR
 // UDR's step (seed 003 ch. 5, METHODS.md section 5): x_int = x_adv + η·sign(g), then
-// x' = clip(x_int − η·λ·∇ĉ(x_int, x)), ĉ the soft cost (c inside the ε-ball, ε + (c − ε)/τ outside),
-// no projection onto the ball. A row takes one reduction over its x_int − x (Σd² for l2, max |d|
-// and then the number of coordinates reaching it for linf) and one pass writing it.
-enum class UdrCost : int { L2 = 0, Linf = 1 };
+// x' = clip(x_int − η·λ·∇ĉ(x_int, x)), no projection onto the ball. The cost decides the pull
+// ∇ĉ, with d = x_int − x per element:
+//   pixel: (d − clamp(d, −ε, ε))/τ, each element outside the L∞ ball pulled back by its own
+//          excess (the authors' code); elementwise.
+//   l2:    ĉ of c = ½‖d‖² with the per-element ball test: d where |d| < ε, d/τ where |d| ≥ ε
+//          (App. G, Eq. 29); elementwise.
+//   linf:  c = max |d|: slope (1 inside, 1/τ outside) times the norm's minimum-norm subgradient,
+//          sign(d)/ties on the elements reaching the maximum; a row takes one reduction (max |d|,
+//          then the number of elements reaching it) before its write.
+// soft_cost returns the statistic λ's update compares with ε, per sample: for pixel the mean |d|
+// over the sample's elements, for l2 and linf ĉ∞ = soft(max |d|) (c inside the ball,
+// ε + (c − ε)/τ outside).
+enum class UdrCost : int { L2 = 0, Linf = 1, Pixel = 2 };
 
 struct UdrStepParams : StepRows {
   const void* eps_per_sample;  // accumulation type; null: eps for every sample
@@ -108,6 +117,9 @@ struct SoftCostParams {
   UdrCost cost;
 };
 
+// Whether a cost's pull is elementwise (no reduction over the row).
+FASTADV_HOST_DEVICE bool udr_elementwise(UdrCost cost) { return cost != UdrCost::Linf; }
+
 template <typename acc_t>
 FASTADV_HOST_DEVICE acc_t udr_intermediate(acc_t x_adv, acc_t g, acc_t eta) {
   return x_adv + eta * sign_propagating_nan(g);
@@ -119,24 +131,42 @@ FASTADV_HOST_DEVICE acc_t soft_cost_of(acc_t c, acc_t eps, acc_t tau) {
   return c < eps ? c : eps + (c - eps) / tau;
 }
 
-// The coefficient of a row's correction: x' = x_int − coefficient·u with u = d for l2
-// (coefficient η·λ·slope/‖d‖, 0 where d = 0: the norm's subgradient) and u = sign(d) on the
-// coordinates where |d| reaches the maximum for linf (coefficient η·λ·slope/ties: the
-// minimum-norm subgradient shares the slope among tied coordinates). `c` is ‖d‖₂ or max |d|.
+// An elementwise cost's new element: x_int − η·λ·pull(d) (pixel or l2, above), clipped. A NaN
+// in x_int or x makes the element NaN.
 template <typename acc_t>
-FASTADV_HOST_DEVICE acc_t udr_coefficient(acc_t c, acc_t ties, acc_t eps, acc_t eta, acc_t lam, acc_t tau, UdrCost cost) {
+FASTADV_HOST_DEVICE acc_t udr_elementwise_element(acc_t x_int, acc_t x, acc_t eps, acc_t eta_lam, acc_t tau,
+                                                  UdrCost cost, acc_t lo, acc_t hi) {
+  const acc_t d = x_int - x;
+  acc_t pull;
+  if (cost == UdrCost::Pixel) {
+    pull = (d - clamp_propagating_nan(d, -eps, eps)) / tau;  // the excess over the ball: 0 inside
+  } else {
+    pull = (d < acc_t(0) ? -d : d) < eps ? d : d / tau;
+  }
+  return clamp_propagating_nan(x_int - eta_lam * pull, lo, hi);
+}
+
+// linf: the coefficient of a row's correction x' = x_int − coefficient·sign(d) on the elements
+// where |d| reaches the maximum c: η·λ·slope/ties (the minimum-norm subgradient shares the slope
+// among tied elements), 0 where c = 0.
+template <typename acc_t>
+FASTADV_HOST_DEVICE acc_t udr_linf_coefficient(acc_t c, acc_t ties, acc_t eps, acc_t eta, acc_t lam, acc_t tau) {
   const acc_t slope = c < eps ? acc_t(1) : acc_t(1) / tau;
-  const acc_t divisor = cost == UdrCost::L2 ? c : ties;
-  return c == acc_t(0) ? acc_t(0) : eta * lam * slope / divisor;
+  return c == acc_t(0) ? acc_t(0) : eta * lam * slope / ties;
 }
 
 template <typename acc_t>
-FASTADV_HOST_DEVICE acc_t udr_element(acc_t x_int, acc_t x, acc_t c, acc_t coefficient, UdrCost cost, acc_t lo,
-                                      acc_t hi) {
+FASTADV_HOST_DEVICE acc_t udr_linf_element(acc_t x_int, acc_t x, acc_t c, acc_t coefficient, acc_t lo, acc_t hi) {
   const acc_t d = x_int - x;
   const acc_t magnitude = d < acc_t(0) ? -d : d;
-  const acc_t correction = cost == UdrCost::L2 ? d : (magnitude == c ? sign_propagating_nan(d) : acc_t(0));
+  const acc_t correction = magnitude == c ? sign_propagating_nan(d) : acc_t(0);
   return clamp_propagating_nan(x_int - coefficient * correction, lo, hi);
+}
+
+// soft_cost's statistic from a row's reduction: `reduced` is Σ|d| for pixel, max |d| otherwise.
+template <typename acc_t>
+FASTADV_HOST_DEVICE acc_t udr_statistic(acc_t reduced, int64_t n, acc_t eps, acc_t tau, UdrCost cost) {
+  return cost == UdrCost::Pixel ? (n > 0 ? reduced / acc_t(n) : acc_t(0)) : soft_cost_of(reduced, eps, tau);
 }
 
 // Implemented in csrc/cuda/pgd_kernel.cu; `stream` is a cudaStream_t.
