@@ -9,7 +9,7 @@ run, interleaved with the other timings and through the same memory. Two regimes
 inputs rotating through more memory than the caches hold, as in an attack loop where a model
 pass runs between two steps; and "hot", the same tensors every call.
 
-UDR's step (udr_step, both costs, at [512, 3, 32, 32]) against its eager formula (the reference,
+UDR's step (udr_step, its three costs, at [512, 3, 32, 32]) against its eager formula (the reference,
 one torch op per line of METHODS.md section 5) and torch.compile of it, cold inputs, the same
 interleaved rounds.
 
@@ -269,7 +269,7 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
         "rounds": rounds,
     }
     common.write_results("pgd", records, meta, out_dir)
-    udr_records = [r for cost in ("linf", "l2") for r in measure_udr(cost, device, fused_backend, rounds)]
+    udr_records = [r for cost in ("pixel", "l2", "linf") for r in measure_udr(cost, device, fused_backend, rounds)]
     common.write_results("udr", udr_records, meta, out_dir)
     return report(records, meta) + "\n\n" + udr_report(udr_records)
 
