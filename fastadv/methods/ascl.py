@@ -30,12 +30,14 @@ def ascl_loss(features_natural, logits_natural, features_adv, logits_adv, y, *, 
         loss = CE(h(x), y) + CE(h(x'), y) + λ_scl·L_SCL + λ_vat·KL(h(x) ‖ h(x'))
 
     ``L_SCL`` over the two views of :func:`ascl_views` (METHODS.md section 2's table of selection
-    strategies). The labels must be valid class indices (``L_SCL`` is the unchecked op: the
-    attack read their range once; the predictions and the pairing are valid by construction)."""
+    strategies), seed 003's Eq. 3: ``(1/N) Σ_i (L_i + L_i^a)`` over the N pairs, twice the mean over
+    the 2N anchors (the authors' code takes the mean, which halves λ_scl's effect). The labels must
+    be valid class indices (``L_SCL`` is the unchecked op: the attack read their range once; the
+    predictions and the pairing are valid by construction)."""
     natural = F.cross_entropy(logits_natural, y)
     adversarial = F.cross_entropy(logits_adv, y)
     z, labels, preds, pair = ascl_views(features_natural, logits_natural, features_adv, logits_adv, y)
-    contrastive = unchecked.supcon_loss(z, labels, preds, pair, tau, strategy, similarity, "mean")
+    contrastive = unchecked.supcon_loss(z, labels, preds, pair, tau, strategy, similarity, "sum") / y.shape[0]
     smoothness = trades_kl(logits_natural, logits_adv)
     loss = natural + adversarial + scl_weight * contrastive + vat_weight * smoothness
     return loss, {"natural_loss": natural, "adversarial_loss": adversarial, "contrastive_loss": contrastive,

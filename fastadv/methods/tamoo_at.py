@@ -1,4 +1,4 @@
-"""TA-MOO-AT: PGD-AT of an ensemble on TA-MOO examples (seed 003 ch. 4, App. D.2), METHODS.md section 4."""
+"""TA-MOO-AT: ADV-EN's loss on TA-MOO examples (seed 003 ch. 4, App. D.2), METHODS.md sections 3 and 4."""
 from __future__ import annotations
 
 from .. import _validate as check
@@ -9,14 +9,15 @@ from .adv_en import ADVEN
 
 
 class TAMOOAT(ADVEN):
-    """``CE(f^en(x'), y)`` with x' = TA-MOO on the ensemble's members (ENS tasks, CE loss): the
-    training attack of ADV-EN replaced by the multi-objective one, which looks for one x' that
-    fools every member (seed 003 App. D.2: k = 10 steps, ε = 8/255, η = 2/255; λ = 100 and the
-    softmax-gd solver of the attack chapter). The ensemble is trained as one network on its
-    combined output, as PGD-AT trains ADV-EN's. The attack is L∞ only."""
+    """``CE(f^en(x), y) + CE(f^en(x'), y)`` with x' = TA-MOO on the ensemble's members (ENS tasks,
+    CE loss): the training attack of ADV-EN replaced by the multi-objective one, which looks for
+    one x' that fools every member (seed 003 App. D.2: k = 10 steps, ε = 8/255, η = 2/255; λ = 100
+    and the softmax-gd solver of the attack chapter). The ensemble is trained as one network on its
+    combined output with ADV-EN's loss. The attack is L∞ only."""
 
     name = "tamoo_at"
-    # its multi-objective attack (MultiObjectivePGD) has no path through a CUDA graph yet
+    # its step has not been checked as one captured graph; --cuda-graphs graphs its attack
+    # (MultiObjectivePGD(graph=...)) alone
     step_graph = False
     option_help = {"lam": "λ of TA-MOO's task-oriented regulariser (seed 003: 100)",
                    "solver": "how the attack finds its task weights: softmax-gd (the seed's), pgd, apgd or exact2 (2 members)"}
@@ -34,5 +35,5 @@ class TAMOOAT(ADVEN):
         ensemble = as_ensemble(self.name, model)
         attack = MultiObjectivePGD(EnsembleTasks(ensemble), weighting="tamoo", loss="ce", eps=self.eps,
                                    alpha=self.alpha, steps=self.steps, solver=self.solver, lam=self.lam,
-                                   amp_dtype=self.attack_dtype)
+                                   amp_dtype=self.attack_dtype, graph=self.attack_graph)
         return attack(x, y)

@@ -296,26 +296,32 @@ def test_bad_options_are_refused_by_name():
         build_method("adp", logdet_ridge=0.0)
 
 
-def test_adv_en_is_cross_entropy_of_the_mean_probability_on_its_examples():
-    """CE(log mean_k p_k(x'), y), x' = PGD-ce on that output (no random start here, so the
-    examples can be crafted again)."""
+def test_adv_en_is_cross_entropy_of_the_mean_probability_on_both_inputs():
+    """CE(log mean_k p_k(x), y) + CE(log mean_k p_k(x'), y) (seed 003 ch. 4's ADV loss on the
+    ensemble), x' = PGD-ce on that output (no random start here, so the examples can be crafted
+    again)."""
     ensemble = Ensemble([Tiny(s) for s in range(3)], combine="prob").double()
     method = build_method("adv_en", **ATTACK)
     method.attack_init = None
     x, y = batches(1)[0]
-    loss, _ = method(ensemble, x, y)
+    loss, metrics = method(ensemble, x, y)
     x_adv = PGD(ensemble, init=None, loss="ce", **ATTACK)(x, y)
-    total = 0.0
-    for b in range(len(y)):
-        probs = [softmax_row(member(x_adv[b:b + 1])[0].tolist()) for member in ensemble.members]
-        mean = sum(p[y[b].item()] for p in probs) / len(probs)
-        total += -math.log(mean)
-    assert loss.item() == pytest.approx(total / len(y), rel=1e-10)
+
+    def mean_ce(inputs):
+        total = 0.0
+        for b in range(len(y)):
+            probs = [softmax_row(member(inputs[b:b + 1])[0].tolist()) for member in ensemble.members]
+            total += -math.log(sum(p[y[b].item()] for p in probs) / len(probs))
+        return total / len(y)
+    assert loss.item() == pytest.approx(mean_ce(x) + mean_ce(x_adv), rel=1e-10)
+    assert metrics["natural_loss"].item() == pytest.approx(mean_ce(x), rel=1e-10)
+    assert metrics["adversarial_loss"].item() == pytest.approx(mean_ce(x_adv), rel=1e-10)
 
 
 # ----------------------------------------------------------------------------- TA-MOO-AT
 def test_tamoo_at_is_adv_en_on_tamoo_examples():
-    """CE(log mean_k p_k(x'), y) with x' = TA-MOO (ENS, CE) on the members, seeded alike."""
+    """CE(log mean_k p_k(x), y) + CE(log mean_k p_k(x'), y) with x' = TA-MOO (ENS, CE) on the
+    members, seeded alike."""
     from fastadv.attacks import EnsembleTasks, MultiObjectivePGD
 
     ensemble = Ensemble([Tiny(s) for s in range(3)], combine="prob").double()
@@ -325,7 +331,7 @@ def test_tamoo_at_is_adv_en_on_tamoo_examples():
     loss, _ = method(ensemble, x, y)
     torch.manual_seed(11)
     x_adv = MultiObjectivePGD(EnsembleTasks(ensemble), weighting="tamoo", loss="ce", lam=100.0, **ATTACK)(x, y)
-    expected = torch.nn.functional.cross_entropy(ensemble(x_adv), y)
+    expected = torch.nn.functional.cross_entropy(ensemble(x), y) + torch.nn.functional.cross_entropy(ensemble(x_adv), y)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
     ensemble.zero_grad()
     loss.backward()

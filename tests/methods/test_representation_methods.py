@@ -81,14 +81,15 @@ def test_adr_global_compactness_weights_by_hand():
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("similarity", ["cosine", "l2"])
 def test_ascl_matches_its_equation(strategy, similarity):
-    """CE(h(x),y) + CE(h(x'),y) + λ_scl·L_SCL + λ_vat·KL(h(x)‖h(x')), L_SCL over [f(x); f(x')]."""
+    """CE(h(x),y) + CE(h(x'),y) + λ_scl·L_SCL + λ_vat·KL(h(x)‖h(x')), L_SCL over [f(x); f(x')] as
+    seed 003's Eq. 3: (1/N) Σ_i (L_i + L_i^a), the sum over the 2N anchors over N."""
     f_nat, z_nat, f_adv, z_adv, y = fixed_representations(2)
     ce_nat, ce_adv, _, _, kl = by_hand(z_nat, z_adv, y)
     b = len(y)
     preds = torch.cat([z_nat.argmax(1), z_adv.argmax(1)])
     pair = torch.tensor([i + b for i in range(b)] + list(range(b)))
     scl = reference.supcon_loss(torch.cat([f_nat, f_adv]), torch.cat([y, y]), preds, pair, 0.1, strategy,
-                                similarity).item()
+                                similarity, "sum").item() / b
     expected = ce_nat + ce_adv + 0.5 * scl + 3.0 * kl
     loss, parts = ascl_loss(f_nat, z_nat, f_adv, z_adv, y, tau=0.1, strategy=strategy, similarity=similarity,
                             scl_weight=0.5, vat_weight=3.0)
@@ -105,7 +106,7 @@ def test_ascl_defaults_are_the_seeds():
     ce_nat, ce_adv, _, _, kl = by_hand(z_nat, z_adv, y)
     preds = torch.cat([z_nat.argmax(1), z_adv.argmax(1)])
     scl = reference.supcon_loss(torch.cat([f_nat, f_adv]), torch.cat([y, y]), preds,
-                                reference.two_view_pair(len(y)), 0.07).item()
+                                reference.two_view_pair(len(y)), 0.07, reduction="sum").item() / len(y)
     assert ascl_loss(f_nat, z_nat, f_adv, z_adv, y)[0].item() == pytest.approx(ce_nat + ce_adv + scl + 2 * kl,
                                                                               rel=1e-10)
 
