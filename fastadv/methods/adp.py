@@ -40,12 +40,13 @@ def adp_loss(member_logits, y, entropy_weight, beta, ridge, log_mean=None):
 
 
 class ADP(AdversarialMethod):
-    """``Σ_k CE(z_k(x'), y) − α·H(mean_k p_k(x')) − β·log det(M̃ᵀM̃ + 1e-6·I)`` (Pang et al. 2019,
-    Eq. 7), trained on x' = PGD-ce examples of the ensemble (its output the log of the members'
-    mean probability): the adversarial ADP that seed 003 ch. 4 compares against. M̃'s columns are
-    the members' non-true-class probability vectors, each L2-normalised; the ridge 1e-6 is
-    ADP's code's ``det_offset``. α = 2 (``entropy_weight``), β = 0.5 (``beta``), ADP's CIFAR-10
-    setting."""
+    """``Σ_k CE(z_k(x), y) + Σ_k CE(z_k(x'), y) − ADP(x) − ADP(x')``, ``ADP(·) = α·H(mean_k p_k) +
+    β·log det(M̃ᵀM̃ + 1e-6·I)`` on that input (Pang et al. 2019, Eq. 7), x' = PGD-ce examples of
+    the ensemble (its output the log of the members' mean probability): the adversarial ADP that
+    seed 003 ch. 4 compares against, ADP's loss on the clean and on the adversarial batch. M̃'s
+    columns are the members' non-true-class probability vectors, each L2-normalised; the ridge
+    1e-6 is ADP's code's ``det_offset``. α = 2 (``entropy_weight``), β = 0.5 (``beta``), ADP's
+    CIFAR-10 setting."""
 
     name = "adp"
     ensemble = True
@@ -68,10 +69,17 @@ class ADP(AdversarialMethod):
     def objective(self, model, x, y, attack_model):
         ensemble = as_ensemble(self.name, attack_model)
         x_adv = self.adversarial_examples(ensemble, x, y)
-        member_logits = ensemble.member_logits(x_adv).float()
-        log_mean = log_mean_probability(member_logits)
-        loss, ce, entropy, log_det = adp_loss(member_logits, y, self.entropy_weight, self.beta, self.logdet_ridge,
-                                              log_mean)
-        metrics = {"member_ce": ce.detach(), "ensemble_entropy": entropy.detach(), "log_det": log_det.detach(),
-                   "adv_acc": accuracy(log_mean, y)}
-        return Objective(loss, metrics, tuple(member_logits))
+        terms, logits, metrics = [], [], {}
+        for view, inputs in (("natural", x), ("adv", x_adv)):
+            member_logits = ensemble.member_logits(inputs)
+            if member_logits.dtype in (torch.float16, torch.bfloat16):  # autocast's: the loss in float32
+                member_logits = member_logits.float()
+            log_mean = log_mean_probability(member_logits)
+            loss, ce, entropy, log_det = adp_loss(member_logits, y, self.entropy_weight, self.beta, self.logdet_ridge,
+                                                  log_mean)
+            terms.append(loss)
+            logits.extend(member_logits)
+            metrics.update({f"{view}_member_ce": ce.detach(), f"{view}_ensemble_entropy": entropy.detach(),
+                            f"{view}_log_det": log_det.detach()})
+            metrics["clean_acc" if view == "natural" else "adv_acc"] = accuracy(log_mean, y)
+        return Objective(terms[0] + terms[1], metrics, tuple(logits))

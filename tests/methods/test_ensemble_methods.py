@@ -267,6 +267,23 @@ def test_cce_objective_is_the_sum_of_member_losses():
 
 
 # ----------------------------------------------------------------------------- ADP and ADV-EN
+def test_adp_is_adps_loss_on_both_inputs():
+    """Σ_k CE(x) + Σ_k CE(x') − ADP(x) − ADP(x') (METHODS.md section 3): adp_loss (checked against
+    its equation above) on the clean batch plus on the PGD-ce examples of the ensemble (no random
+    start here, so the examples can be crafted again)."""
+    ensemble = Ensemble([Tiny(s) for s in range(3)], combine="prob").double()
+    method = build_method("adp", **ATTACK)
+    method.attack_init = None
+    x, y = batches(1)[0]
+    loss, metrics = method(ensemble, x, y)
+    x_adv = PGD(ensemble, init=None, loss="ce", **ATTACK)(x, y)
+    natural = adp_loss(ensemble.member_logits(x), y, 2.0, 0.5, 1e-6)
+    adversarial = adp_loss(ensemble.member_logits(x_adv), y, 2.0, 0.5, 1e-6)
+    assert loss.item() == pytest.approx(natural[0].item() + adversarial[0].item(), rel=1e-10)
+    assert metrics["natural_member_ce"].item() == pytest.approx(natural[1].item(), rel=1e-10)
+    assert metrics["adv_log_det"].item() == pytest.approx(adversarial[3].item(), rel=1e-10)
+
+
 def test_adp_and_adv_en_train_the_combined_output():
     ensemble = Ensemble([Tiny(s) for s in range(3)], combine="prob").double()
     x, y = batches(1)[0]
