@@ -49,9 +49,9 @@ def pgd_cases(device, batch: int = 4, image=(3, 4, 4)) -> dict[str, tuple]:
         "pgd_init": (lambda: ops.pgd_init(x, eps), lambda: P.unchecked.pgd_init(x, eps, "linf", "uniform", None, clip)),
         "udr_step": (lambda: ops.udr_step(x_adv, grad, x, eps, alpha, 1.0, 2 * alpha), None),
         "udr_step_": (lambda: ops.udr_step_(x_adv, grad, x, eps, alpha, 1.0, 2 * alpha),
-                      lambda: P.unchecked.udr_step_(x_adv, grad, x, eps, alpha, 1.0, 2 * alpha, "l2", clip)),
+                      lambda: P.unchecked.udr_step_(x_adv, grad, x, eps, alpha, 1.0, 2 * alpha, "pixel", clip)),
         "soft_cost": (lambda: ops.soft_cost(x_adv, x, eps, 2 * alpha),
-                      lambda: P.unchecked.soft_cost(x_adv, x, eps, 2 * alpha, "l2")),
+                      lambda: P.unchecked.soft_cost(x_adv, x, eps, 2 * alpha, "pixel")),
     }
 
 
