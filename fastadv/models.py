@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import abc
 from numbers import Integral, Real
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, ClassVar, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,8 +34,11 @@ from .data import DATASETS, DatasetInfo
 from .ensemble import Ensemble
 
 TORCHVISION_PREFIX = "torchvision:"
+#: the representations ``forward_with_features(x, layer)`` returns: the penultimate layer (the
+#: classifier's input) or the flattened output of the last convolutional block (a plain CNN's)
+FEATURE_LAYERS = ("penultimate", "convolutional")
 
-__all__ = ["MODELS", "TORCHVISION_PREFIX", "Normalize", "NormalizedModel", "FeatureNetwork", "penultimate_layer",
+__all__ = ["MODELS", "TORCHVISION_PREFIX", "FEATURE_LAYERS", "Normalize", "NormalizedModel", "FeatureNetwork", "penultimate_layer",
            "DigitsCNN", "DigitsMLP", "DigitsResNet",
            "PreActBlock", "PreActResNet", "WideBasicBlock", "WideResNet", "CNN4C3F",
            "preact_resnet18", "wide_resnet34_10", "build_model", "default_model", "Ensemble"]
@@ -117,15 +120,28 @@ class NormalizedModel(nn.Module):
         # trunk), which is not the penultimate representation.
         return self.feature_layer is None and callable(getattr(type(self.net), method, None))
 
+    @property
+    def adr_layer(self) -> str:
+        """The layer ADR's compactness acts on (:attr:`FeatureNetwork.adr_layer`): the network's
+        own for a fastadv network, else the hooked layer's input ("penultimate")."""
+        return self.net.adr_layer if self._net_has("forward_with_features") else "penultimate"
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self._net_has("features"):
             return self.net.features(self.normalize(x))
         return self.forward_with_features(x)[0]
 
-    def forward_with_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_features(self, x: torch.Tensor, layer: str = "penultimate") -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(features at layer, logits)`` of the [0, 1] images x from one forward pass; ``layer``
+        one of :data:`FEATURE_LAYERS` for a fastadv network, "penultimate" (the hooked layer) for
+        any other."""
         x = self.normalize(x)
         if self._net_has("forward_with_features"):
-            return self.net.forward_with_features(x)
+            return self.net.forward_with_features(x, layer)
+        if layer != "penultimate":
+            raise ValueError(f"NormalizedModel: {type(self.net).__name__} gives its features through a hook on "
+                             f"one layer, so layer must be 'penultimate' (the hooked layer), got {layer!r}; "
+                             f"name the layer with feature_layer=")
         path = self.feature_layer if self.feature_layer is not None else penultimate_layer(self.net)
         layer = self.net.get_submodule(path)
         inputs = []
@@ -164,16 +180,40 @@ def penultimate_layer(net: nn.Module, num_classes: Optional[int] = None) -> str:
 class FeatureNetwork(nn.Module, abc.ABC):
     """A network ``classifier(features(x))``, the split of every fastadv network: a subclass
     defines ``features(x)``, the penultimate representation [B, D], and ``classifier``, the
-    ``nn.Linear`` from it to the logits (a subclass without ``features`` cannot be built)."""
+    ``nn.Linear`` from it to the logits (a subclass without ``features`` cannot be built).
+
+    A plain CNN also defines ``convolutional(x)``, the output of its last convolutional block
+    flattened to [B, D'], and ``after_convolutional(c)``, the logits from it, and says
+    ``adr_layer = "convolutional"``."""
+
+    #: the layer ADR's compactness terms act on (METHODS.md section 2; seed 003 ch. 3,
+    #: supplementary Table 3): "penultimate" for a residual network (the pooled layer) or an
+    #: MLP, "convolutional" (the last convolutional block, flattened) for a plain CNN
+    adr_layer: ClassVar[str] = "penultimate"
 
     @abc.abstractmethod
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate representation [B, D] of the (normalised) input."""
 
-    def forward_with_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(features(x), logits)`` from one forward pass."""
-        features = self.features(x)
-        return features, self.classifier(features)
+    def convolutional(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolutional block's output of the (normalised) input, flattened [B, D']."""
+        raise ValueError(f"{type(self).__name__} has no convolutional block to take features from "
+                         f"(layer='convolutional'); its layers are 'penultimate' only")
+
+    def after_convolutional(self, c: torch.Tensor) -> torch.Tensor:
+        """The logits from :meth:`convolutional`'s output."""
+        raise ValueError(f"{type(self).__name__} has no convolutional block (layer='convolutional')")
+
+    def forward_with_features(self, x: torch.Tensor, layer: str = "penultimate") -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(features at layer, logits)`` from one forward pass, ``layer`` one of
+        :data:`FEATURE_LAYERS`."""
+        if layer == "penultimate":
+            features = self.features(x)
+            return features, self.classifier(features)
+        if layer == "convolutional":
+            features = self.convolutional(x)
+            return features, self.after_convolutional(features)
+        raise ValueError(f"{type(self).__name__}: layer must be one of {FEATURE_LAYERS}, got {layer!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -201,6 +241,18 @@ class DigitsCNN(FeatureNetwork):
             nn.MaxPool2d(2), nn.Flatten(),
             nn.Linear(64 * (height // 2) * (width // 2), 128), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(128, num_classes)
+
+    #: ADR acts on the convolutional block (a plain CNN, METHODS.md section 2)
+    adr_layer = "convolutional"
+    #: the encoder's modules up to the flattened max-pool output (the rest is fc 128 and its ReLU)
+    _CONVOLUTIONAL = 6
+
+    def convolutional(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolutional block, max-pooled and flattened: [B, 64 * H/2 * W/2]."""
+        return self.encoder[:self._CONVOLUTIONAL](x)
+
+    def after_convolutional(self, c: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.encoder[self._CONVOLUTIONAL:](c))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate layer, the classifier's input: fc 128 after its ReLU, [B, 128]."""
@@ -378,8 +430,11 @@ class CNN4C3F(FeatureNetwork):
       hidden=256`` as the seed writes it.
     - ``features`` is the penultimate layer (the second FC(200) after its ReLU), like every
       fastadv network; the seed's "generator" (the flattened convolutional output, where ADR
-      applies its compactness terms) is the submodule ``generator``.
+      applies its compactness terms: ``adr_layer = "convolutional"``) is the submodule
+      ``generator`` and :meth:`convolutional`.
     """
+
+    adr_layer = "convolutional"
 
     def __init__(self, num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32),
                  conv_channels: Sequence[int] = (32, 32), hidden: int = 200):
@@ -410,6 +465,13 @@ class CNN4C3F(FeatureNetwork):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate layer, the classifier's input: the second FC(hidden) after its ReLU, [B, hidden]."""
         return self.hidden(self.generator(x))
+
+    def convolutional(self, x: torch.Tensor) -> torch.Tensor:
+        """The generator: the second max-pool's output, flattened."""
+        return self.generator(x)
+
+    def after_convolutional(self, c: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.hidden(c))
 
 
 class DigitsMLP(FeatureNetwork):

@@ -8,6 +8,7 @@ from torch import nn
 
 from .. import _validate as check
 from ..ensemble import Ensemble
+from ..models import Normalize
 from ..ops.contrastive import DEFAULT_A, DEFAULT_P, NORMS, unchecked
 from .representation import RepresentationMethod
 from .trades import trades_kl
@@ -24,6 +25,23 @@ def is_residual(model: nn.Module) -> bool:
     return any(getattr(type(module), "residual", False) is True
                or (type(module).__module__, type(module).__name__) == _TORCHVISION_RESNET
                for module in model.modules())
+
+
+def input_channels(model: nn.Module) -> int | None:
+    """The number of channels of the images ``model`` takes: its normalisation's (every model
+    fastadv.models.build_model makes is behind a Normalize), else its first convolution's; None
+    for a model with neither."""
+    for module in model.modules():
+        if isinstance(module, Normalize):
+            return int(module.mean.shape[1])
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return None
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel, or the model itself."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -55,26 +73,36 @@ def adr_loss(features_natural, logits_natural, features_adv, logits_adv, y, *, a
 
 
 class ADR(RepresentationMethod):
-    """ADR (seed 003 ch. 3, METHODS.md section 2): :func:`adr_loss` on the penultimate features f
-    and the logits h of x and x' = PGD-ce (ADR-ADV: uniform start, the method's ε, α and steps).
+    """ADR (seed 003 ch. 3, METHODS.md section 2): :func:`adr_loss` on the features f and the
+    logits h of x and x' = PGD-ce (ADR-ADV: uniform start, the method's ε, α and steps).
 
     Defaults (seed 003 ch. 3 supplementary Table 1): a = 0.99 (``compactness_a``), p = 2
-    (``norm_p``), λ_lc = λ_gb = λ_smt = 1, and λ_conf = 1 except 0 for residual networks.
+    (``norm_p``), λ_lc = λ_gb = λ_smt = 1, and λ_conf = 0 on MNIST-like data and on residual
+    networks, 1 for a plain network on colour images (CIFAR).
+
+    - f is where the model says (``model.adr_layer``, supplementary Table 3): the last
+      convolutional block's output, flattened, for a plain CNN (digits_cnn, cnn_4c3f), the
+      penultimate (pooled) layer for a residual network and for an MLP. A torchvision network
+      gives the input of its hooked layer (its final ``nn.Linear``, or the ``feature_layer`` named
+      to :class:`fastadv.models.NormalizedModel`: ``"avgpool"`` for VGG's convolutional output).
 
     - The global compactness is over the clean features f(x) of the batch (all B² ordered
       pairs, METHODS.md's formula), by the contrastive family's ``pairwise_compactness``; the
       local one per sample, averaged; H is the prediction entropy averaged over the batch; KL is
       TRADES' (batch mean).
-    - ``conf_weight="auto"`` (the default) is resolved per model: 0.0 on a residual network
-      (:func:`is_residual`), 1.0 otherwise; a number overrides it. :meth:`prepare` records the
-      resolved value (``conf_weight_resolved``, per member for an ensemble) in the method's
-      hyperparameters, which the trainer writes to config.json. The option is a string on the
-      command line (``--conf-weight 0.5`` or ``auto``) because its default is not a number.
-    - The compactness terms are on the raw features. Measured on the digits (40 steps, batch 128,
-      lr 0.05): with λ_lc = 1 the ReLU features of digits_cnn and digits_mlp (no normalisation
-      before the classifier) fall to 0 within the first epoch and training stays at chance;
-      digits_resnet (BatchNorm before its features) trains, and so does digits_cnn with
-      ``local_weight=0.1``.
+    - ``conf_weight="auto"`` (the default) is resolved per model: 0.0 on MNIST-like data, which
+      fastadv reads as a model taking one-channel images (:func:`input_channels`: the digits,
+      MNIST, Fashion-MNIST), and on a residual network (:func:`is_residual`), 1.0 otherwise; a
+      number overrides it. :meth:`prepare` records the resolved value (``conf_weight_resolved``,
+      per member for an ensemble) in the method's hyperparameters, which the trainer writes to
+      config.json. The option is a string on the command line (``--conf-weight 0.5`` or
+      ``auto``) because its default is not a number.
+    - The compactness terms are on the raw features, as the seed writes them. Measured on the
+      digits with these defaults (digits_cnn, its convolutional features, λ_conf = 0, batch 128,
+      SGD momentum 0.9 at lr 0.05, 0.01 or 0.002, ε 0.2 or 0.05): the local compactness drives
+      the ReLU features to 0 within ~15 steps, before the cross-entropy has learned anything,
+      and training stays at chance (README, "Do the papers' findings hold?"); the penultimate
+      layer does the same. digits_resnet (BatchNorm before its features) trains.
     """
 
     name = "adr"
@@ -84,8 +112,8 @@ class ADR(RepresentationMethod):
         "norm_p": "p of the feature distances ||f - f'||_p of both compactness terms, 1 or 2",
         "local_weight": "weight λ_lc of the local compactness mean_i ||f(x_i) - f(x'_i)||_p",
         "global_weight": "weight λ_gb of the global compactness mean_ij w_ij ||f(x_i) - f(x_j)||_p",
-        "conf_weight": "weight λ_conf of the entropies H(h(x')) + H(h(x)); auto: 0 for a residual network, "
-                       "1 otherwise",
+        "conf_weight": "weight λ_conf of the entropies H(h(x')) + H(h(x)); auto: 0 on one-channel (MNIST-like) "
+                       "images or a residual network, 1 otherwise",
         "smooth_weight": "weight λ_smt of KL(h(x) || h(x'))",
     }
 
@@ -108,10 +136,15 @@ class ADR(RepresentationMethod):
         self.conf_weight_resolved = None
 
     def confidence_weight(self, model: nn.Module) -> float:
-        """λ_conf for ``model``: the option, or with ``auto`` 0.0 on a residual network, 1.0 otherwise."""
+        """λ_conf for ``model``: the option, or with ``auto`` 0.0 on one-channel (MNIST-like)
+        images or a residual network, 1.0 otherwise."""
         if self.conf_weight != AUTO:
             return self.conf_weight
-        return 0.0 if is_residual(model) else 1.0
+        return 0.0 if is_residual(model) or input_channels(model) == 1 else 1.0
+
+    def feature_layer(self, model: nn.Module) -> str:
+        """The layer the model names for ADR (``adr_layer``; "penultimate" where it names none)."""
+        return getattr(unwrapped(model), "adr_layer", "penultimate")
 
     def prepare(self, model, batches):
         if isinstance(model, Ensemble):

@@ -1,8 +1,9 @@
 """What the representation methods of seed 003 ch. 3 (ADR, ASCL; METHODS.md section 2) share:
-a loss on the penultimate features f(x) and the logits h(x) of both the natural and the
-adversarial batch, x' = PGD-ce from a uniform start (the method's ε, α and steps, as PGD-AT)."""
+a loss on the features f(x) (the penultimate layer, or the layer the method names) and the
+logits h(x) of both the natural and the adversarial batch, x' = PGD-ce from a uniform start (the method's ε, α and steps, as PGD-AT)."""
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -12,7 +13,8 @@ from .base import AdversarialMethod, Objective, accuracy
 
 
 class Representation(NamedTuple):
-    """A batch's penultimate features f(x) [B, D] and logits h(x) [B, C]."""
+    """A batch's features f(x) [B, D] (the penultimate layer unless the method says another) and
+    logits h(x) [B, C]."""
 
     features: torch.Tensor
     logits: torch.Tensor
@@ -22,20 +24,21 @@ def _float32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def representation(model: nn.Module, x: torch.Tensor) -> Representation:
-    """f(x) and h(x) from one forward pass (``model.forward_with_features``), in float32 when
-    autocast made them half precision. Under DistributedDataParallel the pass goes through DDP's
-    own forward (which prepares its gradient synchronisation) with the wrapped module's forward
-    set to ``forward_with_features`` for that one call."""
+def representation(model: nn.Module, x: torch.Tensor, layer: str = "penultimate") -> Representation:
+    """f(x) at ``layer`` (fastadv.models.FEATURE_LAYERS) and h(x) from one forward pass
+    (``model.forward_with_features``), in float32 when autocast made them half precision. Under
+    DistributedDataParallel the pass goes through DDP's own forward (which prepares its gradient
+    synchronisation) with the wrapped module's forward set to ``forward_with_features`` for that
+    one call."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
         inner = model.module
-        inner.forward = inner.forward_with_features
+        inner.forward = functools.partial(inner.forward_with_features, layer=layer)
         try:
             features, logits = model(x)
         finally:
             del inner.forward
     else:
-        features, logits = model.forward_with_features(x)
+        features, logits = model.forward_with_features(x, layer)
     return Representation(_float32(features), _float32(logits))
 
 
@@ -57,9 +60,14 @@ class RepresentationMethod(AdversarialMethod):
     def objective(self, model, x, y, attack_model):
         return self.objective_given(model, x, self.adversarial_examples(attack_model, x, y), y)
 
+    def feature_layer(self, model: nn.Module) -> str:
+        """The layer whose features the loss takes (fastadv.models.FEATURE_LAYERS): the penultimate."""
+        return "penultimate"
+
     def objective_given(self, model, x, x_adv, y):
-        natural = representation(model, x)
-        adversarial = representation(model, x_adv)
+        layer = self.feature_layer(model)
+        natural = representation(model, x, layer)
+        adversarial = representation(model, x_adv, layer)
         loss, parts = self.loss_terms(model, natural, adversarial, y)
         metrics = {**{name: value.detach() for name, value in parts.items()},
                    "clean_acc": accuracy(natural.logits, y), "adv_acc": accuracy(adversarial.logits, y)}

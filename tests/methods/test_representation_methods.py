@@ -11,9 +11,9 @@ from torch import nn
 from fastadv.data import dataset_info
 from fastadv.ensemble import Ensemble
 from fastadv.methods import build_method
-from fastadv.methods.adr import adr_loss, is_residual
+from fastadv.methods.adr import adr_loss, input_channels, is_residual
 from fastadv.methods.ascl import ascl_loss, ascl_views
-from fastadv.models import FeatureNetwork, build_model
+from fastadv.models import MODELS, FeatureNetwork, build_model
 from fastadv.reference import contrastive as reference
 
 STRATEGIES = ("global", "hard-ls", "soft-ls", "leaked-ls")
@@ -129,18 +129,85 @@ def test_adr_defaults_are_the_seeds():
 
 
 def test_conf_weight_resolution():
-    digits = dataset_info("digits")
+    """λ_conf by data and architecture (supplementary Table 1): 0 on MNIST-like (one-channel)
+    data and on a residual network, 1 for a plain network on colour images."""
+    digits, cifar = dataset_info("digits"), dataset_info("cifar10")
     cnn, resnet = build_model("digits_cnn", digits), build_model("digits_resnet", digits)
-    assert not is_residual(cnn) and is_residual(resnet)
+    cifar_cnn, cifar_resnet = build_model("cnn_4c3f", cifar), build_model("preact_resnet18", cifar)
+    assert not is_residual(cnn) and is_residual(resnet) and is_residual(cifar_resnet)
+    assert (input_channels(cnn), input_channels(cifar_cnn), input_channels(cifar_resnet.net)) == (1, 3, 3)
     method = build_method("adr")
-    assert method.confidence_weight(cnn) == 1.0 and method.confidence_weight(resnet) == 0.0
-    method.prepare(resnet, 10)
+    assert [method.confidence_weight(m) for m in (cnn, resnet, cifar_cnn, cifar_resnet)] == [0.0, 0.0, 1.0, 0.0]
+    method.prepare(cifar_resnet, 10)
     assert method.hyperparameters()["conf_weight_resolved"] == 0.0
-    method.prepare(Ensemble([cnn, resnet]), 10)
+    method.prepare(Ensemble([cifar_cnn, cifar_resnet]), 10)
     assert method.conf_weight_resolved == [1.0, 0.0]
     for given in (0.5, "0.5"):  # a number wins, from Python or from the command line's string
         explicit = build_method("adr", conf_weight=given)
-        assert explicit.confidence_weight(resnet) == 0.5 and explicit.confidence_weight(cnn) == 0.5
+        assert explicit.confidence_weight(resnet) == 0.5 and explicit.confidence_weight(cifar_cnn) == 0.5
+
+
+@pytest.mark.parametrize("name, dataset, layer, dim", [
+    ("digits_cnn", "digits", "convolutional", 64 * 4 * 4), ("cnn_4c3f", "cifar10", "convolutional", 32 * 5 * 5),
+    ("digits_mlp", "digits", "penultimate", 128), ("digits_resnet", "digits", "penultimate", 32),
+    ("preact_resnet18", "digits", "penultimate", 512), ("wide_resnet34_10", "digits", "penultimate", 640)])
+def test_every_model_names_the_layer_adr_uses(name, dataset, layer, dim):
+    """supplementary Table 3: the last convolutional block, flattened, for a plain CNN; the
+    pooled penultimate layer for a residual network (and an MLP, which has no convolution)."""
+    assert name in MODELS
+    info = dataset_info(dataset)
+    torch.manual_seed(0)
+    model = build_model(name, info).eval()
+    assert model.adr_layer == layer and build_method("adr").feature_layer(model) == layer
+    x = torch.rand(3, *info.input_shape)
+    with torch.no_grad():
+        features, logits = model.forward_with_features(x, layer)
+        assert features.shape == (3, dim)
+        torch.testing.assert_close(logits, model(x), rtol=1e-5, atol=1e-6)
+        if layer == "convolutional":  # the flattened output of the last convolution's block
+            convs = [m for m in model.net.modules() if isinstance(m, nn.Conv2d)]
+            outputs = []
+            handle = convs[-1].register_forward_hook(lambda module, args, out: outputs.append(out))
+            model(x)
+            handle.remove()
+            block = torch.relu(outputs[0])
+            torch.testing.assert_close(features, torch.flatten(nn.functional.max_pool2d(block, 2), 1))
+        else:
+            torch.testing.assert_close(features, model.features(x))
+
+
+def test_adr_takes_its_compactness_on_the_layer_the_model_names():
+    """ADR's local compactness on digits_cnn is the distance of the convolutional features; ASCL
+    stays on the penultimate layer."""
+    info = dataset_info("digits")
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", info).train()
+    x, y = torch.rand(6, 1, 8, 8), torch.arange(6)
+    method = build_method("adr", eps=0.2, alpha=0.05, steps=2)
+    x_adv = method.adversarial_examples(model, x, y)
+    _, metrics, _ = method.objective_given(model, x, x_adv, y)
+    with torch.no_grad():
+        conv = lambda images: model.net.convolutional(model.normalize(images))
+        expected = torch.linalg.vector_norm(conv(x) - conv(x_adv), dim=1).mean()
+        penultimate = torch.linalg.vector_norm(model.features(x) - model.features(x_adv), dim=1).mean()
+    torch.testing.assert_close(metrics["local_compactness"], expected)
+    assert not torch.allclose(expected, penultimate)
+    assert build_method("ascl").feature_layer(model) == "penultimate"
+
+
+def test_a_hooked_network_has_its_hooked_layer_only():
+    torchvision = pytest.importorskip("torchvision")
+    from fastadv.models import NormalizedModel
+
+    model = NormalizedModel(torchvision.models.vgg11(num_classes=10), (0.5,) * 3, (0.25,) * 3, "avgpool")
+    assert model.adr_layer == "penultimate"
+    features, _ = model.forward_with_features(torch.rand(2, 3, 32, 32))
+    assert features.shape == (2, 512)  # VGG's convolutional output, 512 x 1 x 1, flattened
+    with pytest.raises(ValueError, match="layer must be 'penultimate' .* got 'convolutional'; name the layer "
+                                         "with feature_layer="):
+        model.forward_with_features(torch.rand(2, 3, 32, 32), "convolutional")
+    with pytest.raises(ValueError, match="DigitsMLP has no convolutional block"):
+        build_model("digits_mlp", dataset_info("digits")).forward_with_features(torch.rand(2, 1, 8, 8), "convolutional")
 
 
 def test_residual_classes():
