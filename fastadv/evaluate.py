@@ -57,10 +57,13 @@ from .runs import atomic_write_text, load_model
 
 ATTACKS = ("fgsm", "pgd20", "pgd100", "cw", "autoattack")
 # Run only when asked for: PGD-1000 checks a robustness that PGD-20 may overstate (seed 001 shows
-# label smoothing's collapsing under 1000 steps).
-EXTRA_ATTACKS = ("pgd1000",)
+# label smoothing's collapsing under 1000 steps); Square-5000, AutoAttack's black-box part on its
+# own, shows gradient masking (a model masks its gradients where Square beats PGD).
+EXTRA_ATTACKS = ("pgd1000", "square")
 LABELS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd100": "PGD-100", "pgd1000": "PGD-1000",
-          "cw": "CW-PGD-30", "autoattack": "AutoAttack", "worst_case": "worst case"}
+          "cw": "CW-PGD-30", "autoattack": "AutoAttack", "square": "Square-5000", "worst_case": "worst case"}
+#: the queries of the stand-alone Square attack, as in AutoAttack's standard version
+SQUARE_QUERIES = 5000
 AUTOATTACK_MISSING = ("AutoAttack needs torchattacks, the optional extra: pip install 'fastadv[eval]'")
 # The attack whose examples an ensemble's transfer matrix and adversarial masked cosine are measured on.
 TRANSFER_ATTACK = "pgd20"
@@ -91,6 +94,7 @@ def build_attacks(model, eps: float, norm: str = "linf", num_classes: int = 10, 
         "cw": lambda: PGD(model, eps=eps, alpha=alpha, steps=30, norm=norm, loss="cw", kappa=50.0,
                           generator=generator),
         "autoattack": lambda: _autoattack(model, eps, norm, num_classes, seed),
+        "square": lambda: _square(model, eps, norm, seed),
     }
     if norm != "linf":
         factories.pop("fgsm")
@@ -104,6 +108,17 @@ def _autoattack(model, eps, norm, num_classes, seed):
 
     return torchattacks.AutoAttack(model, norm="Linf" if norm == "linf" else "L2", eps=eps, version="standard",
                                    n_classes=num_classes, seed=seed)
+
+
+def _square(model, eps, norm, seed):
+    """Square (Andriushchenko et al. 2020) with AutoAttack's settings: 5000 queries, one restart,
+    p_init 0.8, the margin loss."""
+    if not autoattack_available():
+        raise ImportError(AUTOATTACK_MISSING.replace("AutoAttack needs", "Square needs"))
+    import torchattacks
+
+    return torchattacks.Square(model, norm="Linf" if norm == "linf" else "L2", eps=eps, n_queries=SQUARE_QUERIES,
+                               n_restarts=1, p_init=0.8, loss="margin", resc_schedule=True, seed=seed)
 
 
 def _batches(dataset, indices: Sequence[int], batch_size: int, device, progress: bool) -> Iterator:
@@ -301,9 +316,11 @@ def evaluate_run(path, attacks=ATTACKS, eps: float | None = None, size: int | No
     eps = config["eps"] if eps is None else eps
     notes = []
     attacks = list(attacks)
-    if "autoattack" in attacks and not autoattack_available():
-        attacks.remove("autoattack")
-        notes.append(AUTOATTACK_MISSING)
+    if not autoattack_available():
+        for name in ("autoattack", "square"):
+            if name in attacks:
+                attacks.remove(name)
+                notes.append(AUTOATTACK_MISSING.replace("AutoAttack", LABELS[name], 1))
     is_ensemble = isinstance(model, Ensemble)
     if is_ensemble and TRANSFER_ATTACK not in attacks:
         attacks.insert(0, TRANSFER_ATTACK)

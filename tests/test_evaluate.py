@@ -52,6 +52,21 @@ def test_autoattack_is_at_least_as_strong_as_pgd20(run_dir):
     assert accuracy["worst_case"] <= accuracy["autoattack"]
 
 
+def test_square_is_autoattacks_black_box_part(run_dir, monkeypatch):
+    """Square-5000 on its own: a black-box attack, so no stronger than AutoAttack (which runs it
+    last, on what the gradient attacks left) and never above the clean accuracy; missing
+    torchattacks is said, not hidden."""
+    results = evaluate.evaluate_run(run_dir, attacks=["square", "autoattack"], size=64, progress=False, write=False)
+    accuracy = results["accuracy"]
+    assert accuracy["autoattack"] <= accuracy["square"] <= accuracy["clean"]
+    assert accuracy["square"] < accuracy["clean"], "Square moved nothing"
+    assert "| Square-5000 |" in evaluate.format_table(results)
+    monkeypatch.setattr(evaluate, "autoattack_available", lambda: False)
+    results = evaluate.evaluate_run(run_dir, attacks=["pgd20", "square"], size=8, progress=False, write=False)
+    assert "square" not in results["accuracy"] and results["notes"] == [
+        evaluate.AUTOATTACK_MISSING.replace("AutoAttack", "Square-5000", 1)]
+
+
 def test_bad_paths_and_attacks(tmp_path, run_dir):
     with pytest.raises(FileNotFoundError, match="no run folder or checkpoint"):
         evaluate.load_model(tmp_path / "missing.pt")
