@@ -8,6 +8,7 @@ import inspect
 import os
 import platform
 import sys
+from pathlib import Path
 
 BENCH_FAMILIES = ("pgd", "logits", "simplex", "contrastive", "train", "ensemble", "overhead")
 # What a user can get wrong (settings, files, data folders, checkpoints, the optional extra):
@@ -137,6 +138,26 @@ def _attack(args) -> int:
         return _report("attack", error)
     print(format_multi_objective(results))
     print(f"written to {results['written_to']}")
+    return 0
+
+
+def _reproduce(args) -> int:
+    from fastadv.claims import CLAIMS, format_claim, reproduce
+
+    if args.list or not args.claims:
+        for claim in CLAIMS.values():
+            print(f"{claim.name:16} {claim.source}: {claim.statement}")
+        return 0
+    names = list(CLAIMS) if args.claims == ["all"] else args.claims
+    try:
+        for name in names:
+            record = reproduce(name, dataset=args.dataset, seeds=args.seeds, epochs=args.epochs, out=args.out,
+                               device=args.device, data_root=args.data_root, eval_size=args.eval_size,
+                               progress=not args.no_progress)
+            print(format_claim(record))
+            print(f"written to {Path(args.out) / args.dataset / name}.json\n")
+    except USER_ERRORS as error:
+        return _report("reproduce", error)
     return 0
 
 
@@ -359,6 +380,27 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--out", default=None, help="JSON file (default: attack-TASKS.json beside the first checkpoint)")
     attack.add_argument("--no-progress", action="store_true")
     attack.set_defaults(run=_attack)
+    reproduce = commands.add_parser(
+        "reproduce", help="check a paper's claim: train, evaluate and compare its methods",
+        formatter_class=_HelpFormatter,
+        description="Train the runs a claim of the seed papers compares (the digits defaults, or with --dataset "
+                    "cifar10/cifar100 the paper's settings), evaluate them (AutoAttack; Square-5000 where PGD-20 "
+                    "and AutoAttack differ by more than 10 points) and judge the claim: held, not held, or "
+                    "undecided (within 3 points on fewer than 3 seeds). Writes OUT/DATASET/CLAIM.json and .md; "
+                    "runs are kept in OUT/DATASET/runs and reused, an interrupted one resumes. With no claim: "
+                    "the list.")
+    reproduce.add_argument("claims", nargs="*", help="claim names (see --list), or all")
+    reproduce.add_argument("--list", action="store_true", help="list the claims")
+    reproduce.add_argument("--dataset", default="digits", choices=("digits", "cifar10", "cifar100"))
+    reproduce.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default: 0)")
+    reproduce.add_argument("--epochs", type=int, default=None, help="default: digits 30; CIFAR: the paper's")
+    reproduce.add_argument("--out", default="claims", help="default: claims")
+    reproduce.add_argument("--eval-size", dest="eval_size", type=int, default=None,
+                           help="evaluate on the first N held-out samples (default: all)")
+    reproduce.add_argument("--device", default=None)
+    reproduce.add_argument("--data-root", dest="data_root", default=None)
+    reproduce.add_argument("--no-progress", action="store_true")
+    reproduce.set_defaults(run=_reproduce)
     info = commands.add_parser("info", help="versions, available backends and the machine's memory bandwidth")
     info.set_defaults(run=_info)
     bench = commands.add_parser("bench", help="benchmark the fused ops against eager and torch.compile",

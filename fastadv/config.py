@@ -4,6 +4,7 @@ before any data is loaded or anything is written; config.json is its record."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -99,6 +100,9 @@ class TrainConfig:
         check.choice(None, "norm", self.norm, NORMS)
         check.choice(None, "attack_dtype", self.attack_dtype, ATTACK_DTYPES, allow_none=True)
         config = dataclasses.replace(self, milestones=tuple(self.milestones), method_options=dict(self.method_options))
+        for name in ("data_root", "run_dir", "teacher"):  # paths as text: the checkpoint holds plain values only
+            if isinstance(getattr(config, name), os.PathLike):
+                setattr(config, name, os.fspath(getattr(config, name)))
         for key, value in DATASET_DEFAULTS[self.dataset].items():
             if getattr(config, key) is None:
                 setattr(config, key, value * METHODS[self.method].lr_factor if key == "lr" else value)
