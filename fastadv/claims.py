@@ -20,10 +20,8 @@ is *undecided*, and the verdict says to run ``--seeds 0 1 2``.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
