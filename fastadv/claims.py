@@ -394,7 +394,7 @@ def reproduce(name: str, dataset: str = "digits", seeds: Sequence[int] = (0,), e
             square = None
             if accuracy.get("pgd20", 0) - accuracy.get("autoattack", 0) > GAP_FOR_SQUARE:
                 square = _square(run_dir, device, data_root, eval_size, progress)
-            per_seed.append({"seed": seed, "run": str(run_dir), **_metrics(results, square)})
+            per_seed.append({"seed": seed, "run": str(run_dir.relative_to(root)), **_metrics(results, square)})
             commands[arm.label] = _command(config, dataset)
         summary = {metric: _summary([run.get(metric) for run in per_seed]) for metric in METRICS}
         per_arm[arm.label] = {**summary, "runs": per_seed}
