@@ -117,27 +117,29 @@ _ENSEMBLE_PAPER = {"model": "preact_resnet18", "epochs": 100, "lr": 0.1, "schedu
                    "source": "seed 003 ch. 4 App. D.2 (SGD momentum 0.9, weight decay 5e-4, lr 0.1 with cosine "
                              "annealing, 100 epochs); members: 3 × PreActResNet-18, fastadv's CIFAR workhorse"}
 
+_ALS_PAPER = {**_ENSEMBLE_PAPER, "epochs": 10,
+              "source": "seed 000 (an ensemble trained from scratch for 10 epochs, batch 128); members: "
+                        "3 × PreActResNet-18"}
+_ALS_ARMS = (_ensemble("als", "als"), _ensemble("trades --members 3", "trades"))
+_ADR_ARMS = ((Arm("adr", "adr"), Arm("pgd_at", "pgd_at"), Arm("trades", "trades")),
+             (Comparison("adr", ">", "pgd_at"), Comparison("adr", ">", "trades")))
+
 CLAIMS: dict[str, Claim] = {claim.name: claim for claim in (
     Claim("als-cosine", "seed 000, Table 1",
           "ALS lowers the members' mean pairwise logit cosine against a baseline ensemble (CIFAR-10, clean: "
           "0.401 against 0.431; fastadv: the masked cosine, baseline the same protocol with λ = 0)",
-          (_ensemble("als", "als"), _ensemble("trades --members 3", "trades")),
+          _ALS_ARMS,
           (Comparison("als", "<", "trades --members 3"),), metric="masked_cosine",
-          paper={**_ENSEMBLE_PAPER, "epochs": 10,
-                 "source": "seed 000 (an ensemble trained from scratch for 10 epochs, batch 128); members: "
-                           "3 × PreActResNet-18"}),
+          paper=_ALS_PAPER),
     Claim("als-robust", "seed 000, Table 3",
           "the ALS ensemble is more robust under AutoAttack than its baseline (CIFAR-10: 38.6 against 37.5)",
-          (_ensemble("als", "als"), _ensemble("trades --members 3", "trades")),
+          _ALS_ARMS,
           (Comparison("als", ">", "trades --members 3"),),
-          paper={**_ENSEMBLE_PAPER, "epochs": 10,
-                 "source": "seed 000 (an ensemble trained from scratch for 10 epochs, batch 128); members: "
-                           "3 × PreActResNet-18"}),
+          paper=_ALS_PAPER),
     Claim("adr", "seed 003 ch. 3, Table 2 and Fig. 6",
           "ADR is more robust than its base method PGD-AT and than TRADES (PGD-20, CIFAR-10 CNN: ADR-ADV 37.67 "
           "against ADV 33.12 and TRADES 35.84; MNIST, Fig. 6: 96.55 against 94.15)",
-          (Arm("adr", "adr"), Arm("pgd_at", "pgd_at"), Arm("trades", "trades")),
-          (Comparison("adr", ">", "pgd_at"), Comparison("adr", ">", "trades")),
+          *_ADR_ARMS,
           paper={"model": "cnn_4c3f", "epochs": 200, "lr": 0.1, "schedule": "multistep", "milestones": (0.5, 0.75),
                  "weight_decay": 2e-4,
                  "source": "seed 003 ch. 3 supplement Table 2 (CIFAR-10 CNN-4C3F, 200 epochs, batch 128; the "
@@ -146,8 +148,7 @@ CLAIMS: dict[str, Claim] = {claim.name: claim for claim in (
     Claim("adr-resnet", "seed 003 ch. 3, Table 2 (ResNet rows)",
           "ADR is more robust than PGD-AT and TRADES on a residual network (PGD-20, CIFAR-10 ResNet: 44.72 "
           "against 44.08 and 37.52)",
-          (Arm("adr", "adr"), Arm("pgd_at", "pgd_at"), Arm("trades", "trades")),
-          (Comparison("adr", ">", "pgd_at"), Comparison("adr", ">", "trades")),
+          *_ADR_ARMS,
           digits_model="digits_resnet",
           paper={"model": "wide_resnet34_10", "epochs": 200, "lr": 0.1, "schedule": "multistep",
                  "milestones": (0.5, 0.75), "weight_decay": 2e-4,
