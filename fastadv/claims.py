@@ -247,9 +247,9 @@ def _train_config(claim: Claim, arm: Arm, dataset: str, seed: int, epochs: Optio
         paper.pop("model", None)
     else:
         paper.pop("models", None)
-        model = arm.model or paper.pop("model", None) or (claim.digits_model if dataset == "digits" else None)
-        paper.pop("model", None)
-        config["model"] = model or default_model(dataset)
+        paper_model = paper.pop("model", None)
+        digits_model = claim.digits_model if dataset == "digits" else None
+        config["model"] = arm.model or paper_model or digits_model or default_model(dataset)
         if arm.members is not None:
             config["members"] = arm.members
     config.update(paper)
@@ -282,30 +282,18 @@ def _train_run(config: dict, run_dir: Path, device, data_root, progress: bool) -
     atomic_write_text("", finished)
 
 
-def _evaluate_run(run_dir: Path, attacks: Sequence[str], device, data_root, eval_size, progress: bool) -> dict:
+def _evaluation(run_dir: Path, name: str, attacks: Sequence[str], device, data_root, eval_size,
+                progress: bool) -> dict:
+    """``fastadv eval``'s results for ``attacks`` on ``eval_size`` samples, kept in
+    ``run_dir/name`` and reused when that file has them."""
     from .evaluate import evaluate_run
 
-    path = run_dir / "eval.json"
+    path = run_dir / name
     if path.exists():
         results = json.loads(path.read_text())
-        if all(name in results["accuracy"] for name in attacks) and results.get("samples_asked") == eval_size:
+        if all(attack in results["accuracy"] for attack in attacks) and results.get("samples_asked") == eval_size:
             return results
     results = evaluate_run(run_dir, attacks=list(attacks), size=eval_size, device=device, data_root=data_root,
-                           progress=progress, write=False)
-    results["samples_asked"] = eval_size
-    atomic_write_text(json.dumps(results, indent=2) + "\n", path)
-    return results
-
-
-def _square(run_dir: Path, device, data_root, eval_size, progress: bool) -> dict:
-    from .evaluate import evaluate_run
-
-    path = run_dir / "square.json"
-    if path.exists():
-        results = json.loads(path.read_text())
-        if results.get("samples_asked") == eval_size:
-            return results
-    results = evaluate_run(run_dir, attacks=["square"], size=eval_size, device=device, data_root=data_root,
                            progress=progress, write=False)
     results["samples_asked"] = eval_size
     atomic_write_text(json.dumps(results, indent=2) + "\n", path)
@@ -390,11 +378,11 @@ def reproduce(name: str, dataset: str = "digits", seeds: Sequence[int] = (0,), e
             run_dir = root / "runs" / run_name(config)
             log(f"[{name}] {arm.label}, seed {seed}: {run_dir}")
             _train_run(config, run_dir, device, data_root, progress)
-            results = _evaluate_run(run_dir, attacks, device, data_root, eval_size, progress)
+            results = _evaluation(run_dir, "eval.json", attacks, device, data_root, eval_size, progress)
             accuracy = results["accuracy"]
             square = None
             if accuracy.get("pgd20", 0) - accuracy.get("autoattack", 0) > GAP_FOR_SQUARE:
-                square = _square(run_dir, device, data_root, eval_size, progress)
+                square = _evaluation(run_dir, "square.json", ["square"], device, data_root, eval_size, progress)
             per_seed.append({"seed": seed, "run": str(run_dir.relative_to(root)), **_metrics(results, square)})
             commands[arm.label] = _command(config, dataset)
         summary = {metric: _summary([run.get(metric) for run in per_seed]) for metric in METRICS}

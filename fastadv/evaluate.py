@@ -114,7 +114,7 @@ def _square(model, eps, norm, seed):
     """Square (Andriushchenko et al. 2020) with AutoAttack's settings: 5000 queries, one restart,
     p_init 0.8, the margin loss."""
     if not autoattack_available():
-        raise ImportError(AUTOATTACK_MISSING.replace("AutoAttack needs", "Square needs"))
+        raise ImportError(AUTOATTACK_MISSING.replace("AutoAttack", LABELS["square"], 1))
     import torchattacks
 
     return torchattacks.Square(model, norm="Linf" if norm == "linf" else "L2", eps=eps, n_queries=SQUARE_QUERIES,
