@@ -13,6 +13,11 @@ Runs are shared between claims and kept: a run is named by its full training con
 ``pgd_at`` trained for one claim serves every claim that compares against it with the same
 settings; a finished run is not trained again, an interrupted one resumes, and its evaluation
 (eval.json, and square.json where PGD-20 and AutoAttack differ by more than 10 points) is reused.
+A claim's record (``OUT/DATASET/CLAIM.json``) keeps each run's numbers, so the records also serve
+as the runs' evaluations: a run whose folder is gone but which a record in ``OUT/DATASET`` holds,
+evaluated on the same samples with every attack now asked for, is not trained again. Adding seeds
+to a claim trains only the new ones, and ``arms`` limits them to the arms of an undecided
+comparison (the other arms keep the runs the claim's record holds).
 
 The verdict of a comparison ``a > b`` is *held* or *not held* when the means differ by at least
 :data:`DECIDED` (3 points of accuracy) or when both arms ran at least three seeds; otherwise it
@@ -347,12 +352,34 @@ def judge(claim: Claim, arms: dict) -> list[dict]:
     return verdicts
 
 
+def _recorded_runs(root: Path, eval_size: Optional[int]) -> dict:
+    """Every run the claims' records in ``root`` hold, by its folder (``runs/NAME``), evaluated
+    on ``eval_size`` samples."""
+    recorded = {}
+    for path in sorted(root.glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("eval_size") != eval_size:
+            continue
+        for arm in record["arms"].values():
+            recorded.update((run["run"], run) for run in arm["runs"])
+    return recorded
+
+
+def _complete(run: dict, attacks: Sequence[str]) -> bool:
+    """Whether a recorded run has every attack asked for, and Square where the rule asks."""
+    if any(run.get(attack) is None for attack in attacks):
+        return False
+    return run["pgd20"] - run["autoattack"] <= GAP_FOR_SQUARE or run.get("square") is not None
+
+
 def reproduce(name: str, dataset: str = "digits", seeds: Sequence[int] = (0,), epochs: Optional[int] = None,
               out="claims", device=None, data_root=None, eval_size: Optional[int] = None,
-              progress: bool = False, log=print) -> dict:
+              progress: bool = False, log=print, arms: Optional[Sequence[str]] = None) -> dict:
     """Train, evaluate and judge the claim ``name`` (a key of :data:`CLAIMS`) on ``dataset``
     with each of ``seeds``; writes ``out/DATASET/NAME.json`` and ``NAME.md`` (the README's row)
-    and returns the record. Runs live in ``out/DATASET/runs/`` and are reused (see the module)."""
+    and returns the record. Runs live in ``out/DATASET/runs/`` and are reused (see the module).
+    ``arms`` (labels of the claim's arms; default all) are the arms trained with ``seeds``; the
+    others keep the runs the claim's existing record holds for them."""
     if name not in CLAIMS:
         raise ValueError(f"reproduce: claim must be one of {', '.join(CLAIMS)}, got {name!r}")
     from .data import DATASETS
@@ -365,17 +392,33 @@ def reproduce(name: str, dataset: str = "digits", seeds: Sequence[int] = (0,), e
     if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
         raise ValueError(f"reproduce: epochs must be a positive integer, got {epochs!r}")
     claim = CLAIMS[name]
+    labels = [arm.label for arm in claim.arms]
+    if arms is not None and (not arms or any(label not in labels for label in arms)):
+        raise ValueError(f"reproduce: arms must be labels of {name}'s arms ({', '.join(labels)}), got {list(arms)!r}")
     root = Path(out) / dataset
     attacks = tuple(dict.fromkeys(ATTACKS + claim.attacks))
+    recorded = _recorded_runs(root, eval_size)
+    previous = json.loads((root / f"{name}.json").read_text()) if (root / f"{name}.json").exists() else None
     per_arm, commands = {}, {}
     for arm in claim.arms:
         per_seed = []
-        for seed in seeds:
+        if arms is not None and arm.label not in arms:
+            kept = previous["arms"].get(arm.label, {}).get("runs", []) if previous else []
+            arm_seeds = [run["seed"] for run in kept if run["run"] in recorded]
+        else:
+            arm_seeds = seeds
+        commands[arm.label] = _command(_train_config(claim, arm, dataset, 0, epochs), dataset)  # the seed: a column
+        for seed in arm_seeds:
             config = _train_config(claim, arm, dataset, seed, epochs)
             if arm.teacher is not None:
                 teacher = _train_config(claim, claim.arm(arm.teacher), dataset, seed, epochs)
                 config["teacher"] = str(root / "runs" / run_name(teacher))
             run_dir = root / "runs" / run_name(config)
+            run = recorded.get(str(run_dir.relative_to(root)))
+            if not (run_dir / "finished").exists() and run is not None and _complete(run, attacks):
+                log(f"[{name}] {arm.label}, seed {seed}: {run_dir} (recorded)")
+                per_seed.append(run)
+                continue
             log(f"[{name}] {arm.label}, seed {seed}: {run_dir}")
             _train_run(config, run_dir, device, data_root, progress)
             results = _evaluation(run_dir, "eval.json", attacks, device, data_root, eval_size, progress)
@@ -384,11 +427,11 @@ def reproduce(name: str, dataset: str = "digits", seeds: Sequence[int] = (0,), e
             if accuracy.get("pgd20", 0) - accuracy.get("autoattack", 0) > GAP_FOR_SQUARE:
                 square = _evaluation(run_dir, "square.json", ["square"], device, data_root, eval_size, progress)
             per_seed.append({"seed": seed, "run": str(run_dir.relative_to(root)), **_metrics(results, square)})
-            commands[arm.label] = _command(config, dataset)
         summary = {metric: _summary([run.get(metric) for run in per_seed]) for metric in METRICS}
         per_arm[arm.label] = {**summary, "runs": per_seed}
     record = {"claim": name, "source": claim.source, "statement": claim.statement, "dataset": dataset,
-              "metric": claim.metric, "seeds": seeds, "epochs": epochs,
+              "metric": claim.metric, "seeds": sorted({run["seed"] for arm in per_arm.values() for run in arm["runs"]}),
+              "epochs": epochs, "eval_size": eval_size,
               "paper_settings": dict(claim.paper) if dataset != "digits" else None,
               "arms": per_arm, "commands": commands, "comparisons": judge(claim, per_arm)}
     root.mkdir(parents=True, exist_ok=True)
@@ -432,14 +475,15 @@ def format_claim(record: dict) -> str:
     lines = [f"{record['claim']} ({record['source']}): {record['statement']}",
              f"dataset {record['dataset']}, seeds {' '.join(map(str, record['seeds']))}"
              + (f", {record['epochs']} epochs" if record["epochs"] else ""), "",
-             "| arm | clean | PGD-20 | AutoAttack | Square-5000 | " + ("masked cosine | " if metric == "masked_cosine"
-                                                                      else "") + "command |",
-             "|---|---|---|---|---|" + ("---|" if metric == "masked_cosine" else "") + "---|"]
+             "| arm | seeds | clean | PGD-20 | AutoAttack | Square-5000 | "
+             + ("masked cosine | " if metric == "masked_cosine" else "") + "command |",
+             "|---|---|---|---|---|---|" + ("---|" if metric == "masked_cosine" else "") + "---|"]
     for label, arm in record["arms"].items():
         cells = [_percent(arm[m], m) for m in ("clean", "pgd20", "autoattack", "square")]
         if metric == "masked_cosine":
             cells.append(_percent(arm["masked_cosine"], "masked_cosine"))
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | `{record['commands'][label]}` |")
+        seeds = " ".join(str(run["seed"]) for run in arm["runs"]) or "–"
+        lines.append(f"| {label} | {seeds} | " + " | ".join(cells) + f" | `{record['commands'][label]}` |")
     lines.append("")
     for verdict in record["comparisons"]:
         lines.append(f"- {verdict['comparison']}: **{verdict['verdict']}**")

@@ -153,7 +153,7 @@ def _reproduce(args) -> int:
         for name in names:
             record = reproduce(name, dataset=args.dataset, seeds=args.seeds, epochs=args.epochs, out=args.out,
                                device=args.device, data_root=args.data_root, eval_size=args.eval_size,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, arms=args.arms)
             print(format_claim(record))
             print(f"written to {Path(args.out) / args.dataset / name}.json\n")
     except USER_ERRORS as error:
@@ -393,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--list", action="store_true", help="list the claims")
     reproduce.add_argument("--dataset", default="digits", choices=("digits", "cifar10", "cifar100"))
     reproduce.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default: 0)")
+    reproduce.add_argument("--arms", nargs="+", default=None, metavar="LABEL",
+                           help="train only these arms with --seeds (e.g. the two of an undecided comparison); "
+                                "the others keep the runs of the claim's record in OUT")
     reproduce.add_argument("--epochs", type=int, default=None, help="default: digits 30; CIFAR: the paper's")
     reproduce.add_argument("--out", default="claims", help="default: claims")
     reproduce.add_argument("--eval-size", dest="eval_size", type=int, default=None,

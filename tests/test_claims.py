@@ -2,6 +2,7 @@
 reproduced end to end on the digits (runs trained, evaluated, reused on a second call) and at
 the paper's settings on a tiny CIFAR-10 folder, and bad input refused by name."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -61,11 +62,40 @@ def test_reproduce_on_the_digits_trains_evaluates_and_reuses(tmp_path, monkeypat
     assert record["comparisons"][0]["comparison"] == "lrm > pgd_at"
     assert json.loads((tmp_path / "digits" / "lrm.json").read_text())["claim"] == "lrm"
     row = (tmp_path / "digits" / "lrm.md").read_text()
-    assert "| pgd_at |" in row and "`fastadv train --method pgd_at --epochs 1`" in row
+    assert "| pgd_at | 0 |" in row and "`fastadv train --method pgd_at --epochs 1`" in row
     # A second call trains and evaluates nothing: the runs and their evaluations are reused.
     monkeypatch.setattr("fastadv.train.train", lambda *a, **k: pytest.fail("trained again"))
     monkeypatch.setattr("fastadv.evaluate.evaluate_run", lambda *a, **k: pytest.fail("evaluated again"))
     assert reproduce("lrm", epochs=1, eval_size=16, out=tmp_path, log=lambda line: None)["arms"] == record["arms"]
+    # The record holds the runs' numbers: with the folders gone, they are not trained again either.
+    shutil.rmtree(tmp_path / "digits" / "runs")
+    assert reproduce("lrm", epochs=1, eval_size=16, out=tmp_path, log=lambda line: None)["arms"] == record["arms"]
+    # Evaluated on other samples, the recorded runs do not count: both arms would train again.
+    trained = []
+    monkeypatch.setattr(claims, "_train_run", lambda config, *a: trained.append(config["method"]) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        reproduce("lrm", epochs=1, eval_size=8, out=tmp_path, log=lambda line: None)
+    assert trained == ["lrm"]
+
+
+def test_reproduce_adds_seeds_to_the_arms_asked_for(tmp_path, monkeypatch):
+    """--seeds 0 1 --arms lrm: lrm trains seed 1 next to its recorded seed 0; pgd_at keeps the
+    record's seed 0 and trains nothing."""
+    monkeypatch.setattr(claims, "ATTACKS", ("pgd20", "autoattack"))
+    first = reproduce("lrm", epochs=1, eval_size=16, out=tmp_path, log=lambda line: None)
+    import fastadv.train
+
+    trained, original = [], fastadv.train.train
+    monkeypatch.setattr(fastadv.train, "train", lambda config: trained.append((config.method, config.seed))
+                        or original(config))
+    record = reproduce("lrm", seeds=[0, 1], epochs=1, eval_size=16, out=tmp_path, log=lambda line: None, arms=["lrm"])
+    assert trained == [("lrm", 1)]
+    assert [run["seed"] for run in record["arms"]["lrm"]["runs"]] == [0, 1]
+    assert record["arms"]["pgd_at"]["runs"] == first["arms"]["pgd_at"]["runs"] and record["seeds"] == [0, 1]
+    assert record["arms"]["lrm"]["autoattack"]["n"] == 2
+    assert "| pgd_at | 0 |" in (tmp_path / "digits" / "lrm.md").read_text()
+    with pytest.raises(ValueError, match=r"^reproduce: arms must be labels of lrm's arms \(lrm, pgd_at\), got \['x'\]"):
+        reproduce("lrm", out=tmp_path, arms=["x"])
 
 
 def test_reproduce_at_the_papers_settings_on_a_tiny_cifar_folder(tmp_path, monkeypatch):
