@@ -243,7 +243,7 @@ def fastadv_als_batch(method, ensemble, optimizer, x, y, attack_only=False):
     """One batch as fastadv's trainer takes it: the method's turns, one optimiser step each."""
     if attack_only:
         for member in ensemble.members:
-            method.adversarial_examples(member, x, y)
+            method.attack(member, x, y).x_adv
         return
     for loss, _ in method.turns(ensemble, x, y):
         optimizer.zero_grad()

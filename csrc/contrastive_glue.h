@@ -16,7 +16,7 @@
 #include <limits>
 #include <tuple>
 
-#include "glue.h"
+#include "common_glue.h"
 #include "fastadv/contrastive.h"
 
 namespace fastadv {

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "fastadv/logits.h"
-#include "glue.h"
+#include "common_glue.h"
 
 namespace fastadv {
 
@@ -172,7 +172,8 @@ void logits_kernel(const c10::OperatorHandle& handle, c10::DispatchKeySet, torch
   for (int i = 0; i < l.n_tensors; ++i) {
     const at::Tensor& t = args[l.tensors[i]].toTensor();
     if (i > 0) {
-      check_like(t, a, handle.schema().arguments()[l.tensors[i]].name().c_str());
+      check_like(t, a, handle.schema().arguments()[l.tensors[i]].name().c_str(),
+                 handle.schema().arguments()[l.tensors[0]].name().c_str());
       TORCH_CHECK(t.is_contiguous(), "fastadv: ", op, ": every logits input must be contiguous");
     }
     p.inputs[i] = t.const_data_ptr();

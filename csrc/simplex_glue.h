@@ -12,7 +12,7 @@
 #include <optional>
 #include <tuple>
 
-#include "glue.h"
+#include "common_glue.h"
 #include "fastadv/simplex.h"
 
 namespace fastadv {
@@ -89,7 +89,7 @@ struct SimplexEntryPoints {
     p.Q = Q.data_ptr();
     p.achieved = task_mask_pointer(achieved, w, "achieved");
     if (init.has_value()) {
-      check_like(*init, w, "init");
+      check_like(*init, w, "init", "w");
       TORCH_CHECK(init->is_contiguous(), "fastadv: init must be contiguous");
       p.init = init->data_ptr();
     }

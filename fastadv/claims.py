@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from .evaluate.suite import ATTACKS, LABELS
 from .models import default_model
 from .runs import atomic_write_text
 
@@ -45,11 +46,8 @@ DECIDED = 0.03
 SEEDS_TO_DECIDE = 3
 #: PGD-20 minus AutoAttack accuracy above which an arm is also judged under Square-5000
 GAP_FOR_SQUARE = 0.10
-#: the attacks every arm is evaluated with (fastadv eval's default suite)
-ATTACKS = ("fgsm", "pgd20", "pgd100", "cw", "autoattack")
 #: the metrics summarised over seeds (an ensemble's runs also keep their members' accuracies)
-METRICS = ("clean", "fgsm", "pgd20", "pgd100", "pgd1000", "cw", "autoattack", "square", "worst_case",
-           "masked_cosine")
+METRICS = (*LABELS, "masked_cosine")
 
 
 @dataclass(frozen=True)

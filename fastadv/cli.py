@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(run=_eval)
-    from fastadv.attacks.multi_objective import MOO_LOSSES, TRANSFORMS, WEIGHTINGS
+    from fastadv.attacks.multi_objective import MOO_LOSSES, WEIGHTINGS
+    from fastadv.attacks.transforms import TRANSFORMS
     from fastadv.evaluate import TASK_SETS
     from fastadv.ops.simplex import SOLVERS
 

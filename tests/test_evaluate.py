@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from fastadv import evaluate
+from fastadv.runs import load_model
 from fastadv.train import TrainConfig, train
 from tests.helpers import one_thread  # noqa: F401  (autouse: one torch thread here)
 
@@ -33,7 +33,7 @@ def test_suite_on_a_run(run_dir):
 
 
 def test_autoattack_missing_is_said_not_hidden(run_dir, monkeypatch):
-    monkeypatch.setattr(evaluate, "autoattack_available", lambda: False)
+    monkeypatch.setattr(evaluate.suite, "autoattack_available", lambda: False)
     results = evaluate.evaluate_run(run_dir, attacks=["pgd20", "autoattack"], size=16, progress=False, write=False)
     assert "autoattack" not in results["accuracy"]
     assert results["notes"] == [evaluate.AUTOATTACK_MISSING]
@@ -61,7 +61,7 @@ def test_square_is_autoattacks_black_box_part(run_dir, monkeypatch):
     assert accuracy["autoattack"] <= accuracy["square"] <= accuracy["clean"]
     assert accuracy["square"] < accuracy["clean"], "Square moved nothing"
     assert "| Square-5000 |" in evaluate.format_table(results)
-    monkeypatch.setattr(evaluate, "autoattack_available", lambda: False)
+    monkeypatch.setattr(evaluate.suite, "autoattack_available", lambda: False)
     results = evaluate.evaluate_run(run_dir, attacks=["pgd20", "square"], size=8, progress=False, write=False)
     assert "square" not in results["accuracy"] and results["notes"] == [
         evaluate.AUTOATTACK_MISSING.replace("AutoAttack", "Square-5000", 1)]
@@ -69,9 +69,9 @@ def test_square_is_autoattacks_black_box_part(run_dir, monkeypatch):
 
 def test_bad_paths_and_attacks(tmp_path, run_dir):
     with pytest.raises(FileNotFoundError, match="no run folder or checkpoint"):
-        evaluate.load_model(tmp_path / "missing.pt")
+        load_model(tmp_path / "missing.pt")
     with pytest.raises(FileNotFoundError, match="no best.pt or checkpoint.pt"):
-        evaluate.load_model(tmp_path)
+        load_model(tmp_path)
     with pytest.raises(ValueError, match="attacks: unknown"):
         evaluate.evaluate_run(run_dir, attacks=["deepfool"], write=False)
 

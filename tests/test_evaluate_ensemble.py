@@ -164,9 +164,9 @@ def test_reads_back_once_whatever_the_batches(loaded):
     batches = -(-SIZE // BATCH)
     by_module = collections.Counter()
     for origin, count in reads.origins.items():
-        # _batches' int(label) of the dataset's host tensors: in a list comprehension, a frame of
+        # batches' int(label) of the dataset's host tensors: in a list comprehension, a frame of
         # its own before Python 3.12
-        if origin not in ("evaluate._batches", "evaluate.<listcomp>"):
+        if origin not in ("evaluate.suite.batches", "evaluate.suite.<listcomp>"):
             by_module[origin.split(".")[0]] += count
     assert by_module == {"evaluate": 1, "attacks": batches * len(models) * len(ATTACKS)}, reads.origins
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import fastadv
-from fastadv.attacks import CW, FGSM, PGD, PGDL2, UDRPGD
+from fastadv.attacks import CW, FGSM, PGD, PGDL2, UDRAttack
 from fastadv.ensemble import Ensemble
 from fastadv.methods import METHODS, build_method, method_parameters
 from fastadv.models import NormalizedModel
@@ -93,8 +93,8 @@ def test_restarts_read_nothing_more(batch, eps, expected):
     lambda model, steps: CW(model, steps=steps),
     lambda model, steps: PGDL2(model, steps=steps),
     lambda model, steps: PGD(model, steps=steps, loss="kl", init="normal", amp_dtype=torch.bfloat16),
-    lambda model, steps: UDRPGD(model, steps=steps, lam=0.5, cost="l2"),
-    lambda model, steps: UDRPGD(model, steps=steps, lam=2.0, loss="kl_reverse"),
+    lambda model, steps: UDRAttack(model, steps=steps, lam=0.5, cost="l2"),
+    lambda model, steps: UDRAttack(model, steps=steps, lam=2.0, loss="kl_reverse"),
 ], ids=["fgsm", "cw", "pgdl2", "kl-bfloat16-autocast", "udr-l2", "udr-linf-kl-reverse"])
 def test_the_other_attacks_read_only_the_labels(batch, make):
     model, x, y = batch
@@ -148,7 +148,7 @@ def test_early_stop_reads_once_per_step(batch, loss):
 # smoothed_cross_entropy (label smoothing; LRM twice, for y and for its mixup partner),
 # margin_sq_hinge (every LMA method) and boosted_cross_entropy (LMA-AT).
 LOGITS_LABELS = "ops.logits._labels"
-UDR_LAMBDA = "attacks.udr.check_labels"
+UDR_LAMBDA = "attacks.udr.perturb"
 METHOD_READS = {
     "standard": {},
     "pgd_at": LABELS,

@@ -64,7 +64,7 @@ def test_run_folder_and_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(method="madry"), "^method must be one of 'standard', .*, got 'madry'"),
+    (dict(method="madry"), "^method must be one of .*'standard'.*, got 'madry'"),
     (dict(dataset="mnist"), "^dataset must be one of 'digits', .*, got 'mnist'"),
     (dict(eps=-0.1), "^eps must be >= 0, got -0.1"),
     (dict(epochs=0), "^epochs must be an integer >= 1, got 0"),

@@ -9,7 +9,7 @@
 
 #include <cstring>
 
-#include "../glue.h"
+#include "../pgd_glue.h"
 #include "fastadv/pgd.h"
 
 namespace fastadv {

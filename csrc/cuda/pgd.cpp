@@ -6,7 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../glue.h"
+#include "../pgd_glue.h"
 #include "fastadv/pgd.h"
 
 namespace fastadv {

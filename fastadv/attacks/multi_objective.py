@@ -7,7 +7,8 @@ A *task set* turns one perturbation problem into m tasks f_1..f_m to maximise jo
 - :class:`UniversalTasks` (UNI): one δ shared by each group of K consecutive images of the
   batch, task j is image j of the group, ``f_j = loss(h(x_j + δ), y_j)``, achieved when the
   prediction on ``x_j + δ`` differs from the prediction on ``x_j`` (the seed's goal);
-- :class:`TransformTasks` (EoT): task i is a family of transformations P_i (seed 003 Table 9:
+- :class:`TransformTasks` (EoT): task i is a family of transformations P_i (the families of
+  :mod:`fastadv.attacks.transforms`, seed 003 Table 9:
   identity, flips, centre crop, brightness, rotation, gamma; fixed or sampled),
   ``f_i = E_{t∼P_i} loss(h(t(x + δ)), y)``, achieved when the prediction on ``t(x + δ)``
   differs from the prediction on x.
@@ -40,10 +41,9 @@ from __future__ import annotations
 import abc
 import functools
 import math
-from typing import Callable, Dict, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import _validate as check
@@ -51,10 +51,11 @@ from ..ensemble import Ensemble
 from ..ops import simplex as simplex_ops
 from . import graph as graphs
 from .base import Attack
-from .losses import UNCHECKED
+from .losses import CW_KAPPA, UNCHECKED
+from .transforms import TRANSFORMS
 
 __all__ = ["MultiObjectivePGD", "MultiObjectiveResult", "TaskSet", "EnsembleTasks", "UniversalTasks",
-           "TransformTasks", "WEIGHTINGS", "MOO_LOSSES", "TRANSFORMS", "multi_objective_metrics"]
+           "TransformTasks", "WEIGHTINGS", "MOO_LOSSES", "multi_objective_metrics"]
 
 WEIGHTINGS = ("uniform", "minmax", "moo", "tamoo")
 MOO_LOSSES = ("ce", "kl", "cw")
@@ -64,7 +65,6 @@ DEFAULT_STEPS = 100
 TAMOO_LAMBDA = 100.0
 MINMAX_GAMMA = 3.0
 MINMAX_STEP = 1.0 / 40.0
-CW_KAPPA = 50.0
 
 
 # ----------------------------------------------------------------------------- task sets
@@ -227,70 +227,6 @@ class UniversalTasks(TaskSet):
         f = _loss(attack, z, labels, clean).reshape(self.group, -1).t()
         achieved = (z.argmax(dim=1) != state["prediction"].flatten(0, 1)).reshape(self.group, -1).t()
         return f, achieved
-
-
-# ----------------------------------------------------------------------------- transformations
-def _affine(x: torch.Tensor, angle_deg: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Rotate by angle (degrees) and zoom by 1/scale about the centre (bilinear, zero fill), per sample."""
-    angle = angle_deg * (math.pi / 180)
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    zero = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _parameter(x: torch.Tensor, fixed: float, low: float, high: float, stochastic: bool, generator) -> torch.Tensor:
-    """One value per sample [N]: ``fixed`` (the deterministic setting) or U(low, high)."""
-    if not stochastic:
-        return torch.full((len(x),), fixed, device=x.device, dtype=x.dtype)
-    return low + (high - low) * torch.rand(len(x), device=x.device, dtype=x.dtype, generator=generator)
-
-
-def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return values.view((-1,) + (1,) * (x.dim() - 1))
-
-
-def _flip(x, dim, stochastic, generator):
-    """Always (p = 1), or with probability ½ per sample."""
-    flipped = x.flip(dim)
-    if not stochastic:
-        return flipped
-    return torch.where(_per_sample(_parameter(x, 0.0, 0.0, 1.0, True, generator) < 0.5, x), flipped, x)
-
-
-def _crop(x, stochastic, generator):
-    """Centre crop of scale s resized back: a zoom by 1/s."""
-    no_rotation = torch.zeros(len(x), device=x.device, dtype=x.dtype)
-    return _affine(x, no_rotation, _parameter(x, 0.6, 0.6, 1.0, stochastic, generator))
-
-
-def _brightness(x, stochastic, generator):
-    return torch.clamp(x * _per_sample(_parameter(x, 1.3, 1.0, 1.3, stochastic, generator), x), 0, 1)
-
-
-def _rotation(x, stochastic, generator):
-    no_zoom = torch.ones(len(x), device=x.device, dtype=x.dtype)
-    return _affine(x, _parameter(x, 10.0, -10.0, 10.0, stochastic, generator), no_zoom)
-
-
-def _gamma(x, stochastic, generator):
-    # x is clamped at 1e-6 first: d(x^γ)/dx is infinite at 0 for γ < 1 (the seed reports that
-    # infinite gradient in its stochastic setting).
-    return torch.clamp(x, min=1e-6) ** _per_sample(_parameter(x, 1.3, 0.7, 1.3, stochastic, generator), x)
-
-
-# Seed 003 Table 9: each family as ``transform(x, stochastic, generator)`` on inputs in [0, 1],
-# its fixed parameter or its sampled one.
-TRANSFORMS: Dict[str, Callable] = {
-    "identity": lambda x, stochastic, generator: x,
-    "hflip": lambda x, stochastic, generator: _flip(x, -1, stochastic, generator),
-    "vflip": lambda x, stochastic, generator: _flip(x, -2, stochastic, generator),
-    "crop": _crop,
-    "brightness": _brightness,
-    "rotation": _rotation,
-    "gamma": _gamma,
-}
 
 
 class TransformTasks(TaskSet):

@@ -22,7 +22,7 @@ from .. import _validate as check
 from ..ops.pgd import INITS, NORMS, unchecked
 from . import graph as graphs
 from .base import Attack, radius_for_batch
-from .losses import CLEAN_TARGET_LOSSES, LOSSES, UNCHECKED
+from .losses import CLEAN_TARGET_LOSSES, CW_KAPPA, LOSSES, UNCHECKED
 
 __all__ = ["PGD", "FGSM", "CW", "PGDL2"]
 
@@ -71,7 +71,7 @@ class PGD(Attack):
 
     def __init__(self, model: nn.Module, eps=8 / 255, alpha=2 / 255, steps: int = 10, norm: str = "linf",
                  loss: str = "ce", init: Optional[str] = "uniform", restarts: int = 1, early_stop: bool = False,
-                 kappa: float = 50.0, margin: float = 0.9, amp_dtype: Optional[torch.dtype] = None,
+                 kappa: float = CW_KAPPA, margin: float = 0.9, amp_dtype: Optional[torch.dtype] = None,
                  clip=(0.0, 1.0), generator: Optional[torch.Generator] = None, graph=False):
         super().__init__(model, eps, amp_dtype=amp_dtype, clip=clip)
         owner = type(self).__name__
@@ -211,7 +211,7 @@ class CW(PGD):
 
     Not torchattacks' ``CW`` (the optimisation-based Carlini-Wagner L2 attack)."""
 
-    def __init__(self, model: nn.Module, eps=8 / 255, alpha=2 / 255, steps: int = 10, kappa: float = 50.0, **kwargs):
+    def __init__(self, model: nn.Module, eps=8 / 255, alpha=2 / 255, steps: int = 10, kappa: float = CW_KAPPA, **kwargs):
         super().__init__(model, eps, alpha, steps, loss="cw", kappa=kappa, **kwargs)
 
 

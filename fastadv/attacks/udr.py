@@ -22,14 +22,14 @@ from .. import _validate as check
 from ..ops.pgd import COSTS, unchecked
 from .pgd import PGD
 
-__all__ = ["UDRPGD"]
+__all__ = ["UDRAttack"]
 
 #: the attack losses g of the UDR methods (the part of g that depends on x')
 UDR_LOSSES = ("ce", "kl", "kl_reverse")
 
 
-class UDRPGD(PGD):
-    """UDR's soft-ball PGD (torchattacks' convention: ``x_adv = UDRPGD(model, lam=...)(x, y)``).
+class UDRAttack(PGD):
+    """UDR's soft-ball PGD (torchattacks' convention: ``x_adv = UDRAttack(model, lam=...)(x, y)``).
 
     Args:
         model: the classifier (inputs in ``clip``).
@@ -46,8 +46,8 @@ class UDRPGD(PGD):
         restarts, early_stop, amp_dtype, clip, generator: as for :class:`~fastadv.attacks.PGD`.
 
     ``lam`` can be overridden per call: ``attack(x, y, lam=λ)``. Host synchronisations: PGD's
-    (the labels, once per call) plus one read of a tensor ``lam``, right after the labels' (when
-    the device is idle); none per step.
+    (the labels, once per call) plus one read of a tensor ``lam`` before the first step; none
+    per step.
     """
 
     def __init__(self, model: nn.Module, eps=8 / 255, alpha: float = 2 / 255, steps: int = 10, lam=1.0,
@@ -70,16 +70,11 @@ class UDRPGD(PGD):
         if alpha is not None:
             raise ValueError(f"{type(self).__name__}: alpha is the step η of the constructor (τ = 2η by default); "
                              "build another attack for another step")
-        self._lam_value = self.lam if lam is None else _lambda(type(self).__name__, lam)
+        owner = type(self).__name__
+        lam = self.lam if lam is None else _lambda(owner, lam)
+        # The fused step takes λ as a float: a tensor λ is read here, once per call.
+        self._lam_value = check.number(owner, "lam", float(lam), low=0.0) if isinstance(lam, torch.Tensor) else lam
         return super().perturb(x, y, eps)
-
-    def check_labels(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """The labels' read, then λ's: a tensor λ is read right after the labels, while the device
-        has just been drained by their read, so that it adds no wait of its own."""
-        super().check_labels(logits, y)
-        if isinstance(self._lam_value, torch.Tensor):
-            owner = type(self).__name__
-            self._lam_value = check.number(owner, "lam", float(self._lam_value), low=0.0)
 
     def _step(self, x_adv, grad, x, eps, alpha, active) -> None:
         unchecked.udr_step_(x_adv, grad, x, eps, alpha, self._lam_value, self.tau, self.cost, self.clip, active)

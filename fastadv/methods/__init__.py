@@ -6,31 +6,20 @@ command line builds its method flags from these two, so a new option needs nothi
 """
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 
 from .. import _validate as check
-from .adp import ADP
-from .adr import ADR
-from .adv_en import ADVEN
-from .alp import ALP
-from .als import ALS
-from .ascl import ASCL
-from .base import Method
-from .cce import CCE
-from .label_smoothing import LabelSmoothing
-from .lma import LMAAT, MARTLMA, PGDATLMA, TRADESLMA
-from .lrm import LRM
-from .ltd import LTD
-from .mart import MART
-from .pgd_at import PGDAT
-from .standard import Standard
-from .tamoo_at import TAMOOAT
-from .trades import TRADES
-from .udr import UDRMART, UDRPGDMethod, UDRTRADES
+from .base import REGISTRY, Method
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    Standard, PGDAT, TRADES, MART, ALP, LabelSmoothing, LRM, PGDATLMA, TRADESLMA, MARTLMA, LMAAT, LTD, ADR, ASCL,
-    UDRPGDMethod, UDRTRADES, UDRMART, ADVEN, ADP, ALS, CCE, TAMOOAT)}
+# Every module of this package is imported, so that each method class registers itself
+# (base.Method.__init_subclass__): a new method is a new module here, and nothing else.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+#: every method by name: the single-model methods, then the ensemble methods, each by name
+METHODS: dict[str, type[Method]] = dict(sorted(REGISTRY.items(), key=lambda item: (item[1].ensemble, item[0])))
 
 
 def method_signature(name: str) -> dict[str, inspect.Parameter]:
@@ -90,6 +79,5 @@ def build_method(name: str, **options) -> Method:
 
 
 __all__ = ["Method", "METHODS", "build_method", "check_options", "method_parameters", "method_signature",
-           "option_help", "TAMOOAT", "Standard", "PGDAT", "TRADES", "MART", "ALP", "LabelSmoothing", "LRM", "PGDATLMA",
-           "TRADESLMA", "MARTLMA", "LMAAT", "LTD", "ADR", "ASCL", "UDRPGDMethod", "UDRTRADES", "UDRMART", "ADVEN", "ADP",
-           "ALS", "CCE"]
+           "option_help", *(cls.__name__ for cls in METHODS.values())]
+globals().update({cls.__name__: cls for cls in METHODS.values()})

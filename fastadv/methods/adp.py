@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from .. import _validate as check
 from ..ensemble import log_mean_probability
 from ..ops import logits as L
-from .base import AdversarialMethod, Objective, accuracy, as_ensemble
+from .base import AdversarialMethod, Objective, accuracy, as_ensemble, with_metrics
 
 
 def entropy_of(log_p: torch.Tensor) -> torch.Tensor:
@@ -68,9 +68,9 @@ class ADP(AdversarialMethod):
 
     def objective(self, model, x, y, attack_model):
         ensemble = as_ensemble(self.name, attack_model)
-        x_adv = self.adversarial_examples(ensemble, x, y)
+        attacked = self.attack(ensemble, x, y)
         terms, logits, metrics = [], [], {}
-        for view, inputs in (("natural", x), ("adv", x_adv)):
+        for view, inputs in (("natural", x), ("adv", attacked.x_adv)):
             member_logits = ensemble.member_logits(inputs)
             if member_logits.dtype in (torch.float16, torch.bfloat16):  # autocast's: the loss in float32
                 member_logits = member_logits.float()
@@ -82,4 +82,4 @@ class ADP(AdversarialMethod):
             metrics.update({f"{view}_member_ce": ce.detach(), f"{view}_ensemble_entropy": entropy.detach(),
                             f"{view}_log_det": log_det.detach()})
             metrics["clean_acc" if view == "natural" else "adv_acc"] = accuracy(log_mean, y)
-        return Objective(terms[0] + terms[1], metrics, tuple(logits))
+        return with_metrics(Objective(terms[0] + terms[1], metrics, tuple(logits)), attacked.metrics)

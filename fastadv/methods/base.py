@@ -5,33 +5,52 @@ It crafts its own adversarial examples (its attack is part of its definition), r
 scalar loss to minimise and a dict of detached scalar tensors to log (kept as tensors so that
 logging never forces a device synchronisation inside the step).
 
-A method defines :meth:`Method.objective`: its loss, its metrics and the logits the loss is
-computed from. ``__call__`` adds logit squeezing (seed 001 §3.1), an option of every method:
-``loss + logit_squeeze · Σ_z mean_i ‖z_i‖²`` summed over every batch of logits the loss uses
-(the adversarial logits, and the natural ones where the method computes them), which is seed
-001 Eq. 11's regulariser ``β(‖f(x)‖² + ‖f(x')‖²)`` for a method trained on x and x', and
-Kannan et al.'s clean logit squeezing for a method trained on x alone.
+What a method implements, in one of two shapes:
+
+- :class:`AttackThenLoss` (most methods): its attack (:meth:`AdversarialMethod.attack`: PGD of
+  the method's ``attack_loss`` from its ``attack_init``, unless it defines another) and its loss
+  on the batch and the attack's examples (:meth:`AttackThenLoss.loss`). Its ``objective`` is the
+  two in turn, the attack's metrics (the examples' distance; UDR's λ) logged with the loss's.
+  Such a method also trains the members of an ensemble (seed 000's protocol, below).
+- :class:`Method` (``standard``, ``label_smoothing``, and the methods whose attack is entangled
+  with their loss: LRM's mixup, ADP, CCE): :meth:`Method.objective`, the loss, its metrics and
+  the logits it is computed from, for one batch.
+
+The hooks a method must define are abstract; the others are extension points with a default:
+
+- :meth:`Method.turns`: several optimiser steps per batch. The trainer takes one optimiser step
+  after each ``(loss, metrics)`` the generator yields, before asking for the next, so a later
+  turn sees the weights the earlier ones updated (ALS's turns, seed 000's protocol); the
+  learning-rate schedule steps once per batch. One step by default.
+- :meth:`Method.prepare`, :meth:`Method.state_dict`, :meth:`Method.load_state_dict`: state the
+  method carries across batches (UDR's λ, ALS's schedule, LMA's moving averages), sized before
+  the first batch, saved in every checkpoint, restored on resume.
+
+Logit squeezing (seed 001 §3.1) is an option of every method: ``__call__`` adds
+``logit_squeeze · Σ_z mean_i ‖z_i‖²`` summed over every batch of logits the loss uses (the
+adversarial logits, and the natural ones where the method computes them), which is seed 001
+Eq. 11's regulariser ``β(‖f(x)‖² + ‖f(x')‖²)`` for a method trained on x and x', and Kannan et
+al.'s clean logit squeezing for a method trained on x alone.
 
 ``attack_model`` is the model the attack differentiates through; the trainer passes the
 module inside DistributedDataParallel there, so that input-gradient passes do not touch
 DDP's gradient synchronisation.
 
-Several optimiser steps per batch: the trainer drives :meth:`Method.turns`, a generator of
-``(loss, metrics)``, and takes one optimiser step after each item, before asking for the next
-(so a later turn sees the weights the earlier ones updated); the learning-rate schedule steps
-once per batch. A method takes one step per batch unless it overrides ``turns``.
+A class that sets ``name`` registers itself in :data:`REGISTRY` when it is defined; the
+trainer, the command line, the tests and the docs read the registry.
 
 Ensembles (METHODS.md section 3): an *ensemble method* (``ensemble = True``: adv_en, adp, als,
-cce) is defined on a :class:`fastadv.ensemble.Ensemble` and takes it as ``model``. A
-single-model method that splits its attack from its loss (``trains_members``) trains the
-members of an ensemble with seed 000's protocol, its Algorithm 1 with λ = 0: per batch each
-member in turn is the reference r, the method's attack crafts x̃ on f_r, and every member o
-takes the method's loss on (x, x̃) on its own logits, one optimiser step per reference turn on
-the sum of the members' losses (see :meth:`Method.reference_turns`). TRADES trained so is seed
-000's baseline ("naive ensemble of three randomly initialized models", §3).
+cce, tamoo_at) is defined on a :class:`fastadv.ensemble.Ensemble` and takes it as ``model``. An
+:class:`AttackThenLoss` method (``trains_members``) trains the members of an ensemble with seed
+000's protocol, its Algorithm 1 with λ = 0: per batch each member in turn is the reference r,
+the method's attack crafts x̃ on f_r, and every member o takes the method's loss on (x, x̃) on
+its own logits, one optimiser step per reference turn on the sum of the members' losses (see
+:meth:`AttackThenLoss.reference_turns`). TRADES trained so is seed 000's baseline ("naive
+ensemble of three randomly initialized models", §3).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar, Iterator, NamedTuple
 
 import torch
@@ -54,9 +73,23 @@ class Objective(NamedTuple):
     logits: tuple
 
 
-class Method:
+class Attacked(NamedTuple):
+    """What a method's attack returns (see :meth:`AdversarialMethod.attack`)."""
+
+    #: the adversarial examples
+    x_adv: torch.Tensor
+    #: detached scalars to log (the examples' distance from x; UDR's λ and statistic)
+    metrics: dict
+
+
+#: every method by its name, filled as the classes are defined (:meth:`Method.__init_subclass__`)
+REGISTRY: dict[str, type["Method"]] = {}
+
+
+class Method(ABC):
     """Base class of the training methods (see :mod:`fastadv.methods`)."""
 
+    #: the method's name (``fastadv train --method NAME``); a class that sets one is registered
     name: ClassVar[str] = ""
     #: whether the method crafts adversarial examples (the trainer reports their accuracy)
     adversarial: ClassVar[bool] = True
@@ -78,8 +111,8 @@ class Method:
     #: how the trained ensemble combines its members' outputs (METHODS.md section 3); for a
     #: single-model method trained on an ensemble, seed 000's averaged logits
     ensemble_combine: ClassVar[str] = "logit"
-    #: a single-model method whose attack and loss are apart (:meth:`objective_given`), so that
-    #: it can train an ensemble's members by seed 000's protocol (:meth:`reference_turns`)
+    #: a single-model method that trains an ensemble's members by seed 000's protocol
+    #: (:meth:`AttackThenLoss.reference_turns`; True for those methods unless they say otherwise)
     trains_members: ClassVar[bool] = False
     #: whether a batch's step is a function of the weights, the batch and the device's random
     #: stream alone (no Python state that changes from batch to batch, no host randomness, one
@@ -87,12 +120,20 @@ class Method:
     #: step, attack to update, in one CUDA graph (fastadv.train.GraphedStep)
     step_graph: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name:
+            if name in REGISTRY and REGISTRY[name].__qualname__ != cls.__qualname__:
+                raise TypeError(f"method name {name!r} of {cls.__qualname__} is taken by {REGISTRY[name].__qualname__}")
+            REGISTRY[name] = cls
+
     def __init__(self, *, logit_squeeze: float = 0.0):
         self.logit_squeeze = check.number(self.name, "logit_squeeze", logit_squeeze, low=0)
 
+    @abstractmethod
     def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack_model: nn.Module) -> Objective:
         """The method's own loss on the batch, before logit squeezing."""
-        raise TypeError(f"{type(self).__name__} must define objective")
 
     def prepare(self, model: nn.Module, batches: int) -> None:
         """Called by the trainer once, before the first batch (and before a resumed run loads the
@@ -117,7 +158,7 @@ class Method:
               attack_model: nn.Module | None = None) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         """The batch's optimiser steps: each item is one step's (loss, metrics). One step on the
         method's loss; a single-model method given an ensemble trains its members by
-        :meth:`reference_turns`."""
+        :meth:`AttackThenLoss.reference_turns`."""
         attack_model = attack_model if attack_model is not None else model
         if isinstance(attack_model, Ensemble) and not self.ensemble:
             if not self.trains_members:
@@ -125,35 +166,6 @@ class Method:
             yield from self.reference_turns(attack_model, x, y)
         else:
             yield self(model, x, y, attack_model=attack_model)
-
-    def objective_given(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> Objective:
-        """The method's loss for ``model`` on the batch and adversarial examples crafted
-        elsewhere (a method with ``trains_members`` defines it)."""
-        raise TypeError(f"{type(self).__name__} does not define objective_given")
-
-    def reference_turns(self, ensemble: Ensemble, x: torch.Tensor, y: torch.Tensor,
-                        extra=None) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        """Seed 000's protocol (Algorithm 1): for each member r in turn, x̃ = the method's attack
-        on f_r; every member o takes the method's loss on (x, x̃) with its own logits, plus
-        ``extra(r, adversarial_logits, y)`` when given (ALS's separation term; the logits are
-        [M, B, C], member order); one item (one optimiser step) per reference on the sum over
-        members. Equal to a step per member with its own optimiser: the members' parameters are
-        disjoint and x̃ is fixed before the turn's forward passes, so each member's gradient is
-        that of its own loss. Metrics are the members' mean."""
-        members = ensemble.members
-        for r, reference in enumerate(members):
-            x_adv = self.adversarial_examples(reference, x, y)
-            objectives = [self.objective_given(member, x, x_adv, y) for member in members]
-            steps = [self.squeezed(objective) for objective in objectives]
-            loss = sum(step[0] for step in steps)
-            metrics = {name: torch.stack([step[1][name] for step in steps]).mean() for name in steps[0][1]}
-            if extra is not None:
-                adversarial = torch.stack([objective.logits[-1] for objective in objectives])
-                term, extra_metrics = extra(r, adversarial, y)
-                loss = loss + term
-                metrics.update(extra_metrics)
-            metrics["loss"] = loss.detach()
-            yield loss, metrics
 
     def hyperparameters(self) -> dict:
         """The method's settings, as written to config.json."""
@@ -241,14 +253,65 @@ class AdversarialMethod(Method):
         """Settings of the attack beyond the shared ones (e.g. the margin of margin_ce)."""
         return {}
 
-    def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Attacked:
+        """The method's adversarial examples for the batch, crafted on ``model``: PGD of
+        ``attack_loss`` from ``attack_init`` with the method's ε, α, steps and norm; the metrics
+        are the examples' distance from x (:func:`perturbation_metrics`)."""
         attack = PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm, loss=self.attack_loss,
                      init=self.attack_init, amp_dtype=self.attack_dtype, graph=self.attack_graph,
                      **self.attack_options())
-        return attack(x, y)
+        x_adv = attack(x, y)
+        return Attacked(x_adv, perturbation_metrics(x_adv, x, self.eps, self.norm))
 
 
-class NaturalAndAdversarialMethod(AdversarialMethod):
+class AttackThenLoss(AdversarialMethod):
+    """A method whose attack is apart from its loss: ``objective`` is :meth:`attack` on the
+    attack model, then :meth:`loss` on its examples, the attack's metrics logged with the
+    loss's. Such a method trains the members of an ensemble by seed 000's protocol
+    (:meth:`reference_turns`) unless it sets ``trains_members = False``."""
+
+    trains_members = True
+
+    @abstractmethod
+    def loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> Objective:
+        """The method's loss for ``model`` on the batch x and its adversarial examples ``x_adv``."""
+
+    def objective(self, model, x, y, attack_model):
+        attacked = self.attack(attack_model, x, y)
+        return with_metrics(self.loss(model, x, attacked.x_adv, y), attacked.metrics)
+
+    def reference_turns(self, ensemble: Ensemble, x: torch.Tensor, y: torch.Tensor,
+                        extra=None) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """Seed 000's protocol (Algorithm 1): for each member r in turn, x̃ = the method's attack
+        on f_r; every member o takes the method's loss on (x, x̃) with its own logits, plus
+        ``extra(r, adversarial_logits, y)`` when given (ALS's separation term; the logits are
+        [M, B, C], member order); one item (one optimiser step) per reference on the sum over
+        members. Equal to a step per member with its own optimiser: the members' parameters are
+        disjoint and x̃ is fixed before the turn's forward passes, so each member's gradient is
+        that of its own loss. Metrics are the members' mean, and the reference attack's."""
+        members = ensemble.members
+        for r, reference in enumerate(members):
+            attacked = self.attack(reference, x, y)
+            objectives = [self.loss(member, x, attacked.x_adv, y) for member in members]
+            steps = [self.squeezed(objective) for objective in objectives]
+            loss = sum(step[0] for step in steps)
+            metrics = {name: torch.stack([step[1][name] for step in steps]).mean() for name in steps[0][1]}
+            metrics.update(attacked.metrics)
+            if extra is not None:
+                adversarial = torch.stack([objective.logits[-1] for objective in objectives])
+                term, extra_metrics = extra(r, adversarial, y)
+                loss = loss + term
+                metrics.update(extra_metrics)
+            metrics["loss"] = loss.detach()
+            yield loss, metrics
+
+
+def with_metrics(objective: Objective, metrics: dict) -> Objective:
+    """``objective`` with ``metrics`` (an attack's) logged beside its own."""
+    return objective._replace(metrics={**objective.metrics, **metrics})
+
+
+class NaturalAndAdversarialMethod(AttackThenLoss):
     """A method whose loss needs the logits of both the natural and the adversarial batch,
     weighted by ``beta`` (TRADES, MART, ...). Both batches go through the model in training
     mode, natural first, as TRADES' and MART's code do; subclasses define :meth:`loss_terms`."""
@@ -266,20 +329,14 @@ class NaturalAndAdversarialMethod(AdversarialMethod):
         """What :meth:`loss_terms` fits the natural logits to: the labels (LTD: soft labels)."""
         return y
 
+    @abstractmethod
     def loss_terms(self, logits_natural, logits_adv, targets) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(the loss, its named parts for logging)."""
-        raise TypeError(f"{type(self).__name__} must define loss_terms")
 
-    trains_members = True
-
-    def objective(self, model, x, y, attack_model):
-        return self.objective_given(model, x, self.adversarial_examples(attack_model, x, y), y)
-
-    def objective_given(self, model, x, x_adv, y):
+    def loss(self, model, x, x_adv, y):
         logits_natural = forward_logits(model, x)
         logits_adv = forward_logits(model, x_adv)
         loss, parts = self.loss_terms(logits_natural, logits_adv, self.targets(x, y))
         metrics = {**{name: value.detach() for name, value in parts.items()},
-                   "clean_acc": accuracy(logits_natural, y), "adv_acc": accuracy(logits_adv, y),
-                   **perturbation_metrics(x_adv, x, self.eps, self.norm)}
+                   "clean_acc": accuracy(logits_natural, y), "adv_acc": accuracy(logits_adv, y)}
         return Objective(loss, metrics, (logits_natural, logits_adv))

@@ -6,8 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _validate as check
-from ..attacks import PGD
-from .base import AdversarialMethod, Objective, accuracy, as_ensemble, forward_logits
+from .base import AdversarialMethod, Objective, accuracy, as_ensemble, forward_logits, with_metrics
 
 MODES = {"rm": (1.0, 1.0), "dm": (0.0, 5.0)}
 
@@ -69,19 +68,19 @@ class CCE(AdversarialMethod):
         self.mode = check.choice(self.name, "mode", mode, MODES)
         self.lam_pm, self.lam_dm = MODES[self.mode]
 
-    def adversarial_examples(self, model, x, y):
+    def attack(self, model, x, y):
         """[N, B, ...]: x_a^n, member n's own PGD examples, crafted batched."""
         members = as_ensemble(self.name, model).members
         count = len(members)
         stacked = x.repeat(count, *([1] * (x.dim() - 1)))
-        x_adv = super().adversarial_examples(MembersSideBySide(members), stacked, y.repeat(count))
-        return x_adv.view(count, *x.shape)
+        attacked = super().attack(MembersSideBySide(members), stacked, y.repeat(count))
+        return attacked._replace(x_adv=attacked.x_adv.view(count, *x.shape))
 
     def objective(self, model, x, y, attack_model):
         members = as_ensemble(self.name, attack_model).members
         count = len(members)
-        x_adv = self.adversarial_examples(attack_model, x, y)
-        flat = x_adv.flatten(0, 1)
+        attacked = self.attack(attack_model, x, y)
+        flat = attacked.x_adv.flatten(0, 1)
         losses, promotes, demotes, clean_acc, adv_acc, logits = [], [], [], [], [], []
         for n, member in enumerate(members):
             clean = forward_logits(member, x)
@@ -96,4 +95,4 @@ class CCE(AdversarialMethod):
             logits += [clean, adversarial[n]]
         metrics = {"promote": torch.stack(promotes).mean(), "demote": torch.stack(demotes).mean(),
                    "clean_acc": torch.stack(clean_acc).mean(), "adv_acc": torch.stack(adv_acc).mean()}
-        return Objective(sum(losses), metrics, tuple(logits))
+        return with_metrics(Objective(sum(losses), metrics, tuple(logits)), attacked.metrics)

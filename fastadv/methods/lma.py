@@ -1,5 +1,7 @@
-"""LMA: margin loss and moving-average logits (seed 002 §4, Table 1, Algorithm 1), added to
-PGD-AT, TRADES and MART, and LMA-AT; METHODS.md section 2."""
+"""LMA, seed 002's *logit moving average* (§4, Table 1, Algorithm 1): a margin loss and a
+modified-Huber (mHuber) pull between moving averages of the natural and adversarial logits,
+added to PGD-AT (``PGDATLMA``), TRADES (``TRADESLMA``) and MART (``MARTLMA``), and LMA-AT
+(``LMAAT``, the seed's own method: LMA on MART's boosted cross-entropy); METHODS.md section 2."""
 from __future__ import annotations
 
 import torch
@@ -92,7 +94,7 @@ class LogitMovingAverageMethod(NaturalAndAdversarialMethod):
 
 
 class PGDATLMA(LogitMovingAverageMethod):
-    """Standard AT + LMA (seed 002 Eq. 15): ``L' + CE(z(x'), y) + β·mHuber(Ē'_t, Ē_t, α)``."""
+    """PGD-AT + LMA, the logit moving average (seed 002 Eq. 15): ``L' + CE(z(x'), y) + β·mHuber(Ē'_t, Ē_t, α)``."""
 
     name = "pgd_at_lma"
 
@@ -134,7 +136,7 @@ class MARTLMA(LogitMovingAverageMethod):
 
 
 class LMAAT(LogitMovingAverageMethod):
-    """LMA-AT (seed 002 Eq. 18, Algorithm 1): ``L' + BCE(p(x'), y) + β·mHuber(Ē'_t, Ē_t, α)``,
+    """LMA-AT, adversarial training with the logit moving average (seed 002 Eq. 18, Algorithm 1): ``L' + BCE(p(x'), y) + β·mHuber(Ē'_t, Ē_t, α)``,
     BCE MART's boosted cross-entropy (Eq. 7)."""
 
     name = "lma_at"

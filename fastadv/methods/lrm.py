@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .. import _validate as check
 from ..ops import logits as L
-from .base import AdversarialMethod, Objective, accuracy, forward_logits
+from .base import AdversarialMethod, Objective, accuracy, forward_logits, with_metrics
 
 
 def lrm_loss(logits_natural, logits_adv, y, y_other, weight, smoothing, ratio):
@@ -107,12 +107,12 @@ class LRM(AdversarialMethod):
 
     def objective(self, model, x, y, attack_model):
         x, y_other, weight = self.mixup(x, y)
-        x_adv = self.adversarial_examples(attack_model, x, y)
+        attacked = self.attack(attack_model, x, y)
         logits_natural = forward_logits(model, x)
-        logits_adv = forward_logits(model, x_adv)
+        logits_adv = forward_logits(model, attacked.x_adv)
         loss, adversarial, pairing, coefficient = lrm_loss(logits_natural, logits_adv, y, y_other, weight,
                                                            self.smoothing, self.pairing_ratio)
         metrics = {"adversarial_loss": adversarial.detach(), "pairing_loss": pairing.detach(),
                    "pairing_coefficient": coefficient, "clean_acc": accuracy(logits_natural, y),
                    "adv_acc": accuracy(logits_adv, y)}
-        return Objective(loss, metrics, (logits_natural, logits_adv))
+        return with_metrics(Objective(loss, metrics, (logits_natural, logits_adv)), attacked.metrics)

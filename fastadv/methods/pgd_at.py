@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import AdversarialMethod, Objective, accuracy, forward_logits, perturbation_metrics
+from .base import AttackThenLoss, Objective, accuracy, forward_logits
 
 
-class PGDAT(AdversarialMethod):
+class PGDAT(AttackThenLoss):
     """``CE(z(x'), y)`` with x' = PGD-ce from a uniform random start (Madry et al. 2018).
 
     Defaults are CIFAR's (ε=8/255, α=2/255, 10 steps); the trainer passes a dataset's own.
@@ -17,12 +17,7 @@ class PGDAT(AdversarialMethod):
     attack_loss = "ce"
     attack_init = "uniform"
 
-    trains_members = True
 
-    def objective(self, model, x, y, attack_model):
-        return self.objective_given(model, x, self.adversarial_examples(attack_model, x, y), y)
-
-    def objective_given(self, model, x, x_adv, y):
+    def loss(self, model, x, x_adv, y):
         logits_adv = forward_logits(model, x_adv)
-        metrics = {"adv_acc": accuracy(logits_adv, y), **perturbation_metrics(x_adv, x, self.eps, self.norm)}
-        return Objective(F.cross_entropy(logits_adv, y), metrics, (logits_adv,))
+        return Objective(F.cross_entropy(logits_adv, y), {"adv_acc": accuracy(logits_adv, y)}, (logits_adv,))

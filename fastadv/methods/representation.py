@@ -4,12 +4,13 @@ logits h(x) of both the natural and the adversarial batch, x' = PGD-ce from a un
 from __future__ import annotations
 
 import functools
+from abc import abstractmethod
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .base import AdversarialMethod, Objective, accuracy
+from .base import AttackThenLoss, Objective, accuracy
 
 
 class Representation(NamedTuple):
@@ -42,7 +43,7 @@ def representation(model: nn.Module, x: torch.Tensor, layer: str = "penultimate"
     return Representation(_float32(features), _float32(logits))
 
 
-class RepresentationMethod(AdversarialMethod):
+class RepresentationMethod(AttackThenLoss):
     """A method whose loss needs f and h of the natural and the adversarial batch: both go
     through the model in training mode, natural first, as TRADES' code does. Its attack is
     apart from its loss, so given an ensemble it trains the members by seed 000's protocol
@@ -50,21 +51,16 @@ class RepresentationMethod(AdversarialMethod):
 
     attack_loss = "ce"
     attack_init = "uniform"
-    trains_members = True
-
+    @abstractmethod
     def loss_terms(self, model: nn.Module, natural: Representation, adversarial: Representation,
                    y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(the loss, its named parts for logging) for ``model``'s representations."""
-        raise TypeError(f"{type(self).__name__} must define loss_terms")
-
-    def objective(self, model, x, y, attack_model):
-        return self.objective_given(model, x, self.adversarial_examples(attack_model, x, y), y)
 
     def feature_layer(self, model: nn.Module) -> str:
         """The layer whose features the loss takes (fastadv.models.FEATURE_LAYERS): the penultimate."""
         return "penultimate"
 
-    def objective_given(self, model, x, x_adv, y):
+    def loss(self, model, x, x_adv, y):
         layer = self.feature_layer(model)
         natural = representation(model, x, layer)
         adversarial = representation(model, x_adv, layer)

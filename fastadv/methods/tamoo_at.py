@@ -4,7 +4,7 @@ from __future__ import annotations
 from .. import _validate as check
 from ..attacks.multi_objective import TAMOO_LAMBDA, EnsembleTasks, MultiObjectivePGD
 from ..ops.simplex import SOLVERS
-from .base import as_ensemble
+from .base import Attacked, as_ensemble, perturbation_metrics
 from .adv_en import ADVEN
 
 
@@ -31,9 +31,10 @@ class TAMOOAT(ADVEN):
         self.lam = check.number(self.name, "lam", lam, low=0)
         self.solver = check.choice(self.name, "solver", solver, SOLVERS)
 
-    def adversarial_examples(self, model, x, y):
+    def attack(self, model, x, y):
         ensemble = as_ensemble(self.name, model)
         attack = MultiObjectivePGD(EnsembleTasks(ensemble), weighting="tamoo", loss="ce", eps=self.eps,
                                    alpha=self.alpha, steps=self.steps, solver=self.solver, lam=self.lam,
                                    amp_dtype=self.attack_dtype, graph=self.attack_graph)
-        return attack(x, y)
+        x_adv = attack(x, y)
+        return Attacked(x_adv, perturbation_metrics(x_adv, x, self.eps, self.norm))

@@ -1,7 +1,7 @@
 """UDR: unified distributional robustness (seed 003 ch. 5, METHODS.md section 5).
 
 Each method trains on ``mean g_θ(x^a, x, y)`` where x^a comes from UDR's soft-ball attack
-(:class:`fastadv.attacks.UDRPGD`) with the method's current λ, and λ is updated by the seed's
+(:class:`fastadv.attacks.UDRAttack`) with the method's current λ, and λ is updated by the seed's
 Eq. 19, ``λ ← max(0, λ − η_λ(ε − s))``, s the cost's statistic (:func:`fastadv.ops.soft_cost`:
 the mean |x^a − x| per pixel for the ``pixel`` cost, the L∞ soft cost ĉ∞ for ``l2`` and ``linf``):
 
@@ -35,6 +35,7 @@ Resolutions taken in fastadv (METHODS.md section 5 lists them):
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import ClassVar
 
 import torch
@@ -42,13 +43,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .. import _validate as check
-from ..attacks import UDRPGD
+from ..attacks import UDRAttack
 from ..ops import logits as L
 from ..ops.pgd import COSTS
 from ..ops.pgd import unchecked as pgd_ops
-from .base import NaturalAndAdversarialMethod
+from .base import Attacked, NaturalAndAdversarialMethod, perturbation_metrics
 
-__all__ = ["UDRPGDMethod", "UDRTRADES", "UDRMART", "update_lambda"]
+__all__ = ["UDRPGD", "UDRTRADES", "UDRMART", "update_lambda"]
 
 
 def update_lambda(lam: torch.Tensor, lam_lr: float, eps: float, statistic: torch.Tensor) -> torch.Tensor:
@@ -99,7 +100,6 @@ class UDRMethod(NaturalAndAdversarialMethod):
         self._lam = torch.tensor(self.lam_init, dtype=torch.float64)
         self._statistics = torch.zeros((), dtype=torch.float64)  # their sum since λ's last update
         self._batches = 0  # since λ's last update
-        self._attack_metrics: dict = {}
 
     @property
     def tau(self) -> float:
@@ -111,33 +111,36 @@ class UDRMethod(NaturalAndAdversarialMethod):
         """The current λ (a float64 tensor, on the device of the last batch)."""
         return self._lam
 
-    def adversarial_examples(self, model, x, y):
+    def attack(self, model, x, y):
+        """UDR's soft-ball examples with the current λ, then λ's update when ``lam_period``
+        batches have passed; the metrics are the examples' distance, the λ they were crafted
+        with and the batch's statistic."""
         lam = self._lam.to(x.device)
-        attack = UDRPGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, lam=lam, tau=self.tau,
+        attack = UDRAttack(model, eps=self.eps, alpha=self.alpha, steps=self.steps, lam=lam, tau=self.tau,
                         cost=self.cost, loss=self.attack_loss, amp_dtype=self.attack_dtype)
         x_adv = attack(x, y)
         with torch.no_grad():
             # Under DDP every rank takes the global batch's mean, so that λ stays one value.
             statistic = global_mean(pgd_ops.soft_cost(x_adv, x, self.eps, self.tau, self.cost).double().mean())
-            self._attack_metrics = {"lambda": lam, "soft_cost": statistic}
             self._statistics = self._statistics.to(x.device) + statistic
             self._batches += 1
             self._lam = lam
             if self._batches == self.lam_period:
                 self._lam = update_lambda(lam, self.lam_lr, self.eps, self._statistics / self._batches)
                 self._statistics, self._batches = torch.zeros_like(self._statistics), 0
-        return x_adv
+        metrics = {**perturbation_metrics(x_adv, x, self.eps, self.norm), "lambda": lam, "soft_cost": statistic}
+        return Attacked(x_adv, metrics)
 
-    def objective_given(self, model, x, x_adv, y):
-        objective = super().objective_given(model, x, x_adv, y)
-        return objective._replace(metrics={**objective.metrics, **self._attack_metrics})
+    def natural_term(self, logits_natural, y) -> torch.Tensor:
+        """The natural term of ``natural + β·robust``: CE(h(x), y) (UDR-PGD, UDR-TRADES)."""
+        return F.cross_entropy(logits_natural, y)
 
+    @abstractmethod
     def robust_term(self, logits_natural, logits_adv, y) -> torch.Tensor:
-        """The term β weighs in ``CE(h(x), y) + β·robust`` (UDR-PGD, UDR-TRADES)."""
-        raise TypeError(f"{type(self).__name__} must define robust_term or loss_terms")
+        """The term β weighs in ``natural + β·robust``."""
 
     def loss_terms(self, logits_natural, logits_adv, y):
-        natural = F.cross_entropy(logits_natural, y)
+        natural = self.natural_term(logits_natural, y)
         robust = self.robust_term(logits_natural, logits_adv, y)
         return natural + self.beta * robust, {"natural_loss": natural, "robust_loss": robust}
 
@@ -157,7 +160,7 @@ class UDRMethod(NaturalAndAdversarialMethod):
         self._batches = int(state["batches"])
 
 
-class UDRPGDMethod(UDRMethod):
+class UDRPGD(UDRMethod):
     """UDR-PGD: ``CE(h(x), y) + β·CE(h(x'), y)`` with x' from UDR's soft-ball attack on CE.
 
     β = 1 (seed 003 ch. 5 trains MNIST with β = 1 for every method and gives no other β for
@@ -199,8 +202,9 @@ class UDRMART(UDRMethod):
     default_beta: ClassVar[float] = 5.0
     option_help = {"beta": "weight β of (1 − h_y(x))·KL(p(x) ‖ p(x'))"}
 
-    def loss_terms(self, logits_natural, logits_adv, y):
-        bce = L.unchecked.boosted_cross_entropy(logits_natural, y).mean()  # labels read by the attack
+    def natural_term(self, logits_natural, y):
+        return L.unchecked.boosted_cross_entropy(logits_natural, y).mean()  # labels read by the attack
+
+    def robust_term(self, logits_natural, logits_adv, y):
         weight = 1.0 - torch.softmax(logits_natural, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
-        robust = (weight * udr_kl(logits_natural, logits_adv, reduction="none")).mean()
-        return bce + self.beta * robust, {"bce": bce, "robust_loss": robust}
+        return (weight * udr_kl(logits_natural, logits_adv, reduction="none")).mean()

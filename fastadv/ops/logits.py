@@ -12,7 +12,7 @@ habit), so the backward is a single multiplication by the incoming gradient.
 ``trades_kl``              ``KL(p(z_nat) ‖ p(z_adv))``
 ``mart_loss``              ``(BCE(p(z_adv), y), KL(p(z_nat) ‖ p(z_adv))·(1 − p_y(z_nat)))``
 ``margin_sq_hinge``        ``Σ_{j≠y} max(0, z_j − z_y + δ)²`` (seed 002's L')
-``mhuber``                 seed 002's modified Huber loss of ``u − v``, mean over elements
+``mhuber``                 seed 002's modified Huber loss (mHuber) of ``u − v``, mean over elements
 ``mhuber_moving_average``  ``mhuber`` between moving averages of u and v, which it updates (LMA)
 ``logit_pairing``          ``‖z_nat − z_adv‖²`` (ALP)
 ``logit_squeeze``          ``‖z‖²``
@@ -57,11 +57,9 @@ _ELEMENT_MEAN = 3  # the schemas' reduction code for the mean over all elements 
 #: The family's ops for callers that validated their arguments once, where they entered (the
 #: attacks' loops): no checks, no host synchronisation. Same signatures as the public ops, with
 #: labels already a contiguous int64 tensor whose entries lie in [0, C). Every op of the family
-#: is here (see :func:`_fused`).
+#: is here (each ``_<op>`` below is registered as ``unchecked.<op>`` by ``@_FAMILY.unchecked_op``).
 _FAMILY = _registry.Family("logits")
 unchecked = _FAMILY.unchecked
-#: Registers ``_<op>``, the unchecked body of a fused op, as ``unchecked.<op>``.
-_fused = _FAMILY.unchecked_op
 
 
 # ----------------------------------------------------------------------------- validation
@@ -125,7 +123,7 @@ def _run(name: str, inputs: tuple, rest: tuple):
 
 
 # ----------------------------------------------------------------------------- the ops
-@_fused
+@_FAMILY.unchecked_op
 def _soft_cross_entropy(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     result = _run("soft_cross_entropy", (z, target), ())
     return reference.soft_cross_entropy(z, target) if result is None else result[0]
@@ -139,7 +137,7 @@ def soft_cross_entropy(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _soft_cross_entropy(z, target)
 
 
-@_fused
+@_FAMILY.unchecked_op
 def _smoothed_cross_entropy(z: torch.Tensor, y: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
     result = _run("smoothed_cross_entropy", (z,), (y, float(smoothing)))
     return reference.smoothed_cross_entropy(z, y, smoothing) if result is None else result[0]
@@ -156,7 +154,7 @@ def smoothed_cross_entropy(z: torch.Tensor, y: torch.Tensor, smoothing: float = 
     return _smoothed_cross_entropy(z, y, smoothing)
 
 
-@_fused
+@_FAMILY.unchecked_op
 def _boosted_cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     result = _run("boosted_cross_entropy", (z,), (y,))
     return reference.boosted_cross_entropy(z, y) if result is None else result[0]
@@ -171,7 +169,7 @@ def boosted_cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _boosted_cross_entropy(z, _labels(op, y, z))
 
 
-@_fused
+@_FAMILY.unchecked_op
 def _trades_kl(z_nat: torch.Tensor, z_adv: torch.Tensor, reduction: str = "none") -> torch.Tensor:
     result = _run("trades_kl", (z_nat, z_adv), (_REDUCTIONS[reduction],))
     return reference.trades_kl(z_nat, z_adv, reduction) if result is None else result[0]
@@ -191,7 +189,7 @@ def trades_kl(z_nat: torch.Tensor, z_adv: torch.Tensor, reduction: str = "none")
     return _trades_kl(z_nat, z_adv, reduction)
 
 
-@_fused
+@_FAMILY.unchecked_op
 def _mart_loss(z_nat: torch.Tensor, z_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     result = _run("mart_loss", (z_nat, z_adv), (y,))
     return reference.mart_loss(z_nat, z_adv, y) if result is None else tuple(result)
@@ -206,7 +204,7 @@ def mart_loss(z_nat: torch.Tensor, z_adv: torch.Tensor, y: torch.Tensor) -> tupl
     return _mart_loss(z_nat, z_adv, _labels(op, y, z_nat))
 
 
-@_fused
+@_FAMILY.unchecked_op
 def _margin_sq_hinge(z: torch.Tensor, y: torch.Tensor, delta: float = 0.9) -> torch.Tensor:
     result = _run("margin_sq_hinge", (z,), (y, float(delta)))
     return reference.margin_sq_hinge(z, y, delta) if result is None else result[0]
@@ -231,7 +229,7 @@ def _constant(t: torch.Tensor) -> torch.Tensor:
     return t.detach() if t.requires_grad else t
 
 
-@_fused
+@_FAMILY.unchecked_op
 def _mhuber(u: torch.Tensor, v: torch.Tensor, alpha: float) -> torch.Tensor:
     if not u.numel():
         return reference.mhuber(u, v, alpha)
@@ -249,7 +247,7 @@ def mhuber(u: torch.Tensor, v: torch.Tensor, alpha: float) -> torch.Tensor:
     return _mhuber(u, v, _validate.number(op, "alpha", alpha, low=0.0, low_open=True))
 
 
-@_fused
+@_FAMILY.unchecked_op
 def _mhuber_moving_average(u: torch.Tensor, v: torch.Tensor, u_average: torch.Tensor, v_average: torch.Tensor,
                            tau: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if not u.numel():
@@ -283,7 +281,7 @@ def mhuber_moving_average(u: torch.Tensor, v: torch.Tensor, u_average: torch.Ten
     return _mhuber_moving_average(u, v, u_average, v_average, tau, alpha)
 
 
-@_fused
+@_FAMILY.unchecked_op
 def _logit_pairing(z_nat: torch.Tensor, z_adv: torch.Tensor) -> torch.Tensor:
     result = _run("logit_pairing", (z_nat, z_adv), ())
     return reference.logit_pairing(z_nat, z_adv) if result is None else result[0]
@@ -296,7 +294,7 @@ def logit_pairing(z_nat: torch.Tensor, z_adv: torch.Tensor) -> torch.Tensor:
     return _logit_pairing(z_nat, z_adv)
 
 
-@_fused
+@_FAMILY.unchecked_op
 def _logit_squeeze(z: torch.Tensor) -> torch.Tensor:
     result = _run("logit_squeeze", (z,), ())
     return reference.logit_squeeze(z) if result is None else result[0]
@@ -307,7 +305,7 @@ def logit_squeeze(z: torch.Tensor) -> torch.Tensor:
     return _logit_squeeze(_logits("logit_squeeze", "z", z))
 
 
-@_fused
+@_FAMILY.unchecked_op
 def _masked_gram(V: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     op = _implementation("masked_gram", _registry.device_type(V), V.dtype, 0, V.numel())
     return reference.masked_gram(V, y, normalize) if op is None else op(V.contiguous(), y, bool(normalize))

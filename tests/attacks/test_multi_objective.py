@@ -3,8 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from fastadv.attacks.multi_objective import (MOO_LOSSES, TRANSFORMS, WEIGHTINGS, EnsembleTasks, MultiObjectivePGD,
-                                             TransformTasks, UniversalTasks, multi_objective_metrics)
+from fastadv.attacks.multi_objective import (MOO_LOSSES, WEIGHTINGS, EnsembleTasks, MultiObjectivePGD, TransformTasks,
+                                             UniversalTasks, multi_objective_metrics)
+from fastadv.attacks.transforms import TRANSFORMS
 from fastadv.ensemble import Ensemble
 from fastadv.reference import simplex as reference
 from tests.helpers import one_thread  # noqa: F401  (autouse)

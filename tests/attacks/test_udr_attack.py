@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastadv.attacks import PGD, UDRPGD, kl_to_clean
+from fastadv.attacks import PGD, UDRAttack, kl_to_clean
 from fastadv.ops import pgd_init
 from fastadv.reference import pgd as reference
 
@@ -50,7 +50,7 @@ def test_matches_the_algorithm_step_for_step(cost, loss, lam):
     """From Algorithm 1's start x + U(−ε, ε) (every cost), the steps of the reference."""
     model, (x, y) = mlp(), batch()
     eps, eta, steps = 0.2, 0.05, 7
-    attack = UDRPGD(model, eps=eps, alpha=eta, steps=steps, lam=lam, cost=cost, loss=loss,
+    attack = UDRAttack(model, eps=eps, alpha=eta, steps=steps, lam=lam, cost=cost, loss=loss,
                     generator=torch.Generator().manual_seed(5))
     got = attack(x, y)
     start = pgd_init(x, eps, "linf", "uniform", generator=torch.Generator().manual_seed(5))
@@ -61,7 +61,7 @@ def test_matches_the_algorithm_step_for_step(cost, loss, lam):
 
 def test_the_start_is_uniform_in_the_cost_ball():
     """Algorithm 1 (a): x + U(−ε, ε) for the L∞ cost; no step taken: λ and η play no part."""
-    model, (x, y) = mlp(), batch(200)
+    x, _ = batch(200)
     x = x.clamp(0.3, 0.7)  # no clipping of the start
     start = pgd_init(x, 0.2, "linf", "uniform", generator=torch.Generator().manual_seed(1))
     delta = (start - x).flatten()
@@ -74,8 +74,8 @@ def test_no_projection_the_examples_leave_the_ball_and_the_pull_brings_them_back
     """λ = 0: 10 sign steps of η from the start, no projection: far outside the ε-ball. A positive
     λ pulls the pixels beyond ε back (the soft ball); the clip box holds throughout."""
     model, (x, y) = mlp(), batch(64)
-    far = UDRPGD(model, eps=0.1, alpha=0.05, steps=10, lam=0.0, cost=cost)(x, y)
-    near = UDRPGD(model, eps=0.1, alpha=0.05, steps=10, lam=4.0, cost=cost)(x, y)
+    far = UDRAttack(model, eps=0.1, alpha=0.05, steps=10, lam=0.0, cost=cost)(x, y)
+    near = UDRAttack(model, eps=0.1, alpha=0.05, steps=10, lam=4.0, cost=cost)(x, y)
     beyond = lambda a: ((a - x).abs() > 0.1 + 1e-12).double().mean()  # noqa: E731
     assert beyond(far) > 0.3
     assert beyond(near) < 0.5 * beyond(far)
@@ -87,9 +87,9 @@ def test_no_projection_the_examples_leave_the_ball_and_the_pull_brings_them_back
 
 def test_lambda_per_call_and_as_a_tensor():
     model, (x, y) = mlp(), batch()
-    attack = UDRPGD(model, eps=0.2, alpha=0.05, steps=3, lam=0.0, generator=torch.Generator().manual_seed(0))
+    attack = UDRAttack(model, eps=0.2, alpha=0.05, steps=3, lam=0.0, generator=torch.Generator().manual_seed(0))
     per_call = attack(x, y, lam=torch.tensor(2.5, dtype=torch.float64))
-    fixed = UDRPGD(model, eps=0.2, alpha=0.05, steps=3, lam=2.5, generator=torch.Generator().manual_seed(0))
+    fixed = UDRAttack(model, eps=0.2, alpha=0.05, steps=3, lam=2.5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(per_call, fixed(x, y))
     assert attack.lam == 0.0, "a per-call λ does not change the attack's own"
 
@@ -107,29 +107,29 @@ def test_kl_to_clean_by_hand():
 def test_the_model_keeps_its_mode_and_parameters_get_no_gradient():
     model, (x, y) = mlp(), batch()
     model.train()
-    UDRPGD(model, eps=0.2, alpha=0.05, steps=2)(x, y)
+    UDRAttack(model, eps=0.2, alpha=0.05, steps=2)(x, y)
     assert model.training and all(p.grad is None for p in model.parameters())
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(tau=0.0), "UDRPGD: tau must be > 0"),
-    (dict(tau=-1.0), "UDRPGD: tau must be > 0"),
-    (dict(tau=math.inf), "UDRPGD: tau must be finite"),
-    (dict(alpha=0.0), "UDRPGD: alpha must be > 0"),
-    (dict(lam=-0.1), "UDRPGD: lam must be >= 0"),
-    (dict(lam=torch.ones(2)), "UDRPGD: lam must be a float or a one-element floating tensor"),
-    (dict(cost="l1"), "UDRPGD: cost must be one of 'pixel', 'l2', 'linf'"),
-    (dict(loss="cw"), "UDRPGD: loss must be one of 'ce', 'kl', 'kl_reverse'"),
-    (dict(steps=0), "UDRPGD: steps must be an integer >= 1"),
+    (dict(tau=0.0), "UDRAttack: tau must be > 0"),
+    (dict(tau=-1.0), "UDRAttack: tau must be > 0"),
+    (dict(tau=math.inf), "UDRAttack: tau must be finite"),
+    (dict(alpha=0.0), "UDRAttack: alpha must be > 0"),
+    (dict(lam=-0.1), "UDRAttack: lam must be >= 0"),
+    (dict(lam=torch.ones(2)), "UDRAttack: lam must be a float or a one-element floating tensor"),
+    (dict(cost="l1"), "UDRAttack: cost must be one of 'pixel', 'l2', 'linf'"),
+    (dict(loss="cw"), "UDRAttack: loss must be one of 'ce', 'kl', 'kl_reverse'"),
+    (dict(steps=0), "UDRAttack: steps must be an integer >= 1"),
 ])
 def test_bad_arguments_are_refused_by_name(kwargs, message):
     with pytest.raises((ValueError, TypeError), match="^" + message.replace("(", r"\(")):
-        UDRPGD(mlp(), **kwargs)
+        UDRAttack(mlp(), **kwargs)
 
 
 def test_a_negative_tensor_lambda_is_refused_when_read():
     model, (x, y) = mlp(), batch()
-    with pytest.raises(ValueError, match="^UDRPGD: lam must be >= 0"):
-        UDRPGD(model, lam=torch.tensor(-1.0))(x, y)
-    with pytest.raises(ValueError, match="^UDRPGD: alpha is the step"):
-        UDRPGD(model)(x, y, alpha=0.1)
+    with pytest.raises(ValueError, match="^UDRAttack: lam must be >= 0"):
+        UDRAttack(model, lam=torch.tensor(-1.0))(x, y)
+    with pytest.raises(ValueError, match="^UDRAttack: alpha is the step"):
+        UDRAttack(model)(x, y, alpha=0.1)

@@ -171,7 +171,7 @@ def test_als_one_step_per_turn_equals_the_literal_per_member_loop():
         torch.manual_seed(1000 + step)
         for r in range(len(members)):
             lam = schedule.step()
-            x_adv = reference_method.adversarial_examples(members[r], x, y)
+            x_adv = reference_method.attack(members[r], x, y).x_adv
             z_r = members[r](x_adv).detach()
             for o, member in enumerate(members):
                 loss, _, _ = trades_loss(member(x), member(x_adv), y, 6.0)
@@ -230,7 +230,7 @@ def test_reference_turns_give_each_member_its_own_loss():
     turns = method.turns(ensemble, x, y)
     loss, metrics = next(turns)
     torch.manual_seed(7)
-    x_adv = method.adversarial_examples(ensemble.members[0], x, y)
+    x_adv = method.attack(ensemble.members[0], x, y).x_adv
     expected = sum(trades_loss(m(x), m(x_adv), y, 6.0)[0] for m in ensemble.members)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
     assert metrics["loss"].item() == pytest.approx(expected.item(), rel=1e-12)
@@ -243,7 +243,7 @@ def test_cce_crafts_every_members_examples_in_one_batched_attack():
     method = build_method("cce", **ATTACK)
     method.attack_init = None  # deterministic: compare with one attack per member
     x, y = batches(1)[0]
-    x_adv = method.adversarial_examples(ensemble, x, y)
+    x_adv = method.attack(ensemble, x, y).x_adv
     assert x_adv.shape == (3, *x.shape)
     for n, member in enumerate(ensemble.members):
         alone = PGD(member, init=None, loss="ce", **ATTACK)(x, y)
@@ -256,7 +256,7 @@ def test_cce_objective_is_the_sum_of_member_losses():
     method.attack_init = None
     x, y = batches(1)[0]
     loss, metrics = method(ensemble, x, y)
-    x_adv = method.adversarial_examples(ensemble, x, y)
+    x_adv = method.attack(ensemble, x, y).x_adv
     expected = 0.0
     for n, member in enumerate(ensemble.members):
         logits = torch.stack([member(x_adv[i]) for i in range(3)])

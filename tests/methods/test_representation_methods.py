@@ -184,8 +184,8 @@ def test_adr_takes_its_compactness_on_the_layer_the_model_names():
     model = build_model("digits_cnn", info).train()
     x, y = torch.rand(6, 1, 8, 8), torch.arange(6)
     method = build_method("adr", eps=0.2, alpha=0.05, steps=2)
-    x_adv = method.adversarial_examples(model, x, y)
-    _, metrics, _ = method.objective_given(model, x, x_adv, y)
+    x_adv = method.attack(model, x, y).x_adv
+    _, metrics, _ = method.loss(model, x, x_adv, y)
     with torch.no_grad():
         conv = lambda images: model.net.convolutional(model.normalize(images))
         expected = torch.linalg.vector_norm(conv(x) - conv(x_adv), dim=1).mean()

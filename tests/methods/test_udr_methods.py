@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastadv.attacks import UDRPGD
+from fastadv.attacks import UDRAttack
 from fastadv.ensemble import Ensemble
 from fastadv.methods import METHODS, build_method
 from fastadv.methods.base import perturbation_distance
@@ -83,7 +83,7 @@ def test_udr_mart_matches_its_equation(beta):
     loss, parts = build_method("udr_mart", beta=beta).loss_terms(z_nat, z_adv, y)
     expected = mean([r[3] for r in rows]) + beta * mean([r[4] * r[2] for r in rows])
     assert loss.item() == pytest.approx(expected, rel=1e-10)
-    assert parts["bce"].item() == pytest.approx(mean([r[3] for r in rows]), rel=1e-10)
+    assert parts["natural_loss"].item() == pytest.approx(mean([r[3] for r in rows]), rel=1e-10)
 
 
 @pytest.mark.parametrize("lam, costs, expected", [
@@ -112,26 +112,25 @@ def tiny_batch():
 
 @pytest.mark.parametrize("name, loss", [("udr_pgd", "ce"), ("udr_trades", "kl"), ("udr_mart", "kl")])
 def test_each_method_attacks_with_its_lambda_then_updates_it(name, loss, monkeypatch):
-    """The attack is UDRPGD with the method's loss, λ, τ = 2η and the pixel cost (an L∞ run's);
+    """The attack is UDRAttack with the method's loss, λ, τ = 2η and the pixel cost (an L∞ run's);
     with lam_period=1, λ then moves by Eq. 19 with the statistic of the examples it returned, the
     mean |x^a − x| per pixel."""
     seen = {}
-    original = UDRPGD.__init__
+    original = UDRAttack.__init__
 
     def spy(self, *args, **kwargs):
         original(self, *args, **kwargs)
         seen.update(loss=self.loss, lam=float(self.lam), tau=self.tau, cost=self.cost)
 
-    monkeypatch.setattr(UDRPGD, "__init__", spy)
+    monkeypatch.setattr(UDRAttack, "__init__", spy)
     method = build_method(name, eps=0.3, alpha=0.1, steps=3, lam_init=0.5, lam_lr=0.1, lam_period=1)
     model, (x, y) = tiny_model(), tiny_batch()
-    x_adv = method.adversarial_examples(model, x, y)
+    x_adv, metrics = method.attack(model, x, y)
     assert seen == dict(loss=loss, lam=0.5, tau=pytest.approx(0.2), cost="pixel")
     costs = soft_cost(x_adv, x, 0.3, 0.2, "pixel")
     assert torch.allclose(costs, (x_adv - x).abs().flatten(1).mean(dim=1))
     assert method.lam.item() == pytest.approx(max(0.0, 0.5 - 0.1 * (0.3 - costs.double().mean().item())), rel=1e-12)
     distance = perturbation_distance(x_adv, x, "linf")
-    metrics = method.objective_given(model, x, x_adv, y).metrics
     assert metrics["outside"].item() == (distance > 0.3 * (1 + 1e-5)).double().mean().item()
     assert metrics["distance"].item() == pytest.approx(distance.mean().item(), rel=1e-12)
     assert metrics["lambda"].item() == 0.5 and metrics["soft_cost"].item() == pytest.approx(costs.double().mean().item())
@@ -146,7 +145,7 @@ def test_lambda_moves_every_period_on_the_mean_of_its_batches():
     for seed in range(3):
         g = torch.Generator().manual_seed(seed)
         x, y = torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 4, (8,), generator=g)
-        x_adv = method.adversarial_examples(model, x, y)
+        x_adv = method.attack(model, x, y).x_adv
         statistics.append(soft_cost(x_adv, x, 0.3, 0.2, "pixel").double().mean().item())
         if seed < 2:
             assert method.lam.item() == 0.5
@@ -172,9 +171,9 @@ def test_udr_trades_with_the_pixel_cost_and_a_unit_pull_is_trades(dtype):
     torch.manual_seed(5)
     trades_loss, _ = trades(model, x, y)
     torch.manual_seed(5)
-    udr_examples = udr.adversarial_examples(model, x, y)
+    udr_examples = udr.attack(model, x, y).x_adv
     torch.manual_seed(5)
-    trades_examples = trades.adversarial_examples(model, x, y)
+    trades_examples = trades.attack(model, x, y).x_adv
     torch.testing.assert_close(udr_examples, trades_examples, atol=1e-12, rtol=0)
     torch.testing.assert_close(udr_loss, trades_loss, atol=1e-12, rtol=1e-12)
 
@@ -279,7 +278,7 @@ def _rank_lambda(rank, world_size, address, results):
         x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 4, (8,))
         costs = []
         for _ in range(3):
-            x_adv = method.adversarial_examples(model, x, y)
+            x_adv = method.attack(model, x, y).x_adv
             costs.append(soft_cost(x_adv, x, 0.3, method.tau, "pixel").double().mean())
         gathered = [torch.zeros(4, dtype=torch.float64) for _ in range(world_size)]
         dist.all_gather(gathered, torch.stack([method.lam.reshape(()), *costs]))

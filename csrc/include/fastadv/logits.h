@@ -38,6 +38,8 @@ using std::sin;  // float and double overloads, on the host and in CUDA device c
 //   `d<loss>_d<input>`: the gradient of every row's loss with respect to that input row, or of
 //   the reduced loss; [B, C] when the input's flag is set, an empty [0] tensor otherwise; in the
 //   accumulation type (float32 for half inputs: store_gradient below says why).
+// Names: mhuber is seed 002's modified Huber loss (mHuber, §3), mhuber_moving_average the same
+// between LMA's moving averages (logit moving average, seed 002 §4); the others are METHODS.md's.
 #define FASTADV_LOGITS_OPS(X)                                                                               \
   X(soft_cross_entropy,                                                                                     \
     "(Tensor z, Tensor target, bool grad_z, bool grad_target) -> (Tensor loss, Tensor dloss_dz, "           \

@@ -1,39 +1,17 @@
-// Tensor -> parameter-struct glue shared by the CPU and CUDA registrations. The Python layer
-// validates every argument first with clear messages; these TORCH_CHECKs are the second line.
+// The pgd family's glue (PGD's step and UDR's step and soft cost): Tensor -> parameter structs
+// and the registered entry points of a backend, shared by csrc/cpu/pgd.cpp and csrc/cuda/pgd.cpp.
 #pragma once
 
-#include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/string_view.h>
 
 #include <optional>
 
+#include "common_glue.h"
 #include "fastadv/pgd.h"
 
-// CPU kernels are compiled once per instruction set (AVX-512, AVX2, baseline); the loader picks
-// the best clone for the running CPU.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTADV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTADV_CPU_CLONES
-#endif
-
 namespace fastadv {
-
-inline ScalarKind scalar_kind_of(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return ScalarKind::Float32;
-    case at::kDouble: return ScalarKind::Float64;
-    case at::kHalf: return ScalarKind::Float16;
-    case at::kBFloat16: return ScalarKind::BFloat16;
-    default: TORCH_CHECK(false, "fastadv: ", name, " must be a floating tensor, got ", t.scalar_type());
-  }
-}
-
-inline at::ScalarType accumulate_type_of(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 // Rows of a [B, ...] tensor are consecutive blocks of memory when it is dense and the batch
 // dimension is outermost (contiguous and channels_last tensors both are).
@@ -42,13 +20,6 @@ inline bool has_row_layout(const at::Tensor& t) {
   if (!t.is_non_overlapping_and_dense()) return false;
   const int64_t rows = t.size(0);
   return rows <= 1 || t.stride(0) * rows == t.numel();
-}
-
-inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* name) {
-  TORCH_CHECK(t.sizes() == ref.sizes(), "fastadv: ", name, " must have shape ", ref.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "fastadv: ", name, " must have dtype ", ref.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), "fastadv: ", name, " must be on ", ref.device(), ", got ", t.device());
-  TORCH_CHECK(t.numel() == 0 || t.strides() == ref.strides(), "fastadv: ", name, " must share x_adv's memory layout");
 }
 
 inline const void* per_sample_pointer(const std::optional<at::Tensor>& t, const at::Tensor& ref,
@@ -67,9 +38,9 @@ inline StepRows step_rows(const at::Tensor& out, const at::Tensor& x_adv, const 
                           const at::Tensor& x, double clip_min, double clip_max) {
   TORCH_CHECK(x_adv.dim() >= 1, "fastadv: x_adv must have a batch dimension");
   TORCH_CHECK(has_row_layout(x_adv), "fastadv: x_adv must be dense with the batch dimension outermost");
-  check_like(grad, x_adv, "grad");
-  check_like(x, x_adv, "x");
-  check_like(out, x_adv, "out");
+  check_like(grad, x_adv, "grad", "x_adv");
+  check_like(x, x_adv, "x", "x_adv");
+  check_like(out, x_adv, "out", "x_adv");
   TORCH_CHECK(clip_min <= clip_max, "fastadv: clip_min must not exceed clip_max");
   StepRows r{};
   r.out = out.data_ptr();
@@ -182,7 +153,7 @@ struct UdrEntryPoints {
                               const std::optional<at::Tensor>& eps_per_sample, double tau, c10::string_view cost) {
     TORCH_CHECK(x_adv.dim() >= 1, "fastadv: x_adv must have a batch dimension");
     TORCH_CHECK(has_row_layout(x_adv), "fastadv: x_adv must be dense with the batch dimension outermost");
-    check_like(x, x_adv, "x");
+    check_like(x, x_adv, "x", "x_adv");
     TORCH_CHECK(tau > 0, "fastadv: tau must be > 0, got ", tau);
     const at::ScalarType acc = accumulate_type_of(x_adv.scalar_type());
     at::Tensor out = at::empty({x_adv.size(0)}, x_adv.options().dtype(acc));
