@@ -23,7 +23,7 @@ import time
 import torch
 
 import fastadv
-from fastadv.ops import pgd_step, pgd_step_, udr_step, udr_step_
+from fastadv.ops import pgd_step, pgd_step_, soft_cost, udr_step, udr_step_
 from fastadv.ops.pgd import unchecked
 from fastadv.reference import pgd as reference
 
@@ -177,11 +177,16 @@ UDR_SHAPE = (512, 3, 32, 32)
 UDR_ARGUMENTS = dict(eps=8 / 255, eta=2 / 255, lam=1.0, tau=4 / 255)
 
 
-def measure_udr(cost, device, fused_backend, rounds):
-    """udr_step against the eager reference and its compilation (compile time apart), cold inputs."""
+def measure_udr(cost, device, fused_backend, rounds, op="udr_step"):
+    """``op`` (udr_step, or soft_cost: λ's statistic of the examples) against the eager reference
+    and its compilation (compile time apart), cold inputs."""
     numel = torch.Size(UDR_SHAPE).numel()
     rotation = Rotation(UDR_SHAPE, device, max(2, -(-COLD_BYTES // (8 * numel * 4))))
-    eager = functools.partial(reference.udr_step, cost=cost, **UDR_ARGUMENTS)
+    eps, tau = UDR_ARGUMENTS["eps"], UDR_ARGUMENTS["tau"]
+    if op == "udr_step":
+        eager = functools.partial(reference.udr_step, cost=cost, **UDR_ARGUMENTS)
+    else:
+        eager = lambda x_adv, grad, x: reference.soft_cost(x_adv, x, eps, tau, cost)  # noqa: E731
     with common.fresh_inductor_cache():
         start = time.perf_counter()
         compiled = torch.compile(eager)
@@ -191,6 +196,8 @@ def measure_udr(cost, device, fused_backend, rounds):
     def fused():
         (x_adv, grad, x), _ = rotation.next()
         with fastadv.use_backend(fused_backend):
+            if op == "soft_cost":
+                return soft_cost(x_adv, x, eps, tau, cost)
             return udr_step(x_adv, grad, x, cost=cost, **UDR_ARGUMENTS)
 
     def fused_in_place():
@@ -201,15 +208,17 @@ def measure_udr(cost, device, fused_backend, rounds):
     functions = {
         "eager reference": lambda: eager(*rotation.next()[0]),
         "torch.compile(reference)": lambda: compiled(*rotation.next()[0]),
-        "fastadv udr_step": fused,
-        "fastadv udr_step_ (in place)": fused_in_place,
-        **in_place_variants(udr_step_, functools.partial(_unchecked_udr_step_, cost=cost, **UDR_ARGUMENTS),
-                            rotation, device, fused_backend, dict(cost=cost, **UDR_ARGUMENTS)),
+        f"fastadv {op}": fused,
     }
+    if op == "udr_step":
+        functions["fastadv udr_step_ (in place)"] = fused_in_place
+        functions.update(in_place_variants(
+            udr_step_, functools.partial(_unchecked_udr_step_, cost=cost, **UDR_ARGUMENTS), rotation, device,
+            fused_backend, dict(cost=cost, **UDR_ARGUMENTS)))
     stats = common.time_interleaved(functions, device, rounds=rounds)
     records = []
     for name, st in stats.items():
-        records.append({"shape": "x".join(map(str, UDR_SHAPE)), "cost": cost, "implementation": name,
+        records.append({"op": op, "shape": "x".join(map(str, UDR_SHAPE)), "cost": cost, "implementation": name,
                         "median_ms": st["median"] * 1e3, "p20_ms": st["p20"] * 1e3, "p80_ms": st["p80"] * 1e3,
                         "speedup_vs_eager": stats["eager reference"]["median"] / st["median"],
                         "speedup_vs_compile": stats["torch.compile(reference)"]["median"] / st["median"],
@@ -218,14 +227,15 @@ def measure_udr(cost, device, fused_backend, rounds):
 
 
 def udr_report(records) -> str:
-    rows = [[r["shape"], r["cost"], r["implementation"], f"{r['median_ms']:.3f}",
+    rows = [[r.get("op", "udr_step"), r["shape"], r["cost"], r["implementation"], f"{r['median_ms']:.3f}",
              f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}", f"{r['speedup_vs_eager']:.2f}×", f"{r['speedup_vs_compile']:.2f}×"]
             for r in records]
-    compile_lines = [f"- {r['cost']}: torch.compile's first call {r['compile_s']:.1f} s (empty inductor cache)"
-                     for r in records if r["compile_s"] is not None]
-    return "\n".join(["udr_step (METHODS.md section 5: ε = 8/255, η = 2/255, τ = 2η, λ = 1), float32, cold inputs:",
-                      "", common.markdown_table(["shape", "cost", "implementation", "median ms", "p20–p80 ms",
-                                                 "vs eager reference", "vs compiled reference"], rows), ""]
+    compile_lines = [f"- {r.get('op', 'udr_step')}, {r['cost']}: torch.compile's first call {r['compile_s']:.1f} s "
+                     "(empty inductor cache)" for r in records if r["compile_s"] is not None]
+    return "\n".join(["udr_step and soft_cost (METHODS.md section 5: ε = 8/255, η = 2/255, τ = 2η, λ = 1), float32, "
+                      "cold inputs:", "",
+                      common.markdown_table(["op", "shape", "cost", "implementation", "median ms", "p20–p80 ms",
+                                             "vs eager reference", "vs compiled reference"], rows), ""]
                      + compile_lines)
 
 
@@ -269,7 +279,8 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
         "rounds": rounds,
     }
     common.write_results("pgd", records, meta, out_dir)
-    udr_records = [r for cost in ("pixel", "l2", "linf") for r in measure_udr(cost, device, fused_backend, rounds)]
+    udr_records = [r for op in ("udr_step", "soft_cost") for cost in ("pixel", "l2", "linf")
+                   for r in measure_udr(cost, device, fused_backend, rounds, op)]
     common.write_results("udr", udr_records, meta, out_dir)
     return report(records, meta) + "\n\n" + udr_report(udr_records)
 

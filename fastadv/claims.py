@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from .data import DATASETS
 from .evaluate.suite import ATTACKS, LABELS
 from .models import default_model
 from .runs import atomic_write_text
@@ -46,6 +47,8 @@ DECIDED = 0.03
 SEEDS_TO_DECIDE = 3
 #: PGD-20 minus AutoAttack accuracy above which an arm is also judged under Square-5000
 GAP_FOR_SQUARE = 0.10
+#: the datasets a claim is judged on (those that carry a signal)
+CLAIM_DATASETS = tuple(name for name, dataset in DATASETS.items() if dataset.learnable)
 #: the metrics summarised over seeds (an ensemble's runs also keep their members' accuracies)
 METRICS = (*LABELS, "masked_cosine")
 
@@ -374,16 +377,14 @@ def reproduce(name: str, dataset: str = "digits", seeds: Sequence[int] = (0,), e
               out="claims", device=None, data_root=None, eval_size: Optional[int] = None,
               progress: bool = False, log=print, arms: Optional[Sequence[str]] = None) -> dict:
     """Train, evaluate and judge the claim ``name`` (a key of :data:`CLAIMS`) on ``dataset``
-    with each of ``seeds``; writes ``out/DATASET/NAME.json`` and ``NAME.md`` (the README's row)
+    with each of ``seeds``; writes ``out/DATASET/NAME.json`` and ``NAME.md`` (the row of docs/results.md)
     and returns the record. Runs live in ``out/DATASET/runs/`` and are reused (see the module).
     ``arms`` (labels of the claim's arms; default all) are the arms trained with ``seeds``; the
     others keep the runs the claim's existing record holds for them."""
     if name not in CLAIMS:
         raise ValueError(f"reproduce: claim must be one of {', '.join(CLAIMS)}, got {name!r}")
-    from .data import DATASETS
-
-    if dataset not in DATASETS or dataset == "synthetic":
-        raise ValueError(f"reproduce: dataset must be digits, cifar10 or cifar100, got {dataset!r}")
+    if dataset not in CLAIM_DATASETS:
+        raise ValueError(f"reproduce: dataset must be one of {', '.join(CLAIM_DATASETS)}, got {dataset!r}")
     seeds = list(seeds)
     if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ValueError(f"reproduce: seeds must be distinct integers >= 0, got {seeds!r}")

@@ -316,6 +316,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _held_out_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a command that attacks the held-out split (eval, attack)."""
+    parser.add_argument("--size", type=int, default=None, help="first N held-out samples (default: all)")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--data-root", dest="data_root", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastadv", description="Fast and faithful adversarial training.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -340,14 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS + EXTRA_ATTACKS,
                           help=f"default: {' '.join(ATTACKS)}; also {' '.join(EXTRA_ATTACKS)}")
     evaluate.add_argument("--eps", type=float, default=None, help="default: the run's training ε")
-    evaluate.add_argument("--size", type=int, default=None, help="first N held-out samples (default: all)")
-    evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=256)
-    evaluate.add_argument("--device", default=None)
-    evaluate.add_argument("--data-root", dest="data_root", default=None)
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--no-progress", action="store_true")
+    _held_out_options(evaluate)
     evaluate.set_defaults(run=_eval)
-    from fastadv.attacks.multi_objective import MOO_LOSSES, WEIGHTINGS
+    from fastadv.attacks.multi_objective import DEFAULT_STEPS, MOO_LOSSES, TAMOO_LAMBDA, WEIGHTINGS
     from fastadv.attacks.transforms import TRANSFORMS
     from fastadv.evaluate import TASK_SETS
     from fastadv.ops.simplex import SOLVERS
@@ -367,20 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how moo and tamoo find their weights (softmax-gd is the seed's)")
     attack.add_argument("--eps", type=float, default=None, help="default: the runs' training ε")
     attack.add_argument("--alpha", type=float, default=None, help="step size (default: ε/4)")
-    attack.add_argument("--steps", type=int, default=100)
-    attack.add_argument("--lam", type=float, default=100.0, help="λ of TA-MOO")
+    attack.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    attack.add_argument("--lam", type=float, default=TAMOO_LAMBDA, help="λ of TA-MOO")
     attack.add_argument("--group", type=int, default=4, help="UNI: images sharing one perturbation")
     attack.add_argument("--transforms", nargs="+", choices=tuple(TRANSFORMS), default=None,
                         help="EoT: the transformation families (default: all, seed 003 Table 9)")
     attack.add_argument("--stochastic", action="store_true", help="EoT: sample each family's parameter (Table 9)")
-    attack.add_argument("--size", type=int, default=None, help="first N held-out samples (default: all)")
-    attack.add_argument("--batch-size", dest="batch_size", type=int, default=256)
-    attack.add_argument("--device", default=None)
-    attack.add_argument("--data-root", dest="data_root", default=None)
-    attack.add_argument("--seed", type=int, default=0)
     attack.add_argument("--out", default=None, help="JSON file (default: attack-TASKS.json beside the first checkpoint)")
-    attack.add_argument("--no-progress", action="store_true")
+    _held_out_options(attack)
     attack.set_defaults(run=_attack)
+    from fastadv.claims import CLAIM_DATASETS
+
     reproduce = commands.add_parser(
         "reproduce", help="check a paper's claim: train, evaluate and compare its methods",
         formatter_class=_HelpFormatter,
@@ -392,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the list.")
     reproduce.add_argument("claims", nargs="*", help="claim names (see --list), or all")
     reproduce.add_argument("--list", action="store_true", help="list the claims")
-    reproduce.add_argument("--dataset", default="digits", choices=("digits", "cifar10", "cifar100"))
+    reproduce.add_argument("--dataset", default="digits", choices=CLAIM_DATASETS)
     reproduce.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default: 0)")
     reproduce.add_argument("--arms", nargs="+", default=None, metavar="LABEL",
                            help="train only these arms with --seeds (e.g. the two of an undecided comparison); "

@@ -25,15 +25,9 @@ FREE_ON_RESUME = ("resume", "overwrite", "progress", "device", "workers", "cuda_
 # per-epoch evaluation; ltd's teacher is a run folder here, loaded into a model for the method).
 TRAINER_METHOD_SETTINGS = ("eps", "alpha", "steps", "norm", "attack_dtype", "beta", "teacher")
 
-# Per-dataset training defaults (anything left None in TrainConfig). digits: chosen so that
-# TRADES trains in about a minute on 2 CPU cores; CIFAR: the TRADES paper's (100 epochs,
-# lr 0.1 decayed by 10 at epochs 75 and 90, weight decay 2e-4, batch 128).
-DATASET_DEFAULTS = {
-    "digits": dict(epochs=30, batch_size=128, lr=0.05, weight_decay=5e-4),
-    "cifar10": dict(epochs=100, batch_size=128, lr=0.1, weight_decay=2e-4),
-    "cifar100": dict(epochs=100, batch_size=128, lr=0.1, weight_decay=2e-4),
-    "synthetic": dict(epochs=2, batch_size=32, lr=0.1, weight_decay=5e-4),
-}
+#: Per-dataset training defaults (anything left None in TrainConfig), declared with each dataset
+#: (fastadv.data.DATASETS).
+DATASET_DEFAULTS = {name: dataset.training for name, dataset in DATASETS.items()}
 
 
 @dataclass

@@ -17,17 +17,16 @@ import os
 import pickle
 from dataclasses import dataclass
 from numbers import Integral
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
 DEFAULT_ROOT = "data"
 CIFAR_PADDING = 4  # random crop after 4 zero pixels on every side, as in Madry et al. / TRADES
 
-__all__ = ["DATASETS", "DatasetInfo", "ImageDataset", "dataset_info", "load_dataset",
+__all__ = ["DATASETS", "Dataset", "DatasetInfo", "ImageDataset", "dataset_info", "load_dataset",
            "write_cifar_folder"]
 
 
@@ -47,21 +46,6 @@ class DatasetInfo:
     default_alpha: float
 
 
-_INFOS = {
-    # Digits: mean and std of every pixel of the fixed training split (1347 images, values/16,
-    # population std), computed once with numpy from load_digits() and train_test_split(
-    # test_size=0.25, stratify=y, random_state=0); tests/test_data.py recomputes them.
-    # eps=0.2 is where standard training collapses on this data set (16 grey levels).
-    "digits": DatasetInfo("digits", 10, (1, 8, 8), (0.30522472,), (0.37600560,), 0.2, 0.05),
-    "cifar10": DatasetInfo("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465),
-                           (0.2471, 0.2435, 0.2616), 8 / 255, 2 / 255),
-    "cifar100": DatasetInfo("cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409),
-                            (0.2673, 0.2564, 0.2762), 8 / 255, 2 / 255),
-    # Uniform noise on [0, 1]: mean 1/2, std 1/sqrt(12).
-    "synthetic": DatasetInfo("synthetic", 10, (3, 32, 32), (0.5,) * 3, (1 / math.sqrt(12),) * 3,
-                             8 / 255, 2 / 255),
-}
-
 # Folder and file names exactly as torchvision writes them.
 _CIFAR_LAYOUT = {
     "cifar10": dict(folder="cifar-10-batches-py",
@@ -74,14 +58,14 @@ _CIFAR_LAYOUT = {
 
 def _dataset_name(name) -> str:
     if not isinstance(name, str) or name.lower() not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+        raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {name!r}")
     return name.lower()
 
 
 def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of a dataset without loading it (e.g. to rebuild a model from a
     checkpoint)."""
-    return _INFOS[_dataset_name(name)]
+    return DATASETS[_dataset_name(name)].info
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -260,7 +244,7 @@ def write_cifar_folder(root: Union[str, os.PathLike], name: str = "cifar10", tra
         if not isinstance(value, Integral) or value < 1:
             raise ValueError(f"write_cifar_folder: {argument} must be a positive integer, got {value!r}")
     layout = _CIFAR_LAYOUT[name]
-    num_classes = _INFOS[name].num_classes
+    num_classes = DATASETS[name].info.num_classes
     folder = os.path.join(os.fspath(root), layout["folder"])
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -299,7 +283,7 @@ def _load_synthetic(size, seed, augment: bool):
     if not isinstance(size, Integral) or isinstance(size, bool) or size < 4:
         raise ValueError(f"synthetic_size must be an integer >= 4 (the test set has "
                          f"synthetic_size // 4 samples), got {size!r}")
-    info = _INFOS["synthetic"]
+    info = DATASETS["synthetic"].info
     generator = torch.Generator().manual_seed(int(seed))
 
     def make(count: int, augment: bool) -> ImageDataset:
@@ -309,6 +293,54 @@ def _load_synthetic(size, seed, augment: bool):
         return ImageDataset(images, labels, augment=augment)
 
     return make(int(size), augment), make(int(size) // 4, False)
+
+
+# ----------------------------------------------------------------------------- the datasets
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset, declared once in :data:`DATASETS`: ``info`` (shape, classes, normalisation,
+    default ε and α), ``load(root, download, augment, synthetic_size, seed) -> (train, test)``,
+    ``default_model`` (the name in :data:`fastadv.models.MODELS` trained when none is given),
+    ``training`` (the trainer's defaults for what :class:`~fastadv.config.TrainConfig` leaves
+    None) and ``learnable`` (False for data that carries no signal: claims are not judged on it)."""
+    info: DatasetInfo
+    load: Callable
+    default_model: str
+    training: dict
+    learnable: bool = True
+
+
+def _cifar(name):
+    return lambda root, download, augment, synthetic_size, seed: _load_cifar(
+        name, os.fspath(root) if root is not None else DEFAULT_ROOT, download, augment)
+
+
+# Training defaults: digits chosen so that TRADES trains in about a minute on 2 CPU cores; CIFAR
+# the TRADES paper's (100 epochs, lr 0.1 decayed by 10 at epochs 75 and 90, weight decay 2e-4,
+# batch 128).
+_CIFAR_TRAINING = dict(epochs=100, batch_size=128, lr=0.1, weight_decay=2e-4)
+DATASETS: Dict[str, Dataset] = {
+    # Digits: mean and std of every pixel of the fixed training split (1347 images, values/16,
+    # population std), computed once with numpy from load_digits() and train_test_split(
+    # test_size=0.25, stratify=y, random_state=0); tests/test_data.py recomputes them.
+    # eps=0.2 is where standard training collapses on this data set (16 grey levels).
+    "digits": Dataset(DatasetInfo("digits", 10, (1, 8, 8), (0.30522472,), (0.37600560,), 0.2, 0.05),
+                      lambda root, download, augment, synthetic_size, seed: _load_digits(),
+                      "digits_cnn", dict(epochs=30, batch_size=128, lr=0.05, weight_decay=5e-4)),
+    "cifar10": Dataset(DatasetInfo("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465),
+                                   (0.2471, 0.2435, 0.2616), 8 / 255, 2 / 255),
+                       _cifar("cifar10"), "preact_resnet18", _CIFAR_TRAINING),
+    "cifar100": Dataset(DatasetInfo("cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409),
+                                    (0.2673, 0.2564, 0.2762), 8 / 255, 2 / 255),
+                        _cifar("cifar100"), "preact_resnet18", _CIFAR_TRAINING),
+    # Uniform noise on [0, 1]: mean 1/2, std 1/sqrt(12).
+    "synthetic": Dataset(DatasetInfo("synthetic", 10, (3, 32, 32), (0.5,) * 3, (1 / math.sqrt(12),) * 3,
+                                     8 / 255, 2 / 255),
+                         lambda root, download, augment, synthetic_size, seed: _load_synthetic(
+                             synthetic_size, seed, augment),
+                         "preact_resnet18", dict(epochs=2, batch_size=32, lr=0.1, weight_decay=5e-4),
+                         learnable=False),
+}
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -331,12 +363,6 @@ def load_dataset(name: str, root: Optional[Union[str, os.PathLike]] = None, down
 
     ``seed`` only affects ``synthetic``; the data sets' own splits are fixed.
     """
-    name = _dataset_name(name)
-    if name == "digits":
-        train, test = _load_digits()
-    elif name == "synthetic":
-        train, test = _load_synthetic(synthetic_size, seed, augment)
-    else:
-        train, test = _load_cifar(name, os.fspath(root) if root is not None else DEFAULT_ROOT,
-                                  download, augment)
-    return train, test, _INFOS[name]
+    dataset = DATASETS[_dataset_name(name)]
+    train, test = dataset.load(root, download, augment, synthetic_size, seed)
+    return train, test, dataset.info

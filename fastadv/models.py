@@ -60,6 +60,21 @@ def _num_classes(model: str, num_classes) -> int:
     return int(num_classes)
 
 
+#: fastadv's own networks by name, each registered where it is defined (``@registered("name")`` on
+#: its class or factory, which takes ``num_classes`` and ``input_shape``). What a network offers
+#: is on its class (a :class:`FeatureNetwork`): ``features``, ``adr_layer`` (the representation
+#: ADR takes) and ``residual``; torchvision's classifiers come in as ``torchvision:<name>``.
+MODELS: Dict[str, Callable[..., nn.Module]] = {}
+
+
+def registered(name: str):
+    """Adds the decorated class or factory to :data:`MODELS` under ``name``."""
+    def register(factory):
+        MODELS[name] = factory
+        return factory
+    return register
+
+
 # ----------------------------------------------------------------------------- normalisation
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel, with mean and std as buffers of shape [1, C, 1, 1] (they
@@ -220,6 +235,7 @@ class FeatureNetwork(nn.Module, abc.ABC):
 
 
 # ----------------------------------------------------------------------------- digits CNN
+@registered("digits_cnn")
 class DigitsCNN(FeatureNetwork):
     """A small CNN for scikit-learn's 8x8 digits: conv 32 -> conv 64 (3x3, padding 1, ReLU) ->
     max-pool 2 -> fc 128 -> ReLU -> fc num_classes.
@@ -320,6 +336,7 @@ class PreActResNet(FeatureNetwork):
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 
+@registered("preact_resnet18")
 def preact_resnet18(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> PreActResNet:
     """PreActResNet-18 (Rice et al. 2020): two blocks per stage, 11,172,170 parameters for 10
     classes (the often-quoted 11,173,962 is the post-activation ResNet-18's, whose shortcut
@@ -406,12 +423,14 @@ class WideResNet(FeatureNetwork):
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 
+@registered("wide_resnet34_10")
 def wide_resnet34_10(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> WideResNet:
     """WRN-34-10 (depth 34, widen factor 10, no dropout): 46,160,474 parameters for 10 classes."""
     return WideResNet(34, 10, num_classes, input_shape)
 
 
 # ----------------------------------------------------------------------------- CNN-4C3F
+@registered("cnn_4c3f")
 class CNN4C3F(FeatureNetwork):
     """CNN-4C3F(32) of seed 003 (Bui's thesis, supplementary of the ADR chapter, "Model
     architectures"): generator ``2 x Conv(32) -> MaxPool -> 2 x Conv(32) -> MaxPool -> Flatten``,
@@ -474,6 +493,7 @@ class CNN4C3F(FeatureNetwork):
         return self.classifier(self.hidden(c))
 
 
+@registered("digits_mlp")
 class DigitsMLP(FeatureNetwork):
     """A multilayer perceptron for the 8x8 digits: flatten -> fc 256 -> ReLU -> fc 128 -> ReLU
     -> fc num_classes. With :class:`DigitsResNet` and :class:`DigitsCNN` it makes an ensemble
@@ -494,6 +514,7 @@ class DigitsMLP(FeatureNetwork):
         return self.encoder(x)
 
 
+@registered("digits_resnet")
 class DigitsResNet(FeatureNetwork):
     """A small residual network for the 8x8 digits: conv 32 (3x3) -> two pre-activation blocks
     of 32 channels (:class:`PreActBlock`, the second with stride 2) -> BN -> ReLU -> global
@@ -514,17 +535,6 @@ class DigitsResNet(FeatureNetwork):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate layer, the classifier's input: the globally pooled final BN-ReLU, [B, width]."""
         return self.head(self.blocks(self.stem(x)))
-
-
-# ----------------------------------------------------------------------------- registry
-MODELS: Dict[str, Callable[..., nn.Module]] = {
-    "digits_cnn": DigitsCNN,
-    "digits_mlp": DigitsMLP,
-    "digits_resnet": DigitsResNet,
-    "preact_resnet18": preact_resnet18,
-    "wide_resnet34_10": wide_resnet34_10,
-    "cnn_4c3f": CNN4C3F,
-}
 
 
 def _torchvision_model(name: str, num_classes: int, input_shape: Tuple[int, int, int]) -> nn.Module:
@@ -577,8 +587,9 @@ def build_model(name: str, info: DatasetInfo) -> NormalizedModel:
 
 
 def default_model(dataset_name: str) -> str:
-    """The model fastadv trains on a dataset when none is named: ``digits_cnn`` on the digits,
-    ``preact_resnet18`` (the literature's CIFAR workhorse) elsewhere."""
+    """The model fastadv trains on a dataset when none is named (its ``default_model`` in
+    :data:`fastadv.data.DATASETS`): ``digits_cnn`` on the digits, ``preact_resnet18`` (the
+    literature's CIFAR workhorse) elsewhere."""
     if not isinstance(dataset_name, str) or dataset_name.lower() not in DATASETS:
-        raise ValueError(f"default_model: dataset must be one of {DATASETS}, got {dataset_name!r}")
-    return "digits_cnn" if dataset_name.lower() == "digits" else "preact_resnet18"
+        raise ValueError(f"default_model: dataset must be one of {tuple(DATASETS)}, got {dataset_name!r}")
+    return DATASETS[dataset_name.lower()].default_model

@@ -14,7 +14,7 @@ FASTADV_LOGITS_MEMBER_OPS) are at the end: a program per sample.
 Design: a program owns BLOCK_B whole rows (BLOCK_C = the next power of two >= C), so a row
 is read once and its max, log-sum-exp, loss and every asked-for gradient are computed in one
 launch (Liger-Kernel's habit: the backward only scales the saved gradient). Rows are limited
-to 16384 columns (fastadv.ops.logits.TRITON_MAX_COLUMNS; `auto` gives wider ones to the CUDA C++
+to 16384 columns (kernels/limits.py, LOGITS_MAX_COLUMNS; `auto` gives wider ones to the CUDA C++
 kernels): compiled for sm_90, a float32 row of up to 8192 fits in registers in every
 kernel, and the heaviest kernels spill a little beyond that. Wider rows raise a ValueError
 naming C rather than looping over chunks with an online max. Five kernels serve the ten
@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .common import divide as _divide, row_max as _row_max, row_sum as _row_sum, sqrt as _sqrt
-from ..ops.logits import TRITON_MAX_COLUMNS as _MAX_COLUMNS
+from .limits import LOGITS_MAX_COLUMNS as _MAX_COLUMNS
 # At least 2048 elements per program (short rows are batched, which also keeps the
 # interpreter's program count low) and 8 per thread up to 32 warps: with 16 per thread,
 # mart_loss already spills at 8192 columns (float32, sm_90).

@@ -107,3 +107,27 @@ def reads(run) -> dict:
     return dict(counter.origins)
 
 
+
+
+# ----------------------------------------------------------------------------- resume
+def straight_and_interrupted(tmp_path, config: dict, at=(0, 4)):
+    """Trains ``config`` (TrainConfig's fields) straight through into tmp_path/straight, and again
+    into tmp_path/interrupted with Ctrl-C (SIGINT) after batch ``at`` = (epoch, batch), then
+    resumed to the end. Returns (straight, interrupted, the interrupted run's checkpoint as it
+    stood before the resume)."""
+    import signal
+
+    from fastadv.train import Interrupted, TrainConfig, train
+
+    straight = train(TrainConfig(run_dir=str(tmp_path / "straight"), **config))
+
+    def press_ctrl_c(epoch, batch):
+        if (epoch, batch) == at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(Interrupted):
+        train(TrainConfig(run_dir=str(interrupted), **config), on_batch_end=press_ctrl_c)
+    halfway = torch.load(interrupted / "checkpoint.pt", weights_only=True)
+    train(TrainConfig(run_dir=str(interrupted), resume=True, **config))
+    return straight, interrupted, halfway

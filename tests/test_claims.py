@@ -118,7 +118,7 @@ def test_reproduce_at_the_papers_settings_on_a_tiny_cifar_folder(tmp_path, monke
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"name": "bogus"}, "^reproduce: claim must be one of als-cosine, "),
-    ({"name": "lrm", "dataset": "synthetic"}, "^reproduce: dataset must be digits, cifar10 or cifar100"),
+    ({"name": "lrm", "dataset": "synthetic"}, "^reproduce: dataset must be one of digits, cifar10, cifar100, got"),
     ({"name": "lrm", "seeds": [0, 0]}, r"^reproduce: seeds must be distinct integers >= 0, got \[0, 0\]"),
     ({"name": "lrm", "epochs": 0}, "^reproduce: epochs must be a positive integer, got 0"),
 ])

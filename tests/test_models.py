@@ -4,7 +4,7 @@ import weakref
 import pytest
 import torch
 
-from fastadv.data import dataset_info
+from fastadv.data import DATASETS, dataset_info
 from fastadv.models import (FeatureNetwork, MODELS, CNN4C3F, Normalize, NormalizedModel, build_model, default_model,
                             penultimate_layer, preact_resnet18, wide_resnet34_10)
 
@@ -113,7 +113,8 @@ def test_torchvision_model_that_cannot_take_the_input_is_rejected():
 
 
 def test_unknown_model_lists_the_choices():
-    with pytest.raises(ValueError, match="digits_cnn.*digits_mlp.*digits_resnet.*preact_resnet18.*wide_resnet34_10.*cnn_4c3f.*torchvision:"):
+    choices = ".*".join(MODELS)
+    with pytest.raises(ValueError, match=f"{choices}.*torchvision:"):
         build_model("resnet1000", dataset_info("cifar10"))
 
 
@@ -123,6 +124,16 @@ def test_default_models():
         assert default_model(name) == "preact_resnet18"
     with pytest.raises(ValueError, match="dataset"):
         default_model("imagenet")
+
+
+def test_every_dataset_default_model_is_registered_and_builds():
+    """A dataset names its default model where it is declared (fastadv.data.DATASETS); it must be
+    one of MODELS and build for the dataset's shape and classes."""
+    for name, dataset in DATASETS.items():
+        assert dataset.default_model in MODELS, name
+        model = build_model(dataset.default_model, dataset.info)
+        x = torch.rand(2, *dataset.info.input_shape)
+        assert model(x).shape == (2, dataset.info.num_classes)
 
 
 def test_normalize_buffers_and_validation():

@@ -16,7 +16,7 @@ from fastadv.ensemble import Ensemble
 from fastadv.runs import build_run_model, load_model
 from fastadv.methods import METHODS, build_method
 from fastadv.train import GraphedStep, Interrupted, TrainConfig, Trainer, epoch_batches, sgd_update, train
-from tests.helpers import CountReads
+from tests.helpers import CountReads, straight_and_interrupted
 
 QUICK = dict(dataset="digits", epochs=2, steps=2, eval_steps=3, eval_size=90, progress=False)
 
@@ -94,19 +94,9 @@ def test_bad_configuration_fails_at_once(tmp_path, change, message):
 def test_an_ensemble_run_resumes_exactly(tmp_path):
     """ALS on two members: the members' weights and the λ schedule (the method's state) carry
     through an interrupt mid-epoch."""
-    quick = dict(QUICK, method="als", members=2, epochs=1)
-    straight = train(TrainConfig(run_dir=str(tmp_path / "straight"), **quick))
-
-    def press_ctrl_c(epoch, batch):
-        if (epoch, batch) == (0, 4):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    interrupted = tmp_path / "interrupted"
-    with pytest.raises(Interrupted):
-        train(TrainConfig(run_dir=str(interrupted), **quick), on_batch_end=press_ctrl_c)
-    halfway = torch.load(interrupted / "checkpoint.pt", weights_only=True)
+    straight, interrupted, halfway = straight_and_interrupted(tmp_path, dict(QUICK, method="als", members=2,
+                                                                            epochs=1))
     assert halfway["method"] == {"schedule_steps": 4 * 2, "schedule_total": 11 * 2}  # 11 batches of 128 digits
-    train(TrainConfig(run_dir=str(interrupted), resume=True, **quick))
     assert metrics(interrupted) == metrics(straight)
     assert 0 < metrics(straight)[0]["train_lambda"] <= 1
     final_a = torch.load(straight / "checkpoint.pt", weights_only=True)

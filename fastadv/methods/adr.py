@@ -101,7 +101,7 @@ class ADR(RepresentationMethod):
       digits with these defaults (digits_cnn, its convolutional features, λ_conf = 0, batch 128,
       SGD momentum 0.9 at lr 0.05, 0.01 or 0.002, ε 0.2 or 0.05): the local compactness drives
       the ReLU features to 0 within ~15 steps, before the cross-entropy has learned anything,
-      and training stays at chance (README, "Do the papers' findings hold?"); the penultimate
+      and training stays at chance (docs/results.md); the penultimate
       layer does the same. digits_resnet (BatchNorm before its features) trains.
     """
 

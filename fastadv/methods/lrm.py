@@ -64,7 +64,7 @@ class LRM(AdversarialMethod):
       sharpens p(x) and p(x') together without bound (β holds the logits only near
       L_adv / (2rβ)): on the digits (ε = 0.2) such a run reaches NaN within its first epoch, at
       a tenth of the learning rate too, and with r = 0.95 by its sixth. With p(x) constant, H is
-      bounded below by the entropy of p(x) and the run trains (README).
+      bounded below by the entropy of p(x) and the run trains (docs/methods.md).
     - c is computed on the batch means (one ratio per batch), and both batches go through the
       model in training mode, natural first, as in the other natural-and-adversarial methods.
     - The ratio: seed 001 §5.2 sets "the ratio between the adversarial training loss and the

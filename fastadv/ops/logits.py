@@ -39,12 +39,13 @@ import math
 import torch
 
 from .. import _validate
+from ..kernels.limits import LOGITS_MAX_COLUMNS
 from ..reference import logits as reference
 from . import _registry
 
-#: The widest rows the Triton kernels take (kernels/logits.py): ``auto`` runs wider ones on the
+#: The widest rows the Triton kernels take (kernels/limits.py): ``auto`` runs wider ones on the
 #: CUDA C++ kernels.
-TRITON_MAX_COLUMNS = 16384
+TRITON_MAX_COLUMNS = LOGITS_MAX_COLUMNS
 #: The most members ``masked_gram`` takes (kMaxMembers in csrc/include/fastadv/logits.h: the
 #: kernels keep a sample's M×M matrices on the stack or in shared memory).
 MAX_MEMBERS = 32

@@ -267,16 +267,22 @@ def test_cce_objective_is_the_sum_of_member_losses():
 
 
 # ----------------------------------------------------------------------------- ADP and ADV-EN
+def loss_and_examples(name):
+    """(ensemble, x, y, x_adv, loss, metrics) of the method ``name`` on a 3-member ensemble: its
+    loss and metrics on a batch, and its PGD-ce examples crafted again (no random start)."""
+    ensemble = Ensemble([Tiny(s) for s in range(3)], combine="prob").double()
+    method = build_method(name, **ATTACK)
+    method.attack_init = None
+    x, y = batches(1)[0]
+    loss, metrics = method(ensemble, x, y)
+    return ensemble, x, y, PGD(ensemble, init=None, loss="ce", **ATTACK)(x, y), loss, metrics
+
+
 def test_adp_is_adps_loss_on_both_inputs():
     """Σ_k CE(x) + Σ_k CE(x') − ADP(x) − ADP(x') (METHODS.md section 3): adp_loss (checked against
     its equation above) on the clean batch plus on the PGD-ce examples of the ensemble (no random
     start here, so the examples can be crafted again)."""
-    ensemble = Ensemble([Tiny(s) for s in range(3)], combine="prob").double()
-    method = build_method("adp", **ATTACK)
-    method.attack_init = None
-    x, y = batches(1)[0]
-    loss, metrics = method(ensemble, x, y)
-    x_adv = PGD(ensemble, init=None, loss="ce", **ATTACK)(x, y)
+    ensemble, x, y, x_adv, loss, metrics = loss_and_examples("adp")
     natural = adp_loss(ensemble.member_logits(x), y, 2.0, 0.5, 1e-6)
     adversarial = adp_loss(ensemble.member_logits(x_adv), y, 2.0, 0.5, 1e-6)
     assert loss.item() == pytest.approx(natural[0].item() + adversarial[0].item(), rel=1e-10)
@@ -317,12 +323,7 @@ def test_adv_en_is_cross_entropy_of_the_mean_probability_on_both_inputs():
     """CE(log mean_k p_k(x), y) + CE(log mean_k p_k(x'), y) (seed 003 ch. 4's ADV loss on the
     ensemble), x' = PGD-ce on that output (no random start here, so the examples can be crafted
     again)."""
-    ensemble = Ensemble([Tiny(s) for s in range(3)], combine="prob").double()
-    method = build_method("adv_en", **ATTACK)
-    method.attack_init = None
-    x, y = batches(1)[0]
-    loss, metrics = method(ensemble, x, y)
-    x_adv = PGD(ensemble, init=None, loss="ce", **ATTACK)(x, y)
+    ensemble, x, y, x_adv, loss, metrics = loss_and_examples("adv_en")
 
     def mean_ce(inputs):
         total = 0.0

@@ -4,8 +4,6 @@ each loss against its equation by hand on fixed logits, the attack each method r
 perturbation statistics, and bad options refused by name."""
 import json
 import math
-import os
-import signal
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from fastadv.methods import METHODS, build_method
 from fastadv.methods.base import perturbation_distance
 from fastadv.methods.udr import update_lambda
 from fastadv.ops import soft_cost
-from fastadv.train import Interrupted, TrainConfig, train
+from tests.helpers import straight_and_interrupted
 
 UDR = ("udr_pgd", "udr_trades", "udr_mart")
 QUICK = dict(dataset="digits", epochs=2, steps=2, eval_steps=3, eval_size=90, progress=False)
@@ -220,18 +218,8 @@ def test_state_round_trips_and_bad_state_is_refused():
 def test_an_interrupted_run_resumes_with_the_same_lambda(tmp_path):
     """λ is in the checkpoint: a run interrupted mid-epoch and resumed ends with the λ, weights
     and metrics of the uninterrupted run; λ is in metrics.jsonl and curves.png."""
-    config = dict(QUICK, method="udr_trades")
-    straight = train(TrainConfig(run_dir=str(tmp_path / "straight"), **config))
-
-    def press_ctrl_c(epoch, batch):
-        if (epoch, batch) == (0, 4):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    interrupted = tmp_path / "interrupted"
-    with pytest.raises(Interrupted):
-        train(TrainConfig(run_dir=str(interrupted), **config), on_batch_end=press_ctrl_c)
-    halfway = torch.load(interrupted / "checkpoint.pt", weights_only=True)["method"]["lambda"]
-    train(TrainConfig(run_dir=str(interrupted), resume=True, **config))
+    straight, interrupted, halfway = straight_and_interrupted(tmp_path, dict(QUICK, method="udr_trades"))
+    halfway = halfway["method"]["lambda"]
     final_a = torch.load(straight / "checkpoint.pt", weights_only=True)
     final_b = torch.load(interrupted / "checkpoint.pt", weights_only=True)
     assert torch.equal(final_a["method"]["lambda"], final_b["method"]["lambda"])
