@@ -475,9 +475,9 @@ def _combine_members(coefficients, u, ACC: tl.constexpr, BLOCK_M: tl.constexpr):
     Written as tl.sum(A[:, :, None] * u[None, :, :], axis=1), the combine pass of Triton 3.6
     (CombineBroadcastMulReducePattern) rewrites this product into a tt.dot with TF32 inputs
     (10-bit mantissas, relative error ~5e-4, on the tensor cores) once BLOCK_M and BLOCK_C are
-    both >= 16 on a float32 sum: the gradient at 32 members was up to 50 × its tolerance on the
-    first GPU run (H200, Triton 3.6), while the interpreter, which computes in float32, passed.
-    Triton 3.8 no longer rounds there, but older ones are admitted. The gradient is held to
+    both >= 16 on a float32 sum, which puts the gradient at 32 members far outside its
+    tolerance on a GPU, while the interpreter, which computes in float32, cannot show it (Triton
+    3.8 does not rewrite it, but older ones are admitted). The gradient is held to
     float32's accuracy (DESIGN.md, numerics), so the product is an explicit tl.dot with
     input_precision="ieee" (full float32 FMAs, never TF32) where it has a dot's shape; float64
     (which the pattern leaves alone) and fewer than 9 members (a dot needs 16) keep the plain sum.

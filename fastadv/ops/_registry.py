@@ -202,7 +202,7 @@ class TritonOps:
     The ops are registered when the family is built (its module imported) where Triton is
     installed, not on first use: a first use inside ``torch.compile(fullgraph=True)`` would
     otherwise register them while dynamo traces, and dynamo refuses to trace the import
-    (importlib's ``_gcd_import``; found on the first GPU run). Registering imports neither
+    (importlib's ``_gcd_import``). Registering imports neither
     triton nor the kernels (:func:`_lazy_kernel`). Without Triton they are registered on first
     attribute access, where the kernels' import then fails with triton's own error."""
 

@@ -510,9 +510,8 @@ def test_gpu_half_types_within_twice_torch_error(backend, dtype):
     error of the reference run by PyTorch in the half dtype. The weights of the losses are
     rounded to the half dtype first, so both sides see the same incoming gradients. The CUDA
     C++ case is marked `cuda` (the CPU kernels take float32/float64 only); the Triton one also
-    runs in the interpreter on CPU tensors, where it found what the first GPU run did: saved
-    gradients stored in the half type and then scaled were rounded twice (now they are saved
-    in float32 and rounded once)."""
+    runs in the interpreter on CPU tensors. It holds the saved gradients in float32, rounded
+    once: saved in the half type and then scaled, they would be rounded twice."""
     device = device_of(backend)
     for name in OPS:
         tensors, others = make_inputs(name, 64, 100, dtype=dtype, device=device)

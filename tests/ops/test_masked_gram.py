@@ -144,12 +144,10 @@ _TF32_PROBE = textwrap.dedent("""
 
 @pytest.mark.triton
 def test_triton_member_kernels_compile_without_tf32():
-    """The first GPU run (H200, Triton 3.6) found the backward's gradient 50 × its tolerance at 32
-    members: Triton 3.6's combine pass had turned its sum of broadcast products into a TF32
-    tt.dot, which the interpreter (full float32) never shows. Compiled for sm_90 here, the float32
-    kernels must hold no TF32 instruction (run without the interpreter, in a fresh process).
-    Triton 3.8's pass no longer gives TF32, so with it this passes either way; with Triton 3.6 it
-    found 4 and 8 TF32 instructions in the backward before the fix."""
+    """The float32 member kernels, compiled for sm_90 here (without the interpreter, in a fresh
+    process), hold no TF32 instruction: a Triton combine pass may turn a sum of broadcast products
+    into a TF32 tt.dot, which loses float32's precision on the GPU and which the interpreter (full
+    float32) never shows."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", _TF32_PROBE], env=env, capture_output=True, text=True, timeout=600)

@@ -435,9 +435,9 @@ _FIRST_USE_COMPILED = textwrap.dedent("""
 
 @pytest.mark.triton
 def test_torch_compile_first_use_of_the_triton_ops():
-    """The first GPU run: a Triton op first used inside torch.compile(fullgraph=True) failed,
-    because its custom op was registered then, and dynamo refuses to trace the kernels' import.
-    In a fresh process (the suite's earlier tests registered them), on the interpreter."""
+    """A Triton op first used inside torch.compile(fullgraph=True) works: its custom op is
+    registered with the family, not on first use, since dynamo refuses to trace the kernels'
+    import. In a fresh process (the suite's earlier tests registered them), on the interpreter."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     done = subprocess.run([sys.executable, "-c", _FIRST_USE_COMPILED], env=env, capture_output=True, text=True,
                           timeout=600)

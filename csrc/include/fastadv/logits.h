@@ -145,8 +145,8 @@ FASTADV_HOST_DEVICE void store_loss(const LogitsParams& p, int k, int64_t r, T v
 // Row r's gradients are written in the accumulation type too (float for half and bfloat16
 // inputs; the glue allocates them so): the backward multiplies them by the incoming gradient and
 // autograd rounds the product to the input's type once, as PyTorch's own half computation does.
-// Stored in the half type, they were rounded twice (here, then after the multiplication): twice
-// to 2.5 × PyTorch's error on the first GPU run (soft_cross_entropy's ∂/∂t = −log p, of size 60).
+// Stored in the half type, they would be rounded twice (here, then after the multiplication), up
+// to 2.5 × PyTorch's error where a gradient is large (soft_cross_entropy's ∂/∂t = −log p).
 template <typename T>
 FASTADV_HOST_DEVICE void store_gradient(T* g, int64_t j, T value) {
   g[j] = value;
