@@ -11,6 +11,10 @@ inductor cache):
   to −inf before sorting. The projection moves few bytes per row (v and w, plus the mask), so
   its time is also given as a percentage of the roofline of a ``copy_`` of the same bytes timed
   in the same rounds.
+- ``simplex_project`` on long rows, B = 4096 rows of m = 1000 (the wide path: rows of more than
+  32 coordinates, whose threshold the kernels find by a sort-free selection), against the same
+  eager sort-based formula (``duchi_projection``: torch.sort, cumsum, the largest k with
+  u_k − (cumsum_k − 1)/k > 0) and torch.compile of it, with the same roofline.
 - ``min_norm_weights``, TA-MOO's per-sample min-norm problem ``min_{w ∈ Δ} wᵀQw + λΩ(w)`` at
   B = 4096 samples of m = 4 tasks (Q = G Gᵀ, G [B, 4, 64] of random gradients whose norms differ
   by task, λ = 100, a random pattern of achieved tasks, warm-started from the previous step's
@@ -71,6 +75,7 @@ from fastadv.reference import simplex as reference
 from . import common
 
 PROJECT_BATCH, PROJECT_TASKS = 65_536, 8
+WIDE_BATCH, WIDE_TASKS = 4096, 1000  # the wide path (m > 32)
 SOLVER_BATCH, SOLVER_TASKS, GRADIENT_SIZE = 4096, 4, 64
 LAM = 100.0  # TA-MOO (METHODS.md section 4)
 STEPS = reference.SOFTMAX_GD_STEPS
@@ -80,6 +85,8 @@ QUALITY_SIZES = (1, 2, 4, 16, 64, 256)
 ROOFLINE = "copy_ of the same bytes"
 DUCHI = "Duchi et al. 2008 sort-based formula, eager"
 DUCHI_COMPILED = "torch.compile(Duchi et al. 2008 formula)"
+OMEGA = "Ω by masked sums, eager"
+OMEGA_COMPILED = "torch.compile(Ω by masked sums)"
 
 
 # ----------------------------------------------------------------------------- the baselines
@@ -196,10 +203,10 @@ def make_quality_problems(batch, tasks, device, seed):
     return Q.to(device), achieved.to(device)
 
 
-def make_projection_inputs(device, seed=0):
+def make_projection_inputs(device, seed=0, batch=PROJECT_BATCH, tasks=PROJECT_TASKS):
     g = torch.Generator().manual_seed(seed)
-    v = torch.randn(PROJECT_BATCH, PROJECT_TASKS, generator=g)
-    mask = torch.rand(PROJECT_BATCH, PROJECT_TASKS, generator=g) < 0.7
+    v = torch.randn(batch, tasks, generator=g)
+    mask = torch.rand(batch, tasks, generator=g) < 0.7
     mask[:, 0] |= ~mask.any(dim=1)  # the formula needs an allowed entry in every row
     return v.to(device), mask.to(device)
 
@@ -218,32 +225,59 @@ def _max_difference(a, b) -> float:
 
 
 # ----------------------------------------------------------------------------- timings
-def measure_projection(device, fused_backend, timing, masked, compile_baseline):
-    """Timings of the fused projection, the eager formula, its compilation and the copy_
-    roofline; (stats, compile seconds, max |Δw| of each baseline, bytes moved)."""
-    v, mask = make_projection_inputs(device)
-    mask = mask if masked else None
-
+def measure_rows(op, eager, names, inputs, moved, device, fused_backend, timing, compile_baseline):
+    """Timings of the fused ``op`` on ``inputs``, the eager formula ``eager``, its compilation
+    (``names``: the two baselines' names) and the copy_ of the ``moved`` bytes (the roofline);
+    (stats, compile seconds, max |Δ| of each baseline, bytes moved)."""
     def fused():
         with fastadv.use_backend(fused_backend):
-            return simplex_ops.simplex_project(v, mask)
+            return op(*inputs)
 
-    moved = 2 * v.numel() * v.element_size() + (0 if mask is None else mask.numel())
     source = torch.rand(moved // 8, device=device)  # a float32 copy_ reads and writes 8 bytes an element
     destination = torch.empty_like(source)
-    baselines = {DUCHI: lambda: duchi_projection(v, mask)}
+    baselines = {names[0]: lambda: eager(*inputs)}
     compile_s = None
     if compile_baseline:
-        compiled, compile_s = _compiled(duchi_projection, v, mask)
-        baselines[DUCHI_COMPILED] = lambda: compiled(v, mask)
+        compiled, compile_s = _compiled(eager, *inputs)
+        baselines[names[1]] = lambda: compiled(*inputs)
     expected = fused()
     differences = {name: _max_difference(fn(), expected) for name, fn in baselines.items()}
-    functions = dict(baselines, **{"fastadv simplex_project": fused, ROOFLINE: lambda: destination.copy_(source)})
+    functions = dict(baselines, **{f"fastadv {op.__name__}": fused, ROOFLINE: lambda: destination.copy_(source)})
     stats = common.time_interleaved(functions, device, **timing)
     for name, fn in functions.items():
         if name != ROOFLINE:
             stats[name]["allocated_MiB"] = common.allocated_mib(fn, device)
     return stats, compile_s, differences, moved
+
+
+def measure_projection(device, fused_backend, timing, masked, compile_baseline, batch=PROJECT_BATCH,
+                       tasks=PROJECT_TASKS):
+    """:func:`measure_rows` of the fused projection of [batch, tasks] rows against the Duchi et
+    al. formula (masked or not)."""
+    v, mask = make_projection_inputs(device, batch=batch, tasks=tasks)
+    mask = mask if masked else None
+    moved = 2 * v.numel() * v.element_size() + (0 if mask is None else mask.numel())
+    return measure_rows(simplex_ops.simplex_project, duchi_projection, (DUCHI, DUCHI_COMPILED), (v, mask), moved,
+                        device, fused_backend, timing, compile_baseline)
+
+
+def eager_distance_sq(w, achieved):
+    """Ω(w) (seed 003 ch. 4, Theorem 1) as a user writes it batched in eager PyTorch: masked sums,
+    a row with every task achieved counting every task as unachieved."""
+    unachieved = ~achieved
+    unachieved = unachieved | ~unachieved.any(dim=1, keepdim=True)
+    deficit = 1 - (w * unachieved).sum(dim=1)
+    return torch.where(unachieved, 0, w * w).sum(dim=1) + deficit * deficit / unachieved.sum(dim=1)
+
+
+def measure_distance(device, fused_backend, timing, compile_baseline):
+    """:func:`measure_rows` of Ω on [PROJECT_BATCH, PROJECT_TASKS] softmax rows, 30% of the tasks
+    achieved, against :func:`eager_distance_sq`."""
+    v, mask = make_projection_inputs(device)
+    w, achieved = torch.softmax(v, dim=1), ~mask
+    moved = w.numel() * w.element_size() + achieved.numel() + w.shape[0] * w.element_size()
+    return measure_rows(simplex_ops.simplex_distance_sq, eager_distance_sq, (OMEGA, OMEGA_COMPILED), (w, achieved),
+                        moved, device, fused_backend, timing, compile_baseline)
 
 
 def measure_solver(solver, device, fused_backend, timing, compile_baseline):
@@ -484,6 +518,36 @@ def attack_quality(fused_backend, Q, achieved):
 
 
 # ----------------------------------------------------------------------------- the run
+def wide_case() -> str:
+    return f"simplex_project [{WIDE_BATCH}, {WIDE_TASKS}] (m > 32: sort-free selection)"
+
+
+def run_wide(device: str = "cpu", quick: bool = False) -> str:
+    """The long-row projection case alone (also part of :func:`run`): its table rows, as the
+    report's "All timings" table, without writing results."""
+    device = torch.device(device)
+    fused_backend = "cpu" if device.type == "cpu" else "auto"
+    timing = dict(rounds=3, calls_per_round=1, warmup=1) if quick else dict(rounds=40)
+    stats, compile_s, differences, moved = measure_projection(device, fused_backend, timing, False,
+                                                              compile_baseline=not quick, batch=WIDE_BATCH,
+                                                              tasks=WIDE_TASKS)
+    roofline_s = stats.pop(ROOFLINE)["median"]
+    eager_s = stats[DUCHI]["median"]
+    compiled_s = None if quick else stats[DUCHI_COMPILED]["median"]
+    rows = [[wide_case(), name, f"{s['median'] * 1e3:.3f}", f"{s['p20'] * 1e3:.3f}–{s['p80'] * 1e3:.3f}",
+             _ratio(eager_s / s["median"]), "" if compiled_s is None else _ratio(compiled_s / s["median"]),
+             f"{100 * roofline_s / s['median']:.0f}%",
+             "" if differences.get(name) is None else f"{differences[name]:.1e}", f"{s['allocated_MiB']:.1f}"]
+            for name, s in stats.items()]
+    table = common.markdown_table(["case", "implementation", "median ms", "p20–p80 ms", "vs eager", "vs compiled",
+                                   "roofline", "max |Δw| vs fastadv", "allocated MiB"], rows)
+    lines = [f"simplex family, float32, {common.machine_description(device)}", "", table, "",
+             f"copy_ bandwidth: {moved / roofline_s / 1e9:.1f} GB/s"]
+    if compile_s is not None:
+        lines.append(f"torch.compile's first call (empty inductor cache): {compile_s:.1f} s")
+    return "\n".join(lines)
+
+
 def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
     device = torch.device(device)
     fused_backend = "cpu" if device.type == "cpu" else "auto"
@@ -506,12 +570,20 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
 
     bandwidth = {}
     projection = f"simplex_project [{PROJECT_BATCH}, {PROJECT_TASKS}]"
-    for case, masked in ((projection, False), (f"{projection}, masked", True)):
+    for case, masked, shape in ((projection, False, (PROJECT_BATCH, PROJECT_TASKS)),
+                                (f"{projection}, masked", True, (PROJECT_BATCH, PROJECT_TASKS)),
+                                (wide_case(), False, (WIDE_BATCH, WIDE_TASKS))):
         stats, compile_s, differences, moved = measure_projection(device, fused_backend, timing, masked,
-                                                                  compile_baseline=not quick)
+                                                                  compile_baseline=not quick, batch=shape[0],
+                                                                  tasks=shape[1])
         roofline_s = stats.pop(ROOFLINE)["median"]
         bandwidth[case] = moved / roofline_s / 1e9
         add(case, stats, compile_s, differences, DUCHI, None if quick else DUCHI_COMPILED, roofline_s)
+    omega_case = f"simplex_distance_sq [{PROJECT_BATCH}, {PROJECT_TASKS}]"
+    stats, compile_s, differences, moved = measure_distance(device, fused_backend, timing, compile_baseline=not quick)
+    roofline_s = stats.pop(ROOFLINE)["median"]
+    bandwidth[omega_case] = moved / roofline_s / 1e9
+    add(omega_case, stats, compile_s, differences, OMEGA, None if quick else OMEGA_COMPILED, roofline_s)
     for solver in ("softmax-gd", "pgd", "apgd"):
         stats, compile_s, differences, eager, compiled = measure_solver(
             solver, device, fused_backend, timing, compile_baseline=not quick)
@@ -523,7 +595,8 @@ def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
     attack_records = attack_quality(fused_backend, attack_Q, attack_achieved)
     meta = {"machine": common.machine_description(device), "device": str(device), "torch": torch.__version__,
             "fastadv": fastadv.__version__, "dtype": "float32", "timing": timing, "quick": quick,
-            "projection": [PROJECT_BATCH, PROJECT_TASKS], "solver": [SOLVER_BATCH, SOLVER_TASKS, GRADIENT_SIZE],
+            "projection": [PROJECT_BATCH, PROJECT_TASKS], "wide_projection": [WIDE_BATCH, WIDE_TASKS],
+            "solver": [SOLVER_BATCH, SOLVER_TASKS, GRADIENT_SIZE],
             "lam": LAM, "steps": STEPS, "lr": LR, "copy_GBps": bandwidth,
             "quality_problems": problems, "quality_sizes": list(QUALITY_SIZES), "attack_quality": attack,
             "inductor_cpp_compiler": common.cxx_compiler_for_inductor() if device.type == "cpu" else None}
@@ -594,7 +667,9 @@ def report(records, quality, attack_records, meta) -> str:
     lines = [f"simplex family, float32, {meta['machine']}", "", summary(records), "",
              "All timings:", "", table, "",
              f"simplex_project: the public op against the sort-based formula of Duchi et al. (2008) batched in eager "
-             "PyTorch (sort, cumsum, ρ, gather, clamp; masked entries set to −inf) and torch.compile of it. "
+             "PyTorch (sort, cumsum, ρ, gather, clamp; masked entries set to −inf) and torch.compile of it; at "
+             f"[{WIDE_BATCH}, {WIDE_TASKS}] the rows take the op's wide path (m > 32: the threshold found by a "
+             "sort-free selection, each row read in a few passes). "
              f"roofline: the bytes the op moves (v read, w written, the mask read) at the bandwidth of a copy_ of as "
              f"many bytes timed in the same rounds ({bandwidth}).",
              f"min_norm_weights: Q [B, m, m] = G Gᵀ, G [{SOLVER_BATCH}, {SOLVER_TASKS}, {GRADIENT_SIZE}], "

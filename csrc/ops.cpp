@@ -61,9 +61,10 @@ TORCH_LIBRARY(fastadv, m) {
   FASTADV_LOGITS_MEMBER_OPS(FASTADV_LOGITS_MEMBER_DEF)
 #undef FASTADV_LOGITS_MEMBER_DEF
 
-  // simplex family (fastadv/ops/simplex.py): rows of m <= 32 tasks. mask / achieved are bool
-  // [B, m] (a row with no allowed / every task achieved counts every task). min_norm_weights'
-  // solver: 0 softmax-gd, 1 pgd, 2 apgd, 3 exact2 (m = 2; steps and lr unused); lr is softmax-gd's.
+  // simplex family (fastadv/ops/simplex.py): rows of m >= 1 tasks (min_norm_weights: 1 to 32).
+  // mask / achieved are bool [B, m] (a row with no allowed / every task achieved counts every
+  // task). min_norm_weights' solver: 0 softmax-gd, 1 pgd, 2 apgd, 3 exact2 (m = 2; steps and lr
+  // unused); lr is softmax-gd's.
   m.def("simplex_project(Tensor v, Tensor? mask) -> Tensor");
   m.def("simplex_distance_sq(Tensor w, Tensor? achieved, bool grad_w) -> (Tensor omega, Tensor domega_dw)");
   m.def(

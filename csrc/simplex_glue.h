@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -17,9 +18,11 @@
 
 namespace fastadv {
 
+// simplex_project's and simplex_distance_sq's rows: any m ≥ 1 (the kernels count a row's
+// coordinates in an int).
 inline void check_task_rows(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 2 && t.size(1) >= 1 && t.size(1) <= kMaxTasks, "fastadv: ", name,
-              " must have shape [B, m] with 1 to ", kMaxTasks, " tasks, got ", t.sizes());
+  TORCH_CHECK(t.dim() == 2 && t.size(1) >= 1 && t.size(1) <= std::numeric_limits<int>::max(), "fastadv: ", name,
+              " must have shape [B, m] with m >= 1 tasks, got ", t.sizes());
   TORCH_CHECK(t.is_floating_point(), "fastadv: ", name, " must be a floating tensor, got ", t.scalar_type());
   TORCH_CHECK(t.is_contiguous(), "fastadv: ", name, " must be contiguous");
 }
@@ -73,7 +76,9 @@ struct SimplexEntryPoints {
                                                              const std::optional<at::Tensor>& init, double lam,
                                                              int64_t solver, int64_t steps, double lr) {
     TORCH_CHECK(Q.dim() == 3 && Q.size(1) == Q.size(2) && Q.size(1) >= 1 && Q.size(1) <= kMaxTasks,
-                "fastadv: Q must have shape [B, m, m] with 1 to ", kMaxTasks, " tasks, got ", Q.sizes());
+                "fastadv: Q must have shape [B, m, m] with 1 to ", kMaxTasks,
+                " tasks (min_norm_weights' limit; simplex_project and simplex_distance_sq take any m), got ",
+                Q.sizes());
     TORCH_CHECK(Q.is_floating_point(), "fastadv: Q must be a floating tensor, got ", Q.scalar_type());
     TORCH_CHECK(Q.is_contiguous(), "fastadv: Q must be contiguous");
     TORCH_CHECK(solver >= 0 && solver <= 3, "fastadv: solver must be 0 (softmax-gd), 1 (pgd), 2 (apgd) or 3 (exact2), got ",

@@ -18,22 +18,34 @@ sort rule's ρ and falls after it, and is monotone across a run of tied entries,
 over the ends of the runs (what counting every tied entry gives) is f(ρ) = τ. u is the row less
 its largest allowed entry, which keeps the sums exact when an entry is huge (±1e30).
 
+Rows longer than MAX_TASKS (kernels/limits.py's SIMPLEX_MAX_TASKS = 32; `simplex_project` and
+`simplex_distance_sq` take any m, `min_norm_weights` 1 to MAX_TASKS tasks) take the wide path: a
+program per row, the row read in chunks of up to _WIDE_BLOCK columns in each pass; the same
+algorithm as the C++ kernels' (project_wide_row in csrc/include/fastadv/simplex.h): the row's
+maximum, then a search for τ by Newton steps t + (e(t) − 1)/c(t) from a lower bound t, safeguarded
+by bisection, c(t) the count of the u_j > t and e(t) = Σ_{u_j > t} (u_j − t) (small terms: the sum
+of the u_j themselves would be rounded by about eps·m·max|u|), both evaluated at two thresholds a
+pass, until the Newton step leaves the count where it was: then τ is the Newton step from that
+point, (Σ_S u − 1)/|S| over the support S it found, the sort rule's τ; Ω takes one pass for its
+sums and one for its gradient.
+
 A NaN or an infinity anywhere in a row makes that row's outputs NaN (every output of the row:
-the weights, Ω and its gradient, the objective) and no other row's. Rows have 1 to MAX_TASKS
-coordinates (fastadv.ops.simplex.MAX_TASKS).
+the weights, Ω and its gradient, the objective) and no other row's.
 """
 import torch
 import triton
 import triton.language as tl
 
 from .common import divide as _divide, row_max as _row_max, row_sum as _row_sum, sqrt as _sqrt
-from ..ops.simplex import MAX_TASKS as _MAX_TASKS
+from .limits import SIMPLEX_MAX_TASKS as _MAX_TASKS
 
 # Elements of the largest tile a program holds, [BLOCK_B, M, M]: 32 rows of Q at m = 4, 8 at
 # m = 8, one row from m = 32 on (1024). Small programs, since a row's K steps are a chain of
 # dependent reductions: 4096 rows of m = 4 make 128 programs, a wave of an H100's 132 SMs.
 # Not tuned on a GPU yet.
 _TILE = 512
+# The wide path's chunk of a row (rows of more than MAX_TASKS coordinates; not tuned on a GPU yet).
+_WIDE_BLOCK = 1024
 # The schema's solver codes (the order of fastadv.ops.simplex.SOLVERS), constexpr for the kernel.
 _SOFTMAX_GD, _PGD, _APGD, _EXACT2 = (tl.constexpr(code) for code in range(4))
 
@@ -237,23 +249,174 @@ def _min_norm_weights_kernel(Q_ptr, achieved_ptr, init_ptr, w_ptr, objective_ptr
     tl.store(objective_ptr + rows, tl.where(bad, float("nan"), objective), mask=rows < B)
 
 
+# ----------------------------------------------------------------------------- the wide path
+@triton.jit
+def _wide_allowed(mask_ptr, base, idx, m, masked, HAS_MASK: tl.constexpr):
+    """The allowed coordinates among idx (inside the row; where ``masked``, those of the mask)."""
+    allowed = idx < m
+    if HAS_MASK:
+        flags = tl.load(mask_ptr + base + idx, mask=allowed, other=0) != 0
+        allowed = allowed & (flags | ~masked)
+    return allowed
+
+
+@triton.jit
+def _wide_above(v_ptr, mask_ptr, base, m, shift, masked, first, second,
+                ACC: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
+    """c(t), the count of the allowed u = v − shift above t, and e(t) = Σ_{u > t} (u − t), at each of
+    two thresholds: one pass."""
+    cols = tl.arange(0, BLOCK)
+    count_a = tl.zeros([BLOCK], tl.int32)
+    count_b = tl.zeros([BLOCK], tl.int32)
+    sum_a = tl.zeros([BLOCK], ACC)
+    sum_b = tl.zeros([BLOCK], ACC)
+    for start in range(0, m, BLOCK):
+        idx = start + cols
+        keep = _wide_allowed(mask_ptr, base, idx, m, masked, HAS_MASK)
+        u = tl.load(v_ptr + base + idx, mask=keep, other=0.0).to(ACC) - shift
+        a = keep & (u > first)
+        b = keep & (u > second)
+        count_a += a.to(tl.int32)
+        count_b += b.to(tl.int32)
+        sum_a += tl.where(a, u - first, 0.0)
+        sum_b += tl.where(b, u - second, 0.0)
+    return tl.sum(count_a, axis=0), tl.sum(sum_a, axis=0), tl.sum(count_b, axis=0), tl.sum(sum_b, axis=0)
+
+
+@triton.jit
+def _simplex_project_wide_kernel(v_ptr, mask_ptr, out_ptr, m,
+                                 ACC: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
+    base = tl.program_id(0).to(tl.int64) * m
+    cols = tl.arange(0, BLOCK)
+    # Pass 1: non-finite values, whether the mask allows any coordinate, the largest (allowed) value.
+    bad = tl.zeros([BLOCK], tl.int32)
+    allowed = tl.zeros([BLOCK], tl.int32)
+    top = tl.full([BLOCK], float("-inf"), ACC)
+    top_allowed = tl.full([BLOCK], float("-inf"), ACC)
+    for start in range(0, m, BLOCK):
+        idx = start + cols
+        inside = idx < m
+        x = tl.load(v_ptr + base + idx, mask=inside, other=0.0).to(ACC)
+        bad += (inside & ~(tl.abs(x) < float("inf"))).to(tl.int32)
+        top = tl.maximum(top, tl.where(inside, x, float("-inf")))
+        if HAS_MASK:
+            flags = inside & (tl.load(mask_ptr + base + idx, mask=inside, other=0) != 0)
+            allowed += flags.to(tl.int32)
+            top_allowed = tl.maximum(top_allowed, tl.where(flags, x, float("-inf")))
+    is_bad = tl.sum(bad, axis=0) > 0
+    masked = tl.sum(allowed, axis=0) > 0  # a mask that allows no coordinate counts every one
+    shift = tl.where(masked, tl.max(top_allowed, axis=0), tl.max(top, axis=0))
+    shift = tl.where(is_bad, 0.0, shift)
+    # The search for τ (module docstring): lo ≤ τ with its count and sum, hi > τ, two thresholds a pass.
+    lo = tl.full((), -1.0, ACC)
+    hi = tl.full((), 0.0, ACC)
+    mid = tl.full((), -0.5, ACC)
+    lo_count, lo_excess, mid_count, mid_excess = _wide_above(v_ptr, mask_ptr, base, m, shift, masked, lo, mid,
+                                                             ACC, HAS_MASK, BLOCK)
+    tau = tl.full((), 0.0, ACC)  # τ = tau + correction, kept apart (the C++ write_wide_row says why)
+    correction = tl.full((), 0.0, ACC)
+    searching = ~is_bad
+    while searching:
+        below = mid_excess >= 1.0  # g(mid) ≥ 0: mid ≤ τ
+        better = below & (mid_count < lo_count)
+        lo = tl.where(better, mid, lo)
+        lo_count = tl.where(better, mid_count, lo_count)
+        lo_excess = tl.where(better, mid_excess, lo_excess)
+        hi = tl.where(below, hi, tl.minimum(hi, mid))
+        newton = lo + _divide(lo_excess - 1.0, lo_count.to(ACC), ACC)
+        mid = tl.where(newton < hi, 0.5 * (newton + hi), newton)
+        newton_count, newton_excess, mid_count, mid_excess = _wide_above(
+            v_ptr, mask_ptr, base, m, shift, masked, newton, mid, ACC, HAS_MASK, BLOCK)
+        done = newton_count >= lo_count
+        # The support is found: τ is the Newton step from `newton` itself, a small correction (the
+        # step from a distant lower bound cancels: lo = −1, every entry tied at 0).
+        tau = tl.where(done, newton, tau)
+        correction = tl.where(done, _divide(newton_excess - 1.0, newton_count.to(ACC), ACC), correction)
+        lo = tl.where(done, lo, newton)
+        lo_count = tl.where(done, lo_count, newton_count)
+        lo_excess = tl.where(done, lo_excess, newton_excess)
+        searching = ~done
+    for start in range(0, m, BLOCK):
+        idx = start + cols
+        keep = _wide_allowed(mask_ptr, base, idx, m, masked, HAS_MASK)
+        u = tl.load(v_ptr + base + idx, mask=keep, other=0.0).to(ACC) - shift
+        w = tl.where(keep, tl.maximum((u - tau) - correction, 0.0), 0.0)
+        tl.store(out_ptr + base + idx, tl.where(is_bad, float("nan"), w), mask=idx < m)
+
+
+@triton.jit
+def _simplex_distance_sq_wide_kernel(w_ptr, achieved_ptr, omega_ptr, grad_ptr, m,
+                                     ACC: tl.constexpr, HAS_ACHIEVED: tl.constexpr, GRAD_W: tl.constexpr,
+                                     BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = row * m
+    cols = tl.arange(0, BLOCK)
+    bad = tl.zeros([BLOCK], tl.int32)
+    open_count = tl.zeros([BLOCK], tl.int32)
+    achieved_sq = tl.zeros([BLOCK], ACC)
+    open_sum = tl.zeros([BLOCK], ACC)
+    total = tl.zeros([BLOCK], ACC)
+    for start in range(0, m, BLOCK):
+        idx = start + cols
+        inside = idx < m
+        x = tl.load(w_ptr + base + idx, mask=inside, other=0.0).to(ACC)
+        if HAS_ACHIEVED:
+            reached = inside & (tl.load(achieved_ptr + base + idx, mask=inside, other=0) != 0)
+        else:
+            reached = idx < 0
+        bad += (inside & ~(tl.abs(x) < float("inf"))).to(tl.int32)
+        open_count += (inside & ~reached).to(tl.int32)
+        achieved_sq += tl.where(reached, x * x, 0.0)
+        open_sum += tl.where(inside & ~reached, x, 0.0)
+        total += x
+    is_bad = tl.sum(bad, axis=0) > 0
+    open_total = tl.sum(open_count, axis=0)
+    none_open = open_total == 0  # every task achieved: every task counts as unachieved
+    inverse_free = _divide(tl.full((), 1.0, ACC), tl.where(none_open, m, open_total).to(ACC), ACC)
+    gap = 1.0 - tl.where(none_open, tl.sum(total, axis=0), tl.sum(open_sum, axis=0))
+    omega = tl.where(none_open, 0.0, tl.sum(achieved_sq, axis=0)) + gap * gap * inverse_free
+    tl.store(omega_ptr + row, tl.where(is_bad, float("nan"), omega))
+    if GRAD_W:
+        open_gradient = -2.0 * gap * inverse_free
+        for start in range(0, m, BLOCK):
+            idx = start + cols
+            inside = idx < m
+            x = tl.load(w_ptr + base + idx, mask=inside, other=0.0).to(ACC)
+            if HAS_ACHIEVED:
+                reached = inside & (tl.load(achieved_ptr + base + idx, mask=inside, other=0) != 0) & ~none_open
+            else:
+                reached = idx < 0
+            gradient = tl.where(reached, 2.0 * x, open_gradient)
+            tl.store(grad_ptr + base + idx, tl.where(is_bad, float("nan"), gradient), mask=inside)
+
+
 # ----------------------------------------------------------------------------- launchers
 def _accumulation(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _blocks(op: str, m: int) -> tuple[int, int]:
-    """(BLOCK_B, M) for rows of m coordinates."""
+    """(BLOCK_B, M) for rows of m ≤ MAX_TASKS coordinates (the register path)."""
     if not 1 <= m <= _MAX_TASKS:
-        raise ValueError(f"{op}: the Triton kernels take rows of 1 to {_MAX_TASKS} coordinates, got m = {m}")
+        raise ValueError(f"{op}: m must be 1 to {_MAX_TASKS} tasks (min_norm_weights' limit; simplex_project and "
+                         f"simplex_distance_sq take any m), got m = {m}")
     padded = max(2, triton.next_power_of_2(m))
     return max(1, _TILE // (padded * padded)), padded
+
+
+def _wide_block(m: int) -> int:
+    """The wide path's chunk for rows of m > MAX_TASKS coordinates."""
+    return min(triton.next_power_of_2(m), _WIDE_BLOCK)
 
 
 def simplex_project(v: torch.Tensor, mask):
     rows, m = v.shape
     out = torch.empty_like(v)
-    if rows:
+    if rows and m > _MAX_TASKS:
+        _simplex_project_wide_kernel[(rows,)](
+            v.contiguous(), None if mask is None else mask.contiguous(), out, m,
+            ACC=_accumulation(v.dtype), HAS_MASK=mask is not None, BLOCK=_wide_block(m))
+    elif rows:
         block_b, padded = _blocks("simplex_project", m)
         _simplex_project_kernel[(triton.cdiv(rows, block_b),)](
             v.contiguous(), None if mask is None else mask.contiguous(), out, rows, m,
@@ -265,7 +428,11 @@ def simplex_distance_sq(w: torch.Tensor, achieved, grad_w: bool):
     rows, m = w.shape
     omega = w.new_empty(rows)
     gradient = torch.empty_like(w) if grad_w else w.new_empty(0)
-    if rows:
+    if rows and m > _MAX_TASKS:
+        _simplex_distance_sq_wide_kernel[(rows,)](
+            w.contiguous(), None if achieved is None else achieved.contiguous(), omega, gradient, m,
+            ACC=_accumulation(w.dtype), HAS_ACHIEVED=achieved is not None, GRAD_W=grad_w, BLOCK=_wide_block(m))
+    elif rows:
         block_b, padded = _blocks("simplex_distance_sq", m)
         _simplex_distance_sq_kernel[(triton.cdiv(rows, block_b),)](
             w.contiguous(), None if achieved is None else achieved.contiguous(), omega, gradient, rows, m,

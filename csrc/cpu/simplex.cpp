@@ -3,6 +3,9 @@
 // arrays, so that the `omp simd` loop over its rows reads and writes whole vectors, and each
 // lane runs the shared per-row math of fastadv/simplex.h (the same math the CUDA threads run),
 // with the row's coordinates unrolled (code compiled for each m from 1 to 8; 16 and 32 padded).
+// Rows of more than kMaxTasks coordinates (simplex_project and simplex_distance_sq) take the wide
+// path instead: a row at a time per thread, the shared project_wide_row / distance_sq_wide_row on
+// one lane, each of their passes over the row a vectorised loop.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
@@ -153,6 +156,46 @@ FASTADV_CPU_CLONES __attribute__((flatten)) void min_norm_rows(const MinNormPara
       for (int i = 0; i < n; ++i) w[(start + r) * n + i] = results[i][r];
     }
   }
+}
+
+// ---------------------------------------------------------------------------- the wide path
+template <typename T>
+struct HostIo {
+  static T load(const T* p, int64_t j) { return p[j]; }
+  static void store(T* p, int64_t j, T v) { p[j] = v; }
+};
+
+// flatten: the shared row function and its loop bodies are inlined into each instruction-set clone.
+template <typename T>
+FASTADV_CPU_CLONES __attribute__((flatten)) void project_wide_rows(const SimplexProjectParams& p, int64_t begin,
+                                                                   int64_t end) {
+  const int64_t n = p.tasks;
+  const T* v = static_cast<const T*>(p.v);
+  T* out = static_cast<T*>(p.out);
+  for (int64_t row = begin; row < end; ++row) {
+    project_wide_row<T, 1, T, HostIo<T>>(v + row * n, p.mask == nullptr ? nullptr : p.mask + row * n, n,
+                                         out + row * n, SingleLane{});
+  }
+}
+
+template <typename T>
+FASTADV_CPU_CLONES __attribute__((flatten)) void distance_wide_rows(const SimplexDistanceParams& p, int64_t begin,
+                                                                    int64_t end) {
+  const int64_t n = p.tasks;
+  const T* w = static_cast<const T*>(p.w);
+  T* omega = static_cast<T*>(p.omega);
+  T* grad = static_cast<T*>(p.grad);
+  for (int64_t row = begin; row < end; ++row) {
+    omega[row] = distance_sq_wide_row<T, 1, T, HostIo<T>>(w + row * n,
+                                                          p.achieved == nullptr ? nullptr : p.achieved + row * n, n,
+                                                          grad == nullptr ? nullptr : grad + row * n, SingleLane{});
+  }
+}
+
+// Rows per parallel task on the wide path: about 64k coordinates' passes (a projection makes 5 to
+// 12 passes over its row).
+inline int64_t wide_grain(int tasks, int64_t passes) {
+  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, tasks * passes));
 }
 
 // ---------------------------------------------------------------------------- vector lanes
@@ -442,6 +485,11 @@ void dispatch_float(const at::Tensor& t, const Body& body) {
 void run_project_cpu(const SimplexProjectParams& p, const at::Tensor& v) {
   dispatch_float(v, [&](auto zero) {
     using T = decltype(zero);
+    if (p.tasks > kMaxTasks) {
+      at::parallel_for(0, p.rows, wide_grain(p.tasks, 8),
+                       [&](int64_t begin, int64_t end) { project_wide_rows<T>(p, begin, end); });
+      return;
+    }
     dispatch_tasks(p.tasks, [&](auto tasks) {
       constexpr int M = decltype(tasks)::value;
       at::parallel_for(0, p.rows, grain_for(p.tasks, p.tasks),
@@ -460,6 +508,11 @@ void run_project_cpu(const SimplexProjectParams& p, const at::Tensor& v) {
 void run_distance_cpu(const SimplexDistanceParams& p, const at::Tensor& w) {
   dispatch_float(w, [&](auto zero) {
     using T = decltype(zero);
+    if (p.tasks > kMaxTasks) {
+      at::parallel_for(0, p.rows, wide_grain(p.tasks, 2),
+                       [&](int64_t begin, int64_t end) { distance_wide_rows<T>(p, begin, end); });
+      return;
+    }
     dispatch_tasks(p.tasks, [&](auto tasks) {
       constexpr int M = decltype(tasks)::value;
       at::parallel_for(0, p.rows, grain_for(p.tasks, 1),

@@ -1,10 +1,15 @@
-// CUDA kernels of the simplex family: a thread per row, the row (and, for min_norm_weights, its
-// m×m matrix) in registers or local memory, over the shared per-row math of fastadv/simplex.h.
-// Rows of at most 32 tasks are small: a row per thread keeps every step of a solver in one
-// thread with no synchronisation. No torch here (DESIGN.md, op contract item 7).
+// CUDA kernels of the simplex family, over the shared per-row math of fastadv/simplex.h.
+// Rows of at most 32 tasks (the register path) are small: a thread per row, the row (and, for
+// min_norm_weights, its m×m matrix) in registers or local memory, every step of a solver in one
+// thread with no synchronisation. Longer rows of simplex_project and simplex_distance_sq (the wide
+// path) run on a warp per row up to kWarpRowTasks coordinates and on a block of kBlockRowThreads
+// above, the row read from memory (L1/L2) in each pass of project_wide_row / distance_sq_wide_row.
+// No torch here (DESIGN.md, op contract item 7).
 //
 // Launch errors are left in the CUDA runtime's last-error slot for the glue's
 // C10_CUDA_KERNEL_LAUNCH_CHECK.
+#include <type_traits>
+
 #include "common.cuh"
 #include "fastadv/simplex.h"
 
@@ -12,6 +17,52 @@ namespace fastadv {
 namespace {
 
 constexpr int kThreadsPerBlock = 128;
+// The wide path: a warp per row up to this many coordinates (a few dozen per lane and pass), a
+// block of kBlockRowThreads threads per row above.
+constexpr int kWarpRowTasks = 2048;
+constexpr int kBlockRowThreads = 256;
+
+template <typename S, typename T>
+struct DeviceIo {
+  static __device__ __forceinline__ T load(const S* ptr, int64_t j) { return cuda::to_acc(ptr[j]); }
+  static __device__ __forceinline__ void store(S* ptr, int64_t j, T v) { ptr[j] = cuda::from_acc<S>(v); }
+};
+
+// A row's lanes when a block of Threads threads works on it: warp reductions (butterfly, so every
+// lane of a warp holds its total), then the warps' totals through shared memory, added by every
+// thread in the same order, so every thread of the block gets the same value. Every thread must
+// call each reduction (the row functions' control flow depends only on reduced values).
+template <int Threads>
+struct BlockLane {
+  static constexpr int kWarps = Threads / cuda::kWarpSize;
+  int64_t index;
+
+  template <typename T>
+  __device__ __forceinline__ T sum(T v) const {
+    __shared__ T partial[kWarps];
+    v = cuda::warp_sum(v);
+    __syncthreads();  // the previous reduction's readers are done with `partial`
+    if (threadIdx.x % cuda::kWarpSize == 0) partial[threadIdx.x / cuda::kWarpSize] = v;
+    __syncthreads();
+    T total = partial[0];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) total += partial[w];
+    return total;
+  }
+
+  template <typename T>
+  __device__ __forceinline__ T max(T v) const {
+    __shared__ T partial[kWarps];
+    v = cuda::warp_max(v);
+    __syncthreads();
+    if (threadIdx.x % cuda::kWarpSize == 0) partial[threadIdx.x / cuda::kWarpSize] = v;
+    __syncthreads();
+    T total = partial[0];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) total = cuda::max_of(total, partial[w]);
+    return total;
+  }
+};
 
 template <typename S, int M>
 __global__ void simplex_project_kernel(SimplexProjectParams p) {
@@ -99,6 +150,65 @@ __global__ void min_norm_weights_kernel(MinNormParams p) {
   }
 }
 
+// The wide path: `Lanes` threads per row (a warp, or the whole block), grid-stride over rows; the
+// row index is uniform across a row's threads, so they all reach the row's reductions.
+template <typename S, int Lanes>
+__global__ void __launch_bounds__(Lanes > cuda::kWarpSize ? Lanes : kThreadsPerBlock)
+    simplex_project_wide_kernel(SimplexProjectParams p) {
+  using acc_t = cuda::accumulate_t<S>;
+  using Lane = typename std::conditional<Lanes == cuda::kWarpSize, cuda::WarpLane, BlockLane<Lanes>>::type;
+  const int64_t n = p.tasks;
+  const int64_t rows_per_block = blockDim.x / Lanes;
+  const S* v = static_cast<const S*>(p.v);
+  S* out = static_cast<S*>(p.out);
+  const Lane lane{threadIdx.x % Lanes};
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block + threadIdx.x / Lanes; row < p.rows;
+       row += static_cast<int64_t>(gridDim.x) * rows_per_block) {
+    project_wide_row<acc_t, Lanes, S, DeviceIo<S, acc_t>>(v + row * n, p.mask == nullptr ? nullptr : p.mask + row * n,
+                                                          n, out + row * n, lane);
+  }
+}
+
+template <typename S, int Lanes>
+__global__ void __launch_bounds__(Lanes > cuda::kWarpSize ? Lanes : kThreadsPerBlock)
+    simplex_distance_sq_wide_kernel(SimplexDistanceParams p) {
+  using acc_t = cuda::accumulate_t<S>;
+  using Lane = typename std::conditional<Lanes == cuda::kWarpSize, cuda::WarpLane, BlockLane<Lanes>>::type;
+  const int64_t n = p.tasks;
+  const int64_t rows_per_block = blockDim.x / Lanes;
+  const S* w = static_cast<const S*>(p.w);
+  S* omega = static_cast<S*>(p.omega);
+  S* grad = static_cast<S*>(p.grad);
+  const Lane lane{threadIdx.x % Lanes};
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block + threadIdx.x / Lanes; row < p.rows;
+       row += static_cast<int64_t>(gridDim.x) * rows_per_block) {
+    const acc_t value = distance_sq_wide_row<acc_t, Lanes, S, DeviceIo<S, acc_t>>(
+        w + row * n, p.achieved == nullptr ? nullptr : p.achieved + row * n, n,
+        grad == nullptr ? nullptr : grad + row * n, lane);
+    if (lane.index == 0) omega[row] = cuda::from_acc<S>(value);
+  }
+}
+
+// Launches the wide kernel<S, Lanes> for the row length: a warp per row (kThreadsPerBlock / 32
+// rows per block) or a block per row.
+template <template <typename, int> class Kernel, typename Params>
+void launch_wide_rows(const Params& params, ScalarKind kind, void* stream) {
+  const int64_t max_blocks = cuda::max_grid_blocks();
+  if (max_blocks == 0) return;
+  const bool per_warp = params.tasks <= kWarpRowTasks;
+  const int threads = per_warp ? kThreadsPerBlock : kBlockRowThreads;
+  const int64_t rows_per_block = per_warp ? kThreadsPerBlock / cuda::kWarpSize : 1;
+  const unsigned blocks = cuda::grid_size(cuda::ceil_div(params.rows, rows_per_block), max_blocks);
+  cuda::dispatch_storage(kind, [&](auto storage) {
+    using S = typename decltype(storage)::type;
+    if (per_warp) {
+      Kernel<S, cuda::kWarpSize>::launch(params, blocks, threads, static_cast<cudaStream_t>(stream));
+    } else {
+      Kernel<S, kBlockRowThreads>::launch(params, blocks, threads, static_cast<cudaStream_t>(stream));
+    }
+  });
+}
+
 // Launches kernel<S, M>(params) over `rows` rows, a thread each, for the storage type of `kind`
 // and the task capacity of `tasks`.
 template <template <typename, int> class Kernel, typename Params>
@@ -127,13 +237,28 @@ FASTADV_SIMPLEX_LAUNCHER(simplex_distance_sq_kernel, SimplexDistanceParams)
 FASTADV_SIMPLEX_LAUNCHER(min_norm_weights_kernel, MinNormParams)
 #undef FASTADV_SIMPLEX_LAUNCHER
 
+#define FASTADV_SIMPLEX_WIDE_LAUNCHER(kernel, Params)                                             \
+  template <typename S, int Lanes>                                                               \
+  struct kernel##_launcher {                                                                     \
+    static void launch(const Params& p, unsigned blocks, int threads, cudaStream_t stream) {     \
+      kernel<S, Lanes><<<blocks, threads, 0, stream>>>(p);                                       \
+    }                                                                                            \
+  };
+FASTADV_SIMPLEX_WIDE_LAUNCHER(simplex_project_wide_kernel, SimplexProjectParams)
+FASTADV_SIMPLEX_WIDE_LAUNCHER(simplex_distance_sq_wide_kernel, SimplexDistanceParams)
+#undef FASTADV_SIMPLEX_WIDE_LAUNCHER
+
 }  // namespace
 
 void launch_simplex_project_cuda(const SimplexProjectParams& params, ScalarKind kind, void* stream) {
+  if (params.tasks > kMaxTasks) return launch_wide_rows<simplex_project_wide_kernel_launcher>(params, kind, stream);
   launch_rows<simplex_project_kernel_launcher>(params, kind, stream);
 }
 
 void launch_simplex_distance_sq_cuda(const SimplexDistanceParams& params, ScalarKind kind, void* stream) {
+  if (params.tasks > kMaxTasks) {
+    return launch_wide_rows<simplex_distance_sq_wide_kernel_launcher>(params, kind, stream);
+  }
   launch_rows<simplex_distance_sq_kernel_launcher>(params, kind, stream);
 }
 

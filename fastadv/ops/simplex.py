@@ -3,19 +3,25 @@ multi-objective attacks (METHODS.md section 4, seed 003 ch. 4: TA-MOO).
 
 =========================  ============================================================
 ``simplex_project``        the Euclidean projection of each row of v [B, m] onto the simplex
-                           over its allowed coordinates (exact, sort-free rule)
+                           over its allowed coordinates (exact, no sort; any m)
 ``simplex_distance_sq``    Ω(w) per row [B], the squared distance of a simplex point to TA-MOO's
-                           extended simplex {0 on achieved} × Δ(unachieved); differentiable in w
+                           extended simplex {0 on achieved} × Δ(unachieved); differentiable in w;
+                           any m
 ``min_norm_weights``       per sample, ``argmin_{w ∈ Δ} wᵀQw + λΩ(w)`` for Q [B, m, m] by K steps
                            of a solver (the paper's softmax gradient descent, projected or
                            accelerated projected gradient) or in closed form (m = 2); returns
-                           (w [B, m], objective [B])
+                           (w [B, m], objective [B]); 1 to :data:`MAX_TASKS` tasks
 =========================  ============================================================
 
 Conventions (those of fastadv/reference/simplex.py, the oracle): ``mask`` and ``achieved`` are
 bool [B, m] tensors (``None``: every coordinate allowed, no task achieved); a row with no allowed
 coordinate counts every coordinate; a NaN or an infinity anywhere in a row makes that whole
-row's outputs NaN and no other row's. 1 to :data:`MAX_TASKS` coordinates per row.
+row's outputs NaN and no other row's. ``simplex_project`` and ``simplex_distance_sq`` take rows
+of any m ≥ 1: up to :data:`MAX_TASKS` coordinates a row is held in registers (a thread's, or a
+vector lane's on the CPU); longer rows take the wide path, read in passes by a row's lanes (the
+CPU: one thread; CUDA: a warp, or a block above 2048 coordinates; Triton: a program), the
+projection's threshold found by selection (safeguarded Newton steps, no sort) and recomputed
+exactly from the support it finds. ``min_norm_weights`` takes 1 to :data:`MAX_TASKS` tasks.
 
 The Gram matrix Q of the tasks' gradients and the combination Σ w_i g_i stay torch's bmm/einsum
 (they are matrix products). ``min_norm_weights`` runs every step of a row in one kernel, the row's
@@ -35,6 +41,7 @@ from typing import Optional
 import torch
 
 from .. import _validate
+from ..kernels.limits import SIMPLEX_MAX_TASKS
 from ..reference import simplex as reference
 from . import _registry
 
@@ -42,23 +49,27 @@ __all__ = ["simplex_project", "simplex_distance_sq", "min_norm_weights"]
 
 #: The solvers of :func:`min_norm_weights`, in the order of their codes in the schema.
 SOLVERS = reference.SOLVERS
-#: The most coordinates (tasks) a row may have: the kernels keep a row in registers.
-MAX_TASKS = 32
+#: The most tasks ``min_norm_weights`` takes (its kernels keep a row's Q in registers), and the
+#: longest row the projection and Ω hold in registers; they take longer rows on the wide path.
+MAX_TASKS = SIMPLEX_MAX_TASKS
 #: Defaults of the paper's solver (seed 003 ch. 4, Sec. 4 and App. C): K = 10, η_w = 0.005.
 DEFAULT_STEPS = reference.SOFTMAX_GD_STEPS
 DEFAULT_LR = reference.SOFTMAX_GD_LR
 
 _SOLVER_CODES = {name: code for code, name in enumerate(SOLVERS)}
+# The kernels' int count of a row's coordinates (csrc/simplex_glue.h checks the same).
+_MAX_COLUMNS = 2**31 - 1
 _OPS = ("simplex_project", "simplex_distance_sq", "min_norm_weights")
 
 
 # ----------------------------------------------------------------------------- validation
 def _rows(op: str, name: str, value) -> torch.Tensor:
-    """A floating [B, m] tensor with 1 to MAX_TASKS columns: metadata only."""
+    """A floating [B, m] tensor with m >= 1 columns (any m; the kernels count a row's coordinates
+    in an int): metadata only."""
     _validate.tensor(op, name, value, dim=2)
-    if not 1 <= value.shape[1] <= MAX_TASKS:
-        raise ValueError(f"{op}: {name} must have shape [B, m] with 1 to {MAX_TASKS} columns (m), got shape "
-                         f"{list(value.shape)}")
+    if not 1 <= value.shape[1] <= _MAX_COLUMNS:
+        raise ValueError(f"{op}: {name} must have shape [B, m] with m >= 1 columns (at most {_MAX_COLUMNS}), got "
+                         f"shape {list(value.shape)}")
     return value
 
 
@@ -75,8 +86,8 @@ def _bool_rows(op: str, name: str, value, like: torch.Tensor, like_name: str) ->
 def _gram(op: str, Q) -> torch.Tensor:
     _validate.tensor(op, "Q", Q, dim=3)
     if Q.shape[1] != Q.shape[2] or not 1 <= Q.shape[1] <= MAX_TASKS:
-        raise ValueError(f"{op}: Q must have shape [B, m, m] (square, 1 to {MAX_TASKS} tasks), got shape "
-                         f"{list(Q.shape)}")
+        raise ValueError(f"{op}: Q must have shape [B, m, m] (square, 1 to {MAX_TASKS} tasks: min_norm_weights' "
+                         f"limit; simplex_project and simplex_distance_sq take any m), got shape {list(Q.shape)}")
     return Q
 
 
@@ -102,10 +113,13 @@ def _simplex_project(v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> to
 def simplex_project(v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The Euclidean projection of each row of ``v`` [B, m] onto the probability simplex over its
     allowed coordinates: ``argmin_{w ≥ 0, Σw = 1, w = 0 off the mask} ‖w − v‖²`` ([B, m], v's
-    dtype). ``mask``: bool [B, m], True where a coordinate may carry weight (None: all; a row with
-    none allowed: all). TA-MOO's extended simplex is ``simplex_project(w, ~achieved)``. Exact:
-    w = max(v − τ, 0) with τ = max_i (Σ_{j: v_j ≥ v_i} v_j − 1) / #{j: v_j ≥ v_i} over the allowed
-    entries, computed after shifting the row by its largest allowed entry (exact for ±1e30).
+    dtype), for any m ≥ 1. ``mask``: bool [B, m], True where a coordinate may carry weight (None:
+    all; a row with none allowed: all). TA-MOO's extended simplex is
+    ``simplex_project(w, ~achieved)``. Exact: w = max(v − τ, 0), computed after shifting the row by
+    its largest allowed entry (exact for ±1e30); for m ≤ MAX_TASKS with
+    τ = max_i (Σ_{j: v_j ≥ v_i} v_j − 1) / #{j: v_j ≥ v_i} over the allowed entries, above it with
+    τ = (Σ_{j ∈ S} v_j − 1)/|S| over the support S = {j: v_j > τ} that a sort-free selection finds
+    (Newton steps on τ, safeguarded by bisection), the sort-based rule's τ to rounding.
     Not differentiable (an update, like the PGD step)."""
     op = "simplex_project"
     _rows(op, "v", v)
@@ -124,9 +138,9 @@ def simplex_distance_sq(w: torch.Tensor, achieved: Optional[torch.Tensor] = None
     """Ω(w) per row [B] (seed 003 ch. 4, Theorem 1): ``Σ_{i achieved} w_i² + (1/(m − s))(1 −
     Σ_{i not achieved} w_i)²``, s the number of achieved tasks (a row with every task achieved
     counts every task as unachieved). On the simplex, the squared distance from w to the extended
-    simplex, ``‖w − simplex_project(w, ~achieved)‖²``. ``achieved``: bool [B, m] or None.
-    Differentiable in w (once): the gradient, 2w_i on achieved tasks and −(2/(m − s))(1 − Σ_u w)
-    on the others, is computed with Ω."""
+    simplex, ``‖w − simplex_project(w, ~achieved)‖²``. ``achieved``: bool [B, m] or None; any
+    m ≥ 1. Differentiable in w (once): the gradient, 2w_i on achieved tasks and
+    −(2/(m − s))(1 − Σ_u w) on the others, is computed with Ω."""
     op = "simplex_distance_sq"
     _rows(op, "w", w)
     return _simplex_distance_sq(w, _bool_rows(op, "achieved", achieved, w, "w"))
@@ -158,7 +172,8 @@ def min_norm_weights(Q: torch.Tensor, achieved: Optional[torch.Tensor] = None, l
     accelerated projected gradient, FISTA, with step 1/L, L = 2‖(Q + Qᵀ)/2‖_F + 2λ; ``steps`` = 10)
     or ``"exact2"`` (m = 2: the closed form; ``steps`` is ignored). ``lr`` is softmax-gd's alone.
     ``achieved``: bool [B, m] or None; ``init`` [B, m]: the starting weights (warm start; uniform
-    when None). Not differentiable: an argmin (its outputs carry no gradient)."""
+    when None). 1 to :data:`MAX_TASKS` tasks (the kernels hold a row's Q in registers). Not
+    differentiable: an argmin (its outputs carry no gradient)."""
     op = "min_norm_weights"
     _gram(op, Q)
     rows = Q[:, :, 0]

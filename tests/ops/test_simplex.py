@@ -251,6 +251,182 @@ def test_distance_gradient_only_where_asked():
     assert grad_with.shape == w.shape
 
 
+# ----------------------------------------------------------------------------- the wide path (m > 32)
+WIDE_TASKS = (33, 100, 1000, 10_000)
+
+
+def wide_shapes():
+    """Every backend on m ∈ WIDE_TASKS, B ∈ {1, 5} (Triton's interpreter: B ∈ {1, 3})."""
+    for param in BACKENDS:
+        (name,) = param.values
+        for m in WIDE_TASKS:
+            batches = (1, 3) if name == "triton" else (1, 5)
+            for batch in batches:
+                yield pytest.param(name, batch, m, marks=param.marks, id=f"{name}-{batch}x{m}")
+
+
+def wide_rows(batch, m, seed, scale=1.5):
+    """Random rows, with the rows of the wide path's hard cases cycling in from the second row:
+    ties (values on a grid of 1/4, many tied at the threshold), every value tied, a tiny spread
+    (1e-6) and a huge one (±1e30, exact after the shift)."""
+    v = random_rows(batch, m, seed=seed, dtype=torch.float64, scale=scale)
+    kinds = [lambda r: torch.round(r * 2) / 4, lambda r: torch.full_like(r, 0.3), lambda r: r * 1e-6,
+             lambda r: torch.where(r > 1.0, 1e30, torch.where(r < -1.0, -1e30, r))]
+    for row in range(1, batch):
+        v[row] = kinds[(row - 1) % len(kinds)](v[row])
+    return v
+
+
+@pytest.mark.parametrize("backend,batch,m", list(wide_shapes()))
+@pytest.mark.parametrize("masked", [False, True], ids=["all", "masked"])
+def test_wide_project_matches_reference(backend, batch, m, masked):
+    """m > 32 (the wide path): the float64 oracle's projection, on the simplex, 0 off the mask."""
+    device = device_of(backend)
+    v = wide_rows(batch, m, seed=m + batch).to(device=device, dtype=torch.float32)
+    mask = random_mask(batch, m, seed=m, device=device) if masked else None
+    exact = reference.simplex_project(v.double().cpu(), None if mask is None else mask.cpu())
+    with fastadv.use_backend(backend):
+        got = ops.simplex_project(v, mask)
+    assert got.shape == v.shape and got.dtype == v.dtype and got.device == v.device
+    assert_close_to_exact(got, exact)
+    assert_on_simplex(got, None if mask is None else effective(mask))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wide_project_adversarial_rows(backend):
+    """The wide path on rows of 40 and 1000 coordinates: ties at the top, every value tied, ±1e30,
+    one finite survivor, one allowed coordinate, every coordinate masked, a NaN (off the mask
+    too) and an inf row that leave the other rows exact, and a row already on the simplex."""
+    device = device_of(backend)
+    for m in (40, 1000):
+        g = generator(m)
+        rows = torch.randn(10, m, generator=g, dtype=torch.float64)
+        rows[0] = 0.3
+        rows[1] = -rows[1].abs() - 1.0
+        rows[1, : m // 4] = 1.0  # tied at the top, the others at least 2 below: 4/m each
+        rows[2] = torch.where(torch.rand(m, generator=g) < 0.5, 1e30, -1e30)
+        rows[3] = -1e30
+        rows[3, m // 3] = 0.5
+        rows[6, m // 2] = math.nan
+        rows[7, m - 1] = math.inf
+        rows[8] = torch.softmax(rows[8] * 3, dim=0)
+        mask = torch.ones(10, m, dtype=torch.bool)
+        mask[4] = False
+        mask[4, 7] = True
+        mask[5] = False
+        mask[6, m // 2] = False
+        v = rows.float()
+        exact = reference.simplex_project(v.double(), mask)
+        with fastadv.use_backend(backend):
+            got = ops.simplex_project(v.to(device), mask.to(device)).cpu()
+        assert bool(torch.isnan(got[6]).all()) and bool(torch.isnan(got[7]).all())
+        finite = [0, 1, 2, 3, 4, 5, 8, 9]
+        assert bool(torch.isfinite(got[finite]).all())
+        assert_close_to_exact(got[finite], exact[finite])
+        assert_on_simplex(got[finite], effective(mask[finite]))
+        torch.testing.assert_close(got[0], torch.full((m,), 1.0 / m))
+        torch.testing.assert_close(got[1], torch.where(rows[1] == 1.0, 4.0 / m, 0.0).float())
+        expected_2 = (rows[2] > 0).float()
+        torch.testing.assert_close(got[2], expected_2 / expected_2.sum())
+        torch.testing.assert_close(got[3], torch.nn.functional.one_hot(torch.tensor(m // 3), m).float())
+        torch.testing.assert_close(got[4], torch.nn.functional.one_hot(torch.tensor(7), m).float())
+        torch.testing.assert_close(got[8], v[8])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wide_project_nan_stays_in_its_row(backend):
+    device = device_of(backend)
+    for m in (33, 1000):
+        v = random_rows(9, m, seed=m, device=device).clone()
+        v[4, m // 2] = math.nan
+        v[6, 0] = -math.inf
+        with fastadv.use_backend(backend):
+            got = ops.simplex_project(v).cpu()
+        assert bool(torch.isnan(got[[4, 6]]).all())
+        others = [0, 1, 2, 3, 5, 7, 8]
+        assert_close_to_exact(got[others], reference.simplex_project(v[others].double().cpu()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(1, 4), m=st.integers(33, 300), seed=st.integers(0, 2**31 - 1),
+       scale=st.sampled_from([1e-3, 1.0, 30.0]), masked=st.booleans())
+def test_wide_project_properties(batch, m, seed, scale, masked):
+    """The CPU kernel's wide path, in float64: on the simplex, 0 off the mask, idempotent,
+    non-expansive and its KKT conditions (one τ per row), as test_project_properties."""
+    a = random_rows(batch, m, seed=seed, dtype=torch.float64, scale=scale)
+    b = random_rows(batch, m, seed=seed + 1, dtype=torch.float64, scale=scale)
+    mask = (torch.rand(batch, m, generator=generator(seed + 2)) < 0.6) if masked else None
+    allowed = effective(mask) if mask is not None else torch.ones(batch, m, dtype=torch.bool)
+    with fastadv.use_backend("cpu"):
+        pa, pb = ops.simplex_project(a, mask), ops.simplex_project(b, mask)
+        again = ops.simplex_project(pa, mask)
+    assert_on_simplex(pa, allowed)
+    torch.testing.assert_close(again, pa, atol=1e-12, rtol=0)
+    assert bool(((pa - pb).norm(dim=1) <= (a - b).norm(dim=1) + 1e-12).all())
+    for row in range(batch):
+        support = (pa[row] > 0) & allowed[row]
+        tau = (a[row][support] - pa[row][support]).mean()
+        torch.testing.assert_close(pa[row][support], a[row][support] - tau, atol=1e-9 * max(1.0, scale), rtol=0)
+        off = allowed[row] & ~support
+        assert bool((a[row][off] <= tau + 1e-9 * max(1.0, scale)).all())
+
+
+@pytest.mark.parametrize("backend,batch,m", list(wide_shapes()))
+@pytest.mark.parametrize("with_achieved", [False, True], ids=["none", "achieved"])
+def test_wide_distance_matches_reference(backend, batch, m, with_achieved):
+    """Ω and its gradient at m > 32, with a row whose every task is achieved (all count as open)."""
+    device = device_of(backend)
+    w = simplex_points(batch, m, device=device)
+    w = w + 0.01 * random_rows(batch, m, seed=9, device=device)
+    achieved = random_mask(batch, m, seed=5, device=device) if with_achieved else None
+    if achieved is not None and batch > 1:
+        achieved[1] = True
+    exact, exact_grad = omega_and_gradient(reference.simplex_distance_sq, w.double().cpu(),
+                                           None if achieved is None else achieved.cpu())
+    with fastadv.use_backend(backend):
+        got, got_grad = omega_and_gradient(ops.simplex_distance_sq, w, achieved)
+    assert got.shape == (batch,) and got.dtype == w.dtype and got_grad.shape == w.shape
+    assert_close_to_exact(got, exact, rtol=1e-4)
+    assert_close_to_exact(got_grad, exact_grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wide_distance_nan_stays_in_its_row(backend):
+    device = device_of(backend)
+    w = simplex_points(5, 100, device=device).clone()
+    w[1, 2] = math.inf
+    w[3, 99] = math.nan
+    achieved = random_mask(5, 100, seed=2, device=device)
+    with fastadv.use_backend(backend):
+        omega, grad = omega_and_gradient(ops.simplex_distance_sq, w, achieved)
+    assert bool(torch.isnan(omega[[1, 3]].cpu()).all()) and bool(torch.isnan(grad[[1, 3]].cpu()).all())
+    keep = [0, 2, 4]
+    exact, exact_grad = omega_and_gradient(reference.simplex_distance_sq, w[keep].double().cpu(),
+                                           achieved[keep].cpu())
+    assert_close_to_exact(omega[keep], exact)
+    assert_close_to_exact(grad[keep], exact_grad)
+
+
+def test_wide_distance_gradcheck_float64():
+    w = simplex_points(3, 40, seed=4, dtype=torch.float64).requires_grad_()
+    achieved = random_mask(3, 40, seed=3)
+    with fastadv.use_backend("cpu"):
+        assert torch.autograd.gradcheck(lambda t: ops.simplex_distance_sq(t, achieved), (w,))
+        assert torch.autograd.gradcheck(lambda t: ops.simplex_distance_sq(t), (w,))
+
+
+def test_wide_float64_cpu_matches_reference_tightly():
+    for m in (33, 1000):
+        v = random_rows(9, m, dtype=torch.float64, scale=2.0)
+        mask, achieved = random_mask(9, m), random_mask(9, m, seed=4)
+        with fastadv.use_backend("cpu"):
+            torch.testing.assert_close(ops.simplex_project(v, mask), reference.simplex_project(v, mask), atol=1e-12,
+                                       rtol=0)
+            torch.testing.assert_close(ops.simplex_project(v), reference.simplex_project(v), atol=1e-12, rtol=0)
+            torch.testing.assert_close(ops.simplex_distance_sq(v, achieved),
+                                       reference.simplex_distance_sq(v, achieved), atol=1e-12, rtol=1e-12)
+
+
 # ----------------------------------------------------------------------------- min_norm_weights
 def solver_arguments(solver, steps):
     return dict(solver=solver, steps=steps, lr=0.01 if solver == "softmax-gd" else None)
@@ -496,7 +672,8 @@ def _bad_cases():
     return [
         ("Q", lambda: ops.min_norm_weights(torch.randn(4, 3, 2)), ValueError, r"Q must have shape \[B, m, m\]"),
         ("Q", lambda: ops.min_norm_weights(torch.randn(4, 3)), ValueError, "Q must have 3 dimensions"),
-        ("Q", lambda: ops.min_norm_weights(torch.randn(2, 33, 33)), ValueError, "1 to 32 tasks"),
+        ("Q", lambda: ops.min_norm_weights(torch.randn(2, 33, 33)), ValueError,
+         "1 to 32 tasks: min_norm_weights' limit; simplex_project and simplex_distance_sq take any m"),
         ("Q", lambda: ops.min_norm_weights(torch.randn(2, 0, 0)), ValueError, "1 to 32 tasks"),
         ("Q", lambda: ops.min_norm_weights(Q.long()), TypeError, "Q must be a floating"),
         ("achieved", lambda: ops.min_norm_weights(Q, torch.zeros(4, 2, dtype=torch.bool)), ValueError,
@@ -514,13 +691,15 @@ def _bad_cases():
         ("lr", lambda: ops.min_norm_weights(Q, solver="pgd", lr=0.1), ValueError, "lr"),
         ("lr", lambda: ops.min_norm_weights(Q, lr=-0.1), ValueError, "lr must be"),
         ("solver", lambda: ops.min_norm_weights(Q, solver="exact2"), ValueError, "exact2.*m = 2"),
-        ("v", lambda: ops.simplex_project(torch.randn(4, 33)), ValueError, "1 to 32"),
+        ("v", lambda: ops.simplex_project(torch.randn(4, 0)), ValueError,
+         r"v must have shape \[B, m\] with m >= 1"),
         ("v", lambda: ops.simplex_project(torch.randn(4)), ValueError, "v must have 2 dimensions"),
         ("v", lambda: ops.simplex_project(torch.ones(4, 3, dtype=torch.int64)), TypeError, "v must be a floating"),
         ("mask", lambda: ops.simplex_project(v, torch.ones(4, 2, dtype=torch.bool)), ValueError,
          "mask must have the shape"),
         ("mask", lambda: ops.simplex_project(v, torch.ones(4, 3)), TypeError, "mask must be a bool"),
-        ("w", lambda: ops.simplex_distance_sq(torch.randn(2, 40)), ValueError, "w must have shape"),
+        ("w", lambda: ops.simplex_distance_sq(torch.randn(2, 0)), ValueError,
+         r"w must have shape \[B, m\] with m >= 1"),
         ("achieved", lambda: ops.simplex_distance_sq(v, torch.ones(3, 3, dtype=torch.bool)), ValueError,
          "achieved must have the shape"),
     ]
@@ -546,8 +725,10 @@ def test_cpp_kernel_checks_are_a_second_line():
         torch.ops.fastadv.min_norm_weights(Q, None, None, 0.0, 1, 0, 0.0)
     with pytest.raises(RuntimeError, match="mask must be a bool"):
         torch.ops.fastadv.simplex_project(torch.randn(4, 3), torch.ones(4, 3))
-    with pytest.raises(RuntimeError, match=r"v must have shape \[B, m\]"):
-        torch.ops.fastadv.simplex_project(torch.randn(4, 33), None)
+    with pytest.raises(RuntimeError, match=r"v must have shape \[B, m\] with m >= 1"):
+        torch.ops.fastadv.simplex_project(torch.randn(4, 0), None)
+    with pytest.raises(RuntimeError, match=r"Q must have shape \[B, m, m\] with 1 to 32 tasks \(min_norm_weights"):
+        torch.ops.fastadv.min_norm_weights(torch.randn(2, 33, 33), None, None, 0.0, 0, 10, 0.005)
 
 
 # ----------------------------------------------------------------------------- torch.library
