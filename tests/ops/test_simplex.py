@@ -80,8 +80,13 @@ def effective(mask):
 @pytest.mark.parametrize("masked", [False, True], ids=["all", "masked"])
 def test_project_matches_reference(backend, batch, m, masked):
     device = device_of(backend)
-    v = random_rows(batch, m, scale=1.5, device=device)
-    mask = random_mask(batch, m, device=device) if masked else None
+    check_project_matches_reference(backend, random_rows(batch, m, scale=1.5, device=device),
+                                    random_mask(batch, m, device=device) if masked else None)
+
+
+def check_project_matches_reference(backend, v, mask):
+    """The float64 oracle's projection of the rows v (on their device) under ``mask``: on the
+    simplex, 0 off the mask."""
     exact = reference.simplex_project(v.double().cpu(), None if mask is None else mask.cpu())
     with fastadv.use_backend(backend):
         got = ops.simplex_project(v, mask)
@@ -90,11 +95,24 @@ def test_project_matches_reference(backend, batch, m, masked):
     assert_on_simplex(got, None if mask is None else effective(mask))
 
 
+def project_adversarial_rows(backend, rows, mask):
+    """The projection of ten float32 rows whose rows 6 and 7 hold a NaN and an inf: those two rows
+    NaN, the others finite, on the simplex and the oracle's. Returns it on the CPU."""
+    exact = reference.simplex_project(rows.double(), mask)
+    with fastadv.use_backend(backend):
+        got = ops.simplex_project(rows.to(device_of(backend)), mask.to(device_of(backend))).cpu()
+    assert bool(torch.isnan(got[6]).all()) and bool(torch.isnan(got[7]).all())
+    finite = [0, 1, 2, 3, 4, 5, 8, 9]
+    assert bool(torch.isfinite(got[finite]).all())
+    assert_close_to_exact(got[finite], exact[finite])
+    assert_on_simplex(got[finite], effective(mask[finite]))
+    return got
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_project_adversarial_rows(backend):
     """Ties, a huge spread (±1e30, exact after the shift), one coordinate allowed, every coordinate
     masked (all count), and a NaN and an inf row that leave the other rows exact."""
-    device = device_of(backend)
     rows = torch.tensor([
         [0.3, 0.3, 0.3, 0.3, 0.3],           # all tied
         [1.0, 1.0, 0.0, -1.0, 1.0],          # a tie at the top
@@ -111,13 +129,7 @@ def test_project_adversarial_rows(backend):
     mask[4] = torch.tensor([False, True, False, False, False])
     mask[5] = False
     mask[6, 1] = False  # a NaN off the mask still makes its row NaN
-    exact = reference.simplex_project(rows.double(), mask)
-    with fastadv.use_backend(backend):
-        got = ops.simplex_project(rows.to(device), mask.to(device)).cpu()
-    assert bool(torch.isnan(got[6]).all()) and bool(torch.isnan(got[7]).all())
-    finite = [0, 1, 2, 3, 4, 5, 8, 9]
-    assert bool(torch.isfinite(got[finite]).all())
-    assert_close_to_exact(got[finite], exact[finite])
+    got = project_adversarial_rows(backend, rows, mask)
     torch.testing.assert_close(got[0], torch.full((5,), 0.2))
     torch.testing.assert_close(got[2], torch.tensor([0.5, 0.0, 0.0, 0.0, 0.5]))
     torch.testing.assert_close(got[3], torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0]))
@@ -141,8 +153,9 @@ def test_project_one_task_and_one_allowed(backend, m):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_project_nan_stays_in_its_row(backend):
+    """On the register path (m ≤ 32) and on the wide one (33, 1000)."""
     device = device_of(backend)
-    for m in (3, 8, 17, 32):
+    for m in (3, 8, 17, 32, 33, 1000):
         v = random_rows(9, m, seed=m, device=device).clone()
         v[4, m // 2] = math.nan
         v[6, 0] = -math.inf
@@ -157,9 +170,14 @@ def test_project_nan_stays_in_its_row(backend):
 @given(batch=st.integers(1, 6), m=st.integers(1, 32), seed=st.integers(0, 2**31 - 1),
        scale=st.sampled_from([1e-3, 1.0, 30.0]), masked=st.booleans())
 def test_project_properties(batch, m, seed, scale, masked):
-    """The CPU kernel's projection: on the simplex, 0 off the mask, idempotent, non-expansive
-    (‖P(a) − P(b)‖ ≤ ‖a − b‖ for rows with the same mask) and its KKT conditions: w = max(v − τ, 0)
-    on the allowed set with one τ per row."""
+    """The CPU kernel's register path (m ≤ 32)."""
+    check_project_properties(batch, m, seed, scale, masked)
+
+
+def check_project_properties(batch, m, seed, scale, masked):
+    """The CPU kernel's projection, in float64: on the simplex, 0 off the mask, idempotent,
+    non-expansive (‖P(a) − P(b)‖ ≤ ‖a − b‖ for rows with the same mask) and its KKT conditions:
+    w = max(v − τ, 0) on the allowed set with one τ per row."""
     a = random_rows(batch, m, seed=seed, dtype=torch.float64, scale=scale)
     b = random_rows(batch, m, seed=seed + 1, dtype=torch.float64, scale=scale)
     mask = (torch.rand(batch, m, generator=generator(seed + 2)) < 0.6) if masked else None
@@ -190,10 +208,18 @@ def omega_and_gradient(fn, w, achieved):
 @pytest.mark.parametrize("backend,batch,m", list(backend_shapes()))
 @pytest.mark.parametrize("with_achieved", [False, True], ids=["none", "achieved"])
 def test_distance_matches_reference(backend, batch, m, with_achieved):
+    check_distance_matches_reference(backend, batch, m, with_achieved, spread=0.1)
+
+
+def check_distance_matches_reference(backend, batch, m, with_achieved, spread):
+    """Ω and its gradient against the oracle's, at points off the simplex too (Ω is a formula; by
+    ``spread``), with a row whose every task is achieved (all count as open)."""
     device = device_of(backend)
     w = simplex_points(batch, m, device=device)
-    w = w + 0.1 * random_rows(batch, m, seed=9, device=device)  # off the simplex too: Ω is a formula
+    w = w + spread * random_rows(batch, m, seed=9, device=device)
     achieved = random_mask(batch, m, seed=5, device=device) if with_achieved else None
+    if achieved is not None and batch > 1:
+        achieved[1] = True
     exact, exact_grad = omega_and_gradient(reference.simplex_distance_sq, w.double().cpu(),
                                            None if achieved is None else achieved.cpu())
     with fastadv.use_backend(backend):
@@ -219,16 +245,23 @@ def test_distance_is_the_distance_to_the_extended_simplex(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_distance_nan_stays_in_its_row(backend):
+@pytest.mark.parametrize("m,with_achieved", [(4, False), (100, True)], ids=["4", "100-achieved"])
+def test_distance_nan_stays_in_its_row(backend, m, with_achieved):
+    """On the register path and on the wide one: Ω and its gradient NaN in the rows with a NaN or
+    an inf, the oracle's in the others."""
     device = device_of(backend)
-    w = simplex_points(5, 4, device=device).clone()
+    w = simplex_points(5, m, device=device).clone()
     w[1, 2] = math.inf
-    w[3, 0] = math.nan
+    w[3, m - 1] = math.nan
+    achieved = random_mask(5, m, seed=2, device=device) if with_achieved else None
     with fastadv.use_backend(backend):
-        omega, grad = omega_and_gradient(ops.simplex_distance_sq, w, None)
+        omega, grad = omega_and_gradient(ops.simplex_distance_sq, w, achieved)
     assert bool(torch.isnan(omega[[1, 3]].cpu()).all()) and bool(torch.isnan(grad[[1, 3]].cpu()).all())
-    exact, exact_grad = omega_and_gradient(reference.simplex_distance_sq, w[[0, 2, 4]].double().cpu(), None)
-    assert_close_to_exact(omega[[0, 2, 4]], exact)
+    keep = [0, 2, 4]
+    exact, exact_grad = omega_and_gradient(reference.simplex_distance_sq, w[keep].double().cpu(),
+                                           None if achieved is None else achieved[keep].cpu())
+    assert_close_to_exact(omega[keep], exact)
+    assert_close_to_exact(grad[keep], exact_grad)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
@@ -280,16 +313,10 @@ def wide_rows(batch, m, seed, scale=1.5):
 @pytest.mark.parametrize("backend,batch,m", list(wide_shapes()))
 @pytest.mark.parametrize("masked", [False, True], ids=["all", "masked"])
 def test_wide_project_matches_reference(backend, batch, m, masked):
-    """m > 32 (the wide path): the float64 oracle's projection, on the simplex, 0 off the mask."""
+    """m > 32 (the wide path)."""
     device = device_of(backend)
-    v = wide_rows(batch, m, seed=m + batch).to(device=device, dtype=torch.float32)
-    mask = random_mask(batch, m, seed=m, device=device) if masked else None
-    exact = reference.simplex_project(v.double().cpu(), None if mask is None else mask.cpu())
-    with fastadv.use_backend(backend):
-        got = ops.simplex_project(v, mask)
-    assert got.shape == v.shape and got.dtype == v.dtype and got.device == v.device
-    assert_close_to_exact(got, exact)
-    assert_on_simplex(got, None if mask is None else effective(mask))
+    check_project_matches_reference(backend, wide_rows(batch, m, seed=m + batch).to(device=device, dtype=torch.float32),
+                                    random_mask(batch, m, seed=m, device=device) if masked else None)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -297,7 +324,6 @@ def test_wide_project_adversarial_rows(backend):
     """The wide path on rows of 40 and 1000 coordinates: ties at the top, every value tied, ±1e30,
     one finite survivor, one allowed coordinate, every coordinate masked, a NaN (off the mask
     too) and an inf row that leave the other rows exact, and a row already on the simplex."""
-    device = device_of(backend)
     for m in (40, 1000):
         g = generator(m)
         rows = torch.randn(10, m, generator=g, dtype=torch.float64)
@@ -316,14 +342,7 @@ def test_wide_project_adversarial_rows(backend):
         mask[5] = False
         mask[6, m // 2] = False
         v = rows.float()
-        exact = reference.simplex_project(v.double(), mask)
-        with fastadv.use_backend(backend):
-            got = ops.simplex_project(v.to(device), mask.to(device)).cpu()
-        assert bool(torch.isnan(got[6]).all()) and bool(torch.isnan(got[7]).all())
-        finite = [0, 1, 2, 3, 4, 5, 8, 9]
-        assert bool(torch.isfinite(got[finite]).all())
-        assert_close_to_exact(got[finite], exact[finite])
-        assert_on_simplex(got[finite], effective(mask[finite]))
+        got = project_adversarial_rows(backend, v, mask)
         torch.testing.assert_close(got[0], torch.full((m,), 1.0 / m))
         torch.testing.assert_close(got[1], torch.where(rows[1] == 1.0, 4.0 / m, 0.0).float())
         expected_2 = (rows[2] > 0).float()
@@ -333,78 +352,18 @@ def test_wide_project_adversarial_rows(backend):
         torch.testing.assert_close(got[8], v[8])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_wide_project_nan_stays_in_its_row(backend):
-    device = device_of(backend)
-    for m in (33, 1000):
-        v = random_rows(9, m, seed=m, device=device).clone()
-        v[4, m // 2] = math.nan
-        v[6, 0] = -math.inf
-        with fastadv.use_backend(backend):
-            got = ops.simplex_project(v).cpu()
-        assert bool(torch.isnan(got[[4, 6]]).all())
-        others = [0, 1, 2, 3, 5, 7, 8]
-        assert_close_to_exact(got[others], reference.simplex_project(v[others].double().cpu()))
-
-
 @settings(max_examples=40, deadline=None)
 @given(batch=st.integers(1, 4), m=st.integers(33, 300), seed=st.integers(0, 2**31 - 1),
        scale=st.sampled_from([1e-3, 1.0, 30.0]), masked=st.booleans())
 def test_wide_project_properties(batch, m, seed, scale, masked):
-    """The CPU kernel's wide path, in float64: on the simplex, 0 off the mask, idempotent,
-    non-expansive and its KKT conditions (one τ per row), as test_project_properties."""
-    a = random_rows(batch, m, seed=seed, dtype=torch.float64, scale=scale)
-    b = random_rows(batch, m, seed=seed + 1, dtype=torch.float64, scale=scale)
-    mask = (torch.rand(batch, m, generator=generator(seed + 2)) < 0.6) if masked else None
-    allowed = effective(mask) if mask is not None else torch.ones(batch, m, dtype=torch.bool)
-    with fastadv.use_backend("cpu"):
-        pa, pb = ops.simplex_project(a, mask), ops.simplex_project(b, mask)
-        again = ops.simplex_project(pa, mask)
-    assert_on_simplex(pa, allowed)
-    torch.testing.assert_close(again, pa, atol=1e-12, rtol=0)
-    assert bool(((pa - pb).norm(dim=1) <= (a - b).norm(dim=1) + 1e-12).all())
-    for row in range(batch):
-        support = (pa[row] > 0) & allowed[row]
-        tau = (a[row][support] - pa[row][support]).mean()
-        torch.testing.assert_close(pa[row][support], a[row][support] - tau, atol=1e-9 * max(1.0, scale), rtol=0)
-        off = allowed[row] & ~support
-        assert bool((a[row][off] <= tau + 1e-9 * max(1.0, scale)).all())
+    """The CPU kernel's wide path (m > 32)."""
+    check_project_properties(batch, m, seed, scale, masked)
 
 
 @pytest.mark.parametrize("backend,batch,m", list(wide_shapes()))
 @pytest.mark.parametrize("with_achieved", [False, True], ids=["none", "achieved"])
 def test_wide_distance_matches_reference(backend, batch, m, with_achieved):
-    """Ω and its gradient at m > 32, with a row whose every task is achieved (all count as open)."""
-    device = device_of(backend)
-    w = simplex_points(batch, m, device=device)
-    w = w + 0.01 * random_rows(batch, m, seed=9, device=device)
-    achieved = random_mask(batch, m, seed=5, device=device) if with_achieved else None
-    if achieved is not None and batch > 1:
-        achieved[1] = True
-    exact, exact_grad = omega_and_gradient(reference.simplex_distance_sq, w.double().cpu(),
-                                           None if achieved is None else achieved.cpu())
-    with fastadv.use_backend(backend):
-        got, got_grad = omega_and_gradient(ops.simplex_distance_sq, w, achieved)
-    assert got.shape == (batch,) and got.dtype == w.dtype and got_grad.shape == w.shape
-    assert_close_to_exact(got, exact, rtol=1e-4)
-    assert_close_to_exact(got_grad, exact_grad)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_wide_distance_nan_stays_in_its_row(backend):
-    device = device_of(backend)
-    w = simplex_points(5, 100, device=device).clone()
-    w[1, 2] = math.inf
-    w[3, 99] = math.nan
-    achieved = random_mask(5, 100, seed=2, device=device)
-    with fastadv.use_backend(backend):
-        omega, grad = omega_and_gradient(ops.simplex_distance_sq, w, achieved)
-    assert bool(torch.isnan(omega[[1, 3]].cpu()).all()) and bool(torch.isnan(grad[[1, 3]].cpu()).all())
-    keep = [0, 2, 4]
-    exact, exact_grad = omega_and_gradient(reference.simplex_distance_sq, w[keep].double().cpu(),
-                                           achieved[keep].cpu())
-    assert_close_to_exact(omega[keep], exact)
-    assert_close_to_exact(grad[keep], exact_grad)
+    check_distance_matches_reference(backend, batch, m, with_achieved, spread=0.01)
 
 
 def test_wide_distance_gradcheck_float64():
