@@ -107,7 +107,8 @@ def _train(args) -> int:
         return 130
     except USER_ERRORS as error:
         return _report("train", error)
-    print(f"run written to {run_dir} (evaluate it with: fastadv eval {run_dir})")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
+        print(f"run written to {run_dir} (evaluate it with: fastadv eval {run_dir})")
     return 0
 
 

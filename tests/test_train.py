@@ -185,6 +185,7 @@ def test_two_gloo_processes_train_and_stay_in_sync(tmp_path, method):
                "--run-dir", str(run_dir)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("run written to") == 1 and result.stdout.count("epoch 2/2") == 1, result.stdout
     config = json.loads((run_dir / "config.json").read_text())
     assert config["world_size"] == 2
     records = metrics(run_dir)
