@@ -2,8 +2,8 @@
 
 - Every ```python block is executed: a file's blocks in order, in one namespace, in a temporary
   working directory, with one torch thread. A block that cannot run here (it needs a GPU or
-  CIFAR's files) is fenced ```python no-run and starts with a comment saying why: it is
-  compiled, and reported as skipped with that reason. Such blocks must stay few.
+  CIFAR's files) is fenced ```python no-run and starts with a comment saying why: it is only
+  compiled. Such blocks must stay few.
 - Every `fastadv ...` line of the other blocks (```bash, ```sh, ```text, bare ```), and
   `torchrun ... -m fastadv.cli ...`, is parsed by the command's own parser without running it;
   a train line's settings go through TrainConfig.resolved() and a reproduce line's claims must
@@ -86,11 +86,13 @@ def test_python_fences_have_known_options():
             assert not unknown, f"{block.name}: unknown fence options {sorted(unknown)} (known: {sorted(PYTHON_OPTIONS)})"
 
 
-@pytest.mark.parametrize("path", [p for p in DOC_FILES if python_blocks(p)], ids=lambda p: str(p.relative_to(ROOT)))
+def runnable_blocks(path: Path) -> list[Block]:
+    return [block for block in python_blocks(path) if "no-run" not in block.options]
+
+
+@pytest.mark.parametrize("path", [p for p in DOC_FILES if runnable_blocks(p)], ids=lambda p: str(p.relative_to(ROOT)))
 def test_python_blocks_run(path, tmp_path, monkeypatch):
-    runnable = [block for block in python_blocks(path) if "no-run" not in block.options]
-    if not runnable:
-        pytest.skip(f"{path.relative_to(ROOT)}: every Python block is marked no-run")
+    runnable = runnable_blocks(path)
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -105,19 +107,14 @@ def test_python_blocks_run(path, tmp_path, monkeypatch):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("block", no_run_blocks(), ids=lambda b: b.name)
-def test_no_run_block(block):
-    compile(block.code, block.name, "exec")  # it must at least be Python
-    reason = no_run_reason(block)
-    assert reason, f"{block.name}: a no-run block must start with a comment saying why it cannot run"
-    pytest.skip(f"{block.name}: not run: {reason}")
-
-
-def test_no_run_blocks_are_few_and_say_why():
+def test_no_run_blocks_are_few_compile_and_say_why():
+    """A no-run block (it needs a GPU or CIFAR's files) is not executed here: it must be Python
+    that compiles, start with a comment saying why it cannot run, and such blocks stay few."""
     blocks = no_run_blocks()
     assert len(blocks) <= MAX_NO_RUN, (f"{len(blocks)} Python blocks are marked no-run "
                                        f"({', '.join(b.name for b in blocks)}); at most {MAX_NO_RUN}")
     for block in blocks:
+        compile(block.code, block.name, "exec")
         assert no_run_reason(block), f"{block.name}: a no-run block must start with a comment saying why"
 
 
