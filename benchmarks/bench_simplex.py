@@ -60,6 +60,7 @@ attack's achieved tasks: TA-MOO). --quick: 2 epochs, 5 steps, 150 images, 1000 p
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 
@@ -522,73 +523,61 @@ def wide_case() -> str:
     return f"simplex_project [{WIDE_BATCH}, {WIDE_TASKS}] (m > 32: sort-free selection)"
 
 
-def run_wide(device: str = "cpu", quick: bool = False) -> str:
-    """The long-row projection case alone (also part of :func:`run`): its table rows, as the
-    report's "All timings" table, without writing results."""
+def _timing(quick: bool) -> dict:
+    # --quick: a smoke run, well under a minute on 2 cores; torch.compile alone costs 10 to 30 s a
+    # function there, so it has no compiled rows.
+    return dict(rounds=3, calls_per_round=1, warmup=1) if quick else dict(rounds=40)
+
+
+def _records(case, stats, compile_s, differences, eager, compiled, roofline_s=None) -> list[dict]:
+    """One record per implementation of a case, its ratios against ``eager`` and ``compiled``."""
+    eager_s = stats[eager]["median"]
+    compiled_s = stats[compiled]["median"] if compiled is not None else None
+    return [{"case": case, "implementation": name, "median_ms": s["median"] * 1e3, "p20_ms": s["p20"] * 1e3,
+             "p80_ms": s["p80"] * 1e3, "speedup_vs_eager": eager_s / s["median"],
+             "speedup_vs_compile": None if compiled_s is None else compiled_s / s["median"],
+             "roofline_percent": None if roofline_s is None else 100 * roofline_s / s["median"],
+             "max_abs_diff_w": differences.get(name), "allocated_MiB": s["allocated_MiB"],
+             "compile_s": compile_s if name == compiled else None} for name, s in stats.items()]
+
+
+def row_op_records(device, fused_backend, timing, quick) -> tuple[list[dict], dict]:
+    """The row ops' cases (the projection at [65536, 8], masked, and at [4096, 1000] on the wide
+    path; Ω at [65536, 8]): their records and each case's copy_ bandwidth (GB/s)."""
+    records, bandwidth = [], {}
+    projection = f"simplex_project [{PROJECT_BATCH}, {PROJECT_TASKS}]"
+    cases = [(projection, DUCHI, DUCHI_COMPILED, functools.partial(measure_projection, masked=False)),
+             (f"{projection}, masked", DUCHI, DUCHI_COMPILED, functools.partial(measure_projection, masked=True)),
+             (wide_case(), DUCHI, DUCHI_COMPILED, functools.partial(measure_projection, masked=False,
+                                                                     batch=WIDE_BATCH, tasks=WIDE_TASKS)),
+             (f"simplex_distance_sq [{PROJECT_BATCH}, {PROJECT_TASKS}]", OMEGA, OMEGA_COMPILED, measure_distance)]
+    for case, eager, compiled, measure in cases:
+        stats, compile_s, differences, moved = measure(device, fused_backend, timing, compile_baseline=not quick)
+        roofline_s = stats.pop(ROOFLINE)["median"]
+        bandwidth[case] = moved / roofline_s / 1e9
+        records += _records(case, stats, compile_s, differences, eager, None if quick else compiled, roofline_s)
+    return records, bandwidth
+
+
+def run_rows(device: str = "cpu", quick: bool = False) -> str:
+    """The row ops' cases alone (also part of :func:`run`), as the report's timings table, without
+    writing results."""
     device = torch.device(device)
-    fused_backend = "cpu" if device.type == "cpu" else "auto"
-    timing = dict(rounds=3, calls_per_round=1, warmup=1) if quick else dict(rounds=40)
-    stats, compile_s, differences, moved = measure_projection(device, fused_backend, timing, False,
-                                                              compile_baseline=not quick, batch=WIDE_BATCH,
-                                                              tasks=WIDE_TASKS)
-    roofline_s = stats.pop(ROOFLINE)["median"]
-    eager_s = stats[DUCHI]["median"]
-    compiled_s = None if quick else stats[DUCHI_COMPILED]["median"]
-    rows = [[wide_case(), name, f"{s['median'] * 1e3:.3f}", f"{s['p20'] * 1e3:.3f}–{s['p80'] * 1e3:.3f}",
-             _ratio(eager_s / s["median"]), "" if compiled_s is None else _ratio(compiled_s / s["median"]),
-             f"{100 * roofline_s / s['median']:.0f}%",
-             "" if differences.get(name) is None else f"{differences[name]:.1e}", f"{s['allocated_MiB']:.1f}"]
-            for name, s in stats.items()]
-    table = common.markdown_table(["case", "implementation", "median ms", "p20–p80 ms", "vs eager", "vs compiled",
-                                   "roofline", "max |Δw| vs fastadv", "allocated MiB"], rows)
-    lines = [f"simplex family, float32, {common.machine_description(device)}", "", table, "",
-             f"copy_ bandwidth: {moved / roofline_s / 1e9:.1f} GB/s"]
-    if compile_s is not None:
-        lines.append(f"torch.compile's first call (empty inductor cache): {compile_s:.1f} s")
-    return "\n".join(lines)
+    records, bandwidth = row_op_records(device, "cpu" if device.type == "cpu" else "auto", _timing(quick), quick)
+    return "\n".join([f"simplex family, float32, {common.machine_description(device)}", "", timings_table(records),
+                      "", "copy_ bandwidth: " + "; ".join(f"{case}: {gbps:.1f} GB/s" for case, gbps in bandwidth.items())])
 
 
 def run(device: str = "cpu", quick: bool = False, out_dir=None) -> str:
     device = torch.device(device)
     fused_backend = "cpu" if device.type == "cpu" else "auto"
-    # --quick: a smoke run, well under a minute on 2 cores; torch.compile alone costs 10 to 30 s a
-    # function there, so it has no compiled rows.
-    timing = dict(rounds=3, calls_per_round=1, warmup=1) if quick else dict(rounds=40)
-    records = []
-
-    def add(case, stats, compile_s, differences, eager, compiled, roofline_s=None):
-        eager_s = stats[eager]["median"]
-        compiled_s = stats[compiled]["median"] if compiled is not None else None
-        for name, s in stats.items():
-            records.append({
-                "case": case, "implementation": name, "median_ms": s["median"] * 1e3, "p20_ms": s["p20"] * 1e3,
-                "p80_ms": s["p80"] * 1e3, "speedup_vs_eager": eager_s / s["median"],
-                "speedup_vs_compile": None if compiled_s is None else compiled_s / s["median"],
-                "roofline_percent": None if roofline_s is None else 100 * roofline_s / s["median"],
-                "max_abs_diff_w": differences.get(name), "allocated_MiB": s["allocated_MiB"],
-                "compile_s": compile_s if name == compiled else None})
-
-    bandwidth = {}
-    projection = f"simplex_project [{PROJECT_BATCH}, {PROJECT_TASKS}]"
-    for case, masked, shape in ((projection, False, (PROJECT_BATCH, PROJECT_TASKS)),
-                                (f"{projection}, masked", True, (PROJECT_BATCH, PROJECT_TASKS)),
-                                (wide_case(), False, (WIDE_BATCH, WIDE_TASKS))):
-        stats, compile_s, differences, moved = measure_projection(device, fused_backend, timing, masked,
-                                                                  compile_baseline=not quick, batch=shape[0],
-                                                                  tasks=shape[1])
-        roofline_s = stats.pop(ROOFLINE)["median"]
-        bandwidth[case] = moved / roofline_s / 1e9
-        add(case, stats, compile_s, differences, DUCHI, None if quick else DUCHI_COMPILED, roofline_s)
-    omega_case = f"simplex_distance_sq [{PROJECT_BATCH}, {PROJECT_TASKS}]"
-    stats, compile_s, differences, moved = measure_distance(device, fused_backend, timing, compile_baseline=not quick)
-    roofline_s = stats.pop(ROOFLINE)["median"]
-    bandwidth[omega_case] = moved / roofline_s / 1e9
-    add(omega_case, stats, compile_s, differences, OMEGA, None if quick else OMEGA_COMPILED, roofline_s)
+    timing = _timing(quick)
+    records, bandwidth = row_op_records(device, fused_backend, timing, quick)
     for solver in ("softmax-gd", "pgd", "apgd"):
         stats, compile_s, differences, eager, compiled = measure_solver(
             solver, device, fused_backend, timing, compile_baseline=not quick)
-        add(f"min_norm_weights {solver} K={STEPS} [{SOLVER_BATCH}, {SOLVER_TASKS}]", stats, compile_s, differences,
-            eager, compiled)
+        records += _records(f"min_norm_weights {solver} K={STEPS} [{SOLVER_BATCH}, {SOLVER_TASKS}]", stats, compile_s,
+                            differences, eager, compiled)
     problems = 1000 if quick else QUALITY_PROBLEMS
     quality = solution_quality(device, fused_backend, problems)
     attack_Q, attack_achieved, attack = attack_problems(device, **ATTACK_SETTINGS[quick])
@@ -654,14 +643,19 @@ def excess_table(quality) -> str:
                                   "(F − F*) / (F(uniform) − F*) min / 1% / 50% / 99% / max"], rows)
 
 
-def report(records, quality, attack_records, meta) -> str:
+def timings_table(records) -> str:
+    """Every implementation of every case: times, ratios, roofline, difference, memory."""
     rows = [[r["case"], r["implementation"], f"{r['median_ms']:.3f}", f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}",
              _ratio(r["speedup_vs_eager"]), _ratio(r["speedup_vs_compile"]),
              "" if r["roofline_percent"] is None else f"{r['roofline_percent']:.0f}%",
              "" if r["max_abs_diff_w"] is None else f"{r['max_abs_diff_w']:.1e}", f"{r['allocated_MiB']:.1f}"]
             for r in records]
-    table = common.markdown_table(["case", "implementation", "median ms", "p20–p80 ms", "vs eager", "vs compiled",
-                                   "roofline", "max |Δw| vs fastadv", "allocated MiB"], rows)
+    return common.markdown_table(["case", "implementation", "median ms", "p20–p80 ms", "vs eager", "vs compiled",
+                                  "roofline", "max |Δw| vs fastadv", "allocated MiB"], rows)
+
+
+def report(records, quality, attack_records, meta) -> str:
+    table = timings_table(records)
     bandwidth = "; ".join(f"{case}: {gbps:.1f} GB/s" for case, gbps in meta["copy_GBps"].items())
     count = meta["quality_problems"]
     lines = [f"simplex family, float32, {meta['machine']}", "", summary(records), "",
