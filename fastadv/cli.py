@@ -215,6 +215,7 @@ def method_option_flags() -> dict[str, dict]:
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from fastadv.config import DATASET_DEFAULTS, SCHEDULES
     from fastadv.data import DATASETS
+    from fastadv.logs import LOGS
     from fastadv.methods import METHODS, method_parameters, option_help
     from fastadv.models import MODELS
 
@@ -236,6 +237,10 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--combine", default=None, choices=("prob", "logit"),
                       help="how the ensemble's output combines its members: the log of their mean probability or "
                            "their mean logits (default: the method's, METHODS.md section 3)")
+    what.add_argument("--member-devices", dest="member_devices", default=None,
+                      help="put the ensemble's members on these devices, comma-separated, one per member (e.g. "
+                           "cuda:0,cuda:1,cuda:2): members too large or too slow for one device; batches stay on "
+                           "--device")
     what.add_argument("--data-root", dest="data_root", default=None, help="folder holding torchvision's CIFAR files")
     what.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR (needs a network)")
     what.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
@@ -304,6 +309,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     evaluation.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
     evaluation.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
     evaluation.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    # not --log: torchrun's parser takes it for an abbreviation of its --log-dir and refuses it
+    evaluation.add_argument("--logger", dest="loggers", nargs="+", default=[], choices=LOGS,
+                            help="also write the run's metrics, learning rate and a few adversarial examples per epoch "
+                                 "as TensorBoard event files in RUN_DIR/tensorboard (pip install 'fastadv[tensorboard]'); "
+                                 "fastadv eval adds its table there")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

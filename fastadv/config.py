@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 from . import _validate as check
+import torch
+
 from .data import DATASETS
+from .logs import LOGS
 from .methods import METHODS, check_options, method_parameters
 from .ensemble import COMBINES
 from .models import default_model
@@ -20,7 +23,7 @@ NORMS = ("linf", "l2")
 ATTACK_DTYPES = ("bfloat16", "float16")
 # Settings a resumed run may change: they do not affect what is computed.
 FREE_ON_RESUME = ("resume", "overwrite", "progress", "device", "workers", "cuda_graphs", "channels_last",
-                  "cudnn_benchmark", "compile", "device_data")
+                  "cudnn_benchmark", "compile", "device_data", "loggers", "member_devices")
 # The method parameters the trainer sets from settings of its own (the attack's also serve the
 # per-epoch evaluation; ltd's teacher is a run folder here, loaded into a model for the method).
 TRAINER_METHOD_SETTINGS = ("eps", "alpha", "steps", "norm", "attack_dtype", "beta", "teacher")
@@ -44,6 +47,9 @@ class TrainConfig:
     models: Optional[tuple] = None
     # how the ensemble's output combines its members, "prob" or "logit" (default: the method's)
     combine: Optional[str] = None
+    # member i of the ensemble on member_devices[i] (names, or one string "cuda:0,cuda:1"); the
+    # batches and the ensemble's output on --device
+    member_devices: Optional[tuple] = None
     data_root: Optional[str] = None
     download: bool = False
     epochs: Optional[int] = None
@@ -81,6 +87,9 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    # where the run's progress is written besides metrics.jsonl and curves.png: "tensorboard"
+    # (event files in <run>/tensorboard, the extra fastadv[tensorboard])
+    loggers: tuple = ()
     augment: bool = True
     # the method's own options beyond the ones above (e.g. temperature, logit_squeeze)
     method_options: dict = field(default_factory=dict)
@@ -124,6 +133,9 @@ class TrainConfig:
                 check.flag(None, name, getattr(config, name))
         for name in ("cuda_graphs", "compile"):
             check.flag(None, name, getattr(config, name))
+        config.loggers = (config.loggers,) if isinstance(config.loggers, str) else tuple(config.loggers or ())
+        for kind in config.loggers:
+            check.choice(None, "loggers", kind, LOGS)
         config._check_method_options()
         return config
 
@@ -150,9 +162,14 @@ class TrainConfig:
             self.models = (self.model or default_model(self.dataset),) * members
         elif method.ensemble:
             self.models = (self.model or default_model(self.dataset),) * method.default_members
+        if isinstance(self.member_devices, str):
+            self.member_devices = tuple(name.strip() for name in self.member_devices.split(","))
         if self.models is None:
             if self.combine is not None:
                 raise ValueError("combine: only an ensemble combines its members; add --members N or --models A,B,...")
+            if self.member_devices is not None:
+                raise ValueError("member_devices: only an ensemble's members are placed; add --members N or "
+                                 "--models A,B,...")
             return
         self.members = len(self.models)
         if len(self.models) < method.min_members:
@@ -169,6 +186,23 @@ class TrainConfig:
                              f"the ensemble methods: {', '.join(n for n, m in METHODS.items() if m.ensemble)}")
         self.combine = check.choice(None, "combine", self.combine or method.ensemble_combine, COMBINES)
         self.model = None if len(set(self.models)) > 1 else self.models[0]
+        if self.member_devices is not None:
+            self._check_member_devices()
+
+    def _check_member_devices(self) -> None:
+        self.member_devices = tuple(self.member_devices)
+        if len(self.member_devices) != len(self.models):
+            named = ", ".join(map(str, self.member_devices))
+            raise ValueError(f"member_devices: name one device per member ({len(self.models)}), got "
+                             f"{len(self.member_devices)}: {named}")
+        for name in self.member_devices:
+            try:
+                torch.device(name)
+            except (RuntimeError, TypeError) as error:
+                raise ValueError(f"member_devices: {name!r} is not a device ({error})") from None
+        if self.cuda_graphs:
+            raise ValueError("member_devices: members on several devices are not captured in CUDA graphs; "
+                             "drop --cuda-graphs")
 
     def method_option_names(self) -> list[str]:
         """The options the trainer builds the method with (see :func:`fastadv.train.method_options`)."""

@@ -146,5 +146,30 @@ class Ensemble(nn.Module):
                     own[name].copy_(updated)
         return z
 
+    def place(self, devices, home=None) -> "Ensemble":
+        """Member i on ``devices[i]`` (members too large or too slow for one device), the
+        ensemble's inputs and outputs on ``home`` (default: ``devices[0]``): each member takes its
+        input moved to its device and gives its logits back on ``home``, by forward hooks, so
+        that a method calling a member alone (ALS's reference attack, CCE's per-member losses)
+        and every attack see one device. Autograd carries the gradients across. Members placed
+        apart run one after the other (``batched`` groups members of one device only)."""
+        owner = type(self).__name__
+        devices = [torch.device(d) for d in devices]
+        if len(devices) != len(self.members):
+            raise ValueError(f"{owner}.place: devices must name one device per member ({len(self.members)}), "
+                             f"got {len(devices)}")
+        home = devices[0] if home is None else torch.device(home)
+        for hook in getattr(self, "_placement_hooks", []):
+            hook.remove()
+        self._placement_hooks = []
+        for member, device in zip(self.members, devices):
+            member.to(device)
+            self._placement_hooks += [
+                member.register_forward_pre_hook(lambda module, args, device=device: tuple(
+                    a.to(device) if isinstance(a, torch.Tensor) else a for a in args)),
+                member.register_forward_hook(lambda module, args, output: output.to(home))]
+        self.home = home
+        return self
+
     def extra_repr(self) -> str:
         return f"combine={self.combine!r}, batched={self.batched}"

@@ -86,12 +86,13 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     numpy = state["numpy"]
-    torch.set_rng_state(state["torch"])
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+    # a checkpoint loaded with map_location on a GPU has its generator states there too
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state((numpy["kind"], numpy["keys"].cpu().numpy().astype(np.uint32), numpy["position"],
                          numpy["has_gauss"], numpy["cached_gauss"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([generator.cpu() for generator in state["cuda"]])
 
 
 # ----------------------------------------------------------------------------- the folder

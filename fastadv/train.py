@@ -40,13 +40,21 @@ from .attacks import PGD
 from .attacks.graph import graphs_captured
 from .config import FREE_ON_RESUME, TrainConfig
 from .data import DeviceBatches, load_dataset
+from .distributed import average_gradients, global_batch
 from .evaluate import robust_accuracy
 from .hardware import warn_slow_cpu_bf16
+from .logs import EventLog
 from .methods import build_method
 from .runs import RunFolder, build_run_model, load_teacher, rng_state, seed_everything, set_rng_state
 
 __all__ = ["TrainConfig", "Trainer", "Interrupted", "train", "epoch_batches", "make_scheduler", "method_options",
            "GraphedStep", "sgd_update"]
+
+
+#: what stops a run at a batch boundary with a checkpoint (SIGTERM: schedulers' and torchrun's notice)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: a second stop signal within this many seconds of the first is the same request
+REPEAT_SECONDS = 2.0
 
 
 class Interrupted(KeyboardInterrupt):
@@ -333,8 +341,13 @@ class Trainer:
     def _setup(self):
         config, distributed = self.config, self.distributed
         self.device = self._device()
-        if distributed.enabled and not dist.is_initialized():
+        self._owns_group = distributed.enabled and not dist.is_initialized()
+        if self._owns_group:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        # the ranks agree on stopping (Ctrl-C, SIGTERM) over the host, without reading the device
+        self._host_group = None
+        if distributed.enabled:
+            self._host_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
         if self.device.type == "cuda":
             if self.device.index is None:  # "cuda" is the current device (torch < 2.14 needs the index)
                 self.device = torch.device("cuda", torch.cuda.current_device())
@@ -352,13 +365,20 @@ class Trainer:
         # robust accuracy is noise around zero and would pick an undertrained early epoch.
         self.selection = "test_robust_acc" if self.method.adversarial else "test_clean_acc"
         seed_everything(config.seed)  # identical initial weights on every rank
-        if distributed.enabled and config.models is not None:
-            raise ValueError("members: ensembles train in one process for now (a method steps through the members "
-                             "outside DistributedDataParallel's forward); run without torchrun")
         self.model = build_run_model(self.info, config.model, config.models, config.combine).to(self.device)
+        if config.member_devices is not None:
+            if distributed.enabled:
+                raise ValueError("member_devices: under torchrun each rank holds the whole ensemble on its own "
+                                 "device (data parallel); place members in one process")
+            self.model.place(config.member_devices, home=self.device)
         self._speed_setup()
         self.trained_model = self.model
-        if distributed.enabled:
+        # Gradients averaged over the ranks once per optimiser step: by DistributedDataParallel
+        # for one model (overlapped with the backward pass); for an ensemble, whose members step
+        # through the method's own loops outside any DDP forward, by one all-reduce after the
+        # backward pass (fastadv.distributed.average_gradients).
+        self.averages_gradients = distributed.enabled and config.models is not None
+        if distributed.enabled and not self.averages_gradients:
             self.trained_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.attack_model = self.model
@@ -382,12 +402,14 @@ class Trainer:
                                                                    config.attack_dtype == "bfloat16")) if used]
             if bf16:
                 warn_slow_cpu_bf16(f"fastadv train {' '.join(bf16)}")
-        # Attacks and augmentation differ per rank; the weights above were drawn before this.
-        seed_everything(config.seed + 1_000_003 * distributed.rank)
+        # Every rank draws from generators in one state: an attack's random start is drawn for the
+        # global batch and each rank takes its samples' rows (fastadv.distributed.batch_noise), so
+        # that each sample starts where the single-process run starts it.
+        seed_everything(config.seed)
         self.epoch, self.batch, self.best_score, self.history = 0, 0, -1.0, []
         self.partial_sums: dict[str, torch.Tensor] = {}
         self.partial_count = 0
-        self._interrupt_requested = False
+        self._interrupt_requested = 0.0  # the time of the first stop signal
 
     def _speed_setup(self):
         """The GPU settings of the run (each defaults to on for CUDA devices, off on the CPU):
@@ -431,17 +453,28 @@ class Trainer:
 
     # -- checkpoints
     def _state(self) -> dict:
-        return {
+        """The checkpoint: what every rank holds alike (weights, optimiser, schedule, history),
+        and under torchrun what each rank holds of its own, ``ranks[r]``: its random state, its
+        method state (LMA's moving averages are of its share of the batch) and its epoch sums so
+        far. A collective: every rank calls it."""
+        own = {"rng": rng_state(), "method": self.method.state_dict(), "partial_sums": self.partial_sums,
+               "partial_count": self.partial_count}
+        state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
-            "epoch": self.epoch, "batch": self.batch, "best_score": self.best_score, "history": self.history,
-            "partial_sums": self.partial_sums, "partial_count": self.partial_count, "rng": rng_state(),
-            "config": dataclasses.asdict(self.config), "info": dataclasses.asdict(self.info),
+            "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "batch": self.batch,
+            "best_score": self.best_score, "history": self.history, "world_size": self.distributed.world_size,
+            "config": dataclasses.asdict(self.config), "info": dataclasses.asdict(self.info), **own,
         }
+        if self.distributed.enabled:
+            ranks = [None] * self.distributed.world_size
+            dist.all_gather_object(ranks, _on_cpu(own), group=self._host_group)
+            state["ranks"] = ranks
+        return state
 
     def save_checkpoint(self):
+        state = self._state()
         if self.distributed.is_main:
-            self.run.save_checkpoint(self._state())
+            self.run.save_checkpoint(state)
 
     def _resume(self):
         state = self.run.load_checkpoint(map_location=self.device)
@@ -451,15 +484,21 @@ class Trainer:
         if changed:
             raise ValueError(f"resume: the run in {self.run} was started with other settings ({', '.join(changed)}); "
                              "resume it with the same ones")
+        world_size = state.get("world_size", 1)
+        if world_size != self.distributed.world_size:
+            raise ValueError(f"resume: the run in {self.run} was trained by {world_size} process(es) (world size "
+                             f"{world_size}) and this one has {self.distributed.world_size}; resume it with the same "
+                             f"world size (torchrun --nnodes x --nproc-per-node), whose batches and random streams "
+                             f"it continues exactly")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.method.load_state_dict(state["method"])
+        own = state["ranks"][self.distributed.rank] if self.distributed.enabled else state
+        self.method.load_state_dict(_to(own["method"], self.device))
         self.epoch, self.batch = state["epoch"], state["batch"]
         self.best_score, self.history = state["best_score"], state["history"]
-        self.partial_sums, self.partial_count = state["partial_sums"], state["partial_count"]
-        if not self.distributed.enabled:
-            set_rng_state(state["rng"])
+        self.partial_sums, self.partial_count = _to(own["partial_sums"], self.device), own["partial_count"]
+        set_rng_state(own["rng"])
 
     # -- training
     def fit(self) -> Path:
@@ -477,9 +516,13 @@ class Trainer:
                 print(f"speed settings on {self.device}: {', '.join(used) or 'none'}", flush=True)
                 if self.step_graph_refusal is not None:
                     print(f"cuda graphs: the attack alone, not the whole step: {self.step_graph_refusal}", flush=True)
-        previous_handler = None
+        # rank 0 alone writes the event files; a resumed run hides what an earlier one wrote past
+        # its checkpoint (TensorBoard's purge_step)
+        self.events = EventLog(self.run.path, purge_step=self.epoch + 1) \
+            if "tensorboard" in config.loggers and self.distributed.is_main else None
+        previous_handlers = {}
         if threading.current_thread() is threading.main_thread():
-            previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+            previous_handlers = {number: signal.signal(number, self._on_interrupt) for number in STOP_SIGNALS}
         try:
             while self.epoch < config.epochs:
                 self._train_epoch()
@@ -490,19 +533,38 @@ class Trainer:
                       f"continue with --resume --run-dir {self.run}", flush=True)
             raise
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
+            for number, handler in previous_handlers.items():
+                signal.signal(number, handler)
+            if self.events is not None:
+                self.events.close()
         return self.run.path
 
     def _on_interrupt(self, signum, frame):
-        """The first Ctrl-C lets the current batch finish, then writes a checkpoint from which
-        --resume continues exactly; a second one stops at once, without a checkpoint."""
+        """The first Ctrl-C (or SIGTERM, a scheduler's or torchrun's notice) lets the current
+        batch finish, then writes a checkpoint from which --resume continues exactly; one more,
+        later than :data:`REPEAT_SECONDS` after the first, stops at once, without a checkpoint.
+        (Ctrl-C in a terminal reaches each rank twice, from the terminal and forwarded by
+        torchrun: a repeat within those seconds is the same request.) Under torchrun the ranks
+        stop at the same batch: they agree after each (:meth:`_stop_agreed`)."""
+        now = time.monotonic()
         if self._interrupt_requested:
-            raise KeyboardInterrupt
-        self._interrupt_requested = True
+            if now - self._interrupt_requested > REPEAT_SECONDS:
+                raise KeyboardInterrupt
+            return
+        self._interrupt_requested = now
         if self.distributed.is_main:
-            print("\nCtrl-C: finishing this batch, then writing a checkpoint (Ctrl-C again to stop at once)",
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{name}: finishing this batch, then writing a checkpoint (Ctrl-C again to stop at once)",
                   flush=True)
+
+    def _stop_agreed(self) -> bool:
+        """Whether to stop after this batch: asked by a signal on any rank (one small all-reduce on
+        the host per batch under torchrun; nothing is read from the device)."""
+        if not self.distributed.enabled:
+            return bool(self._interrupt_requested)
+        flag = torch.tensor([1 if self._interrupt_requested else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._host_group)
+        return bool(flag.item())
 
     def _accumulate(self, metrics: dict[str, torch.Tensor], count: int) -> None:
         """Adds the batch's metrics, weighted by its size, to the epoch's sums: on the device,
@@ -535,7 +597,7 @@ class Trainer:
                                                  num_workers=config.workers, pin_memory=self.device.type == "cuda",
                                                  generator=torch.Generator().manual_seed(config.seed + self.epoch))
         self.model.train()
-        started = time.perf_counter()
+        started, images = time.perf_counter(), 0
         bar = tqdm(total=len(batches), initial=self.batch, desc=f"epoch {self.epoch + 1}/{config.epochs}",
                    # None: tqdm shows the bar only on a terminal, not in a redirected log
                    disable=None if config.progress and distributed.is_main else True, leave=False,
@@ -554,12 +616,16 @@ class Trainer:
                 self._step(x, y)
             self.scheduler.step()
             self.batch += 1
+            images += len(y) * distributed.world_size
             bar.update(1)
             if not bar.disable and (self.batch % 10 == 0 or self.batch == len(batches)):
-                bar.set_postfix({k: f"{v:.3f}" for k, v in self._partial_means().items()})
+                # the epoch's running means, and the images of every rank per second so far
+                postfix = {k: f"{v:.3f}" for k, v in self._partial_means().items()}
+                postfix["img/s"] = f"{images / (time.perf_counter() - started):.0f}"
+                bar.set_postfix(postfix)
             if self.on_batch_end is not None:
                 self.on_batch_end(self.epoch, self.batch)
-            if self._interrupt_requested:
+            if self._stop_agreed():
                 bar.close()
                 raise Interrupted
         bar.close()
@@ -567,17 +633,22 @@ class Trainer:
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """The batch's optimiser steps, one per turn of the method (what GraphedStep captures as
-        one graph, where it can)."""
+        one graph, where it can). Under torchrun, ``x`` is this rank's share of the global batch,
+        and the step is the single-process step on the global batch (fastadv.distributed)."""
+        distributed = self.distributed
         turns = self.method.turns(self.trained_model, x, y, attack_model=self.attack_model)
         while True:
             # The method's forward passes run under autocast; the backward passes outside it.
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp), \
+                    global_batch(distributed.rank, distributed.world_size, len(y)):
                 turn = next(turns, None)
             if turn is None:
                 break
             loss, metrics = turn
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.averages_gradients:
+                average_gradients(self.model.parameters())
             if self.config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.optimizer.step()
@@ -628,10 +699,32 @@ class Trainer:
             if improved:
                 self.run.save_best(self.model, record, self.selection, dataclasses.asdict(config), self.info)
             self.run.plot_curves(self.history)
+            if self.events is not None:
+                self.events.epoch(record, record["epoch"])
+                self._log_examples(record["epoch"])
+                self.events.flush()
             print(f"epoch {record['epoch']}/{config.epochs}  loss {record.get('train_loss', float('nan')):.4f}  "
                   f"clean {record['test_clean_acc']:.4f}  PGD-{config.eval_steps} {record['test_robust_acc']:.4f}  "
                   f"({seconds:.1f} s)", flush=True)
         self.save_checkpoint()
+
+    def _log_examples(self, step: int, count: int = 8) -> None:
+        """The epoch's evaluation attack (PGD-k, as :meth:`_evaluate`) on the first ``count``
+        held-out images, as an image grid in the event files (its own generator: the training
+        random stream is untouched)."""
+        config = self.config
+        x, y = torch.utils.data.default_collate([self.test_set[i] for i in range(min(count, len(self.test_set)))])
+        x, y = x.to(self.device), y.to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        attack = PGD(self.model, eps=config.eps, alpha=config.eps / 4, steps=config.eval_steps, norm=config.norm,
+                     init="uniform", generator=generator)
+        training = self.model.training
+        self.model.eval()
+        try:
+            x_adv = attack(x, y)
+        finally:
+            self.model.train(training)
+        self.events.examples(f"examples/pgd{config.eval_steps}", x, x_adv, step)
 
     def _ranks_in_sync(self) -> bool:
         """Whether every rank holds the same weights (DDP keeps them equal; a mismatch means a
@@ -644,11 +737,26 @@ class Trainer:
         return bool(torch.equal(low, high))
 
 
+def _on_cpu(value):
+    """``value`` with every tensor in it moved to the CPU (dicts, lists and tuples walked)."""
+    return _to(value, "cpu")
+
+
+def _to(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _to(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to(item, device) for item in value)
+    return value
+
+
 def train(config: TrainConfig, on_batch_end=None) -> Path:
     """Train one run to the end (or resume it); returns the run folder."""
     trainer = Trainer(config, on_batch_end=on_batch_end)
     try:
         return trainer.fit()
     finally:
-        if trainer.distributed.enabled and dist.is_initialized():
+        if trainer._owns_group and dist.is_initialized():
             dist.destroy_process_group()

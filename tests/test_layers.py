@@ -14,8 +14,8 @@ FOLDERS = {"fastadv": "fastadv", "kernels": "fastadv.kernels", "benchmarks": "fa
 #: a module's layer by the longest prefix of its dotted name
 LAYERS = {
     "fastadv._C": 0, "fastadv._validate": 0, "fastadv.backend": 0, "fastadv.hardware": 0, "fastadv.tuned": 0,
-    "fastadv.ops": 0, "fastadv.reference": 0, "fastadv.kernels": 0,
-    "fastadv.data": 1, "fastadv.models": 1, "fastadv.ensemble": 1, "fastadv.runs": 1,
+    "fastadv.ops": 0, "fastadv.reference": 0, "fastadv.kernels": 0, "fastadv.distributed": 0,
+    "fastadv.data": 1, "fastadv.models": 1, "fastadv.ensemble": 1, "fastadv.runs": 1, "fastadv.logs": 1,
     "fastadv.attacks": 2,
     "fastadv.evaluate": 3,
     "fastadv.methods": 4,

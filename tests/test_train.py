@@ -377,3 +377,44 @@ def test_the_replayed_step_is_the_eager_step(tmp_path, method):
     run_dir = train(TrainConfig(method=method, run_dir=str(tmp_path / "full"), cuda_graphs=True, device="cuda",
                                 **dict(QUICK, epochs=1)))
     assert metrics(run_dir)[-1]["step_graphs"] >= 1
+
+
+def test_member_devices_train_as_the_ensemble_on_one_device(tmp_path):
+    """--member-devices: each member behind hooks that move its input to its device and its
+    logits back (here every device is the CPU: what the GPU check runs across cpu and cuda:0);
+    the run is the unplaced one, weights and metrics."""
+    options = dict(QUICK, method="als", members=2, epochs=1)
+    plain = train(TrainConfig(run_dir=str(tmp_path / "plain"), **options))
+    placed = train(TrainConfig(run_dir=str(tmp_path / "placed"), member_devices="cpu,cpu", **options))
+    assert json.loads((placed / "config.json").read_text())["member_devices"] == ["cpu", "cpu"]
+    assert metrics(placed) == metrics(plain)
+    a = torch.load(plain / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(placed / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(method="trades", member_devices="cpu,cpu"), "only an ensemble's members are placed"),
+    (dict(method="adv_en", members=2, member_devices="cpu"), r"name one device per member \(2\), got 1: cpu"),
+    (dict(method="adv_en", members=2, member_devices="cpu,gpu7"), "'gpu7' is not a device"),
+])
+def test_member_devices_are_checked(settings, message):
+    with pytest.raises(ValueError, match=f"member_devices: {message}"):
+        TrainConfig(**settings).resolved()
+
+
+@pytest.mark.cuda
+def test_members_on_the_cpu_and_the_gpu_train_as_on_the_gpu(tmp_path):
+    """Members placed apart for real: member 0 on the CPU, member 1 on the GPU, batches on the
+    GPU; the run follows the one with both members on the GPU. The CPU's and the GPU's
+    convolutions round apart, and the sign of an L-inf attack's step turns a rounding into a pixel
+    stepped the other way now and then, so the runs are compared by their epoch's loss and
+    accuracies, not bit for bit."""
+    options = dict(QUICK, method="adv_en", members=2, epochs=1, device="cuda", amp=False, channels_last=False,
+                   device_data=False, cudnn_benchmark=False)
+    together = train(TrainConfig(run_dir=str(tmp_path / "together"), **options))
+    apart = train(TrainConfig(run_dir=str(tmp_path / "apart"), member_devices="cpu,cuda", **options))
+    (one,), (other,) = metrics(together), metrics(apart)
+    assert other["train_loss"] == pytest.approx(one["train_loss"], rel=0.02)
+    assert abs(other["test_clean_acc"] - one["test_clean_acc"]) <= 0.05
+    assert abs(other["test_robust_acc"] - one["test_robust_acc"]) <= 0.05

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from .. import _validate as check
+from ..distributed import batch_noise
 from ..ensemble import Ensemble
 from ..ops import simplex as simplex_ops
 from . import graph as graphs
@@ -417,7 +418,8 @@ class MultiObjectivePGD(Attack):
         low, high = tasks.bounds(x, self.clip)
         low, high = torch.clamp(low, min=-eps), torch.clamp(high, max=eps)
         shape = tasks.perturbation_shape(x)
-        noise = torch.rand(shape, device=x.device, dtype=x.dtype, generator=generator)
+        # drawn for the global batch in a training step under torchrun (fastadv.distributed)
+        noise = batch_noise(x.new_empty(shape), lambda t: t.uniform_(generator=generator))
         delta = torch.maximum(torch.minimum((2 * noise - 1) * eps, high), low)
         weights = torch.full((problems, m), 1.0 / m, device=x.device, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype)
         achieved = torch.zeros((problems, m), dtype=torch.bool, device=x.device)

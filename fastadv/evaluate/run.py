@@ -1,15 +1,18 @@
 """``fastadv eval``: a run folder or checkpoint evaluated on its dataset's held-out split, the
-results written beside it (eval.json; for an ensemble, transfer.png)."""
+results written beside it (eval.json; for an ensemble, transfer.png; for a run trained with
+``--logger tensorboard``, its event files too)."""
 from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 from ..data import load_dataset
 from ..ensemble import Ensemble
+from ..logs import EventLog
 from ..runs import atomic_write_text, load_model
 from .ensemble import TRANSFER_ATTACK, ensemble_accuracy
-from .report import plot_transfer
+from .report import format_table, plot_transfer
 from . import suite as _suite
 from .suite import ATTACKS, LABELS, SUITE, build_attacks, missing_extra, robust_accuracy
 
@@ -20,7 +23,9 @@ def evaluate_run(path, attacks=ATTACKS, eps: float | None = None, size: int | No
     """Evaluate a run folder or checkpoint on its dataset's held-out split; writes eval.json
     next to the checkpoint (and, for an ensemble, the transfer heat map). AutoAttack is left
     out, with a note, when torchattacks is missing. An ensemble run is evaluated by
-    :func:`ensemble_accuracy`, each member by the same attacks as the ensemble, seeded alike."""
+    :func:`ensemble_accuracy`, each member by the same attacks as the ensemble, seeded alike.
+    A run folder trained with TensorBoard logging (config.json's ``loggers``) also gets the results
+    in its event files (:func:`log_evaluation`)."""
     model, config, info, checkpoint = load_model(path, device)
     device = next(model.parameters()).device
     eps = config["eps"] if eps is None else eps
@@ -61,4 +66,43 @@ def evaluate_run(path, attacks=ATTACKS, eps: float | None = None, size: int | No
             results["transfer_plot"] = str(plot)
         atomic_write_text(json.dumps(results, indent=2) + "\n", out)
         results["written_to"] = str(out)
+        if in_run_folder:
+            log_evaluation(checkpoint.parent, results)
     return results
+
+
+def _logs_tensorboard(config: dict) -> bool:
+    log = config.get("loggers") or []
+    return "tensorboard" in ([log] if isinstance(log, str) else log)
+
+
+def _epochs_trained(run: Path, config: dict) -> int:
+    """The last epoch of metrics.jsonl, else config.json's ``epochs`` (else 0)."""
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    last = json.loads(lines[-1]) if lines and lines[-1].strip() else {}
+    return int(last.get("epoch", config.get("epochs") or 0))
+
+
+def log_evaluation(run: Path, results: dict) -> bool:
+    """When the run folder ``run`` was trained with ``--logger tensorboard`` (its config.json's
+    ``loggers``), adds an evaluation's results to its event files at step = the epochs trained:
+    ``eval/<attack>`` (``eval/clean``, ..., ``eval/worst_case``; an ensemble's members as
+    ``eval/member_<i>/<attack>``) and the table as text ``eval/table``. Without tensorboard
+    installed, says so in one line and goes on. True when the event files were written."""
+    run = Path(run)
+    config = json.loads((run / "config.json").read_text())
+    if not _logs_tensorboard(config):
+        return False
+    try:
+        log = EventLog(run)
+    except ImportError as error:
+        print(f"eval: {run / 'tensorboard'} not updated: {error}")
+        return False
+    step = _epochs_trained(run, config)
+    with log:
+        log.scalars("eval", results["accuracy"], step)
+        for i, member in enumerate(results.get("members", [])):
+            log.scalars(f"eval/member_{i}", member["accuracy"], step)
+        log.table("eval/table", format_table(results), step)
+    return True

@@ -106,6 +106,7 @@ class ADR(RepresentationMethod):
     """
 
     name = "adr"
+    batch_coupled = "its compactness terms compare each sample's features with the other samples' of the batch"
     option_help = {
         "compactness_a": "a of the global compactness weights, in (0, 1]: w_ij = 1 for the same label, "
                          "(a-1)/a otherwise",

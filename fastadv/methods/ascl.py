@@ -56,6 +56,7 @@ class ASCL(RepresentationMethod):
     """
 
     name = "ascl"
+    batch_coupled = "its contrastive loss takes the other samples of the batch as positives and negatives"
     option_help = {
         "strategy": f"selection of the positives and negatives of L_SCL: {', '.join(STRATEGIES)} "
                     "(METHODS.md section 2)",

@@ -119,6 +119,10 @@ class Method(ABC):
     #: optimiser step on a single model): the trainer's ``--cuda-graphs`` then captures the whole
     #: step, attack to update, in one CUDA graph (fastadv.train.GraphedStep)
     step_graph: ClassVar[bool] = False
+    #: why the method's loss couples the samples of a batch with each other ("" where it is a
+    #: mean of per-sample terms): under torchrun each rank couples the samples of its own share,
+    #: so a step is not the single-process step on the global batch (fastadv.distributed)
+    batch_coupled: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -77,6 +77,7 @@ class LRM(AdversarialMethod):
     """
 
     name = "lrm"
+    batch_coupled = "its mixup pairs each sample with another of the batch, by a permutation drawn per rank"
     attack_loss = "ce"
     attack_init = "uniform"
     option_help = {

@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 
 from .. import _validate
+from ..distributed import batch_noise
 from ..reference import pgd as reference
 from . import _registry
 
@@ -169,8 +170,11 @@ def pgd_init(x: torch.Tensor, eps, norm: str = "linf", init: str = "uniform",
     init="uniform": L-inf, x + U(-eps, eps) per element; L2, a direction uniform on the sphere
     times a radius eps * U^(1/d), i.e. uniform in the L2 ball of dimension d.
     init="normal": x + 0.001 * N(0, I), the start of TRADES and LMA-AT (eps is not used).
-    Randomness comes from torch's generators (``generator`` makes it reproducible); this is a
-    composition of torch ops, not a kernel: it runs once per attack, not once per step.
+    Randomness comes from torch's generators (``generator`` makes it reproducible); inside
+    :func:`fastadv.distributed.global_batch` (a training step under torchrun) the start is drawn
+    for the global batch and this rank's rows are taken, so that every sample starts where the
+    single-process run starts it. This is a composition of torch ops, not a kernel: it runs once
+    per attack, not once per step.
     """
     op = "pgd_init"
     _validate.tensor(op, "x", x, min_dim=1)
@@ -192,14 +196,14 @@ def _unchecked_pgd_init(x: torch.Tensor, eps, norm: str, init: str, generator: O
     # in place on the one new tensor: this runs once per attack, but on small batches its few
     # ops are all there is to time (`fastadv bench overhead`)
     if init == "normal":
-        start = torch.empty_like(x).normal_(0.0, NORMAL_INIT_STD, generator=generator)
+        start = batch_noise(x, lambda t: t.normal_(0.0, NORMAL_INIT_STD, generator=generator))
     elif norm == "linf":
-        start = torch.empty_like(x).uniform_(-1.0, 1.0, generator=generator).mul_(radius)
+        start = batch_noise(x, lambda t: t.uniform_(-1.0, 1.0, generator=generator)).mul_(radius)
     else:
-        direction = torch.empty_like(x).normal_(generator=generator)
+        direction = batch_noise(x, lambda t: t.normal_(generator=generator))
         direction_norm = direction.flatten(1).norm(dim=1).reshape(broadcast)
         dims = x[0].numel()
-        scale = torch.rand(broadcast, generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / dims)
+        scale = batch_noise(x.new_empty(broadcast), lambda t: t.uniform_(generator=generator)) ** (1.0 / dims)
         start = direction / direction_norm.clamp_min(torch.finfo(x.dtype).tiny) * scale * radius
     start.add_(x)  # x + δ
     if clip_min != -math.inf or clip_max != math.inf:
