@@ -13,6 +13,7 @@ import torch
 from fastadv import hardware
 from fastadv.data import load_dataset, write_cifar_folder
 from fastadv.ensemble import Ensemble
+from fastadv.evaluate import evaluate_run
 from fastadv.runs import build_run_model, load_model
 from fastadv.methods import METHODS, build_method
 from fastadv.train import GraphedStep, Interrupted, TrainConfig, Trainer, epoch_batches, sgd_update, train
@@ -171,12 +172,17 @@ def test_epoch_batches_shard_the_permutation():
     assert sorted(i for shard in ranks for b in shard for i in b) == list(range(10))
 
 
-@pytest.mark.parametrize("method", [["trades"], ["ascl", "--strategy", "leaked-ls"], ["udr_trades"]],
-                         ids=["trades", "ascl", "udr_trades"])
+ENSEMBLE_METHODS = [name for name, method in METHODS.items() if method.ensemble]
+
+
+@pytest.mark.parametrize("method", [["trades"], ["ascl", "--strategy", "leaked-ls"], ["udr_trades"]]
+                         + [[name, "--members", "2"] for name in ENSEMBLE_METHODS],
+                         ids=["trades", "ascl", "udr_trades"] + ENSEMBLE_METHODS)
 def test_two_gloo_processes_train_and_stay_in_sync(tmp_path, method):
     """ASCL's features go through DDP's own forward (fastadv.methods.representation), so its
     gradients are synchronised like any method's: the ranks' parameters stay equal. UDR's λ
-    update all-reduces the mean soft cost inside the step."""
+    update all-reduces the mean soft cost inside the step. Every ensemble method trains (its
+    gradients all-reduced by the trainer) and its run evaluates."""
     run_dir = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -191,6 +197,8 @@ def test_two_gloo_processes_train_and_stay_in_sync(tmp_path, method):
     records = metrics(run_dir)
     assert len(records) == 2 and all(r["ranks_in_sync"] for r in records)
     load_model(run_dir)
+    results = evaluate_run(run_dir, attacks=["fgsm"], size=30, device="cpu", progress=False)
+    assert 0 <= results["accuracy"]["fgsm"] <= results["accuracy"]["clean"] <= 1
 
 
 def test_resume_refuses_changed_settings(tmp_path):
