@@ -241,6 +241,10 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                       help="put the ensemble's members on these devices, comma-separated, one per member (e.g. "
                            "cuda:0,cuda:1,cuda:2): members too large or too slow for one device; batches stay on "
                            "--device")
+    what.add_argument("--shard-members", dest="shard_members", action="store_true",
+                      help="under torchrun with one process per member: each process holds one member and all of "
+                           "them take the whole batch (members too large for one device), instead of each process "
+                           "holding the whole ensemble on its share of the batch")
     what.add_argument("--data-root", dest="data_root", default=None, help="folder holding torchvision's CIFAR files")
     what.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR (needs a network)")
     what.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")

@@ -50,6 +50,9 @@ class TrainConfig:
     # member i of the ensemble on member_devices[i] (names, or one string "cuda:0,cuda:1"); the
     # batches and the ensemble's output on --device
     member_devices: Optional[tuple] = None
+    # under torchrun, one member per process (a world of as many processes as members), every
+    # process on the whole batch, instead of data parallelism over whole ensembles
+    shard_members: bool = False
     data_root: Optional[str] = None
     download: bool = False
     epochs: Optional[int] = None
@@ -170,6 +173,9 @@ class TrainConfig:
             if self.member_devices is not None:
                 raise ValueError("member_devices: only an ensemble's members are placed; add --members N or "
                                  "--models A,B,...")
+            if self.shard_members:
+                raise ValueError("shard_members: only an ensemble's members are sharded; add --members N or "
+                                 "--models A,B,...")
             return
         self.members = len(self.models)
         if len(self.models) < method.min_members:
@@ -188,6 +194,8 @@ class TrainConfig:
         self.model = None if len(set(self.models)) > 1 else self.models[0]
         if self.member_devices is not None:
             self._check_member_devices()
+        if check.flag(None, "shard_members", self.shard_members) and self.member_devices is not None:
+            raise ValueError("shard_members: members are placed on the ranks' devices; drop --member-devices")
 
     def _check_member_devices(self) -> None:
         self.member_devices = tuple(self.member_devices)

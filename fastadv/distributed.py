@@ -18,7 +18,12 @@ single-process step on that batch:
   DistributedDataParallel forward, so the trainer averages the gradients itself, once per
   optimiser step, as one all-reduce of every gradient flattened into one buffer.
 
-What stays rank-local, and so differs from the single-process run: BatchNorm's batch statistics
+An ensemble can instead be sharded over the ranks, one member per rank (``--shard-members``):
+every rank then runs the whole step on the whole batch and the members' logits travel between
+them (:func:`to_members`, :func:`gather_members`, :func:`send_logits`, :func:`receive_logits`,
+used by :meth:`fastadv.ensemble.Ensemble.shard`).
+
+What stays rank-local under data parallelism, and so differs from the single-process run: BatchNorm's batch statistics
 (each rank normalises its share), losses coupled across the batch (ASCL's contrastive anchors,
 LRM's mixup pairs), and random draws other than the attacks' starts (dropout, augmentation),
 which are drawn per rank.
@@ -32,7 +37,8 @@ from typing import Callable, Iterator, NamedTuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["Share", "global_batch", "current_share", "batch_noise", "average_gradients", "is_distributed"]
+__all__ = ["Share", "global_batch", "current_share", "batch_noise", "average_gradients", "is_distributed",
+           "to_members", "gather_members", "send_logits", "receive_logits"]
 
 
 class Share(NamedTuple):
@@ -65,7 +71,7 @@ def global_batch(rank: int, world_size: int, batch: int) -> Iterator[None]:
 
 
 def batch_noise(like: torch.Tensor, fill: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """A random tensor of ``like``'s shape, dtype, device and memory format, ``fill``\\ ed in place
+    """A random tensor of ``like``'s shape, dtype, device and memory format, filled in place by ``fill``
     (e.g. ``lambda t: t.uniform_(-1, 1, generator=g)``): drawn for the global batch and sliced to
     this rank's rows inside :func:`global_batch`, drawn as is elsewhere (and for a draw whose
     leading dimension is no multiple of the rank's batch)."""
@@ -106,3 +112,99 @@ def average_gradients(parameters) -> None:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+
+# ----------------------------------------------------------------------------- members on ranks
+# An ensemble sharded over the ranks (fastadv.ensemble.Ensemble.shard) holds member r on rank r;
+# every rank runs the same computation on the same batch, and the members' logits travel by
+# collectives. Each function below is one collective in the forward pass and, where the input
+# needs a gradient, one in the backward pass (the all-reduce of _ToMembers), so that the ranks'
+# collectives come in the same order whatever the members' architectures.
+class _ToMembers(torch.autograd.Function):
+    """The identity; its backward sums the input's gradient over the ranks (each rank's member
+    adds its own part of it)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class _Gather(torch.autograd.Function):
+    """This rank's member's logits [B, C] -> every rank's, [W, B, C]; the backward keeps this
+    rank's slice (every rank computes the same loss from the gathered logits)."""
+
+    @staticmethod
+    def forward(ctx, z):
+        parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, z.contiguous())
+        ctx.rank = dist.get_rank()
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad[ctx.rank]
+
+
+class _Send(torch.autograd.Function):
+    """Rank ``src``'s member's logits, sent to every rank; the backward is the identity."""
+
+    @staticmethod
+    def forward(ctx, z, src):
+        z = z.contiguous().clone()
+        dist.broadcast(z, src)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _Receive(torch.autograd.Function):
+    """Rank ``src``'s member's logits, received; the backward gives ``anchor`` (the member's
+    input, through :func:`to_members`) a zero gradient, so that this rank takes part in the
+    gradient's all-reduce."""
+
+    @staticmethod
+    def forward(ctx, anchor, src, shape, dtype):
+        z = torch.empty(shape, dtype=dtype, device=anchor.device)
+        dist.broadcast(z, src)
+        ctx.anchor_shape, ctx.anchor_dtype = anchor.shape, anchor.dtype
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.zeros(ctx.anchor_shape, dtype=ctx.anchor_dtype, device=grad.device), None, None, None
+
+
+def to_members(x: torch.Tensor) -> torch.Tensor:
+    """``x`` on its way into the members of a sharded ensemble: its gradient is summed over the
+    ranks (where it needs one)."""
+    return _ToMembers.apply(x) if x.requires_grad else x
+
+
+def logits_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype members' logits travel in: float32, or float64 for a float64 model (half
+    precision logits of autocast are sent as float32, which the losses compute in anyway)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def gather_members(z: torch.Tensor) -> torch.Tensor:
+    """Every rank's member's logits, [W, B, C], from this rank's [B, C] (in :func:`logits_dtype`)."""
+    return _Gather.apply(z.to(logits_dtype(z.dtype)))
+
+
+def send_logits(z: torch.Tensor, src: int) -> torch.Tensor:
+    """This rank's member's logits (in :func:`logits_dtype`), sent to the others."""
+    return _Send.apply(z.to(logits_dtype(z.dtype)), src)
+
+
+def receive_logits(anchor: torch.Tensor, src: int, classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """Rank ``src``'s member's logits [B, C] for the input ``anchor`` [B, ...], in
+    :func:`logits_dtype` of the members' parameters' ``dtype``."""
+    return _Receive.apply(anchor, src, (anchor.shape[0], classes), logits_dtype(dtype))

@@ -28,8 +28,9 @@ from torch import nn
 from torch.func import functional_call
 
 from . import _validate as check
+from .distributed import gather_members, receive_logits, send_logits, to_members
 
-__all__ = ["Ensemble", "COMBINES", "BATCHED_DEFAULT", "log_mean_probability"]
+__all__ = ["Ensemble", "RemoteMember", "COMBINES", "BATCHED_DEFAULT", "log_mean_probability"]
 
 COMBINES = ("prob", "logit")
 
@@ -83,12 +84,18 @@ class Ensemble(nn.Module):
                 raise TypeError(f"{owner}: members[{index}] must be an nn.Module, got {type(member).__name__}")
         self.members = nn.ModuleList(members)
 
+    #: the rank holding its own member in a sharded ensemble (:meth:`shard`), else None
+    shard_rank: Optional[int] = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.member_logits(x)
         return z.mean(0) if self.combine == "logit" else log_mean_probability(z)
 
     def member_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Every member's logits, stacked: [M, B, C] in member order."""
+        """Every member's logits, stacked: [M, B, C] in member order (sharded: every rank's member
+        at once, gathered, in float32)."""
+        if self.shard_rank is not None:
+            return gather_members(self._own(to_members(x)))
         logits: List[Optional[torch.Tensor]] = [None] * len(self.members)
         for group in self._groups():
             try:
@@ -112,6 +119,51 @@ class Ensemble(nn.Module):
             listed = ", ".join(f"members[{i}] {list(shape)}" for i, shape in enumerate(shapes))
             raise ValueError(f"Ensemble: every member must return logits of one shape [B, C]; got {listed}")
         return torch.stack(logits)
+
+    def member_logits_each(self, xs: torch.Tensor) -> torch.Tensor:
+        """Member i's logits on its own input ``xs[i]``: [M, B, ...] -> [M, B, C] (the
+        per-member attacks of CCE and TA-MOO; sharded, every rank's member at once)."""
+        if xs.shape[0] != len(self.members):
+            raise ValueError(f"Ensemble.member_logits_each: xs must hold one batch per member ({len(self.members)}), "
+                             f"got {xs.shape[0]}")
+        if self.shard_rank is not None:
+            return gather_members(self._own(to_members(xs)[self.shard_rank]))
+        return torch.stack([member(inputs) for member, inputs in zip(self.members, xs)])
+
+    def shard(self, rank: int, world_size: int, classes: int) -> "Ensemble":
+        """This process's part of the ensemble sharded over a torchrun world of one rank per
+        member: member ``rank`` stays, the others become :class:`RemoteMember` stubs, whose logits
+        arrive from the rank holding them. Every rank then runs the same computation on the same
+        batch: :meth:`member_logits` (the ensemble's output) computes every member at once, one
+        per rank, and gathers their logits; a member called alone (ALS's reference attack, the
+        per-member losses) computes on its rank and sends its logits to the others. Gradients
+        reach each member on its own rank, and an input's gradient is summed over the ranks
+        (fastadv.distributed). ``classes``: the members' number of classes (the logits' width the
+        other ranks receive). The state dict holds this rank's member alone."""
+        owner = type(self).__name__
+        if world_size != len(self.members):
+            raise ValueError(f"{owner}.shard: one member per rank: {len(self.members)} members on a world of "
+                             f"{world_size} processes")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"{owner}.shard: rank must be in [0, {world_size}), got {rank}")
+        dtype = next(self.members[rank].parameters()).dtype
+        for index in range(len(self.members)):
+            if index != rank:
+                self.members[index] = RemoteMember(index, classes, dtype)
+        own = self.members[rank]
+        own.register_forward_pre_hook(lambda module, args: None if self._gathering else tuple(
+            to_members(a) if isinstance(a, torch.Tensor) else a for a in args))
+        own.register_forward_hook(lambda module, args, output: None if self._gathering else send_logits(output, rank))
+        self.shard_rank, self.batched, self._gathering = rank, False, False
+        return self
+
+    def _own(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's member on ``x``, without its sending hooks (the caller gathers)."""
+        self._gathering = True
+        try:
+            return self.members[self.shard_rank](x)
+        finally:
+            self._gathering = False
 
     def _groups(self) -> List[List[int]]:
         """Member indices in runs: one group per architecture when batched, else singletons."""
@@ -172,4 +224,23 @@ class Ensemble(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"combine={self.combine!r}, batched={self.batched}"
+        shard = "" if self.shard_rank is None else f", shard_rank={self.shard_rank}"
+        return f"combine={self.combine!r}, batched={self.batched}{shard}"
+
+
+class RemoteMember(nn.Module):
+    """Member ``index`` of a sharded ensemble (:meth:`Ensemble.shard`) on a rank that does not
+    hold it: called on a batch, it receives the member's logits [B, classes] from rank
+    ``index``, which computes them at the same time."""
+
+    def __init__(self, index: int, classes: int, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.index, self.classes = index, classes
+        # follows the ensemble's .to() / .double(): the dtype the member's logits arrive in
+        self.register_buffer("dtype_of_parameters", torch.zeros(0, dtype=dtype), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return receive_logits(to_members(x), self.index, self.classes, self.dtype_of_parameters.dtype)
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}, classes={self.classes}"

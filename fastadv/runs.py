@@ -135,8 +135,11 @@ class RunFolder:
     def load_checkpoint(self, map_location=None) -> dict:
         return load_checkpoint(self.checkpoint, map_location)
 
-    def save_best(self, model: nn.Module, record: dict, selected_by: str, config: dict, info: DatasetInfo) -> None:
-        atomic_save({"model": model.state_dict(), "epoch": record["epoch"],
+    def save_best(self, model: nn.Module | dict, record: dict, selected_by: str, config: dict,
+                  info: DatasetInfo) -> None:
+        """best.pt: ``model``'s weights (a module, or its state dict) with the epoch's record."""
+        weights = model if isinstance(model, dict) else model.state_dict()
+        atomic_save({"model": weights, "epoch": record["epoch"],
                      "test_robust_acc": record["test_robust_acc"], "test_clean_acc": record["test_clean_acc"],
                      "selected_by": selected_by, "config": config, "info": dataclasses.asdict(info)}, self.best)
 

@@ -365,7 +365,17 @@ class Trainer:
         # robust accuracy is noise around zero and would pick an undertrained early epoch.
         self.selection = "test_robust_acc" if self.method.adversarial else "test_clean_acc"
         seed_everything(config.seed)  # identical initial weights on every rank
-        self.model = build_run_model(self.info, config.model, config.models, config.combine).to(self.device)
+        # --shard-members: one member per rank, every rank on the whole batch (no data parallelism)
+        self.sharded = config.shard_members
+        if self.sharded and distributed.world_size != len(config.models):
+            raise ValueError(f"shard_members: one member per process: {len(config.models)} members need a torchrun "
+                             f"world of {len(config.models)} processes, this one has {distributed.world_size}")
+        #: how the batches are dealt: over the ranks (data parallel), or whole to every rank (sharded)
+        self.data = Distributed() if self.sharded else distributed
+        model = build_run_model(self.info, config.model, config.models, config.combine)
+        if self.sharded:
+            model.shard(distributed.rank, distributed.world_size, self.info.num_classes)
+        self.model = model.to(self.device)
         if config.member_devices is not None:
             if distributed.enabled:
                 raise ValueError("member_devices: under torchrun each rank holds the whole ensemble on its own "
@@ -377,8 +387,9 @@ class Trainer:
         # for one model (overlapped with the backward pass); for an ensemble, whose members step
         # through the method's own loops outside any DDP forward, by one all-reduce after the
         # backward pass (fastadv.distributed.average_gradients).
-        self.averages_gradients = distributed.enabled and config.models is not None
-        if distributed.enabled and not self.averages_gradients:
+        # (A sharded ensemble's members are each on one rank: nothing to average.)
+        self.averages_gradients = distributed.enabled and config.models is not None and not self.sharded
+        if distributed.enabled and config.models is None:
             self.trained_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.attack_model = self.model
@@ -387,7 +398,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.steps_per_epoch = len(epoch_batches(len(self.train_set), config.batch_size, config.seed, 0,
-                                                 distributed.rank, distributed.world_size))
+                                                 self.data.rank, self.data.world_size))
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.method.prepare(self.model, config.epochs * self.steps_per_epoch)
         amp = config.amp
@@ -459,8 +470,10 @@ class Trainer:
         far. A collective: every rank calls it."""
         own = {"rng": rng_state(), "method": self.method.state_dict(), "partial_sums": self.partial_sums,
                "partial_count": self.partial_count}
+        if self.sharded:  # each rank's optimiser holds its own member's momentum
+            own["optimizer"] = self.optimizer.state_dict()
         state = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self._model_state(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "batch": self.batch,
             "best_score": self.best_score, "history": self.history, "world_size": self.distributed.world_size,
             "config": dataclasses.asdict(self.config), "info": dataclasses.asdict(self.info), **own,
@@ -470,6 +483,15 @@ class Trainer:
             dist.all_gather_object(ranks, _on_cpu(own), group=self._host_group)
             state["ranks"] = ranks
         return state
+
+    def _model_state(self) -> dict | None:
+        """The model's state dict; for a sharded ensemble, every member's, gathered on rank 0 (a
+        collective: every rank calls it; the others get None)."""
+        if not self.sharded:
+            return self.model.state_dict()
+        parts = [None] * self.distributed.world_size if self.distributed.is_main else None
+        dist.gather_object(_on_cpu(self.model.state_dict()), parts, dst=0, group=self._host_group)
+        return {key: value for part in parts for key, value in part.items()} if parts is not None else None
 
     def save_checkpoint(self):
         state = self._state()
@@ -490,10 +512,11 @@ class Trainer:
                              f"{world_size}) and this one has {self.distributed.world_size}; resume it with the same "
                              f"world size (torchrun --nnodes x --nproc-per-node), whose batches and random streams "
                              f"it continues exactly")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         own = state["ranks"][self.distributed.rank] if self.distributed.enabled else state
+        # a sharded rank takes its own member's weights from the whole ensemble's
+        self.model.load_state_dict({key: state["model"][key] for key in self.model.state_dict()})
+        self.optimizer.load_state_dict(own.get("optimizer", state["optimizer"]))
+        self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(_to(own["method"], self.device))
         self.epoch, self.batch = state["epoch"], state["batch"]
         self.best_score, self.history = state["best_score"], state["history"]
@@ -586,10 +609,10 @@ class Trainer:
 
         config, distributed = self.config, self.distributed
         batches = epoch_batches(len(self.train_set), config.batch_size, config.seed, self.epoch,
-                                distributed.rank, distributed.world_size)
+                                self.data.rank, self.data.world_size)
         if self.device_batches is not None:
             loader = self.device_batches.batches(
-                batches, seed=(config.seed * 1_000_003 + self.epoch) * 65_537 + distributed.rank, first=self.batch)
+                batches, seed=(config.seed * 1_000_003 + self.epoch) * 65_537 + self.data.rank, first=self.batch)
         else:
             # The loader's own generator: creating an iterator otherwise draws a worker seed from the
             # global random stream, and a resumed run creates one more iterator than an unbroken one.
@@ -616,7 +639,7 @@ class Trainer:
                 self._step(x, y)
             self.scheduler.step()
             self.batch += 1
-            images += len(y) * distributed.world_size
+            images += len(y) * self.data.world_size
             bar.update(1)
             if not bar.disable and (self.batch % 10 == 0 or self.batch == len(batches)):
                 # the epoch's running means, and the images of every rank per second so far
@@ -635,12 +658,11 @@ class Trainer:
         """The batch's optimiser steps, one per turn of the method (what GraphedStep captures as
         one graph, where it can). Under torchrun, ``x`` is this rank's share of the global batch,
         and the step is the single-process step on the global batch (fastadv.distributed)."""
-        distributed = self.distributed
         turns = self.method.turns(self.trained_model, x, y, attack_model=self.attack_model)
         while True:
             # The method's forward passes run under autocast; the backward passes outside it.
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp), \
-                    global_batch(distributed.rank, distributed.world_size, len(y)):
+                    global_batch(self.data.rank, self.data.world_size, len(y)):
                 turn = next(turns, None)
             if turn is None:
                 break
@@ -665,11 +687,11 @@ class Trainer:
                      init="uniform", generator=generator)
         result = robust_accuracy(self.model, self.test_set, {"pgd": attack}, self.device,
                                  progress=config.progress and distributed.is_main,
-                                 indices=range(distributed.rank, size, distributed.world_size))
+                                 indices=range(self.data.rank, size, self.data.world_size))
         correct = result["correct"]
         totals = torch.tensor([correct["clean"], correct["pgd"], result["samples"]], dtype=torch.float64,
                               device=self.device)
-        clean, robust, samples = distributed.all_reduce_sum(totals).tolist()
+        clean, robust, samples = self.data.all_reduce_sum(totals).tolist()
         return {"test_clean_acc": clean / samples, "test_robust_acc": robust / samples}
 
     def _end_epoch(self, seconds: float):
@@ -677,7 +699,7 @@ class Trainer:
         names = sorted(self.partial_sums)
         sums = torch.stack([self.partial_sums[n] for n in names]
                            + [torch.tensor(float(self.partial_count), dtype=torch.float64, device=self.device)])
-        sums = distributed.all_reduce_sum(sums).tolist()
+        sums = self.data.all_reduce_sum(sums).tolist()
         record = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds}
         record.update({f"train_{n}": sums[i] / sums[-1] for i, n in enumerate(names)})
         record.update(self._evaluate())
@@ -686,7 +708,7 @@ class Trainer:
             record["attack_graphs"] = graphs_captured(self.attack_model)
             if self.graphed_step is not None:
                 record["step_graphs"] = len(self.graphed_step.graphs)
-        if distributed.enabled:
+        if self.data.enabled:
             record["ranks_in_sync"] = self._ranks_in_sync()
         self.history.append(record)
         self.epoch, self.batch = self.epoch + 1, 0
@@ -694,24 +716,28 @@ class Trainer:
         improved = record[self.selection] > self.best_score
         if improved:
             self.best_score = record[self.selection]
+        # a sharded ensemble's weights and attacks are collectives: every rank takes part
+        weights = self._model_state() if improved else None
+        examples = self._examples() if "tensorboard" in config.loggers and (self.sharded or distributed.is_main) \
+            else None
         if distributed.is_main:
             self.run.write_metrics(self.history)
             if improved:
-                self.run.save_best(self.model, record, self.selection, dataclasses.asdict(config), self.info)
+                self.run.save_best(weights, record, self.selection, dataclasses.asdict(config), self.info)
             self.run.plot_curves(self.history)
             if self.events is not None:
                 self.events.epoch(record, record["epoch"])
-                self._log_examples(record["epoch"])
+                self.events.examples(f"examples/pgd{config.eval_steps}", *examples, record["epoch"])
                 self.events.flush()
             print(f"epoch {record['epoch']}/{config.epochs}  loss {record.get('train_loss', float('nan')):.4f}  "
                   f"clean {record['test_clean_acc']:.4f}  PGD-{config.eval_steps} {record['test_robust_acc']:.4f}  "
                   f"({seconds:.1f} s)", flush=True)
         self.save_checkpoint()
 
-    def _log_examples(self, step: int, count: int = 8) -> None:
-        """The epoch's evaluation attack (PGD-k, as :meth:`_evaluate`) on the first ``count``
-        held-out images, as an image grid in the event files (its own generator: the training
-        random stream is untouched)."""
+    def _examples(self, count: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, x_adv): the epoch's evaluation attack (PGD-k, as :meth:`_evaluate`) on the first
+        ``count`` held-out images, for the event files (its own generator: the training random
+        stream is untouched)."""
         config = self.config
         x, y = torch.utils.data.default_collate([self.test_set[i] for i in range(min(count, len(self.test_set)))])
         x, y = x.to(self.device), y.to(self.device)
@@ -724,7 +750,7 @@ class Trainer:
             x_adv = attack(x, y)
         finally:
             self.model.train(training)
-        self.events.examples(f"examples/pgd{config.eval_steps}", x, x_adv, step)
+        return x, x_adv
 
     def _ranks_in_sync(self) -> bool:
         """Whether every rank holds the same weights (DDP keeps them equal; a mismatch means a

@@ -7,7 +7,8 @@ tests/test_distributed.py compares.
 Each case (a TrainConfig's settings as JSON) builds a Trainer on the digits and takes the
 trainer's own step (``Trainer._step``) on ``steps`` global batches of ``batch`` samples, the
 same on any number of ranks; rank r steps on the samples at positions r, r + W, ... of each
-global batch, as ``epoch_batches`` deals them. ``OUT/<name>.pt`` then holds the weights and
+global batch, as ``epoch_batches`` deals them (with ``shard_members``, every rank on the whole
+batch). ``OUT/<name>.pt`` then holds the weights and
 every rank's method state.
 """
 from __future__ import annotations
@@ -51,14 +52,16 @@ def run_case(out: Path, name: str, settings: dict, batch: int, steps: int) -> No
                          run_dir=str(out / f"run-{name}"), overwrite=True, **settings)
     trainer = Trainer(config)
     for indices in global_batches(len(trainer.train_set), batch, steps):
-        x, y = torch.utils.data.default_collate([trainer.train_set[i] for i in indices[rank::world_size]])
+        share = indices if trainer.sharded else indices[rank::world_size]  # sharded: every rank the whole batch
+        x, y = torch.utils.data.default_collate([trainer.train_set[i] for i in share])
         trainer._step(x.double(), y)
     states = [trainer.method.state_dict()]
     if world_size > 1:
         states = [None] * world_size
         dist.all_gather_object(states, trainer.method.state_dict())
+    weights = trainer._model_state()  # a sharded ensemble's members gathered on rank 0
     if rank == 0:
-        torch.save({"model": trainer.model.state_dict(), "method_states": states, "world_size": world_size},
+        torch.save({"model": weights, "method_states": states, "world_size": world_size},
                    out / f"{name}.pt")
 
 

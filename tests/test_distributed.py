@@ -35,12 +35,24 @@ def torchrun(processes: int, *arguments, nodes: int = 1, check: bool = True, tim
     return result
 
 
-def case(name: str, **settings) -> dict:
-    return {"name": name, "settings": {"steps": 2, **settings}, "batch": BATCH, "steps": GLOBAL_BATCHES}
+def case(name: str, reference: str | None = None, **settings) -> dict:
+    """A case of tests/distributed_steps.py; ``reference``: the one-process case it must equal."""
+    return {"name": name, "reference": reference or name, "settings": {"steps": 2, **settings}, "batch": BATCH,
+            "steps": GLOBAL_BATCHES}
+
+
+#: the ensembles of the tests: every ensemble method, and trades training members
+ENSEMBLES = [name for name, method in REGISTRY.items() if method.ensemble] + ["trades_members"]
+
+
+def ensemble_settings(name: str, members: int) -> dict:
+    return {"method": "trades" if name == "trades_members" else name, "members": members}
 
 
 def cases(teacher: str) -> list[dict]:
-    """Every method once (an ensemble method on 2 members), and trades training 2 members."""
+    """Every method once (an ensemble method on 2 members), trades training 2 members, and each
+    ensemble sharded over the ranks (one member per rank: its reference is the ensemble in one
+    process)."""
     out = []
     for name, method in REGISTRY.items():
         settings = {"method": name}
@@ -49,11 +61,22 @@ def cases(teacher: str) -> list[dict]:
         if name == "ltd":
             settings["teacher"] = teacher
         out.append(case(name, **settings))
-    return out + [case("trades_members", method="trades", members=2)]
+    out.append(case("trades_members", **ensemble_settings("trades_members", 2)))
+    return out + [case(f"sharded_{name}", name, shard_members=True, **ensemble_settings(name, 2)) for name in ENSEMBLES]
 
 
-#: the cases also run on four processes: the ensembles and the methods with state
-FOUR = ("adv_en", "adp", "als", "cce", "tamoo_at", "trades_members", "udr_pgd", "pgd_at_lma", "pgd_at")
+#: the cases run on four processes: the ensembles and the methods with state, data parallel, and
+#: sharded ensembles of four members (whose references, 4 members in one process, run apart)
+FOUR = ("adv_en", "adp", "als", "cce", "tamoo_at", "trades_members", "udr_pgd", "pgd_at_lma", "pgd_at",
+        "sharded4_als", "sharded4_cce", "sharded4_tamoo_at")
+
+
+def four_member_cases() -> list[dict]:
+    out = []
+    for name in ("als", "cce", "tamoo_at"):
+        out.append(case(f"{name}4", **ensemble_settings(name, 4)))
+        out.append(case(f"sharded4_{name}", f"{name}4", shard_members=True, **ensemble_settings(name, 4)))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +85,13 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed")
     teacher = train(TrainConfig(method="standard", dataset="digits", epochs=1, eval_size=30, eval_steps=1,
                                 progress=False, device="cpu", run_dir=str(out / "teacher")))
-    every = cases(str(teacher))
-    (out / "all.json").write_text(json.dumps(every))
+    every = cases(str(teacher)) + four_member_cases()
+    (out / "one.json").write_text(json.dumps([c for c in every if "shard_members" not in c["settings"]]))
+    (out / "all.json").write_text(json.dumps([c for c in every if c["settings"].get("members") != 4]))
     (out / "four.json").write_text(json.dumps([c for c in every if c["name"] in FOUR]))
     for world in (1, 2, 4):
         (out / str(world)).mkdir()
-    subprocess.run([sys.executable, STEPS_SCRIPT, out / "1", out / "all.json"], check=True, env=ENV, timeout=600)
+    subprocess.run([sys.executable, STEPS_SCRIPT, out / "1", out / "one.json"], check=True, env=ENV, timeout=600)
     torchrun(2, STEPS_SCRIPT, out / "2", out / "all.json")
     torchrun(4, STEPS_SCRIPT, out / "4", out / "four.json")
     return out
@@ -96,15 +120,20 @@ def test_the_batch_coupled_methods_say_why():
     assert all(REGISTRY[name].batch_coupled.startswith("its ") for name in coupled)
 
 
+REFERENCES = {c["name"]: c["reference"] for c in cases("teacher") + four_member_cases()}
+METHOD_OF = {c["name"]: c["settings"]["method"] for c in cases("teacher") + four_member_cases()}
+
+
 @pytest.mark.parametrize("world, name", [(2, c["name"]) for c in cases("teacher")] + [(4, name) for name in FOUR])
 def test_a_step_on_several_processes_is_the_single_process_step(runs, world, name):
     """The same weights after two steps on the same global batches (float64, where the one
-    process's mean and the ranks' averaged means agree to rounding). A batch-coupled method
-    (``batch_coupled``) is checked to differ, so that its declaration stays true."""
-    one, several = load(runs, 1, name), load(runs, world, name)
+    process's mean and the ranks' averaged means agree to rounding; a sharded ensemble's step is
+    the one process's, operation for operation). A batch-coupled method (``batch_coupled``) is
+    checked to differ under data parallelism, so that its declaration stays true."""
+    one, several = load(runs, 1, REFERENCES[name]), load(runs, world, name)
     assert several["world_size"] == world
     difference = largest_difference(one["model"], several["model"])
-    method = REGISTRY["trades" if name == "trades_members" else name]
+    method = REGISTRY[METHOD_OF[name]]
     if method.batch_coupled:
         assert difference > 1e-9, f"{name} is declared batch-coupled but steps as one process does"
         return
@@ -146,29 +175,44 @@ RUN = dict(method="als", members=2, dataset="digits", epochs=3, batch_size=128, 
            device="cpu", progress=False)
 
 
+#: the two ways an ensemble runs under torchrun: data parallel, or one member per rank
+LAYOUTS = {"data_parallel": {}, "sharded": {"shard_members": True}}
+_unbroken = {}
+
+
+def unbroken(layout: str, tmp_path_factory) -> Path:
+    """ALS on 2 members (its λ schedule; the gradients averaged outside DDP, or each member on
+    its rank), 3 epochs on two processes, unbroken: run once per layout and module."""
+    if layout not in _unbroken:
+        out = tmp_path_factory.mktemp(f"straight-{layout}")
+        config = out / "config.json"
+        config.write_text(json.dumps(dict(RUN, run_dir=str(out / "run"), **LAYOUTS[layout])))
+        torchrun(2, RUN_SCRIPT, config)
+        _unbroken[layout] = out / "run"
+    return _unbroken[layout]
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """ALS on 2 members (its λ schedule and the gradients averaged outside DDP), 3 epochs on two
-    processes, unbroken."""
-    out = tmp_path_factory.mktemp("straight")
-    config = out / "config.json"
-    config.write_text(json.dumps(dict(RUN, run_dir=str(out / "run"))))
-    torchrun(2, RUN_SCRIPT, config)
-    return out / "run"
+    return unbroken("data_parallel", tmp_path_factory)
 
 
-def test_a_rank_killed_mid_epoch_resumes_exactly(tmp_path, straight):
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_rank_killed_mid_epoch_resumes_exactly(tmp_path, tmp_path_factory, layout):
     """Rank 1 is killed (SIGKILL) in the middle of epoch 2: torchrun stops the run, the last
     checkpoint (end of epoch 1, written atomically) is intact, and --resume on two processes
-    ends with the unbroken run's weights and metrics."""
+    ends with the unbroken run's weights and metrics (a sharded ensemble's checkpoint holds
+    every member, gathered, and each rank's optimiser state)."""
+    straight = unbroken(layout, tmp_path_factory)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(dict(RUN, run_dir=str(tmp_path / "run"))))
+    config.write_text(json.dumps(dict(RUN, run_dir=str(tmp_path / "run"), **LAYOUTS[layout])))
     killed = torchrun(2, RUN_SCRIPT, config, "--kill", "1", "1", "4", check=False)
     assert killed.returncode != 0
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["batch"], checkpoint["world_size"]) == (1, 0, 2)
     assert len(checkpoint["ranks"]) == 2 and not list((tmp_path / "run").glob("*.tmp*"))
-    config.write_text(json.dumps(dict(RUN, run_dir=str(tmp_path / "run"), resume=True)))
+    assert checkpoint["model"].keys() == final_weights(straight).keys()  # every member's weights
+    config.write_text(json.dumps(dict(RUN, run_dir=str(tmp_path / "run"), resume=True, **LAYOUTS[layout])))
     torchrun(2, RUN_SCRIPT, config)
     assert metrics(tmp_path / "run") == metrics(straight)
     a, b = final_weights(tmp_path / "run"), final_weights(straight)

@@ -176,8 +176,9 @@ ENSEMBLE_METHODS = [name for name, method in METHODS.items() if method.ensemble]
 
 
 @pytest.mark.parametrize("method", [["trades"], ["ascl", "--strategy", "leaked-ls"], ["udr_trades"]]
-                         + [[name, "--members", "2"] for name in ENSEMBLE_METHODS],
-                         ids=["trades", "ascl", "udr_trades"] + ENSEMBLE_METHODS)
+                         + [[name, "--members", "2"] for name in ENSEMBLE_METHODS]
+                         + [["als", "--members", "2", "--shard-members"]],
+                         ids=["trades", "ascl", "udr_trades"] + ENSEMBLE_METHODS + ["als_sharded"])
 def test_two_gloo_processes_train_and_stay_in_sync(tmp_path, method):
     """ASCL's features go through DDP's own forward (fastadv.methods.representation), so its
     gradients are synchronised like any method's: the ranks' parameters stay equal. UDR's λ
@@ -195,7 +196,12 @@ def test_two_gloo_processes_train_and_stay_in_sync(tmp_path, method):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["world_size"] == 2
     records = metrics(run_dir)
-    assert len(records) == 2 and all(r["ranks_in_sync"] for r in records)
+    # data parallel: the ranks hold the same weights; sharded, each its own member (and the
+    # checkpoint every member, gathered)
+    sharded = "--shard-members" in method
+    assert len(records) == 2
+    assert all(r["ranks_in_sync"] for r in records) if not sharded else all("ranks_in_sync" not in r for r in records)
+    assert config["shard_members"] == sharded
     load_model(run_dir)
     results = evaluate_run(run_dir, attacks=["fgsm"], size=30, device="cpu", progress=False)
     assert 0 <= results["accuracy"]["fgsm"] <= results["accuracy"]["clean"] <= 1
@@ -426,3 +432,19 @@ def test_members_on_the_cpu_and_the_gpu_train_as_on_the_gpu(tmp_path):
     assert other["train_loss"] == pytest.approx(one["train_loss"], rel=0.02)
     assert abs(other["test_clean_acc"] - one["test_clean_acc"]) <= 0.05
     assert abs(other["test_robust_acc"] - one["test_robust_acc"]) <= 0.05
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(method="trades", shard_members=True), "only an ensemble's members are sharded"),
+    (dict(method="adv_en", members=2, shard_members=True, member_devices="cpu,cpu"), "drop --member-devices"),
+    (dict(method="adv_en", members=2, shard_members="yes"), "must be a bool, got str"),
+])
+def test_shard_members_is_checked(settings, message):
+    with pytest.raises((ValueError, TypeError), match=f"shard_members:? .*{message}"):
+        TrainConfig(**settings).resolved()
+
+
+def test_shard_members_needs_a_process_per_member(tmp_path):
+    with pytest.raises(ValueError, match="shard_members: one member per process: 2 members need a torchrun world of "
+                                         "2 processes, this one has 1"):
+        Trainer(TrainConfig(method="adv_en", members=2, shard_members=True, run_dir=str(tmp_path / "run"), **QUICK))

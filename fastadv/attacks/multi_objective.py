@@ -164,9 +164,12 @@ class EnsembleTasks(TaskSet):
         return {"logits": clean[0], "clean": clean if attack.loss == "kl" else None}
 
     def evaluate(self, attack, x, y, copies, state, generator):
+        if isinstance(self.model, Ensemble):  # member i on x + δ_i, all at once (sharded: one per rank)
+            zs = attack.forward(self.model.member_logits_each, x + copies)
+        else:
+            zs = [attack.forward(member, x + copies[i]) for i, member in enumerate(self.members)]
         losses, achieved = [], []
-        for i, member in enumerate(self.members):
-            z = attack.forward(member, x + copies[i])
+        for i, z in enumerate(zs):
             losses.append(_loss(attack, z, y, state["clean"][i] if state["clean"] else None))
             achieved.append(z.argmax(dim=1) != y)
         return torch.stack(losses, dim=1), torch.stack(achieved, dim=1)

@@ -12,17 +12,18 @@ MODES = {"rm": (1.0, 1.0), "dm": (0.0, 5.0)}
 
 
 class MembersSideBySide(nn.Module):
-    """The members applied to consecutive chunks of one batch: input [M·B, ...], member n on
-    rows n·B .. (n+1)·B − 1. Attacking it with one PGD crafts every member's own adversarial
-    examples at once: the loss is a sum over rows, and row block n depends on member n alone."""
+    """An ensemble's members applied to consecutive chunks of one batch: input [M·B, ...],
+    member n on rows n·B .. (n+1)·B − 1 (:meth:`Ensemble.member_logits_each`). Attacking it with
+    one PGD crafts every member's own adversarial examples at once: the loss is a sum over rows,
+    and row block n depends on member n alone."""
 
-    def __init__(self, members):
+    def __init__(self, ensemble):
         super().__init__()
-        self.members = members
+        self.ensemble = ensemble
 
     def forward(self, x):
-        chunks = x.chunk(len(self.members))
-        return torch.cat([member(chunk) for member, chunk in zip(self.members, chunks)])
+        count = len(self.ensemble.members)
+        return self.ensemble.member_logits_each(x.view(count, -1, *x.shape[1:])).flatten(0, 1)
 
 
 def cce_member_loss(clean, own, crossing, y, lam_pm, lam_dm):
@@ -70,10 +71,10 @@ class CCE(AdversarialMethod):
 
     def attack(self, model, x, y):
         """[N, B, ...]: x_a^n, member n's own PGD examples, crafted batched."""
-        members = as_ensemble(self.name, model).members
-        count = len(members)
+        ensemble = as_ensemble(self.name, model)
+        count = len(ensemble.members)
         stacked = x.repeat(count, *([1] * (x.dim() - 1)))
-        attacked = super().attack(MembersSideBySide(members), stacked, y.repeat(count))
+        attacked = super().attack(MembersSideBySide(ensemble), stacked, y.repeat(count))
         return attacked._replace(x_adv=attacked.x_adv.view(count, *x.shape))
 
     def objective(self, model, x, y, attack_model):
