@@ -196,6 +196,9 @@ class TrainConfig:
             self._check_member_devices()
         if check.flag(None, "shard_members", self.shard_members) and self.member_devices is not None:
             raise ValueError("shard_members: members are placed on the ranks' devices; drop --member-devices")
+        if self.shard_members and self.cuda_graphs:
+            raise ValueError("shard_members: the members' logits travel by collectives, which fastadv does not "
+                             "capture in CUDA graphs; drop --cuda-graphs")
 
     def _check_member_devices(self) -> None:
         self.member_devices = tuple(self.member_devices)

@@ -438,6 +438,7 @@ def test_members_on_the_cpu_and_the_gpu_train_as_on_the_gpu(tmp_path):
     (dict(method="trades", shard_members=True), "only an ensemble's members are sharded"),
     (dict(method="adv_en", members=2, shard_members=True, member_devices="cpu,cpu"), "drop --member-devices"),
     (dict(method="adv_en", members=2, shard_members="yes"), "must be a bool, got str"),
+    (dict(method="adv_en", members=2, shard_members=True, cuda_graphs=True), "drop --cuda-graphs"),
 ])
 def test_shard_members_is_checked(settings, message):
     with pytest.raises((ValueError, TypeError), match=f"shard_members:? .*{message}"):
@@ -448,3 +449,20 @@ def test_shard_members_needs_a_process_per_member(tmp_path):
     with pytest.raises(ValueError, match="shard_members: one member per process: 2 members need a torchrun world of "
                                          "2 processes, this one has 1"):
         Trainer(TrainConfig(method="adv_en", members=2, shard_members=True, run_dir=str(tmp_path / "run"), **QUICK))
+
+
+def test_a_repeated_stop_signal_within_seconds_is_one_request(tmp_path, monkeypatch):
+    """Ctrl-C in torchrun's terminal reaches a rank twice (from the terminal, and passed on by
+    torchrun): a repeat within REPEAT_SECONDS is the same request; a later one stops at once."""
+    from fastadv import train as train_module
+
+    trainer = Trainer(TrainConfig(method="standard", run_dir=str(tmp_path / "run"), **QUICK))
+    now = [1000.0]
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: now[0])
+    trainer._on_interrupt(signal.SIGINT, None)
+    now[0] += train_module.REPEAT_SECONDS / 2
+    trainer._on_interrupt(signal.SIGTERM, None)
+    assert trainer._stop_agreed()
+    now[0] += train_module.REPEAT_SECONDS
+    with pytest.raises(KeyboardInterrupt):
+        trainer._on_interrupt(signal.SIGINT, None)
