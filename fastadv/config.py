@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import _validate as check
 import torch
 
+from . import _validate as check
 from .data import DATASETS
 from .logs import LOGS
 from .methods import METHODS, check_options, method_parameters

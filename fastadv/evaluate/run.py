@@ -71,9 +71,6 @@ def evaluate_run(path, attacks=ATTACKS, eps: float | None = None, size: int | No
     return results
 
 
-def _logs_tensorboard(config: dict) -> bool:
-    log = config.get("loggers") or []
-    return "tensorboard" in ([log] if isinstance(log, str) else log)
 
 
 def _epochs_trained(run: Path, config: dict) -> int:
@@ -92,7 +89,7 @@ def log_evaluation(run: Path, results: dict) -> bool:
     installed, says so in one line and goes on. True when the event files were written."""
     run = Path(run)
     config = json.loads((run / "config.json").read_text())
-    if not _logs_tensorboard(config):
+    if "tensorboard" not in (config.get("loggers") or []):
         return False
     try:
         log = EventLog(run)
